@@ -1,0 +1,154 @@
+"""Settings read once from environment variables into a frozen object; nothing else reads os.environ.
+
+Every variable is validated by a marshmallow schema: an unknown `BATON_*` name or a malformed value
+stops the process at start with a message naming the variable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+
+ROLES = ("starter", "viewer", "operator")
+
+
+class SettingsError(Exception):
+    """A variable of the environment is malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Token:
+    name: str
+    role: str
+    sha256: str  # hex digest; the token itself is never kept
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path(".baton")
+    database_url: str = ""
+    redis_url: str | None = None
+    port: int = 8000
+    stream_prefix: str = "baton"
+    tokens: tuple[Token, ...] = ()
+    flows_dirs: tuple[Path, ...] = ()
+    participant_database_url: str = ""
+    visibility_timeout: float = 30.0
+    max_deliveries: int = 5
+    read_count: int = 100
+    block_ms: int = 2000
+    relay_interval: float = 1.0
+    sweep_interval: float = 1.0
+    max_body_bytes: int = 1_048_576
+    log_level: str = "INFO"
+    log_format: str = "json"
+    crash_points: frozenset[str] = field(default_factory=frozenset)
+
+    def participant_db(self, participant: str) -> str:
+        return self.participant_database_url.replace("{name}", participant)
+
+
+# Environment variable -> (settings attribute, marshmallow field)
+_VARIABLES: dict[str, tuple[str, fields.Field]] = {
+    "BATON_DATA_DIR": ("data_dir", fields.Str(validate=validate.Length(min=1))),
+    "DATABASE_URL": ("database_url", fields.Str(validate=validate.Length(min=1))),
+    "REDIS_URL": ("redis_url", fields.Str(validate=validate.Regexp(r"^(redis|rediss|unix)://"))),
+    "PORT": ("port", fields.Int(validate=validate.Range(min=1, max=65535))),
+    "BATON_STREAM_PREFIX": (
+        "stream_prefix", fields.Str(validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,32}$"))),
+    "BATON_TOKENS": ("tokens", fields.Str()),
+    "BATON_TOKENS_FILE": ("tokens_file", fields.Str()),
+    "BATON_FLOWS_DIRS": ("flows_dirs", fields.Str()),
+    "BATON_PARTICIPANT_DATABASE_URL": ("participant_database_url", fields.Str()),
+    "BATON_VISIBILITY_TIMEOUT": ("visibility_timeout", fields.Float(validate=validate.Range(min=0.05))),
+    "BATON_MAX_DELIVERIES": ("max_deliveries", fields.Int(validate=validate.Range(min=1, max=1000))),
+    "BATON_READ_COUNT": ("read_count", fields.Int(validate=validate.Range(min=1, max=10000))),
+    "BATON_BLOCK_MS": ("block_ms", fields.Int(validate=validate.Range(min=1, max=60000))),
+    "BATON_RELAY_INTERVAL": ("relay_interval", fields.Float(validate=validate.Range(min=0.01))),
+    "BATON_SWEEP_INTERVAL": ("sweep_interval", fields.Float(validate=validate.Range(min=0.01))),
+    "BATON_MAX_BODY_BYTES": ("max_body_bytes", fields.Int(validate=validate.Range(min=1024))),
+    "BATON_LOG_LEVEL": (
+        "log_level", fields.Str(validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]))),
+    "BATON_LOG_FORMAT": ("log_format", fields.Str(validate=validate.OneOf(["json", "console"]))),
+    "BATON_CRASH_POINTS": ("crash_points", fields.Str()),
+}
+# Read by other tools, never by Baton: allowed so that they do not count as typos.
+_FOREIGN_PREFIXES = ("BATON_TEST_",)
+
+
+_ENV_SCHEMA = Schema.from_dict({k: f for k, (_, f) in _VARIABLES.items()}, name="Environment")()
+
+
+def _parse_tokens(text: str) -> tuple[Token, ...]:
+    tokens = []
+    for i, triple in enumerate(t.strip() for t in text.split(",") if t.strip()):
+        parts = triple.split(":")
+        if len(parts) != 3 or not all(parts):
+            raise ValidationError(f"entry {i + 1} is not name:role:token")
+        name, role, secret = parts
+        if role not in ROLES:
+            raise ValidationError(f"entry {i + 1} ({name}): role must be one of {', '.join(ROLES)}")
+        tokens.append(Token(name, role, hash_token(secret)))
+    return tuple(tokens)
+
+
+def _read_tokens_file(path: str) -> tuple[Token, ...]:
+    """Production tokens: one `name:role:sha256-hex` per line, `#` comments allowed."""
+    tokens = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise SettingsError(f"BATON_TOKENS_FILE: cannot read {path}: {exc.strerror}") from exc
+    for n, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(":")
+        if len(parts) != 3 or parts[1] not in ROLES or len(parts[2]) != 64:
+            raise SettingsError(f"BATON_TOKENS_FILE: line {n} is not name:role:<sha256 hex>")
+        tokens.append(Token(parts[0], parts[1], parts[2].lower()))
+    return tuple(tokens)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    env = dict(os.environ if environ is None else environ)
+    unknown = sorted(
+        k for k in env
+        if k.startswith("BATON_") and k not in _VARIABLES and not k.startswith(_FOREIGN_PREFIXES)
+    )
+    if unknown:
+        raise SettingsError(f"{unknown[0]}: unknown variable (known: {', '.join(_VARIABLES)})")
+    present = {k: v for k, v in env.items() if k in _VARIABLES}
+    try:
+        loaded = _ENV_SCHEMA.load(present, unknown=EXCLUDE)
+    except ValidationError as exc:
+        name, problems = sorted(exc.messages_dict.items())[0]
+        raise SettingsError(f"{name}: {'; '.join(map(str, problems))}") from exc
+    return _build(loaded)
+
+
+def _build(loaded: dict[str, Any]) -> Settings:
+    values: dict[str, Any] = {_VARIABLES[k][0]: v for k, v in loaded.items()}
+    data_dir = Path(values.pop("data_dir", ".baton")).absolute()
+    try:
+        tokens = _parse_tokens(values.pop("tokens", ""))
+    except ValidationError as exc:
+        raise SettingsError(f"BATON_TOKENS: {exc.messages[0]}") from exc
+    if "tokens_file" in values:
+        tokens += _read_tokens_file(values.pop("tokens_file"))
+    flows_dirs = tuple(Path(p) for p in values.pop("flows_dirs", "").split(":") if p)
+    crash = frozenset(p for p in values.pop("crash_points", "").split(",") if p)
+    values.setdefault("database_url", f"sqlite:///{data_dir}/baton.db")
+    values.setdefault("participant_database_url", f"sqlite:///{data_dir}/participant-{{name}}.db")
+    return Settings(data_dir=data_dir, tokens=tokens, flows_dirs=flows_dirs, crash_points=crash,
+                    **values)

@@ -1,0 +1,212 @@
+"""A flow definition: its schema, the frozen objects it loads into, and the checks a flow must pass."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
+
+from contracts.envelope import COMMAND, NAME_PATTERN, TYPE_PATTERN
+from contracts.errors import FlowDefinitionError
+from contracts.payloads import Registry, failed_type
+
+EVENT_STEP, COMMAND_STEP, APPROVAL_STEP = "event", "command", "approval"
+_TYPE = validate.Regexp(TYPE_PATTERN, error="must be a message type such as payment.charged")
+_NAME = validate.Regexp(NAME_PATTERN, error="must be lower case letters, digits, _ or -")
+
+
+@dataclass(frozen=True)
+class Compensation:
+    command: str
+    answer: str
+
+    @property
+    def failed_answer(self) -> str:
+        return failed_type(self.command)
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    kind: str
+    participant: str
+    reacts_to: tuple[str, ...]
+    done_on: str
+    failed_on: str | None
+    command: str | None
+    sla_seconds: int
+    required: bool
+    compensation: Compensation | None
+
+
+@dataclass(frozen=True)
+class Flow:
+    name: str
+    version: int
+    start_event: str
+    sla_seconds: int
+    steps: tuple[Step, ...]
+    completes_when: tuple[str, ...]
+    search_attributes: tuple[str, ...]
+    alert_webhook: str | None
+    command_timeout_seconds: float
+    command_max_attempts: int
+    description: str = ""
+
+    def step(self, name: str) -> Step:
+        for step in self.steps:
+            if step.name == name:
+                return step
+        raise KeyError(name)
+
+    def event_types(self) -> tuple[str, ...]:
+        """Every event type whose stream the controller reads for this flow."""
+        seen: dict[str, None] = {self.start_event: None}
+        for step in self.steps:
+            for t in (*step.reacts_to, step.done_on, step.failed_on):
+                if t:
+                    seen[t] = None
+            if step.compensation:
+                seen[step.compensation.answer] = None
+                seen[step.compensation.failed_answer] = None
+        return tuple(seen)
+
+
+class CompensationSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    command = fields.Str(required=True, validate=_TYPE)
+    answer = fields.Str(required=True, validate=_TYPE)
+
+    @post_load
+    def _make(self, data: dict[str, Any], **kwargs: Any) -> Compensation:
+        return Compensation(**data)
+
+
+class StepSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = fields.Str(required=True, validate=_NAME)
+    kind = fields.Str(load_default=EVENT_STEP,
+                      validate=validate.OneOf([EVENT_STEP, COMMAND_STEP, APPROVAL_STEP]))
+    participant = fields.Str(required=True, validate=_NAME)
+    reacts_to = fields.List(fields.Str(validate=_TYPE), required=True,
+                            validate=validate.Length(min=1))
+    done_on = fields.Str(required=True, validate=_TYPE)
+    failed_on = fields.Str(load_default=None, validate=_TYPE)
+    command = fields.Str(load_default=None, validate=_TYPE)
+    sla_seconds = fields.Int(load_default=None, strict=True, validate=validate.Range(min=1))
+    required = fields.Bool(load_default=True)
+    compensation = fields.Nested(CompensationSchema, load_default=None)
+
+
+class FlowSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+    name = fields.Str(required=True, validate=_NAME)
+    version = fields.Int(required=True, strict=True, validate=validate.Range(min=1))
+    description = fields.Str(load_default="")
+    start_event = fields.Str(required=True, validate=_TYPE)
+    sla_seconds = fields.Int(load_default=300, strict=True, validate=validate.Range(min=1))
+    step_sla_seconds = fields.Int(load_default=60, strict=True, validate=validate.Range(min=1))
+    steps = fields.List(fields.Nested(StepSchema), required=True, validate=validate.Length(min=1))
+    completes_when = fields.List(fields.Str(validate=_NAME), load_default=None)
+    search_attributes = fields.List(fields.Str(validate=_NAME), load_default=list)
+    alert_webhook = fields.Url(load_default=None, require_tld=False)
+    command_timeout_seconds = fields.Float(load_default=10.0, validate=validate.Range(min=0.1))
+    command_max_attempts = fields.Int(load_default=5, strict=True,
+                                      validate=validate.Range(min=1, max=100))
+
+
+_SCHEMA = FlowSchema()
+
+
+def load_flow(document: Mapping[str, Any], registry: Registry, source: str) -> Flow:
+    """Validate a parsed flow document; errors name `source` and the field at fault."""
+    try:
+        raw = _SCHEMA.load(dict(document))
+    except ValidationError as exc:
+        raise FlowDefinitionError(source, dict(exc.messages_dict)) from exc
+    flow = _build(raw)
+    problems = _check(flow, registry)
+    if problems:
+        raise FlowDefinitionError(source, problems)
+    return flow
+
+
+def _build(raw: dict[str, Any]) -> Flow:
+    steps = tuple(_build_step(s, raw["step_sla_seconds"]) for s in raw["steps"])
+    required = tuple(s.name for s in steps if s.required)
+    return Flow(
+        name=raw["name"], version=raw["version"], description=raw["description"],
+        start_event=raw["start_event"], sla_seconds=raw["sla_seconds"], steps=steps,
+        completes_when=tuple(raw["completes_when"] or required),
+        search_attributes=tuple(raw["search_attributes"]), alert_webhook=raw["alert_webhook"],
+        command_timeout_seconds=raw["command_timeout_seconds"],
+        command_max_attempts=raw["command_max_attempts"],
+    )
+
+
+def _build_step(raw: dict[str, Any], default_sla: int) -> Step:
+    kind = raw["kind"]
+    failed_on = raw["failed_on"]
+    if kind == COMMAND_STEP and raw["command"] and not failed_on:
+        failed_on = failed_type(raw["command"])
+    return Step(
+        name=raw["name"], kind=kind, participant=raw["participant"],
+        reacts_to=tuple(raw["reacts_to"]), done_on=raw["done_on"], failed_on=failed_on,
+        command=raw["command"], sla_seconds=raw["sla_seconds"] or default_sla,
+        required=raw["required"], compensation=raw["compensation"],
+    )
+
+
+def _check(flow: Flow, registry: Registry) -> dict[str, object]:
+    problems: dict[str, object] = {}
+    names = [s.name for s in flow.steps]
+    if len(set(names)) != len(names):
+        problems["steps"] = ["step names must be unique"]
+    emitted = {flow.start_event} | {s.done_on for s in flow.steps}
+    emitted |= {s.failed_on for s in flow.steps if s.failed_on}
+    _check_type(registry, flow.start_event, "event", "start_event", problems)
+    for i, step in enumerate(flow.steps):
+        problems.update(_check_step(step, f"steps.{i}", registry, emitted))
+    unknown = [n for n in flow.completes_when if n not in names]
+    if unknown:
+        problems["completes_when"] = [f"no such step: {n}" for n in unknown]
+    return problems
+
+
+def _check_step(step: Step, at: str, registry: Registry, emitted: set[str]) -> dict[str, object]:
+    problems: dict[str, object] = {}
+    for t in step.reacts_to:
+        _check_type(registry, t, "event", f"{at}.reacts_to", problems)
+        if t not in emitted:
+            problems[f"{at}.reacts_to"] = [f"{t} is emitted by no step of this flow"]
+    _check_type(registry, step.done_on, "event", f"{at}.done_on", problems)
+    if step.failed_on:
+        _check_type(registry, step.failed_on, "event", f"{at}.failed_on", problems)
+    if step.kind == COMMAND_STEP:
+        if not step.command:
+            problems[f"{at}.command"] = ["a step of kind command needs the command it sends"]
+        else:
+            _check_type(registry, step.command, COMMAND, f"{at}.command", problems)
+    elif step.command:
+        problems[f"{at}.command"] = [f"only steps of kind command send one, not {step.kind}"]
+    if step.compensation:
+        comp = step.compensation
+        _check_type(registry, comp.command, COMMAND, f"{at}.compensation.command", problems)
+        _check_type(registry, comp.answer, "event", f"{at}.compensation.answer", problems)
+    return problems
+
+
+def _check_type(registry: Registry, message_type: str, kind: str, at: str,
+                problems: dict[str, object]) -> None:
+    if not registry.knows(message_type):
+        problems[at] = [f"{message_type} is not a declared message type"]
+    elif registry.kind(message_type) != kind:
+        problems[at] = [f"{message_type} is a {registry.kind(message_type)}, not a {kind}"]

@@ -1,0 +1,94 @@
+"""The registry of payload schemas by (message type, version), and the rules every payload keeps."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
+
+from contracts.envelope import COMMAND, EVENT
+from contracts.errors import InvalidMessage, UnknownMessageType, UnsupportedVersion
+
+FAILED_SUFFIX = "_failed"
+
+
+class Payload(Schema):
+    """Tolerant reader: unknown fields pass through, missing or mistyped ones do not."""
+
+    class Meta:
+        unknown = INCLUDE
+
+
+class Amount(fields.Float):
+    """A JSON number: a numeric string or a boolean is a wrong type, not an amount."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValidationError("must be a JSON number")
+        result: float = super()._deserialize(value, attr, data, **kwargs)
+        return result
+
+
+class FailedPayload(Payload):
+    reason = fields.Str(required=True, validate=validate.Length(min=1))
+
+
+class EmptyPayload(Payload):
+    pass
+
+
+def failed_type(command_type: str) -> str:
+    """The answer to a command that could not be carried out: `payment.refund_failed`."""
+    return command_type + FAILED_SUFFIX
+
+
+@dataclass
+class Registry:
+    """Schemas by type and version; a command type also registers its `_failed` answer."""
+
+    _schemas: dict[tuple[str, int], Schema] = field(default_factory=dict)
+    _kinds: dict[str, str] = field(default_factory=dict)
+
+    def register(self, message_type: str, schema: Schema, *, version: int = 1,
+                 kind: str = EVENT, failed_schema: Schema | None = None) -> None:
+        self._schemas[(message_type, version)] = schema
+        self._kinds[message_type] = kind
+        if kind == COMMAND:
+            answer = failed_type(message_type)
+            self._schemas[(answer, version)] = failed_schema or FailedPayload()
+            self._kinds[answer] = EVENT
+
+    def kind(self, message_type: str) -> str:
+        try:
+            return self._kinds[message_type]
+        except KeyError:
+            raise UnknownMessageType(message_type) from None
+
+    def knows(self, message_type: str) -> bool:
+        return message_type in self._kinds
+
+    def versions(self, message_type: str) -> list[int]:
+        found = sorted(v for (t, v) in self._schemas if t == message_type)
+        if not found:
+            raise UnknownMessageType(message_type)
+        return found
+
+    def latest(self, message_type: str) -> int:
+        return self.versions(message_type)[-1]
+
+    def schema(self, message_type: str, version: int) -> Schema:
+        try:
+            return self._schemas[(message_type, version)]
+        except KeyError:
+            raise UnsupportedVersion(message_type, version, self.versions(message_type)) from None
+
+    def validate(self, message_type: str, version: int, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The loaded payload, or InvalidMessage with errors keyed `data.<field>`."""
+        schema = self.schema(message_type, version)
+        try:
+            loaded: dict[str, Any] = schema.load(dict(data))
+        except ValidationError as exc:
+            raise InvalidMessage({f"data.{k}": v for k, v in exc.messages_dict.items()}) from exc
+        return loaded

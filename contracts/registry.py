@@ -1,0 +1,13 @@
+"""The payload schemas this project ships, gathered into one registry."""
+
+from __future__ import annotations
+
+from contracts import lifecycle_events, order_fulfillment
+from contracts.payloads import Registry
+
+
+def default_registry() -> Registry:
+    registry = Registry()
+    order_fulfillment.register(registry)
+    lifecycle_events.register(registry)
+    return registry

@@ -1,0 +1,37 @@
+"""Every Redis key the project uses is spelled here, and only here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+CONTROLLER = "controller"
+
+
+@dataclass(frozen=True)
+class Keys:
+    prefix: str = "baton"
+
+    def event_stream(self, message_type: str) -> str:
+        return f"{self.prefix}:event:{message_type}"
+
+    def command_stream(self, participant: str) -> str:
+        return f"{self.prefix}:command:{participant}"
+
+    def dead_stream(self, participant: str) -> str:
+        return f"{self.prefix}:dead:{participant}"
+
+    def dead_pattern(self) -> str:
+        return f"{self.prefix}:dead:*"
+
+    def event_pattern(self) -> str:
+        return f"{self.prefix}:event:*"
+
+    def command_pattern(self) -> str:
+        return f"{self.prefix}:command:*"
+
+    def wakeup_channel(self) -> str:
+        """Not a data path: a nudge that something durable is waiting in SQL."""
+        return f"{self.prefix}:wakeup"
+
+    def rq_queue(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
