@@ -1,0 +1,86 @@
+"""What a service declares to join a flow: its name, its handlers, its joins, its own tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, MetaData
+
+from contracts.envelope import Envelope, new_event
+from contracts.payloads import Registry
+from contracts.registry import default_registry
+from contracts.streams import Keys
+
+
+@dataclass
+class Context:
+    """Handed to a handler: the database transaction of its effect and a way to build events."""
+
+    conn: Connection
+    message: Envelope
+    now: datetime
+    participant: str
+    registry: Registry
+
+    def event(self, message_type: str, data: Mapping[str, Any], *,
+              version: int | None = None) -> Envelope:
+        """An event caused by the message at hand, its payload checked against the registry."""
+        version = version or self.registry.latest(message_type)
+        loaded = self.registry.validate(message_type, version, data)
+        return new_event(
+            message_type, loaded, correlation_id=self.message.correlation_id,
+            causation_id=self.message.id, source=self.participant, version=version,
+            traceparent=self.message.traceparent,
+        )
+
+
+Emitted = Iterable[Envelope] | None
+Handler = Callable[[Envelope, Context], Emitted]
+JoinHandler = Callable[[dict[str, Envelope], Context], Emitted]
+
+
+@dataclass(frozen=True)
+class Join:
+    name: str
+    types: tuple[str, ...]
+    handler: JoinHandler
+
+
+@dataclass
+class Participant:
+    """`@p.on_event("order.placed")`, `@p.on_command("payment.refund")`, `@p.join(...)`."""
+
+    name: str
+    registry: Registry = field(default_factory=default_registry)
+    metadata: MetaData | None = None
+    events: dict[str, Handler] = field(default_factory=dict)
+    commands: dict[str, Handler] = field(default_factory=dict)
+    joins: list[Join] = field(default_factory=list)
+
+    def on_event(self, message_type: str) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.events[message_type] = handler
+            return handler
+        return register
+
+    def on_command(self, message_type: str) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            self.commands[message_type] = handler
+            return handler
+        return register
+
+    def join(self, name: str, *types: str) -> Callable[[JoinHandler], JoinHandler]:
+        def register(handler: JoinHandler) -> JoinHandler:
+            self.joins.append(Join(name, tuple(types), handler))
+            return handler
+        return register
+
+    def streams(self, keys: Keys) -> list[str]:
+        types = dict.fromkeys([*self.events, *(t for j in self.joins for t in j.types)])
+        streams = [keys.event_stream(t) for t in types]
+        if self.commands:
+            streams.append(keys.command_stream(self.name))
+        return streams

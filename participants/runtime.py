@@ -1,0 +1,253 @@
+"""The one consume-dedupe-dispatch-ack loop over Redis Streams, for participants and the controller alike.
+
+A batch read with XREADGROUP is handled in one database transaction, each message in its own savepoint:
+the processed-id row, the handler's effects and its outbox rows commit together; then the outbox is
+published and only then are the entries acknowledged. Entries left pending by a dead or failing
+consumer are reclaimed after a visibility timeout that doubles with each delivery; after the last
+allowed delivery they go to the dead-letter stream, as do malformed entries, at once.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+from collections.abc import Collection
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+import structlog
+from sqlalchemy import Connection, Engine, insert
+from sqlalchemy.exc import IntegrityError, OperationalError
+
+from contracts.envelope import COMMAND, EVENT, Envelope, decode_fields
+from contracts.errors import ContractError
+from contracts.streams import Keys
+from contracts.timefmt import utcnow
+from participants import deadletter, joins, outbox
+from participants.db import create_tables
+from participants.faults import crash_point
+from participants.participant import Context, Participant
+from participants.tables import metadata as runtime_metadata
+from participants.tables import processed
+
+log = structlog.get_logger("baton.runtime")
+
+
+class Malformed(Exception):
+    """An entry that can never be processed: it goes to the dead-letter stream at once."""
+
+
+@dataclass(frozen=True)
+class Options:
+    visibility_timeout: float = 30.0
+    max_deliveries: int = 5
+    read_count: int = 100
+    block_ms: int = 2000
+    crash_points: Collection[str] = frozenset()
+
+
+@dataclass
+class _Entry:
+    stream: str
+    entry_id: str
+    raw: dict[bytes, bytes] | None
+    deliveries: int = 1
+    message: Envelope | None = None
+
+
+@dataclass
+class Runtime:
+    participant: Participant
+    engine: Engine
+    client: redis.Redis  # decode_responses=False: garbage bytes must not break a read
+    keys: Keys
+    options: Options = field(default_factory=Options)
+    consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    _last_reclaim: float = 0.0
+
+    @property
+    def group(self) -> str:
+        return self.participant.name
+
+    def setup(self) -> None:
+        """Create the runtime's tables, the participant's own, and the consumer groups."""
+        extra = [self.participant.metadata] if self.participant.metadata else []
+        create_tables(self.engine, runtime_metadata, *extra)
+        for stream in self.participant.streams(self.keys):
+            try:
+                self.client.xgroup_create(stream, self.group, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+
+    def run(self, stop: threading.Event) -> None:
+        self.setup()
+        self._process(self._read("0"))  # what this consumer name left pending, if anything
+        log.info("participant started", participant=self.group, consumer=self.consumer)
+        while not stop.is_set():
+            try:
+                self.poll()
+            except (OperationalError, redis.ConnectionError) as exc:
+                log.warning("backing off: a dependency is unavailable", error=str(exc)[:200])
+                stop.wait(1.0)
+        log.info("participant stopped", participant=self.group)
+
+    def poll(self) -> int:
+        """One cycle: reclaim what is due, read a batch, handle it; returns entries handled."""
+        handled = 0
+        if time.monotonic() - self._last_reclaim >= self.options.visibility_timeout / 2:
+            handled += self.reclaim()
+            self._last_reclaim = time.monotonic()
+        return handled + self._process(self._read(">", block=self.options.block_ms))
+
+    def _read(self, start: str, block: int | None = None) -> list[_Entry]:
+        streams = {s: start for s in self.participant.streams(self.keys)}
+        reply: Any = self.client.xreadgroup(
+            self.group, self.consumer, streams,  # type: ignore[arg-type]
+            count=self.options.read_count, block=block,
+        )
+        return [
+            _Entry(_text(stream), _text(entry_id), fields or None)
+            for stream, entries in reply or []
+            for entry_id, fields in entries
+        ]
+
+    def reclaim(self) -> int:
+        """Claim entries idle past their backoff; dead-letter those delivered too often."""
+        claimed: list[_Entry] = []
+        base_ms = int(self.options.visibility_timeout * 1000)
+        for stream in self.participant.streams(self.keys):
+            pending: Any = self.client.xpending_range(stream, self.group, "-", "+", 100, idle=base_ms)
+            for p in pending:
+                entry_id, count = _text(p["message_id"]), int(p["times_delivered"])
+                if p["time_since_delivered"] < base_ms * min(2 ** (count - 1), 32):
+                    continue
+                if count >= self.options.max_deliveries:
+                    reason = f"not acknowledged after {count} deliveries"
+                    self._dead_letter_by_id(stream, entry_id, reason, count)
+                    continue
+                got: Any = self.client.xclaim(stream, self.group, self.consumer, base_ms, [entry_id])
+                claimed += [_Entry(stream, _text(i), f or None, count + 1) for i, f in got]
+        return self._process(claimed)
+
+    def _process(self, entries: list[_Entry]) -> int:
+        if not entries:
+            return 0
+        good = [e for e in entries if self._decode(e)]
+        done, pending = self._handle(good)
+        crash_point("runtime.before_publish", self.options.crash_points)
+        outbox.publish(self.engine, self.client, pending, self.options.crash_points)
+        crash_point("runtime.before_ack", self.options.crash_points)
+        self._ack(done)
+        return len(entries)
+
+    def _decode(self, entry: _Entry) -> bool:
+        try:
+            if entry.raw is None:
+                raise Malformed("entry was deleted from the stream before it was processed")
+            entry.message = decode_fields(entry.raw)
+            self._check_route(entry)
+            self.participant.registry.validate(
+                entry.message.type, entry.message.version, entry.message.data
+            )
+        except (Malformed, ContractError) as exc:
+            deadletter.send(self.client, self.keys, self.group, self.consumer, entry.stream,
+                            entry.entry_id, entry.raw, str(exc), entry.deliveries)
+            self._ack([entry])
+            log.warning("dead-lettered", stream=entry.stream, entry=entry.entry_id, reason=str(exc))
+            return False
+        return True
+
+    def _check_route(self, entry: _Entry) -> None:
+        msg = entry.message
+        assert msg is not None
+        if entry.stream == self.keys.command_stream(self.group):
+            if msg.kind != COMMAND or msg.target != self.group:
+                raise Malformed(f"a {msg.kind} for {msg.target!r} on the command stream of {self.group}")
+            if msg.type not in self.participant.commands:
+                raise Malformed(f"{self.group} has no handler for command {msg.type}")
+        elif msg.kind != EVENT or entry.stream != self.keys.event_stream(msg.type):
+            raise Malformed(f"a {msg.kind} of type {msg.type} does not belong on {entry.stream}")
+
+    def _handle(self, entries: list[_Entry]) -> tuple[list[_Entry], list[outbox.Pending]]:
+        done: list[_Entry] = []
+        emitted: list[Envelope] = []
+        now = utcnow()
+        with self.engine.begin() as conn:
+            for entry in entries:
+                result = self._handle_one(conn, entry, now)
+                if result is not None:
+                    done.append(entry)
+                    emitted += result
+            pending = outbox.enqueue(conn, self.keys, emitted, now)
+        return done, pending
+
+    def _handle_one(self, conn: Connection, entry: _Entry, now: Any) -> list[Envelope] | None:
+        msg = entry.message
+        assert msg is not None
+        with structlog.contextvars.bound_contextvars(correlation_id=msg.correlation_id,
+                                                     message_id=msg.id, type=msg.type):
+            try:
+                with conn.begin_nested():  # the processed row and the effects stand or fall together
+                    if not self._claim(conn, msg, now):
+                        log.info("duplicate ignored", outcome="duplicate")
+                        return []
+                    out = self._dispatch(conn, msg, now)
+            except OperationalError:
+                raise
+            except Exception as exc:  # the handler's failure: retried after the visibility timeout
+                log.warning("handler failed", outcome="failed", error=repr(exc)[:500])
+                return None
+            log.info("handled", outcome="done", emitted=[e.type for e in out])
+            return out
+
+    def _claim(self, conn: Connection, msg: Envelope, now: Any) -> bool:
+        try:
+            with conn.begin_nested():
+                conn.execute(insert(processed).values(
+                    consumer=self.group, message_id=msg.id, processed_at=now))
+        except IntegrityError:
+            return False
+        return True
+
+    def _dispatch(self, conn: Connection, msg: Envelope, now: Any) -> list[Envelope]:
+        ctx = Context(conn, msg, now, self.group, self.participant.registry)
+        crash_point("runtime.in_handler", self.options.crash_points)
+        out: list[Envelope] = []
+        table = self.participant.commands if msg.kind == COMMAND else self.participant.events
+        handler = table.get(msg.type)
+        if handler:
+            out += handler(msg, ctx) or []
+        for join in self.participant.joins:
+            if msg.type in join.types:
+                complete = joins.arrive(conn, self.group, join.name, join.types, msg)
+                if complete:
+                    out += join.handler(complete, ctx) or []
+        return out
+
+    def _ack(self, entries: list[_Entry]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for entry in entries:
+            by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+        if not by_stream:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, self.group, *ids)
+        pipe.execute()
+
+    def _dead_letter_by_id(self, stream: str, entry_id: str, reason: str, count: int) -> None:
+        found: Any = self.client.xrange(stream, entry_id, entry_id)
+        raw = found[0][1] if found else None
+        deadletter.send(self.client, self.keys, self.group, self.consumer, stream, entry_id, raw,
+                        reason, count)
+        self.client.xack(stream, self.group, entry_id)
+        log.warning("dead-lettered", stream=stream, entry=entry_id, reason=reason)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+

@@ -1,0 +1,63 @@
+"""The runtime's own tables, kept in whatever database the participant (or the controller) uses."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+# Idempotency: one row per (consumer, message id), written in the transaction of the effect.
+processed = Table(
+    "baton_processed", metadata,
+    Column("consumer", String(64), nullable=False),
+    Column("message_id", String(64), nullable=False),
+    Column("processed_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("consumer", "message_id"),
+)
+
+# The transactional outbox: what a transaction wants sent, published after it commits.
+outbox = Table(
+    "baton_outbox", metadata,
+    Column("seq", _ID, primary_key=True, autoincrement=True),
+    Column("message_id", String(64), nullable=False),
+    Column("stream", String(255), nullable=False),
+    Column("fields", JSON, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("sent_at", DateTime(timezone=True)),
+)
+Index(
+    "ix_baton_outbox_unsent", outbox.c.seq,
+    postgresql_where=outbox.c.sent_at.is_(None), sqlite_where=outbox.c.sent_at.is_(None),
+)
+
+# Durable joins: each arrival of a joined event, and whether the join has fired.
+join_state = Table(
+    "baton_join_state", metadata,
+    Column("consumer", String(64), nullable=False),
+    Column("join_name", String(64), nullable=False),
+    Column("correlation_id", String(128), nullable=False),
+    Column("fired_at", DateTime(timezone=True)),
+    PrimaryKeyConstraint("consumer", "join_name", "correlation_id"),
+)
+join_arrival = Table(
+    "baton_join_arrival", metadata,
+    Column("consumer", String(64), nullable=False),
+    Column("join_name", String(64), nullable=False),
+    Column("correlation_id", String(128), nullable=False),
+    Column("message_type", String(128), nullable=False),
+    Column("envelope", Text, nullable=False),
+    PrimaryKeyConstraint("consumer", "join_name", "correlation_id", "message_type"),
+)
