@@ -59,6 +59,7 @@ class Participant:
     events: dict[str, Handler] = field(default_factory=dict)
     commands: dict[str, Handler] = field(default_factory=dict)
     joins: list[Join] = field(default_factory=list)
+    on_setup: Callable[[Connection], None] | None = None  # e.g. seed reference data, idempotently
 
     def on_event(self, message_type: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:

@@ -76,6 +76,9 @@ class Runtime:
         """Create the runtime's tables, the participant's own, and the consumer groups."""
         extra = [self.participant.metadata] if self.participant.metadata else []
         create_tables(self.engine, runtime_metadata, *extra)
+        if self.participant.on_setup:
+            with self.engine.begin() as conn:
+                self.participant.on_setup(conn)
         for stream in self.participant.streams(self.keys):
             try:
                 self.client.xgroup_create(stream, self.group, id="0", mkstream=True)
