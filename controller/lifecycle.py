@@ -1,0 +1,325 @@
+"""A workflow's life as a pure state machine: no database, Redis or Flask; time is an argument.
+
+`on_message` applies one recorded message, `on_time` what the clock makes due; both mutate the
+workflow and return the effects the caller must carry out (commands, lifecycle events, alerts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from contracts import lifecycle_events as announce
+from contracts.flows import COMMAND_STEP, Flow
+from contracts.flows import Step as StepDef
+
+RUNNING, PAUSED, COMPLETED = "running", "paused", "completed"
+COMPENSATING, COMPENSATED, NEEDS_ATTENTION = "compensating", "compensated", "needs_attention"
+STEP_FAILED, SLA_BREACHED, CANCELLED = "step_failed", "sla_breached", "cancelled"
+PENDING, ACTIVE, DONE, FAILED, SKIPPED = "pending", "active", "done", "failed", "skipped"
+STEP_COMPENSATED = "compensated"
+SENT = "sent"  # compensation statuses: pending, sent, done, failed
+_NAMESPACE = uuid.UUID("7b1f5a9e-9c0e-4b8e-9a51-4f3c2d6e8a10")
+
+
+@dataclass
+class Step:
+    name: str
+    status: str = PENDING
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    deadline: datetime | None = None
+    completed_seq: int | None = None
+    attempts: int = 0
+    command_id: str | None = None
+    next_attempt_at: datetime | None = None
+    result: dict[str, Any] | None = None  # {"id": done message id, "data": its payload}
+
+
+@dataclass
+class Compensation:
+    step: str
+    position: int
+    command: str
+    command_id: str
+    status: str = PENDING
+    attempts: int = 0
+    sent_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+@dataclass
+class Workflow:
+    correlation_id: str
+    flow: str
+    flow_version: int
+    started_at: datetime
+    start_message_id: str
+    status: str = RUNNING
+    reason: str | None = None
+    deadline: datetime | None = None
+    finished_at: datetime | None = None
+    paused_at: datetime | None = None
+    steps: dict[str, Step] = field(default_factory=dict)
+    compensations: dict[str, Compensation] = field(default_factory=dict)
+    seen: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Command:
+    participant: str
+    type: str
+    data: dict[str, Any]
+    command_id: str
+    attempt: int
+    deadline: datetime
+    causation_id: str
+
+
+@dataclass(frozen=True)
+class Announce:
+    type: str
+    status: str
+    reason: str | None
+
+
+@dataclass(frozen=True)
+class Alert:
+    status: str
+    reason: str | None
+    detail: str
+
+
+Effect = Command | Announce | Alert
+
+
+def start(flow: Flow, correlation_id: str, start_message_id: str, data: dict[str, Any],
+          now: datetime, sla_seconds: int | None = None) -> tuple[Workflow, list[Effect]]:
+    wf = Workflow(
+        correlation_id, flow.name, flow.version, now, start_message_id,
+        deadline=now + timedelta(seconds=sla_seconds or flow.sla_seconds),
+        steps={s.name: Step(s.name) for s in flow.steps},
+    )
+    wf.seen[flow.start_event] = (start_message_id, data)
+    return wf, _advance(flow, wf, now)
+
+
+def on_message(flow: Flow, wf: Workflow, message_type: str, message_id: str,
+               data: dict[str, Any], now: datetime) -> list[Effect]:
+    wf.seen.setdefault(message_type, (message_id, data))
+    effects: list[Effect] = []
+    for step in flow.steps:
+        if message_type == step.done_on:
+            effects += _step_done(flow, wf, step, message_id, data, now)
+        elif message_type == step.failed_on:
+            effects += _step_failed(flow, wf, step, data, now)
+        if step.compensation and message_type == step.compensation.answer:
+            _compensation_done(wf, step.name, now)
+        elif step.compensation and message_type == step.compensation.failed_answer:
+            effects += _compensation_failed(flow, wf, step.name, now, answered=True)
+    return effects + _advance(flow, wf, now)
+
+
+def on_time(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
+    """Breaches and unanswered commands: what the sweeper finds due at `now`."""
+    effects: list[Effect] = []
+    if wf.status == RUNNING:
+        effects += _check_deadlines(flow, wf, now)
+    for step in flow.steps:
+        state = wf.steps[step.name]
+        if wf.status == RUNNING and _command_overdue(state, now):
+            effects += _retry_step(flow, wf, step, now)
+        comp = wf.compensations.get(step.name)
+        if wf.status == COMPENSATING and comp and comp.status == SENT and _overdue(comp, now):
+            effects += _compensation_failed(flow, wf, step.name, now)
+    return effects + _advance(flow, wf, now)
+
+
+def next_due(wf: Workflow) -> datetime | None:
+    """The earliest moment `on_time` could change something; None when nothing is owed."""
+    times: list[datetime | None] = []
+    if wf.status == RUNNING:
+        times.append(wf.deadline)
+        for s in wf.steps.values():
+            if s.status == ACTIVE:
+                times += [s.deadline, s.next_attempt_at]
+    elif wf.status == COMPENSATING:
+        times += [c.next_attempt_at for c in wf.compensations.values() if c.status == SENT]
+    present = [t for t in times if t is not None]
+    return min(present) if present else None
+
+
+def begin_compensation(flow: Flow, wf: Workflow, reason: str, now: datetime) -> list[Effect]:
+    wf.status, wf.reason = COMPENSATING, reason
+    done = sorted(
+        (s for s in wf.steps.values() if s.status == DONE and flow.step(s.name).compensation),
+        key=lambda s: s.completed_seq or 0, reverse=True,
+    )
+    for step in done:
+        _add_compensation(flow, wf, step.name)
+    return [Announce(announce.COMPENSATING, wf.status, reason)]
+
+
+def command_id(correlation_id: str, purpose: str) -> str:
+    """Deterministic, so that two trackers deciding the same thing send the same message."""
+    return str(uuid.uuid5(_NAMESPACE, f"{correlation_id}:{purpose}"))
+
+
+def backoff(timeout: float, attempt: int, key: str) -> timedelta:
+    """Exponential in the attempt, capped, with a jitter derived from `key` (no randomness here)."""
+    jitter = int(hashlib.sha256(f"{key}:{attempt}".encode()).hexdigest()[:4], 16) / 0xFFFF
+    return timedelta(seconds=min(timeout * 2 ** (attempt - 1), timeout * 16) * (1 + jitter / 4))
+
+
+def _step_done(flow: Flow, wf: Workflow, step: StepDef, message_id: str, data: dict[str, Any],
+               now: datetime) -> list[Effect]:
+    state = wf.steps[step.name]
+    if state.status in (DONE, FAILED, SKIPPED, STEP_COMPENSATED):
+        return []
+    state.status, state.finished_at = DONE, now
+    state.completed_seq = 1 + max((s.completed_seq or 0 for s in wf.steps.values()), default=0)
+    state.result = {"id": message_id, "data": data}
+    state.next_attempt_at = None
+    if wf.status in (COMPENSATING, COMPENSATED, NEEDS_ATTENTION) and step.compensation:
+        _add_compensation(flow, wf, step.name, first=True)
+        if wf.status == COMPENSATED:
+            wf.status, wf.finished_at = COMPENSATING, None
+            return [Announce(announce.COMPENSATING, wf.status, wf.reason)]
+    return []
+
+
+def _step_failed(flow: Flow, wf: Workflow, step: StepDef, data: dict[str, Any],
+                 now: datetime) -> list[Effect]:
+    state = wf.steps[step.name]
+    if state.status in (DONE, FAILED, SKIPPED, STEP_COMPENSATED):
+        return []
+    if step.kind == COMMAND_STEP and state.attempts < flow.command_max_attempts:
+        return []  # a failed attempt: retried with backoff when due, like an unanswered one
+    state.status, state.finished_at, state.next_attempt_at = FAILED, now, None
+    if wf.status != RUNNING:
+        return []
+    return begin_compensation(flow, wf, STEP_FAILED, now)
+
+
+def _retry_step(flow: Flow, wf: Workflow, step: StepDef, now: datetime) -> list[Effect]:
+    state = wf.steps[step.name]
+    if state.attempts >= flow.command_max_attempts:
+        state.status, state.finished_at, state.next_attempt_at = FAILED, now, None
+        return begin_compensation(flow, wf, STEP_FAILED, now)
+    return [_send_step_command(flow, wf, step, now)]
+
+
+def _send_step_command(flow: Flow, wf: Workflow, step: StepDef, now: datetime) -> Command:
+    state = wf.steps[step.name]
+    state.attempts += 1
+    state.command_id = state.command_id or command_id(wf.correlation_id, f"step:{step.name}")
+    wait = backoff(flow.command_timeout_seconds, state.attempts, state.command_id)
+    state.next_attempt_at = now + wait
+    data: dict[str, Any] = {}
+    for t in (flow.start_event, *step.reacts_to):
+        data.update(wf.seen.get(t, ("", {}))[1])
+    cause = wf.seen.get(step.reacts_to[-1], (wf.start_message_id, {}))[0]
+    return Command(step.participant, step.command or "", data, state.command_id, state.attempts,
+                   now + wait, cause)
+
+
+def _add_compensation(flow: Flow, wf: Workflow, step_name: str, first: bool = False) -> None:
+    if step_name in wf.compensations:
+        return
+    comp_def = flow.step(step_name).compensation
+    assert comp_def is not None
+    positions = [c.position for c in wf.compensations.values()]
+    position = (min(positions, default=1) - 1) if first else (max(positions, default=-1) + 1)
+    wf.compensations[step_name] = Compensation(
+        step_name, position, comp_def.command, command_id(wf.correlation_id, f"comp:{step_name}")
+    )
+
+
+def _compensation_done(wf: Workflow, step_name: str, now: datetime) -> None:
+    comp = wf.compensations.get(step_name)
+    if comp is None or comp.status in (DONE, FAILED):
+        return
+    comp.status, comp.finished_at, comp.next_attempt_at = DONE, now, None
+    wf.steps[step_name].status = STEP_COMPENSATED
+
+
+def _compensation_failed(flow: Flow, wf: Workflow, step_name: str, now: datetime,
+                         answered: bool = False) -> list[Effect]:
+    """A `_failed` answer or a timeout: retry with backoff when due, or give up to an operator."""
+    comp = wf.compensations.get(step_name)
+    if comp is None or comp.status != SENT:
+        return []
+    if comp.attempts < flow.command_max_attempts:
+        return [] if answered else [_send_compensation(flow, wf, comp, now)]
+    comp.status, comp.finished_at, comp.next_attempt_at = FAILED, now, None
+    wf.status = NEEDS_ATTENTION
+    detail = f"{comp.command} for step {step_name} failed after {comp.attempts} attempts"
+    return [Announce(announce.NEEDS_ATTENTION, wf.status, wf.reason),
+            Alert(wf.status, wf.reason, detail)]
+
+
+def _send_compensation(flow: Flow, wf: Workflow, comp: Compensation, now: datetime) -> Command:
+    comp.status, comp.sent_at = SENT, comp.sent_at or now
+    comp.attempts += 1
+    wait = backoff(flow.command_timeout_seconds, comp.attempts, comp.command_id)
+    comp.next_attempt_at = now + wait
+    step = wf.steps[comp.step]
+    result = step.result or {"id": wf.start_message_id, "data": {}}
+    data = {**result["data"], "reason": wf.reason or ""}
+    return Command(flow.step(comp.step).participant, comp.command, data, comp.command_id,
+                   comp.attempts, now + wait, result["id"])
+
+
+def _advance(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
+    if wf.status == RUNNING:
+        return _advance_running(flow, wf, now)
+    if wf.status == COMPENSATING:
+        return _advance_compensating(flow, wf, now)
+    return []
+
+
+def _advance_running(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
+    effects: list[Effect] = []
+    for step in flow.steps:
+        state = wf.steps[step.name]
+        if state.status == PENDING and all(t in wf.seen for t in step.reacts_to):
+            state.status, state.started_at = ACTIVE, now
+            state.deadline = now + timedelta(seconds=step.sla_seconds)
+            if step.kind == COMMAND_STEP:
+                effects.append(_send_step_command(flow, wf, step, now))
+    if all(wf.steps[n].status in (DONE, SKIPPED) for n in flow.completes_when):
+        wf.status, wf.finished_at = COMPLETED, now
+        effects.append(Announce(announce.COMPLETED, wf.status, None))
+    return effects
+
+
+def _advance_compensating(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
+    ordered = sorted(wf.compensations.values(), key=lambda c: c.position)
+    if any(c.status == SENT for c in ordered):
+        return []
+    waiting = [c for c in ordered if c.status == PENDING]
+    if waiting:
+        return [_send_compensation(flow, wf, waiting[0], now)]
+    wf.status, wf.finished_at = COMPENSATED, now
+    return [Announce(announce.COMPENSATED, wf.status, wf.reason)]
+
+
+def _check_deadlines(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
+    late = wf.deadline is not None and now >= wf.deadline
+    late = late or any(
+        s.status == ACTIVE and s.deadline is not None and now >= s.deadline
+        for s in wf.steps.values()
+    )
+    return begin_compensation(flow, wf, SLA_BREACHED, now) if late else []
+
+
+def _command_overdue(state: Step, now: datetime) -> bool:
+    return state.status == ACTIVE and state.next_attempt_at is not None and now >= state.next_attempt_at
+
+
+def _overdue(comp: Compensation, now: datetime) -> bool:
+    return comp.next_attempt_at is not None and now >= comp.next_attempt_at
