@@ -1,0 +1,91 @@
+"""Shared fixtures. Servers come from `bash scripts/test.sh`, which exports BATON_TEST_*."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+# -- servers -------------------------------------------------------------------------------
+
+
+def _server_env(name: str) -> str:
+    value = os.environ.get(name)
+    if not value:
+        pytest.fail(
+            f"{name} is not set: run the tests with `bash scripts/test.sh`, which starts "
+            "Redis and PostgreSQL and exports BATON_TEST_REDIS_URL and BATON_TEST_DATABASE_URL",
+            pytrace=False,
+        )
+    return value
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """URL of the test Redis server (database 0), from BATON_TEST_REDIS_URL."""
+    return _server_env("BATON_TEST_REDIS_URL")
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A decode_responses client on an empty database, flushed again afterwards."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        client.flushdb()
+        yield client
+        client.flushdb()
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def _pg_admin() -> Iterator[Engine]:
+    """Engine on BATON_TEST_DATABASE_URL's database, to create and drop test schemas."""
+    engine = sa.create_engine(_server_env("BATON_TEST_DATABASE_URL"), isolation_level="AUTOCOMMIT")
+    yield engine
+    engine.dispose()
+
+
+def _pg_schema_url(admin: Engine) -> Iterator[str]:
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    # search_path puts every unqualified name in the schema; application_name lets the
+    # teardown find connections a test forgot to close.
+    url = admin.url.update_query_dict(
+        {"options": f"-csearch_path={schema}", "application_name": schema}
+    )
+    yield url.render_as_string(hide_password=False)
+    with admin.connect() as conn:
+        conn.execute(
+            sa.text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = :schema AND pid <> pg_backend_pid()"
+            ),
+            {"schema": schema},
+        )
+        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A SQLAlchemy URL to an empty database: a SQLite file, or a fresh PostgreSQL schema.
+
+    Tests should dispose of every engine they create before they end.
+    """
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/baton.db"
+    else:
+        yield from _pg_schema_url(request.getfixturevalue("_pg_admin"))
+
+
+@pytest.fixture
+def pg_database_url(_pg_admin: Engine) -> Iterator[str]:
+    """A PostgreSQL URL whose connections use a fresh schema, dropped after the test."""
+    yield from _pg_schema_url(_pg_admin)
