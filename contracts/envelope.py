@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -57,10 +57,6 @@ class Envelope:
             out["attempt"] = str(self.attempt or 1)
             out["deadline"] = format_ts(self.deadline) if self.deadline else ""
         return out
-
-    def next_attempt(self, deadline: datetime) -> Envelope:
-        """The same command, sent again: same `id`, `attempt` + 1."""
-        return replace(self, attempt=(self.attempt or 1) + 1, deadline=deadline)
 
 
 def new_id() -> str:

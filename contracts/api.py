@@ -1,0 +1,130 @@
+"""Schemas of the REST API: they validate requests and generate the OpenAPI document."""
+
+from __future__ import annotations
+
+from marshmallow import INCLUDE, RAISE, Schema, fields, validate
+
+from contracts.envelope import CORRELATION_PATTERN
+
+STATUSES = ["running", "paused", "completed", "compensating", "compensated", "needs_attention"]
+REASONS = ["step_failed", "sla_breached", "cancelled"]
+
+
+class StartBody(Schema):
+    class Meta:
+        unknown = RAISE
+
+    flow = fields.Str(required=True, validate=validate.Length(min=1, max=64))
+    input = fields.Dict(keys=fields.Str(), required=True)
+    sla_seconds = fields.Int(strict=True, validate=validate.Range(min=1, max=366 * 86400))
+    correlation_id = fields.Str(validate=validate.Regexp(
+        CORRELATION_PATTERN, error="1 to 128 characters from [A-Za-z0-9._:-]"))
+
+
+class ListQuery(Schema):
+    """Search attributes a flow declares (`order_id=...`) pass through to be checked by name."""
+
+    class Meta:
+        unknown = INCLUDE
+
+    flow = fields.Str(validate=validate.Length(min=1, max=64))
+    status = fields.Str(validate=validate.OneOf(STATUSES))
+    reason = fields.Str(validate=validate.OneOf(REASONS))
+    started_after = fields.AwareDateTime(default_timezone=None)
+    started_before = fields.AwareDateTime(default_timezone=None)
+    overdue = fields.Bool()
+    limit = fields.Int(load_default=50, validate=validate.Range(min=1, max=500))
+    cursor = fields.Str(validate=validate.Length(min=1, max=512))
+
+
+class PageQuery(Schema):
+    class Meta:
+        unknown = RAISE
+
+    limit = fields.Int(load_default=100, validate=validate.Range(min=1, max=1000))
+    cursor = fields.Str(validate=validate.Length(min=1, max=512))
+
+
+class StepOut(Schema):
+    name = fields.Str()
+    kind = fields.Str()
+    participant = fields.Str()
+    status = fields.Str()
+    started_at = fields.Str(allow_none=True)
+    finished_at = fields.Str(allow_none=True)
+    deadline = fields.Str(allow_none=True)
+    attempts = fields.Int()
+
+
+class CompensationOut(Schema):
+    step = fields.Str()
+    command = fields.Str()
+    status = fields.Str()
+    attempts = fields.Int()
+    sent_at = fields.Str(allow_none=True)
+    finished_at = fields.Str(allow_none=True)
+
+
+class WorkflowOut(Schema):
+    correlation_id = fields.Str()
+    flow = fields.Str()
+    flow_version = fields.Int()
+    status = fields.Str()
+    reason = fields.Str(allow_none=True)
+    started_at = fields.Str()
+    deadline = fields.Str(allow_none=True)
+    finished_at = fields.Str(allow_none=True)
+    started_by = fields.Str()
+    input = fields.Dict()
+    search_attributes = fields.Dict(keys=fields.Str(), values=fields.Str())
+    steps = fields.List(fields.Nested(StepOut))
+    compensations = fields.List(fields.Nested(CompensationOut))
+
+
+class WorkflowPage(Schema):
+    items = fields.List(fields.Nested(WorkflowOut))
+    next_cursor = fields.Str(allow_none=True)
+
+
+class MessageOut(Schema):
+    id = fields.Str()
+    kind = fields.Str()
+    type = fields.Str()
+    version = fields.Int()
+    source = fields.Str()
+    causation_id = fields.Str()
+    target = fields.Str(allow_none=True)
+    occurred_at = fields.Str()
+    received_at = fields.Str()
+    data = fields.Dict()
+
+
+class TimelinePage(Schema):
+    items = fields.List(fields.Nested(MessageOut))
+    next_cursor = fields.Str(allow_none=True)
+
+
+class FlowOut(Schema):
+    name = fields.Str()
+    version = fields.Int()
+    description = fields.Str()
+    start_event = fields.Str()
+    sla_seconds = fields.Int()
+    search_attributes = fields.List(fields.Str())
+    steps = fields.List(fields.Dict())
+    completes_when = fields.List(fields.Str())
+    mermaid = fields.Str()
+
+
+class FlowList(Schema):
+    items = fields.List(fields.Nested(FlowOut))
+
+
+class Problem(Schema):
+    """RFC 9457 problem details, with validation errors keyed by field."""
+
+    type = fields.Str()
+    title = fields.Str()
+    status = fields.Int()
+    detail = fields.Str()
+    errors = fields.Dict()

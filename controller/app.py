@@ -1,0 +1,45 @@
+"""The Flask application factory: `create_app(settings=None)` builds its services from settings."""
+
+from __future__ import annotations
+
+from flask import Flask, Response, request
+
+from config.logging import configure_logging
+from config.settings import Settings, load_settings
+from controller import problems, routes_flows, routes_health, routes_workflows
+from controller.services import Services, build_services
+
+_JSON_TYPES = ("application/json",)
+
+
+def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
+    settings = settings or load_settings()
+    if services is None:
+        configure_logging(settings, "web")
+        services = build_services(settings)
+    app = Flask("baton")
+    app.config.update(
+        MAX_CONTENT_LENGTH=settings.max_body_bytes,
+        API_TITLE="Baton", API_VERSION="v1", OPENAPI_VERSION="3.1.0",
+        OPENAPI_URL_PREFIX="/v1", OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+    )
+    app.extensions["baton"] = services
+    api = problems.ProblemApi(app, spec_kwargs={"components": {"securitySchemes": {
+        "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}]})
+    api.register_blueprint(routes_workflows.blp)
+    api.register_blueprint(routes_flows.blp)
+    app.register_blueprint(routes_health.blp)
+    problems.register(app)
+    app.before_request(_require_json_body)
+    return app
+
+
+def _require_json_body() -> Response | None:
+    if request.method in ("POST", "PUT", "PATCH") and request.content_length != 0:
+        mimetype = request.mimetype or ""
+        if mimetype not in _JSON_TYPES and not mimetype.endswith("+json"):
+            return problems.problem(415, "Unsupported Media Type",
+                                    "send the body as application/json")
+    return None

@@ -1,0 +1,110 @@
+"""The `baton` command: the processes of the Procfile, the demo, and (later) an API client."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from config.logging import configure_logging
+from config.settings import Settings, SettingsError, load_settings
+
+
+def _settings(process: str) -> Settings:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        click.echo(f"baton: configuration error: {exc}", err=True)
+        sys.exit(2)
+    configure_logging(settings, process)
+    return settings
+
+
+@click.group()
+def main() -> None:
+    """Baton: a front controller for event-driven workflows over Redis Streams."""
+
+
+@main.command()
+def migrate() -> None:
+    """Bring the database schema up to date (the Procfile's release line)."""
+    from controller import migrate as migrations
+    from participants.db import make_engine
+
+    settings = _settings("release")
+    engine = make_engine(settings.database_url)
+    try:
+        migrations.upgrade(engine)
+    finally:
+        engine.dispose()
+    click.echo("database is up to date")
+
+
+def _controller_process(name: str, body: Callable[[Any, Any], None]) -> None:
+    from controller import migrate as migrations
+    from controller.services import build_services
+    from participants.service import stop_on_signals
+
+    settings = _settings(name)
+    stop = stop_on_signals()
+    services = build_services(settings)
+    try:
+        migrations.upgrade(services.engine)
+        body(services, stop)
+    finally:
+        services.close()
+
+
+@main.command()
+def tracker() -> None:
+    """Read every event stream of every loaded flow and move workflows along."""
+    from controller.tracker import build_tracker
+    from participants.runtime import Runtime
+    from participants.service import runtime_options
+
+    def body(services: Any, stop: Any) -> None:
+        participant = build_tracker(services.catalog, services.registry)
+        Runtime(participant, services.engine, services.redis, services.keys,
+                runtime_options(services.settings)).run(stop)
+
+    _controller_process("tracker", body)
+
+
+@main.command()
+def relay() -> None:
+    """Publish outbox rows that a crash left unsent."""
+    from controller.relay import run_relay
+
+    _controller_process("relay", run_relay)
+
+
+@main.command()
+@click.argument("name")
+def participant(name: str) -> None:
+    """Run one reference participant (inventory, payment, shipping, notification)."""
+    from participants import reference
+    from participants.service import run_participant
+
+    settings = _settings(name)
+    try:
+        built = reference.build(name)
+    except KeyError:
+        raise click.BadParameter(f"no reference participant {name!r}; known: "
+                                 f"{', '.join(reference.NAMES)}") from None
+    run_participant(built, settings, settings.participant_db(name))
+
+
+@main.command()
+@click.option("--orders", default=60, show_default=True, help="How many orders to place.")
+@click.option("--keep", is_flag=True, help="Keep the data directory of the run.")
+def demo(orders: int, keep: bool) -> None:
+    """Run the whole system on embedded defaults, drive orders through it, print the outcome."""
+    from controller.demo import run_demo
+
+    sys.exit(run_demo(orders=orders, keep=keep))
+
+
+if __name__ == "__main__":
+    main()

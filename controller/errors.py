@@ -1,0 +1,29 @@
+"""The controller's errors; each carries the HTTP status one Flask handler maps it to."""
+
+from __future__ import annotations
+
+
+class ControllerError(Exception):
+    status = 500
+    title = "Internal Server Error"
+
+    def __init__(self, detail: str, errors: dict[str, object] | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.errors = errors
+
+
+class NotFound(ControllerError):
+    status, title = 404, "Not Found"
+
+
+class Conflict(ControllerError):
+    status, title = 409, "Conflict"
+
+
+class InvalidInput(ControllerError):
+    status, title = 422, "Unprocessable Content"
+
+
+class Unavailable(ControllerError):
+    status, title = 503, "Service Unavailable"

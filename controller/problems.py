@@ -1,0 +1,63 @@
+"""RFC 9457 problem documents for every error the API answers, and the one place errors map to statuses."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import structlog
+from flask import Flask, Response
+from flask_smorest import Api
+from sqlalchemy.exc import OperationalError
+from werkzeug.exceptions import HTTPException
+
+from controller.errors import ControllerError
+
+log = structlog.get_logger("baton.api")
+_LOCATIONS = {"json", "query", "headers", "form", "path", "view_args"}
+
+
+def problem(status: int, title: str, detail: str, errors: Any = None,
+            headers: dict[str, str] | None = None) -> Response:
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    response = Response(status=status, mimetype="application/problem+json", headers=headers)
+    response.set_data(_json(body))
+    return response
+
+
+def _json(body: dict[str, Any]) -> bytes:
+    return orjson.dumps(body)
+
+
+class ProblemApi(Api):
+    """flask-smorest's Api, answering its own errors (422 from webargs, 404, 405...) as problems."""
+
+    def handle_http_exception(self, error: HTTPException) -> Response:
+        data = getattr(error, "data", None) or {}
+        errors = data.get("errors") or data.get("messages")
+        if isinstance(errors, dict) and set(errors) <= _LOCATIONS and len(errors) == 1:
+            errors = next(iter(errors.values()))
+        status = error.code or 500
+        detail = data.get("message") or error.description or error.name
+        if status == 422 and errors:
+            detail = "the request does not match its schema: " + ", ".join(map(str, errors))
+        return problem(status, error.name, str(detail), errors, data.get("headers"))
+
+
+def register(app: Flask) -> None:
+    @app.errorhandler(ControllerError)
+    def _controller_error(exc: ControllerError) -> Response:
+        return problem(exc.status, exc.title, exc.detail, exc.errors)
+
+    @app.errorhandler(OperationalError)
+    def _database_down(exc: OperationalError) -> Response:
+        log.warning("database unavailable", error=str(exc.orig)[:200])
+        return problem(503, "Service Unavailable", "the database is unavailable; retry shortly",
+                       headers={"Retry-After": "5"})
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception) -> Response:
+        log.exception("unhandled error")
+        return problem(500, "Internal Server Error", "an unexpected error was logged")

@@ -1,0 +1,98 @@
+"""`/v1/workflows`: start, list, read and the timeline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from flask import current_app, request
+from flask_smorest import Blueprint
+
+from contracts.api import ListQuery, PageQuery, StartBody, TimelinePage, WorkflowOut, WorkflowPage
+from contracts.timefmt import utcnow
+from controller import views
+from controller.auth import OPERATOR, READERS, STARTER, current_actor, requires
+from controller.errors import InvalidInput
+from controller.services import Services
+from controller.starting import StartRequest, start_workflow
+from participants import outbox
+
+blp = Blueprint("workflows", __name__, url_prefix="/v1/workflows", description="Workflows")
+log = structlog.get_logger("baton.api")
+_KNOWN_QUERY = set(ListQuery().fields)
+
+
+def _services() -> Services:
+    services: Services = current_app.extensions["baton"]
+    return services
+
+
+@blp.route("", methods=["POST"])
+@blp.arguments(StartBody)
+@blp.response(201, WorkflowOut)
+@blp.alt_response(200, schema=WorkflowOut, description="The same Idempotency-Key and body again")
+@requires(STARTER, OPERATOR)
+def start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
+    services, actor = _services(), current_actor()
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 255:
+        raise InvalidInput("Idempotency-Key must be 1 to 255 characters",
+                           {"Idempotency-Key": ["1 to 255 characters"]})
+    req = StartRequest(flow=body["flow"], input=body["input"], actor=actor.name,
+                       sla_seconds=body.get("sla_seconds"),
+                       correlation_id=body.get("correlation_id"), idempotency_key=key)
+    started = start_workflow(services.engine, services.catalog, services.registry, services.keys,
+                             req, utcnow())
+    try:
+        outbox.publish(services.engine, services.redis, started.pending,
+                       services.settings.crash_points)
+    except Exception as exc:  # committed: the relay publishes it; the client need not wait
+        log.warning("publish after commit failed; the relay will send it", error=repr(exc)[:200],
+                    correlation_id=started.correlation_id)
+    with services.engine.connect() as conn:
+        body_out = views.workflow(conn, services.catalog, started.correlation_id)
+    location = {"Location": f"/v1/workflows/{started.correlation_id}"}
+    return body_out, 201 if started.created else 200, location
+
+
+@blp.route("", methods=["GET"])
+@blp.arguments(ListQuery, location="query")
+@blp.response(200, WorkflowPage)
+@requires(*READERS)
+def list_workflows(query: dict[str, Any]) -> dict[str, Any]:
+    services, actor = _services(), current_actor()
+    declared = {a for f in services.catalog.flows.values() for a in f.search_attributes}
+    extra = {k: v for k, v in query.items() if k not in _KNOWN_QUERY}
+    unknown = sorted(k for k in extra if k not in declared)
+    if unknown:
+        raise InvalidInput("unknown query parameters",
+                           {k: ["not a filter nor a declared search attribute"] for k in unknown})
+    filters = views.Filters(
+        flow=query.get("flow"), status=query.get("status"), reason=query.get("reason"),
+        started_after=query.get("started_after"), started_before=query.get("started_before"),
+        overdue=bool(query.get("overdue")), attributes=tuple(sorted(extra.items())),
+        started_by=actor.name if actor.only_own else None,
+    )
+    with services.engine.connect() as conn:
+        return views.list_workflows(conn, services.catalog, filters, query["limit"],
+                                    query.get("cursor"), utcnow())
+
+
+@blp.route("/<cid>", methods=["GET"])
+@blp.response(200, WorkflowOut)
+@requires(*READERS)
+def get_workflow(cid: str) -> dict[str, Any]:
+    services, actor = _services(), current_actor()
+    with services.engine.connect() as conn:
+        return views.workflow(conn, services.catalog, cid, actor.name if actor.only_own else None)
+
+
+@blp.route("/<cid>/timeline", methods=["GET"])
+@blp.arguments(PageQuery, location="query")
+@blp.response(200, TimelinePage)
+@requires(*READERS)
+def get_timeline(query: dict[str, Any], cid: str) -> dict[str, Any]:
+    services, actor = _services(), current_actor()
+    with services.engine.connect() as conn:
+        views.workflow(conn, services.catalog, cid, actor.name if actor.only_own else None)
+        return views.timeline(conn, cid, query["limit"], query.get("cursor"))
