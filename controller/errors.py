@@ -22,7 +22,7 @@ class Conflict(ControllerError):
 
 
 class InvalidInput(ControllerError):
-    status, title = 422, "Unprocessable Content"
+    status, title = 422, "Unprocessable Entity"
 
 
 class Unavailable(ControllerError):

@@ -21,10 +21,22 @@ def problem(status: int, title: str, detail: str, errors: Any = None,
             headers: dict[str, str] | None = None) -> Response:
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     if errors:
-        body["errors"] = errors
+        body["errors"] = flatten(errors) if isinstance(errors, dict) else {"_body": errors}
     response = Response(status=status, mimetype="application/problem+json", headers=headers)
     response.set_data(_json(body))
     return response
+
+
+def flatten(errors: dict[Any, Any], prefix: str = "") -> dict[str, list[str]]:
+    """Nested marshmallow messages as `{"input.items.0.quantity": [...]}`: the field is named."""
+    flat: dict[str, list[str]] = {}
+    for key, value in errors.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, path + "."))
+        else:
+            flat[path] = [str(v) for v in value] if isinstance(value, list) else [str(value)]
+    return flat
 
 
 def _json(body: dict[str, Any]) -> bytes:

@@ -7,6 +7,7 @@ from typing import Any
 import structlog
 from flask import current_app, request
 from flask_smorest import Blueprint
+from marshmallow import INCLUDE
 
 from contracts.api import ListQuery, PageQuery, StartBody, TimelinePage, WorkflowOut, WorkflowPage
 from contracts.timefmt import utcnow
@@ -56,7 +57,7 @@ def start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
 
 
 @blp.route("", methods=["GET"])
-@blp.arguments(ListQuery, location="query")
+@blp.arguments(ListQuery, location="query", unknown=INCLUDE)
 @blp.response(200, WorkflowPage)
 @requires(*READERS)
 def list_workflows(query: dict[str, Any]) -> dict[str, Any]:
