@@ -1,0 +1,28 @@
+"""The four reference participants of `order_fulfillment`, each with its own tables and business rules.
+
+`build(name)` returns a fresh Participant for one of NAMES; the Procfile runs one per process.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from participants.participant import Participant
+from participants.reference import inventory, notification, payment, shipping
+
+NAMES = ("inventory", "payment", "shipping", "notification")
+REFERENCE: dict[str, Callable[[], Participant]] = {
+    inventory.NAME: inventory.build,
+    payment.NAME: payment.build,
+    shipping.NAME: shipping.build,
+    notification.NAME: notification.build,
+}
+
+
+def build(name: str) -> Participant:
+    """The reference participant called `name`; KeyError naming the known ones otherwise."""
+    try:
+        factory = REFERENCE[name]
+    except KeyError:
+        raise KeyError(f"no reference participant {name!r}; known: {', '.join(NAMES)}") from None
+    return factory()

@@ -1,0 +1,187 @@
+"""Reference participant `inventory`: reserves stock for `order.placed`, releases it on compensation.
+
+All of an order's items are reserved or none; stock never goes below zero, even with two consumers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from contracts.envelope import Envelope
+from participants.participant import Context, Participant
+
+# Rules: the catalog is CATALOG. An order fails as a whole (`inventory.reservation_failed`, or
+# `inventory.reserve_failed` for the command) when a product is unknown ("unknown product SKU-404")
+# or short of stock ("insufficient stock for SKU-RARE-2: requested 1, available 0"); the reason names
+# the first such product in product-id order. A workflow's order is reserved once: a repeat answers
+# the same reservations. `inventory.release` gives the stock back once and always answers.
+NAME = "inventory"
+GENEROUS_STOCK = 1_000_000
+# Seeded once: missing products are inserted, existing stock levels are never reset.
+CATALOG: dict[str, int] = {
+    **{f"SKU-{n:03d}": GENEROUS_STOCK for n in range(1, 21)},
+    "SKU-RARE-1": 5,  # the sixth unit ordered fails
+    "SKU-RARE-2": 0,  # always out of stock
+}
+RESERVED, RELEASED = "reserved", "released"
+
+metadata = MetaData()
+stock = Table(
+    "inventory_stock", metadata,
+    Column("product_id", String(128), primary_key=True),
+    Column("available", Integer, nullable=False),
+)
+reservations = Table(
+    "inventory_reservations", metadata,
+    Column("reservation_id", String(64), primary_key=True),
+    Column("correlation_id", String(128), nullable=False),
+    Column("order_id", String(128), nullable=False),
+    Column("line", Integer, nullable=False),
+    Column("product_id", String(128), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("released_at", DateTime(timezone=True)),
+)
+Index("ix_inventory_reservations_order", reservations.c.correlation_id, reservations.c.order_id)
+
+
+class Shortage(Exception):
+    """An item cannot be reserved; the reservations of its order are rolled back."""
+
+
+def seed(conn: Connection) -> None:
+    """Insert the products of CATALOG that are missing; safe when several processes start at once."""
+    upsert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    rows = [{"product_id": p, "available": q} for p, q in CATALOG.items()]
+    conn.execute(upsert(stock).on_conflict_do_nothing(index_elements=["product_id"]), rows)
+
+
+def available(conn: Connection, product_id: str) -> int | None:
+    """The stock level of a product, None if it is not in the catalog."""
+    found = conn.execute(select(stock.c.available).where(stock.c.product_id == product_id))
+    level: int | None = found.scalar_one_or_none()
+    return level
+
+
+def _take(conn: Connection, product_id: str, quantity: int) -> None:
+    # Conditional decrement: two consumers at once can never take more than there is.
+    taken = conn.execute(
+        update(stock)
+        .where(stock.c.product_id == product_id, stock.c.available >= quantity)
+        .values(available=stock.c.available - quantity)
+    )
+    if taken.rowcount == 1:
+        return
+    level = available(conn, product_id)
+    if level is None:
+        raise Shortage(f"unknown product {product_id}")
+    raise Shortage(f"insufficient stock for {product_id}: requested {quantity}, available {level}")
+
+
+def _active(conn: Connection, msg: Envelope, order_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        select(reservations.c.reservation_id, reservations.c.product_id, reservations.c.quantity)
+        .where(reservations.c.correlation_id == msg.correlation_id,
+               reservations.c.order_id == order_id, reservations.c.status == RESERVED)
+        .order_by(reservations.c.line)
+    )
+    return [dict(r._mapping) for r in rows]
+
+
+def reserve(conn: Connection, msg: Envelope, now: datetime) -> list[dict[str, Any]]:
+    """Reserve every item of the order or none (Shortage); a repeat answers the same reservations."""
+    order_id, items = msg.data["order_id"], msg.data["items"]
+    existing = _active(conn, msg, order_id)
+    if existing:
+        return existing
+    lines = sorted(enumerate(items), key=lambda li: li[1]["product_id"])  # one lock order: no deadlock
+    with conn.begin_nested():
+        for _, item in lines:
+            _take(conn, item["product_id"], item["quantity"])
+        rows = [_row(msg, order_id, line, item, now) for line, item in enumerate(items)]
+        conn.execute(insert(reservations), rows)
+    return [{k: r[k] for k in ("reservation_id", "product_id", "quantity")} for r in rows]
+
+
+def _row(msg: Envelope, order_id: str, line: int, item: dict[str, Any], now: datetime) -> dict[str, Any]:
+    return {
+        "reservation_id": f"res_{uuid.uuid4().hex}", "correlation_id": msg.correlation_id,
+        "order_id": order_id, "line": line, "product_id": item["product_id"],
+        "quantity": item["quantity"], "status": RESERVED, "created_at": now,
+    }
+
+
+def release(conn: Connection, msg: Envelope, now: datetime) -> list[str]:
+    """Give back the stock of the order's reservations once; the ids of all of them, in order."""
+    rows = conn.execute(
+        select(reservations).where(reservations.c.correlation_id == msg.correlation_id,
+                                   reservations.c.order_id == msg.data["order_id"])
+        .order_by(reservations.c.created_at, reservations.c.line)
+    ).all()
+    for row in rows:
+        if row.status == RESERVED:
+            _give_back(conn, row.reservation_id, row.product_id, row.quantity, now)
+    return [row.reservation_id for row in rows]
+
+
+def _give_back(conn: Connection, reservation_id: str, product_id: str, quantity: int, now: datetime) -> None:
+    # Flip the status first, conditionally: a concurrent release gives the stock back only once.
+    flipped = conn.execute(
+        update(reservations)
+        .where(reservations.c.reservation_id == reservation_id, reservations.c.status == RESERVED)
+        .values(status=RELEASED, released_at=now)
+    )
+    if flipped.rowcount == 1:
+        conn.execute(update(stock).where(stock.c.product_id == product_id)
+                     .values(available=stock.c.available + quantity))
+
+
+def _answer(msg: Envelope, ctx: Context, failed_type: str) -> Iterable[Envelope]:
+    order_id = msg.data["order_id"]
+    try:
+        made = reserve(ctx.conn, msg, ctx.now)
+    except Shortage as exc:
+        return [ctx.event(failed_type, {"order_id": order_id, "reason": str(exc)})]
+    return [ctx.event("inventory.reserved", {"order_id": order_id, "reservations": made})]
+
+
+def build() -> Participant:
+    p = Participant(NAME, metadata=metadata, on_setup=seed)
+
+    @p.on_event("order.placed")
+    def on_order_placed(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
+        return _answer(msg, ctx, "inventory.reservation_failed")
+
+    @p.on_command("inventory.reserve")
+    def on_reserve(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
+        return _answer(msg, ctx, "inventory.reserve_failed")
+
+    @p.on_command("inventory.release")
+    def on_release(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
+        released = release(ctx.conn, msg, ctx.now)
+        data = {"order_id": msg.data["order_id"], "released_reservations": released}
+        return [ctx.event("inventory.released", data)]
+
+    return p
+
+

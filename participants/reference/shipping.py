@@ -1,0 +1,179 @@
+"""Reference participant `shipping`: schedules a shipment once stock is reserved and payment charged.
+
+Joins `inventory.reserved` and `payment.charged` of one workflow, in either order, and acts once.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Row,
+    String,
+    Table,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from contracts.envelope import Envelope
+from participants.participant import Context, Participant
+
+# Rules: one parcel carries at most PARCEL_LIMIT units in total across the order's reservations;
+# more fails with `shipment.scheduling_failed` ("parcel limit exceeded: 101 units, at most 100").
+# Delivery is estimated DELIVERY_BUSINESS_DAYS business days (Mon-Fri) after the later occurred_at
+# of the two joined events (of the command, for `shipment.schedule`). A workflow's order is shipped
+# once: a repeat answers the same shipment. `shipment.cancel` cancels it once and answers again
+# after; with no shipment for the order it answers `shipment.cancel_failed`.
+NAME = "shipping"
+PARCEL_LIMIT = 100
+DELIVERY_BUSINESS_DAYS = 3
+SCHEDULED, CANCELLED = "scheduled", "cancelled"
+
+metadata = MetaData()
+# What shipping learnt from `inventory.reserved`: the units to ship, for the orchestrated variant.
+orders = Table(
+    "shipping_orders", metadata,
+    Column("correlation_id", String(128), nullable=False),
+    Column("order_id", String(128), nullable=False),
+    Column("units", Integer, nullable=False),
+    PrimaryKeyConstraint("correlation_id", "order_id"),
+)
+shipments = Table(
+    "shipping_shipments", metadata,
+    Column("shipment_id", String(64), primary_key=True),
+    Column("correlation_id", String(128), nullable=False),
+    Column("order_id", String(128), nullable=False),
+    Column("units", Integer),
+    Column("status", String(16), nullable=False),
+    Column("estimated_delivery", Date, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("cancelled_at", DateTime(timezone=True)),
+)
+Index("ix_shipping_shipments_order", shipments.c.correlation_id, shipments.c.order_id)
+
+
+class OverParcelLimit(Exception):
+    """The order does not fit in one parcel."""
+
+
+def delivery_date(moment: datetime, business_days: int = DELIVERY_BUSINESS_DAYS) -> date:
+    """`business_days` working days (Mon-Fri) after the UTC date of `moment`."""
+    day = moment.astimezone(UTC).date()
+    while business_days > 0:
+        day += timedelta(days=1)
+        if day.weekday() < 5:
+            business_days -= 1
+    return day
+
+
+def units_of(reserved: Envelope) -> int:
+    return sum(int(r["quantity"]) for r in reserved.data["reservations"])
+
+
+def remember_units(conn: Connection, reserved: Envelope) -> None:
+    upsert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    row = {"correlation_id": reserved.correlation_id, "order_id": reserved.data["order_id"],
+           "units": units_of(reserved)}
+    conn.execute(upsert(orders).values(**row).on_conflict_do_nothing())
+
+
+def known_units(conn: Connection, correlation_id: str, order_id: str) -> int | None:
+    found = conn.execute(select(orders.c.units).where(
+        orders.c.correlation_id == correlation_id, orders.c.order_id == order_id))
+    units: int | None = found.scalar_one_or_none()
+    return units
+
+
+def _shipment_of(conn: Connection, correlation_id: str, order_id: str, status: str) -> Row[Any] | None:
+    return conn.execute(
+        select(shipments).where(shipments.c.correlation_id == correlation_id,
+                                shipments.c.order_id == order_id, shipments.c.status == status)
+        .order_by(shipments.c.created_at.desc()).limit(1)
+    ).first()
+
+
+def schedule(conn: Connection, correlation_id: str, order_id: str, units: int | None,
+             basis: datetime, now: datetime) -> dict[str, Any]:
+    """The `shipment.scheduled` payload, scheduling now if needed; OverParcelLimit if too big."""
+    row = _shipment_of(conn, correlation_id, order_id, SCHEDULED)
+    if row is not None:
+        return _scheduled(row.order_id, row.shipment_id, row.estimated_delivery)
+    if units is not None and units > PARCEL_LIMIT:
+        raise OverParcelLimit(f"parcel limit exceeded: {units} units, at most {PARCEL_LIMIT}")
+    shipment_id, estimated = f"shp_{uuid.uuid4().hex}", delivery_date(basis)
+    conn.execute(insert(shipments).values(
+        shipment_id=shipment_id, correlation_id=correlation_id, order_id=order_id, units=units,
+        status=SCHEDULED, estimated_delivery=estimated, created_at=now))
+    return _scheduled(order_id, shipment_id, estimated)
+
+
+def _scheduled(order_id: str, shipment_id: str, estimated: date) -> dict[str, Any]:
+    return {"order_id": order_id, "shipment_id": shipment_id, "estimated_delivery": estimated.isoformat()}
+
+
+def cancel(conn: Connection, msg: Envelope, now: datetime) -> str | None:
+    """Cancel the order's shipment once; its id, or None if there is no shipment to cancel."""
+    cid, order_id = msg.correlation_id, msg.data["order_id"]
+    row = _shipment_of(conn, cid, order_id, SCHEDULED) or _shipment_of(conn, cid, order_id, CANCELLED)
+    if row is None:
+        return None
+    conn.execute(update(shipments)
+                 .where(shipments.c.shipment_id == row.shipment_id, shipments.c.status == SCHEDULED)
+                 .values(status=CANCELLED, cancelled_at=now))
+    shipment_id: str = row.shipment_id
+    return shipment_id
+
+
+def _answer(ctx: Context, order_id: str, units: int | None, basis: datetime,
+            failed_type: str) -> Iterable[Envelope]:
+    try:
+        data = schedule(ctx.conn, ctx.message.correlation_id, order_id, units, basis, ctx.now)
+    except OverParcelLimit as exc:
+        return [ctx.event(failed_type, {"order_id": order_id, "reason": str(exc)})]
+    return [ctx.event("shipment.scheduled", data)]
+
+
+def build() -> Participant:
+    p = Participant(NAME, metadata=metadata)
+
+    @p.on_event("inventory.reserved")  # runs before the join below: remembers the units
+    def on_reserved(msg: Envelope, ctx: Context) -> None:
+        remember_units(ctx.conn, msg)
+
+    @p.join("schedule", "inventory.reserved", "payment.charged")
+    def on_both(msgs: dict[str, Envelope], ctx: Context) -> Iterable[Envelope]:
+        reserved, charged = msgs["inventory.reserved"], msgs["payment.charged"]
+        basis = max(reserved.occurred_at, charged.occurred_at)
+        order_id = reserved.data["order_id"]
+        return _answer(ctx, order_id, units_of(reserved), basis, "shipment.scheduling_failed")
+
+    @p.on_command("shipment.schedule")
+    def on_schedule(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
+        order_id = msg.data["order_id"]
+        units = known_units(ctx.conn, msg.correlation_id, order_id)  # None: not seen, not checked
+        return _answer(ctx, order_id, units, msg.occurred_at, "shipment.schedule_failed")
+
+    @p.on_command("shipment.cancel")
+    def on_cancel(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
+        order_id = msg.data["order_id"]
+        shipment_id = cancel(ctx.conn, msg, ctx.now)
+        if shipment_id is None:
+            reason = f"no shipment to cancel for order {order_id}"
+            return [ctx.event("shipment.cancel_failed", {"order_id": order_id, "reason": reason})]
+        return [ctx.event("shipment.cancelled", {"order_id": order_id, "shipment_id": shipment_id})]
+
+    return p
