@@ -98,12 +98,11 @@ def participant(name: str) -> None:
 
 @main.command()
 @click.option("--orders", default=60, show_default=True, help="How many orders to place.")
-@click.option("--keep", is_flag=True, help="Keep the data directory of the run.")
-def demo(orders: int, keep: bool) -> None:
+def demo(orders: int) -> None:
     """Run the whole system on embedded defaults, drive orders through it, print the outcome."""
     from controller.demo import run_demo
 
-    sys.exit(run_demo(orders=orders, keep=keep))
+    sys.exit(run_demo(orders=orders))
 
 
 if __name__ == "__main__":

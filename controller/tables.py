@@ -6,7 +6,6 @@ from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
-    DateTime,
     ForeignKey,
     Index,
     Integer,
@@ -18,9 +17,11 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
+from participants.tables import UtcDateTime
+
 metadata = MetaData()
 _ID = BigInteger().with_variant(Integer(), "sqlite")
-_TS = DateTime(timezone=True)
+_TS = UtcDateTime()
 
 workflows = Table(
     "workflows", metadata,

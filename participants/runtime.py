@@ -208,10 +208,13 @@ class Runtime:
             return out
 
     def _claim(self, conn: Connection, msg: Envelope, now: Any) -> bool:
+        # A retried command keeps its id but must be answered again (its answer may be lost):
+        # each attempt is processed once, and handlers keep their effects idempotent.
+        key = msg.id if msg.kind == EVENT else f"{msg.id}#{msg.attempt}"
         try:
             with conn.begin_nested():
                 conn.execute(insert(processed).values(
-                    consumer=self.group, message_id=msg.id, processed_at=now))
+                    consumer=self.group, message_id=key, processed_at=now))
         except IntegrityError:
             return False
         return True

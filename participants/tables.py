@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from sqlalchemy import (
     JSON,
     BigInteger,
     Column,
     DateTime,
+    Dialect,
     Index,
     Integer,
     MetaData,
@@ -14,17 +17,38 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    TypeDecorator,
 )
 
 metadata = MetaData()
 _ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every database (SQLite would hand back naive ones)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError(f"naive datetime {value!r}: Baton stores UTC times only")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
 
 # Idempotency: one row per (consumer, message id), written in the transaction of the effect.
 processed = Table(
     "baton_processed", metadata,
     Column("consumer", String(64), nullable=False),
     Column("message_id", String(64), nullable=False),
-    Column("processed_at", DateTime(timezone=True), nullable=False),
+    Column("processed_at", UtcDateTime(), nullable=False),
     PrimaryKeyConstraint("consumer", "message_id"),
 )
 
@@ -35,8 +59,8 @@ outbox = Table(
     Column("message_id", String(64), nullable=False),
     Column("stream", String(255), nullable=False),
     Column("fields", JSON, nullable=False),
-    Column("created_at", DateTime(timezone=True), nullable=False),
-    Column("sent_at", DateTime(timezone=True)),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("sent_at", UtcDateTime()),
 )
 Index(
     "ix_baton_outbox_unsent", outbox.c.seq,
@@ -49,7 +73,7 @@ join_state = Table(
     Column("consumer", String(64), nullable=False),
     Column("join_name", String(64), nullable=False),
     Column("correlation_id", String(128), nullable=False),
-    Column("fired_at", DateTime(timezone=True)),
+    Column("fired_at", UtcDateTime()),
     PrimaryKeyConstraint("consumer", "join_name", "correlation_id"),
 )
 join_arrival = Table(

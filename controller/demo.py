@@ -1,0 +1,205 @@
+"""`baton demo`: the whole system on embedded defaults, a realistic mix of orders, and the outcome.
+
+It starts a private Redis, migrates a fresh SQLite database, runs the Procfile's lines with honcho,
+places orders through the REST API, waits for every workflow to settle, prints a summary, and
+stops everything it started.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from config.redis_server import start_server, stop_server
+from config.settings import load_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+PROCESSES = ("web", "tracker", "relay", "inventory", "payment", "shipping", "notification")
+TERMINAL = {"completed", "compensated", "needs_attention"}
+
+
+def run_demo(orders: int, timeout: float = 180.0) -> int:
+    settings = load_settings()
+    run_dir = settings.data_dir / "demo"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    run_dir.mkdir(parents=True)
+    own_redis = settings.redis_url is None
+    redis_url = settings.redis_url or start_server(run_dir / "redis")
+    token = secrets.token_urlsafe(16)
+    env = _environment(run_dir, redis_url, token)
+    _say(f"data in {run_dir}; Redis at {redis_url}; logs in {run_dir / 'processes.log'}")
+    honcho: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run([str(BIN / "baton"), "migrate"], env=env, check=True,
+                       stdout=subprocess.DEVNULL)
+        port = _free_port()
+        honcho = _start_processes(run_dir, env, port)
+        api = Api(f"http://127.0.0.1:{port}", token)
+        api.wait_ready(honcho)
+        cids = _place_orders(api, orders)
+        results = _wait_settled(api, cids, timeout)
+        _print_summary(results)
+        return 0 if all(r["status"] in TERMINAL for r in results) else 1
+    finally:
+        _stop(honcho)
+        if own_redis:
+            stop_server(run_dir / "redis")
+        _say(f"logs and data of this run stay in {run_dir} until the next run")
+
+
+def _environment(run_dir: Path, redis_url: str, token: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+    env.update({
+        "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "BATON_DATA_DIR": str(run_dir),
+        "DATABASE_URL": f"sqlite:///{run_dir}/baton.db",
+        "BATON_PARTICIPANT_DATABASE_URL": f"sqlite:///{run_dir}/participant-{{name}}.db",
+        "REDIS_URL": redis_url,
+        "BATON_TOKENS": f"demo:operator:{token}",
+        "BATON_VISIBILITY_TIMEOUT": "5",
+    })
+    return env
+
+
+def _start_processes(run_dir: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    log = (run_dir / "processes.log").open("wb")
+    _say(f"starting {', '.join(PROCESSES)} (Procfile, via honcho) with the API on port {port}")
+    return subprocess.Popen(
+        [str(BIN / "honcho"), "-f", str(ROOT / "Procfile"), "-d", str(ROOT), "start", "-p", str(port),
+         *PROCESSES],
+        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def _stop(honcho: subprocess.Popen[bytes] | None) -> None:
+    if honcho is None or honcho.poll() is not None:
+        return
+    _say("stopping every process (SIGTERM)")
+    os.killpg(honcho.pid, signal.SIGTERM)
+    try:
+        honcho.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(honcho.pid, signal.SIGKILL)
+        honcho.wait()
+
+
+class Api:
+    """A tiny client of the REST API: one session, a timeout on every call."""
+
+    def __init__(self, base: str, token: str) -> None:
+        self.base = base
+        self.session = requests.Session()
+        self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def wait_ready(self, honcho: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if honcho.poll() is not None:
+                raise RuntimeError("the processes exited early; see processes.log")
+            try:
+                if self.session.get(f"{self.base}/readyz", timeout=2).ok:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError("the API did not become ready in time; see processes.log")
+
+    def start(self, body: dict[str, Any]) -> str:
+        r = self.session.post(f"{self.base}/v1/workflows", json=body, timeout=10)
+        r.raise_for_status()
+        cid: str = r.json()["correlation_id"]
+        return cid
+
+    def get(self, cid: str) -> dict[str, Any]:
+        r = self.session.get(f"{self.base}/v1/workflows/{cid}", timeout=10)
+        r.raise_for_status()
+        found: dict[str, Any] = r.json()
+        return found
+
+
+def order(rng: random.Random, n: int) -> tuple[str, dict[str, Any]]:
+    """A realistic mix: most orders go through; some are out of stock, declined or too big to ship."""
+    kind = rng.choices(["ok", "out_of_stock", "declined", "too_big"], [70, 12, 12, 6])[0]
+    items: list[dict[str, Any]] = [
+        {"product_id": f"SKU-{rng.randint(1, 20):03d}", "quantity": rng.randint(1, 3),
+         "unit_price": round(rng.uniform(2, 80), 2)}
+        for _ in range(rng.randint(1, 3))
+    ]
+    customer = f"cust-{rng.randint(1, 40):03d}"
+    if kind == "out_of_stock":
+        items.append({"product_id": "SKU-RARE-2", "quantity": 1, "unit_price": 99.0})
+    elif kind == "declined":
+        customer = "cust-broke"
+    elif kind == "too_big":  # a customer whose card covers it: shipping is what refuses
+        items[0]["quantity"], customer = 150, "cust-gold"
+    total = round(sum(i["quantity"] * i["unit_price"] for i in items), 2)
+    return kind, {"order_id": f"ord-{n:05d}", "customer_id": customer, "items": items,
+                  "total_amount": total, "currency": "EUR"}
+
+
+def _place_orders(api: Api, count: int) -> list[str]:
+    rng = random.Random(20261122)
+    kinds: Counter[str] = Counter()
+    cids = []
+    for n in range(1, count + 1):
+        kind, data = order(rng, n)
+        kinds[kind] += 1
+        cids.append(api.start({"flow": "order_fulfillment", "input": data}))
+    _say(f"placed {count} orders: " + ", ".join(f"{v} {k}" for k, v in sorted(kinds.items())))
+    return cids
+
+
+def _wait_settled(api: Api, cids: list[str], timeout: float) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + timeout
+    results: dict[str, dict[str, Any]] = {}
+    last = -1
+    while time.monotonic() < deadline:
+        for cid in cids:
+            if results.get(cid, {}).get("status") not in TERMINAL:
+                results[cid] = api.get(cid)
+        settled = sum(r["status"] in TERMINAL for r in results.values())
+        if settled != last:
+            _say(f"{settled}/{len(cids)} workflows settled")
+            last = settled
+        if settled == len(cids):
+            break
+        time.sleep(0.5)
+    return list(results.values())
+
+
+def _print_summary(results: list[dict[str, Any]]) -> None:
+    outcomes: Counter[str] = Counter()
+    for r in results:
+        failed = [s["name"] for s in r["steps"] if s["status"] in ("failed",)]
+        where = f" at {', '.join(failed)}" if failed else ""
+        reason = f" ({r['reason']}{where})" if r["reason"] else ""
+        outcomes[f"{r['status']}{reason}"] += 1
+    width = max(len(k) for k in outcomes)
+    print("\nOutcome of the demo's workflows")
+    for outcome, n in sorted(outcomes.items(), key=lambda kv: -kv[1]):
+        print(f"  {outcome:<{width}}  {n:>4}")
+    print(f"  {'total':<{width}}  {len(results):>4}\n")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _say(text: str) -> None:
+    print(f"==> {text}", flush=True)
