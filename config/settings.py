@@ -50,6 +50,7 @@ class Settings:
     relay_interval: float = 1.0
     sweep_interval: float = 1.0
     max_body_bytes: int = 1_048_576
+    alert_webhook: str | None = None
     log_level: str = "INFO"
     log_format: str = "json"
     crash_points: frozenset[str] = field(default_factory=frozenset)
@@ -77,6 +78,7 @@ _VARIABLES: dict[str, tuple[str, fields.Field]] = {
     "BATON_RELAY_INTERVAL": ("relay_interval", fields.Float(validate=validate.Range(min=0.01))),
     "BATON_SWEEP_INTERVAL": ("sweep_interval", fields.Float(validate=validate.Range(min=0.01))),
     "BATON_MAX_BODY_BYTES": ("max_body_bytes", fields.Int(validate=validate.Range(min=1024))),
+    "BATON_ALERT_WEBHOOK": ("alert_webhook", fields.Url(require_tld=False, schemes={"http", "https"})),
     "BATON_LOG_LEVEL": (
         "log_level", fields.Str(validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]))),
     "BATON_LOG_FORMAT": ("log_format", fields.Str(validate=validate.OneOf(["json", "console"]))),

@@ -81,6 +81,44 @@ def relay() -> None:
 
 
 @main.command()
+def clock() -> None:
+    """Queue an SLA sweep on the RQ workers every BATON_SWEEP_INTERVAL seconds."""
+    from controller.clock import run_clock
+
+    _controller_process("clock", run_clock)
+
+
+@main.command()
+def worker() -> None:
+    """Run an RQ worker for sweeps and alert webhooks (JSON serializer, retries, scheduler)."""
+    from rq import Worker
+    from rq.serializers import JSONSerializer
+
+    def body(services: Any, stop: Any) -> None:
+        queues = [services.keys.rq_queue("sweeps"), services.keys.rq_queue("alerts")]
+        Worker(queues, connection=services.redis, serializer=JSONSerializer,
+               maintenance_interval=30).work(with_scheduler=True, logging_level="WARNING")
+
+    _controller_process("worker", body)
+
+
+@main.command()
+def alerts() -> None:
+    """Queue the alert webhook of every workflow that needs attention."""
+    from controller.alerts import build_alerter
+    from participants.runtime import Runtime
+    from participants.service import runtime_options
+
+    def body(services: Any, stop: Any) -> None:
+        alerter = build_alerter(services.catalog, services.registry, services.settings,
+                                services.redis)
+        Runtime(alerter, services.engine, services.redis, services.keys,
+                runtime_options(services.settings)).run(stop)
+
+    _controller_process("alerts", body)
+
+
+@main.command()
 @click.argument("name")
 def participant(name: str) -> None:
     """Run one reference participant (inventory, payment, shipping, notification)."""

@@ -1,8 +1,9 @@
 """`baton demo`: the whole system on embedded defaults, a realistic mix of orders, and the outcome.
 
-It starts a private Redis, migrates a fresh SQLite database, runs the Procfile's lines with honcho,
-places orders through the REST API, waits for every workflow to settle, prints a summary, and
-stops everything it started.
+It starts a private Redis, migrates a fresh SQLite database, runs the Procfile's lines, places
+orders through the REST API (some run out of stock, some cards are declined, some parcels are too
+big; then, with shipping stopped, some breach their SLA), waits for every workflow to settle,
+prints a summary, and stops everything it started.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import os
 import random
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,11 @@ import requests
 
 from config.redis_server import start_server, stop_server
 from config.settings import load_settings
+from controller.procfile import Processes
 
-ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-PROCESSES = ("web", "tracker", "relay", "inventory", "payment", "shipping", "notification")
 TERMINAL = {"completed", "compensated", "needs_attention"}
+SLA_ORDERS = 6
 
 
 def run_demo(orders: int, timeout: float = 180.0) -> int:
@@ -39,31 +40,55 @@ def run_demo(orders: int, timeout: float = 180.0) -> int:
     own_redis = settings.redis_url is None
     redis_url = settings.redis_url or start_server(run_dir / "redis")
     token = secrets.token_urlsafe(16)
-    env = _environment(run_dir, redis_url, token)
-    _say(f"data in {run_dir}; Redis at {redis_url}; logs in {run_dir / 'processes.log'}")
-    honcho: subprocess.Popen[bytes] | None = None
+    port = _free_port()
+    procs = Processes(_environment(run_dir, redis_url, token, port), run_dir)
+    _say(f"data and logs in {run_dir}; Redis at {redis_url}")
     try:
-        subprocess.run([str(BIN / "baton"), "migrate"], env=env, check=True,
+        subprocess.run([str(BIN / "baton"), "migrate"], env=procs.env, check=True,
                        stdout=subprocess.DEVNULL)
-        port = _free_port()
-        honcho = _start_processes(run_dir, env, port)
+        names = [n for n in procs.lines if n != "release"]
+        _say(f"starting the Procfile's processes: {', '.join(names)}; API on port {port}")
+        for name in names:
+            procs.start(name)
         api = Api(f"http://127.0.0.1:{port}", token)
-        api.wait_ready(honcho)
-        cids = _place_orders(api, orders)
+        api.wait_ready(procs)
+        cids = _place_orders(api, max(orders - SLA_ORDERS, 1))
         results = _wait_settled(api, cids, timeout)
+        results += _sla_phase(api, procs, timeout)
         _print_summary(results)
         return 0 if all(r["status"] in TERMINAL for r in results) else 1
     finally:
-        _stop(honcho)
+        _say("stopping every process (SIGTERM)")
+        procs.stop_all()
         if own_redis:
             stop_server(run_dir / "redis")
-        _say(f"logs and data of this run stay in {run_dir} until the next run")
 
 
-def _environment(run_dir: Path, redis_url: str, token: str) -> dict[str, str]:
+def _sla_phase(api: Api, procs: Processes, timeout: float) -> list[dict[str, Any]]:
+    """Orders that cannot keep a 3-second SLA because shipping is down: breached, compensated;
+    when shipping returns, the shipments it schedules late are cancelled too."""
+    _say(f"stopping shipping, then placing {SLA_ORDERS} orders with sla_seconds=3")
+    procs.stop("shipping")
+    rng = random.Random(7)
+    cids = [api.start({"flow": "order_fulfillment", "sla_seconds": 3,
+                       "input": order(rng, 9000 + n, kind="ok")[1]}) for n in range(SLA_ORDERS)]
+    _wait_settled(api, cids, timeout)
+    _say("restarting shipping: it catches up, and each late shipment is cancelled")
+    procs.start("shipping")
+    _wait(lambda: all(_late_shipment_settled(api.get(c)) for c in cids), timeout)
+    return _wait_settled(api, cids, timeout)
+
+
+def _late_shipment_settled(wf: dict[str, Any]) -> bool:
+    shipping = next(s for s in wf["steps"] if s["name"] == "schedule_shipment")
+    return shipping["status"] == "compensated" and wf["status"] in TERMINAL
+
+
+def _environment(run_dir: Path, redis_url: str, token: str, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
     env.update({
         "PATH": f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+        "PORT": str(port),
         "BATON_DATA_DIR": str(run_dir),
         "DATABASE_URL": f"sqlite:///{run_dir}/baton.db",
         "BATON_PARTICIPANT_DATABASE_URL": f"sqlite:///{run_dir}/participant-{{name}}.db",
@@ -74,28 +99,6 @@ def _environment(run_dir: Path, redis_url: str, token: str) -> dict[str, str]:
     return env
 
 
-def _start_processes(run_dir: Path, env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
-    log = (run_dir / "processes.log").open("wb")
-    _say(f"starting {', '.join(PROCESSES)} (Procfile, via honcho) with the API on port {port}")
-    return subprocess.Popen(
-        [str(BIN / "honcho"), "-f", str(ROOT / "Procfile"), "-d", str(ROOT), "start", "-p", str(port),
-         *PROCESSES],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-
-
-def _stop(honcho: subprocess.Popen[bytes] | None) -> None:
-    if honcho is None or honcho.poll() is not None:
-        return
-    _say("stopping every process (SIGTERM)")
-    os.killpg(honcho.pid, signal.SIGTERM)
-    try:
-        honcho.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(honcho.pid, signal.SIGKILL)
-        honcho.wait()
-
-
 class Api:
     """A tiny client of the REST API: one session, a timeout on every call."""
 
@@ -104,18 +107,19 @@ class Api:
         self.session = requests.Session()
         self.session.headers["Authorization"] = f"Bearer {token}"
 
-    def wait_ready(self, honcho: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    def wait_ready(self, procs: Processes, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if honcho.poll() is not None:
-                raise RuntimeError("the processes exited early; see processes.log")
+            dead = [n for n, p in procs.running.items() if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"{', '.join(dead)} exited early; see {procs.log_dir}")
             try:
                 if self.session.get(f"{self.base}/readyz", timeout=2).ok:
                     return
             except requests.RequestException:
                 pass
             time.sleep(0.2)
-        raise RuntimeError("the API did not become ready in time; see processes.log")
+        raise RuntimeError(f"the API did not become ready in time; see {procs.log_dir}")
 
     def start(self, body: dict[str, Any]) -> str:
         r = self.session.post(f"{self.base}/v1/workflows", json=body, timeout=10)
@@ -130,9 +134,9 @@ class Api:
         return found
 
 
-def order(rng: random.Random, n: int) -> tuple[str, dict[str, Any]]:
+def order(rng: random.Random, n: int, kind: str | None = None) -> tuple[str, dict[str, Any]]:
     """A realistic mix: most orders go through; some are out of stock, declined or too big to ship."""
-    kind = rng.choices(["ok", "out_of_stock", "declined", "too_big"], [70, 12, 12, 6])[0]
+    kind = kind or rng.choices(["ok", "out_of_stock", "declined", "too_big"], [70, 12, 12, 6])[0]
     items: list[dict[str, Any]] = [
         {"product_id": f"SKU-{rng.randint(1, 20):03d}", "quantity": rng.randint(1, 3),
          "unit_price": round(rng.uniform(2, 80), 2)}
@@ -192,6 +196,14 @@ def _print_summary(results: list[dict[str, Any]]) -> None:
     for outcome, n in sorted(outcomes.items(), key=lambda kv: -kv[1]):
         print(f"  {outcome:<{width}}  {n:>4}")
     print(f"  {'total':<{width}}  {len(results):>4}\n")
+
+
+def _wait(condition: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("the demo's workflows did not settle in time")
+        time.sleep(0.5)
 
 
 def _free_port() -> int:

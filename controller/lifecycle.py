@@ -1,7 +1,7 @@
 """A workflow's life as a pure state machine: no database, Redis or Flask; time is an argument.
 
 `on_message` applies one recorded message, `on_time` what the clock makes due; both mutate the
-workflow and return the effects the caller must carry out (commands, lifecycle events, alerts).
+workflow and return the effects the caller must carry out (commands and lifecycle events).
 """
 
 from __future__ import annotations
@@ -87,14 +87,7 @@ class Announce:
     reason: str | None
 
 
-@dataclass(frozen=True)
-class Alert:
-    status: str
-    reason: str | None
-    detail: str
-
-
-Effect = Command | Announce | Alert
+Effect = Command | Announce
 
 
 def start(flow: Flow, correlation_id: str, start_message_id: str, data: dict[str, Any],
@@ -257,9 +250,7 @@ def _compensation_failed(flow: Flow, wf: Workflow, step_name: str, now: datetime
         return [] if answered else [_send_compensation(flow, wf, comp, now)]
     comp.status, comp.finished_at, comp.next_attempt_at = FAILED, now, None
     wf.status = NEEDS_ATTENTION
-    detail = f"{comp.command} for step {step_name} failed after {comp.attempts} attempts"
-    return [Announce(announce.NEEDS_ATTENTION, wf.status, wf.reason),
-            Alert(wf.status, wf.reason, detail)]
+    return [Announce(announce.NEEDS_ATTENTION, wf.status, wf.reason)]
 
 
 def _send_compensation(flow: Flow, wf: Workflow, comp: Compensation, now: datetime) -> Command:

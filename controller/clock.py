@@ -1,0 +1,36 @@
+"""The clock: queues an SLA sweep on the RQ workers every interval; several clocks may run.
+
+A sweep not started within a few intervals expires, so sweeps never pile up while workers are down.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import redis
+import structlog
+from rq import Queue
+from rq.serializers import JSONSerializer
+
+from controller.services import Services
+
+log = structlog.get_logger("baton.clock")
+
+
+def sweep_queue(client: redis.Redis, services: Services) -> Queue:
+    return Queue(services.keys.rq_queue("sweeps"), connection=client, serializer=JSONSerializer)
+
+
+def run_clock(services: Services, stop: threading.Event) -> None:
+    interval = services.settings.sweep_interval
+    queue = sweep_queue(services.redis, services)
+    log.info("clock started", interval=interval)
+    while not stop.is_set():
+        try:
+            if queue.count < 2:
+                queue.enqueue("controller.jobs.sweep", ttl=max(5, int(interval * 5)),
+                              result_ttl=0, failure_ttl=3600, job_timeout=120)
+        except redis.ConnectionError as exc:
+            log.warning("clock cannot reach Redis", error=str(exc)[:200])
+        stop.wait(interval)
+    log.info("clock stopped")

@@ -1,0 +1,70 @@
+"""The SLA sweep: finds workflows whose next deadline or retry is due and lets the lifecycle act.
+
+Its cost grows with the number of workflows due, not in flight: `next_due_at` is indexed (partially,
+on the rows that owe something). Several sweeps may run at once: each workflow is taken under its
+advisory lock with try-lock semantics and re-read, so nothing is issued twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import structlog
+from sqlalchemy import Connection, select, text
+
+from contracts.envelope import Envelope
+from controller import effects, lifecycle, store
+from controller.services import Services
+from controller.tables import workflows
+from participants import outbox
+
+log = structlog.get_logger("baton.sweeper")
+
+
+def sweep_once(services: Services, now: datetime, limit: int = 500) -> int:
+    """One pass; returns how many workflows it acted on."""
+    with services.engine.begin() as conn:
+        due = conn.execute(
+            select(workflows.c.correlation_id).where(workflows.c.next_due_at <= now)
+            .order_by(workflows.c.next_due_at).limit(limit)
+        ).scalars().all()
+        sent: list[Envelope] = []
+        acted = 0
+        for cid in sorted(due):
+            if not _try_lock(conn, cid):
+                continue  # another sweeper or the tracker has it; it is re-read next pass if still due
+            produced = _sweep_workflow(services, conn, cid, now)
+            if produced is not None:
+                acted += 1
+                sent += produced
+        pending = outbox.enqueue(conn, services.keys, sent, now)
+    outbox.publish(services.engine, services.redis, pending, services.settings.crash_points)
+    if acted:
+        log.info("swept", workflows=acted, messages=len(sent))
+    return acted
+
+
+def _sweep_workflow(services: Services, conn: Connection, cid: str,
+                    now: datetime) -> list[Envelope] | None:
+    wf = store.load(conn, cid)
+    if wf is None:
+        return None
+    due = lifecycle.next_due(wf)
+    if due is None or due > now:
+        return None  # someone acted on it since the query
+    flow = services.catalog.get(wf.flow, wf.flow_version)
+    before = store.snapshot(wf)
+    with structlog.contextvars.bound_contextvars(correlation_id=cid):
+        changes = lifecycle.on_time(flow, wf, now)
+        store.save(conn, wf, before)
+        if wf.status != before.status:
+            log.info("workflow changed by the clock", status=wf.status, reason=wf.reason)
+    return effects.to_messages(conn, services.registry, wf, changes, now)
+
+
+def _try_lock(conn: Connection, cid: str) -> bool:
+    if conn.dialect.name != "postgresql":
+        return True  # SQLite: this transaction already holds the database's write lock
+    got = conn.execute(text("SELECT pg_try_advisory_xact_lock(hashtextextended(:cid, 0))"),
+                       {"cid": cid}).scalar_one()
+    return bool(got)
