@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event, text
 from sqlalchemy.engine import make_url
 
 
@@ -43,5 +43,9 @@ def is_postgres(engine: Engine) -> bool:
 
 
 def create_tables(engine: Engine, *metadatas: MetaData) -> None:
-    for metadata in metadatas:
-        metadata.create_all(engine, checkfirst=True)
+    """Idempotent, and safe when several processes start at once on one database."""
+    with engine.begin() as conn:
+        if is_postgres(engine):
+            conn.execute(text("SELECT pg_advisory_xact_lock(72617)"))
+        for metadata in metadatas:
+            metadata.create_all(conn, checkfirst=True)

@@ -89,3 +89,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 def pg_database_url(_pg_admin: Engine) -> Iterator[str]:
     """A PostgreSQL URL whose connections use a fresh schema, dropped after the test."""
     yield from _pg_schema_url(_pg_admin)
+
+
+@pytest.fixture
+def pg_participant_url(_pg_admin: Engine) -> Iterator[str]:
+    """A second fresh PostgreSQL schema: the participants' own database, apart from the controller's."""
+    yield from _pg_schema_url(_pg_admin)

@@ -1,0 +1,150 @@
+"""A whole Baton system for end-to-end tests: the Procfile's real processes on a real Redis and a
+real database, a REST client, and helpers that poll to a deadline (never sleep and hope)."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+import sqlalchemy as sa
+
+from contracts.streams import Keys
+from controller.procfile import Processes
+
+BIN = Path(sys.executable).parent
+TOKENS = {"starter": "t-starter", "viewer": "t-viewer", "operator": "t-operator"}
+CONTROLLER = ("web", "tracker", "relay", "clock", "worker", "alerts")
+PARTICIPANTS = ("inventory", "payment", "shipping", "notification")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def order_input(order_id: str | None = None, customer: str = "cust-gold",
+                items: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    items = items or [{"product_id": "SKU-001", "quantity": 2, "unit_price": 10.0}]
+    total = sum(i["quantity"] * i["unit_price"] for i in items)
+    return {"order_id": order_id or f"ord-{uuid.uuid4().hex[:8]}", "customer_id": customer,
+            "items": items, "total_amount": total, "currency": "EUR"}
+
+
+def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.1)
+
+
+class System:
+    def __init__(self, tmp: Path, database_url: str, redis_url: str,
+                 participant_db: str | None = None, extra_env: dict[str, str] | None = None) -> None:
+        self.prefix = f"e{uuid.uuid4().hex[:8]}"
+        self.keys = Keys(self.prefix)
+        self.port = free_port()
+        self.database_url = database_url
+        self.participant_db = participant_db or database_url
+        tokens = ",".join(f"{role}-user:{role}:{token}" for role, token in TOKENS.items())
+        env = {
+            "PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp), "PORT": str(self.port),
+            "DATABASE_URL": database_url, "REDIS_URL": redis_url,
+            "BATON_PARTICIPANT_DATABASE_URL": self.participant_db,
+            "BATON_STREAM_PREFIX": self.prefix, "BATON_TOKENS": tokens,
+            "BATON_DATA_DIR": str(tmp / "data"), "BATON_VISIBILITY_TIMEOUT": "1",
+            "BATON_BLOCK_MS": "200", "BATON_SWEEP_INTERVAL": "0.2", "BATON_RELAY_INTERVAL": "0.2",
+            **(extra_env or {}),
+        }
+        (tmp / "logs").mkdir(exist_ok=True)
+        self.procs = Processes(env, tmp / "logs")
+        self.http = requests.Session()
+        self.http.headers["Authorization"] = f"Bearer {TOKENS['operator']}"
+        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def start(self, *names: str) -> None:
+        for name in names or (*CONTROLLER, *PARTICIPANTS):
+            self.procs.start(name)
+        if "web" in (names or CONTROLLER):
+            wait_until(self._ready, 60, "the API to be ready")
+
+    def _ready(self) -> bool:
+        dead = [n for n, p in self.procs.running.items() if p.poll() is not None]
+        if dead:
+            raise AssertionError(f"{dead} exited early: " + self.logs(dead[0])[-3000:])
+        try:
+            return self.http.get(f"{self.base}/readyz", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    def logs(self, name: str) -> str:
+        path = self.procs.log_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def close(self) -> dict[str, int | None]:
+        codes = self.procs.stop_all()
+        self.http.close()
+        self.redis.close()
+        return codes
+
+    # -- the REST API ----------------------------------------------------------------------
+
+    def start_order(self, **body: Any) -> str:
+        body.setdefault("flow", "order_fulfillment")
+        body.setdefault("input", order_input())
+        r = self.http.post(f"{self.base}/v1/workflows", json=body, timeout=10)
+        assert r.status_code == 201, r.text
+        cid: str = r.json()["correlation_id"]
+        return cid
+
+    def workflow(self, cid: str) -> dict[str, Any]:
+        r = self.http.get(f"{self.base}/v1/workflows/{cid}", timeout=10)
+        assert r.status_code == 200, r.text
+        found: dict[str, Any] = r.json()
+        return found
+
+    def timeline(self, cid: str) -> list[dict[str, Any]]:
+        r = self.http.get(f"{self.base}/v1/workflows/{cid}/timeline?limit=1000", timeout=10)
+        assert r.status_code == 200, r.text
+        items: list[dict[str, Any]] = r.json()["items"]
+        return items
+
+    def wait_status(self, cid: str, *statuses: str, timeout: float = 30.0) -> dict[str, Any]:
+        def reached() -> dict[str, Any] | None:
+            wf = self.workflow(cid)
+            return wf if wf["status"] in statuses else None
+        try:
+            found: dict[str, Any] = wait_until(reached, timeout, f"{cid} to be {statuses}")
+        except AssertionError:
+            raise AssertionError(f"{cid} is {self.workflow(cid)}") from None
+        return found
+
+    def steps(self, wf: dict[str, Any]) -> dict[str, str]:
+        return {s["name"]: s["status"] for s in wf["steps"]}
+
+    # -- the participants' own state -------------------------------------------------------
+
+    def query(self, participant: str, sql: str, **params: Any) -> list[Any]:
+        url = self.participant_db.replace("{name}", participant)
+        engine = sa.create_engine(url)
+        try:
+            with engine.connect() as conn:
+                return list(conn.execute(sa.text(sql), params))
+        finally:
+            engine.dispose()
+
+    def commands(self, participant: str) -> list[dict[str, str]]:
+        return [f for _, f in self.redis.xrange(self.keys.command_stream(participant))]

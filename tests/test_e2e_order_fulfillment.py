@@ -1,0 +1,206 @@
+"""End to end: the Procfile's real processes, a real Redis and a real database, driven through the
+REST API, asserting on workflow state and on the participants' own ledgers."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.system import PARTICIPANTS, System, order_input, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def system(tmp_path: Path, pg_database_url: str, pg_participant_url: str,
+           redis_url: str) -> Iterator[System]:
+    sys_ = System(tmp_path, pg_database_url, redis_url, pg_participant_url)
+    try:
+        yield sys_
+    finally:
+        codes = sys_.close()
+        assert all(code == 0 for code in codes.values()), codes  # SIGTERM: clean exits
+
+
+def test_happy_path_completes_every_step(system: System) -> None:
+    system.start()
+    cid = system.start_order(input=order_input(order_id="ord-happy"))
+    system.wait_status(cid, "completed")
+    wf = wait_until(lambda: (w := system.workflow(cid)) and
+                    system.steps(w)["send_confirmation"] == "done" and w, what="confirmation")
+    assert system.steps(wf) == {"reserve_inventory": "done", "charge_payment": "done",
+                                "schedule_shipment": "done", "send_confirmation": "done"}
+    assert wf["reason"] is None and wf["finished_at"]
+    timeline = system.timeline(cid)
+    by_type = {m["type"]: m for m in timeline}
+    start = by_type["order.placed"]
+    assert start["causation_id"] == start["id"]
+    assert by_type["inventory.reserved"]["causation_id"] == start["id"]
+    assert by_type["payment.charged"]["causation_id"] == start["id"]
+    assert by_type["shipment.scheduled"]["causation_id"] in (
+        by_type["inventory.reserved"]["id"], by_type["payment.charged"]["id"])
+    charges = system.query("payment", "SELECT count(*) FROM payment_ledger WHERE order_id = :o",
+                           o="ord-happy")
+    assert charges[0][0] == 1
+
+
+def test_declined_card_releases_the_reservation(system: System) -> None:
+    system.start()
+    cid = system.start_order(input=order_input(customer="cust-broke"))
+    wf = system.wait_status(cid, "compensated")
+    assert wf["reason"] == "step_failed"
+    steps = system.steps(wf)
+    assert steps["charge_payment"] == "failed"
+    assert steps["reserve_inventory"] == "compensated"
+    assert [(c["step"], c["command"], c["status"]) for c in wf["compensations"]] == [
+        ("reserve_inventory", "inventory.release", "done")]
+    stock = system.query("inventory", "SELECT available FROM inventory_stock WHERE product_id='SKU-001'")
+    assert stock[0][0] == 1_000_000  # reserved, then given back
+
+
+def test_out_of_stock_refunds_the_payment(system: System) -> None:
+    system.start()
+    items = [{"product_id": "SKU-RARE-2", "quantity": 1, "unit_price": 5.0}]
+    cid = system.start_order(input=order_input(order_id="ord-oos", items=items))
+    wf = system.wait_status(cid, "compensated")
+    steps = system.steps(wf)
+    assert steps["reserve_inventory"] == "failed"
+    assert steps["charge_payment"] == "compensated"
+    refunds = system.query("payment", "SELECT kind, status FROM payment_ledger WHERE order_id = :o "
+                           "ORDER BY kind", o="ord-oos")
+    assert [tuple(r) for r in refunds] == [("charge", "refunded"), ("refund", "refunded")] or \
+        sorted(r[0] for r in refunds) == ["charge", "refund"]
+
+
+def test_shipping_failure_compensates_in_reverse_completion_order(system: System) -> None:
+    system.start()
+    items = [{"product_id": "SKU-002", "quantity": 150, "unit_price": 1.0}]
+    cid = system.start_order(input=order_input(items=items))
+    wf = system.wait_status(cid, "compensated")
+    assert system.steps(wf)["schedule_shipment"] == "failed"
+    timeline = system.timeline(cid)
+    step_of = {"inventory.reserved": "reserve_inventory", "payment.charged": "charge_payment"}
+    completed = [step_of[m["type"]] for m in timeline if m["type"] in step_of]  # received order
+    assert [c["step"] for c in wf["compensations"]] == completed[::-1]
+    command_of = {"reserve_inventory": "inventory.release", "charge_payment": "payment.refund"}
+    commands = [m["type"] for m in timeline if m["kind"] == "command"]
+    assert commands == [command_of[s] for s in completed[::-1]]
+    answers = [m["type"] for m in timeline if m["type"] in ("inventory.released", "payment.refunded")]
+    # each compensation waited for the previous one's answer
+    assert answers == [{"inventory.release": "inventory.released",
+                        "payment.refund": "payment.refunded"}[c] for c in commands]
+
+
+def test_sla_breach_compensates_and_a_late_shipment_is_cancelled(system: System) -> None:
+    system.start("web", "tracker", "relay", "clock", "worker", "alerts",
+                 "inventory", "payment", "notification")
+    cid = system.start_order(sla_seconds=2)
+    wf = system.wait_status(cid, "compensated", timeout=30)
+    assert wf["reason"] == "sla_breached"
+    assert {c["step"] for c in wf["compensations"]} == {"reserve_inventory", "charge_payment"}
+    assert all(c["status"] == "done" for c in wf["compensations"])
+    system.start("shipping")  # catches up: schedules late, and the controller cancels it
+    wait_until(lambda: system.steps(system.workflow(cid))["schedule_shipment"] == "compensated",
+               30, "the late shipment to be cancelled")
+    wf = system.wait_status(cid, "compensated")
+    cancelled = system.query("shipping", "SELECT status FROM shipping_shipments WHERE "
+                             "correlation_id = :c", c=cid)
+    assert [r[0] for r in cancelled] == ["cancelled"]
+
+
+def test_an_orchestrated_link(tmp_path: Path, pg_database_url: str, pg_participant_url: str,
+                              redis_url: str) -> None:
+    """order_fulfillment v2 with charge_payment switched to kind `command`."""
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    text = (Path(__file__).parent.parent / "config" / "flows" / "order_fulfillment.yaml").read_text()
+    text = text.replace("version: 1", "version: 2").replace(
+        "  - name: charge_payment\n    kind: event\n",
+        "  - name: charge_payment\n    kind: command\n    command: payment.charge\n")
+    (flows / "order_fulfillment_v2.yaml").write_text(text)
+    system = System(tmp_path, pg_database_url, redis_url, pg_participant_url,
+                    extra_env={"BATON_FLOWS_DIRS": str(flows)})
+    try:
+        system.start()
+        cid = system.start_order()
+        wf = system.wait_status(cid, "completed")
+        assert wf["flow_version"] == 2
+        sent = system.commands("payment")
+        assert [c["type"] for c in sent] == ["payment.charge"]
+        assert sent[0]["correlation_id"] == cid and sent[0]["attempt"] == "1"
+    finally:
+        assert all(c == 0 for c in system.close().values())
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Hook.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_unanswered_refund_needs_attention_and_fires_the_webhook(
+        tmp_path: Path, pg_database_url: str, pg_participant_url: str, redis_url: str) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    text = (Path(__file__).parent.parent / "config" / "flows" / "order_fulfillment.yaml").read_text()
+    hook = f"http://127.0.0.1:{server.server_port}/alerts"
+    text = text.replace("version: 1", "version: 3") + (
+        f"alert_webhook: {hook}\ncommand_timeout_seconds: 0.3\ncommand_max_attempts: 3\n")
+    (flows / "order_fulfillment_v3.yaml").write_text(text)
+    system = System(tmp_path, pg_database_url, redis_url, pg_participant_url,
+                    extra_env={"BATON_FLOWS_DIRS": str(flows)})
+    try:
+        system.start("web", "tracker", "relay", "clock", "worker", "alerts", "inventory", "payment")
+        cid = system.start_order(sla_seconds=3)
+        wait_until(lambda: system.steps(system.workflow(cid))["charge_payment"] == "done")
+        system.procs.stop("payment")  # the refund will go unanswered
+        wf = system.wait_status(cid, "needs_attention", timeout=40)
+        refund = next(c for c in wf["compensations"] if c["command"] == "payment.refund")
+        assert refund["status"] == "failed" and refund["attempts"] == 3
+        sent = [c for c in system.commands("payment") if c["type"] == "payment.refund"]
+        assert [c["attempt"] for c in sent] == ["1", "2", "3"]
+        assert len({c["id"] for c in sent}) == 1  # retries keep the id
+        wait_until(lambda: _Hook.received, 30, "the alert webhook")
+        alert = _Hook.received[-1]
+        assert alert["workflow"]["correlation_id"] == cid
+        assert alert["workflow"]["status"] == "needs_attention"
+    finally:
+        server.shutdown()
+        server.server_close()
+        assert all(c == 0 for c in system.close().values())
+
+
+@pytest.mark.parametrize("victim", ["inventory"])
+def test_kill_9_of_a_participant_mid_handler_is_processed_once(
+        tmp_path: Path, pg_database_url: str, pg_participant_url: str, redis_url: str,
+        victim: str) -> None:
+    system = System(tmp_path, pg_database_url, redis_url, pg_participant_url)
+    try:
+        system.start("web", "tracker", "relay", "clock", "worker", "alerts",
+                     *(p for p in PARTICIPANTS if p != victim))
+        system.procs.start(victim, {"BATON_CRASH_POINTS": "runtime.in_handler"})
+        cid = system.start_order(input=order_input(order_id="ord-crash"))
+        wait_until(lambda: system.procs.running[victim].poll() is not None, 30, "the crash")
+        system.procs.running.pop(victim)
+        system.procs.start(victim)  # a new consumer reclaims the entry after the visibility timeout
+        system.wait_status(cid, "completed", timeout=40)
+        rows = system.query("inventory", "SELECT count(*) FROM inventory_reservations "
+                            "WHERE order_id = 'ord-crash'")
+        assert rows[0][0] == 1
+    finally:
+        assert all(c == 0 for c in system.close().values())
