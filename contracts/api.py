@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from marshmallow import INCLUDE, RAISE, Schema, fields, validate
+from typing import Any
+
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from contracts.envelope import CORRELATION_PATTERN
 
@@ -33,6 +35,7 @@ class ListQuery(Schema):
     started_after = fields.AwareDateTime(default_timezone=None)
     started_before = fields.AwareDateTime(default_timezone=None)
     overdue = fields.Bool()
+    stalled_step = fields.Str(validate=validate.Length(min=1, max=64))
     limit = fields.Int(load_default=50, validate=validate.Range(min=1, max=500))
     cursor = fields.Str(validate=validate.Length(min=1, max=512))
 
@@ -128,3 +131,83 @@ class Problem(Schema):
     status = fields.Int()
     detail = fields.Str()
     errors = fields.Dict()
+
+
+class InterventionBody(Schema):
+    """Every intervention says why; the reason is kept in the audit."""
+
+    class Meta:
+        unknown = RAISE
+
+    reason = fields.Str(required=True, validate=validate.Length(min=1, max=2000))
+
+
+class RetryBody(InterventionBody):
+    step = fields.Str(validate=validate.Length(min=1, max=64))
+
+
+class SignalBody(InterventionBody):
+    step = fields.Str(validate=validate.Length(min=1, max=64))
+    data = fields.Dict(keys=fields.Str())
+
+
+class DeadlineBody(InterventionBody):
+    deadline = fields.AwareDateTime(default_timezone=None)
+    extend_seconds = fields.Int(strict=True, validate=validate.Range(min=1, max=366 * 86400))
+
+    @validates_schema
+    def _one_of(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if ("deadline" in data) == ("extend_seconds" in data):
+            raise ValidationError("give exactly one of deadline or extend_seconds", "deadline")
+
+
+BULK_ACTIONS = ["cancel", "compensate", "retry", "pause", "resume", "deadline"]
+
+
+class BulkFilter(Schema):
+    class Meta:
+        unknown = RAISE
+
+    flow = fields.Str(validate=validate.Length(min=1, max=64))
+    status = fields.Str(validate=validate.OneOf(STATUSES))
+    reason = fields.Str(validate=validate.OneOf(REASONS))
+    started_after = fields.AwareDateTime(default_timezone=None)
+    started_before = fields.AwareDateTime(default_timezone=None)
+    overdue = fields.Bool()
+    stalled_step = fields.Str(validate=validate.Length(min=1, max=64))
+    attributes = fields.Dict(keys=fields.Str(), values=fields.Str())
+
+
+class BulkBody(InterventionBody):
+    action = fields.Str(required=True, validate=validate.OneOf(BULK_ACTIONS))
+    filter = fields.Nested(BulkFilter, required=True)
+    dry_run = fields.Bool(load_default=False)
+    limit = fields.Int(load_default=100, validate=validate.Range(min=1, max=1000))
+    extend_seconds = fields.Int(strict=True, validate=validate.Range(min=1, max=366 * 86400))
+    step = fields.Str(validate=validate.Length(min=1, max=64))
+
+
+class BulkResult(Schema):
+    correlation_id = fields.Str()
+    status = fields.Int()
+    detail = fields.Str()
+
+
+class BulkOut(Schema):
+    dry_run = fields.Bool()
+    matched = fields.List(fields.Str())
+    results = fields.List(fields.Nested(BulkResult))
+
+
+class AuditEntry(Schema):
+    actor = fields.Str()
+    action = fields.Str()
+    reason = fields.Str()
+    at = fields.Str()
+    result = fields.Str()
+    details = fields.Dict(allow_none=True)
+
+
+class AuditPage(Schema):
+    items = fields.List(fields.Nested(AuditEntry))
+    next_cursor = fields.Str(allow_none=True)

@@ -6,7 +6,7 @@ from flask import Flask, Response, request
 
 from config.logging import configure_logging
 from config.settings import Settings, load_settings
-from controller import problems, routes_flows, routes_health, routes_workflows
+from controller import problems, routes_flows, routes_health, routes_interventions, routes_workflows
 from controller.services import Services, build_services
 
 _JSON_TYPES = ("application/json",)
@@ -29,6 +29,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     api = problems.ProblemApi(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}]})
     api.register_blueprint(routes_workflows.blp)
+    api.register_blueprint(routes_interventions.blp)
     api.register_blueprint(routes_flows.blp)
     app.register_blueprint(routes_health.blp)
     problems.register(app)

@@ -24,6 +24,10 @@ def to_messages(conn: Connection, registry: Registry, wf: lifecycle.Workflow,
             out.append(message)
         elif isinstance(effect, lifecycle.Announce):
             out.append(_announce(registry, wf, effect))
+        else:
+            message = _emit(registry, wf, effect)
+            store.record_message(conn, message, now)
+            out.append(message)
     return out
 
 
@@ -36,6 +40,13 @@ def _command(registry: Registry, wf: lifecycle.Workflow, cmd: lifecycle.Command)
         version=version, message_id=cmd.command_id,
     )
     return replace(message, attempt=cmd.attempt)  # a retry: the same id, the next attempt
+
+
+def _emit(registry: Registry, wf: lifecycle.Workflow, emit: lifecycle.Emit) -> Envelope:
+    version = registry.latest(emit.type)
+    return new_event(emit.type, registry.validate(emit.type, version, emit.data),
+                     correlation_id=wf.correlation_id, causation_id=emit.causation_id,
+                     source=CONTROLLER, version=version, message_id=emit.message_id)
 
 
 def _announce(registry: Registry, wf: lifecycle.Workflow, ann: lifecycle.Announce) -> Envelope:

@@ -87,7 +87,17 @@ class Announce:
     reason: str | None
 
 
-Effect = Command | Announce
+@dataclass(frozen=True)
+class Emit:
+    """An event the controller publishes itself: an approval's outcome, a re-emitted trigger."""
+
+    type: str
+    data: dict[str, Any]
+    causation_id: str
+    message_id: str | None = None  # deterministic where a repeat must not make a second event
+
+
+Effect = Command | Announce | Emit
 
 
 def start(flow: Flow, correlation_id: str, start_message_id: str, data: dict[str, Any],
@@ -98,7 +108,7 @@ def start(flow: Flow, correlation_id: str, start_message_id: str, data: dict[str
         steps={s.name: Step(s.name) for s in flow.steps},
     )
     wf.seen[flow.start_event] = (start_message_id, data)
-    return wf, _advance(flow, wf, now)
+    return wf, advance(flow, wf, now)
 
 
 def on_message(flow: Flow, wf: Workflow, message_type: str, message_id: str,
@@ -114,7 +124,7 @@ def on_message(flow: Flow, wf: Workflow, message_type: str, message_id: str,
             _compensation_done(wf, step.name, now)
         elif step.compensation and message_type == step.compensation.failed_answer:
             effects += _compensation_failed(flow, wf, step.name, now, answered=True)
-    return effects + _advance(flow, wf, now)
+    return effects + advance(flow, wf, now)
 
 
 def on_time(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
@@ -129,7 +139,7 @@ def on_time(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
         comp = wf.compensations.get(step.name)
         if wf.status == COMPENSATING and comp and comp.status == SENT and _overdue(comp, now):
             effects += _compensation_failed(flow, wf, step.name, now)
-    return effects + _advance(flow, wf, now)
+    return effects + advance(flow, wf, now)
 
 
 def next_due(wf: Workflow) -> datetime | None:
@@ -203,10 +213,10 @@ def _retry_step(flow: Flow, wf: Workflow, step: StepDef, now: datetime) -> list[
     if state.attempts >= flow.command_max_attempts:
         state.status, state.finished_at, state.next_attempt_at = FAILED, now, None
         return begin_compensation(flow, wf, STEP_FAILED, now)
-    return [_send_step_command(flow, wf, step, now)]
+    return [send_step_command(flow, wf, step, now)]
 
 
-def _send_step_command(flow: Flow, wf: Workflow, step: StepDef, now: datetime) -> Command:
+def send_step_command(flow: Flow, wf: Workflow, step: StepDef, now: datetime) -> Command:
     state = wf.steps[step.name]
     state.attempts += 1
     state.command_id = state.command_id or command_id(wf.correlation_id, f"step:{step.name}")
@@ -247,13 +257,13 @@ def _compensation_failed(flow: Flow, wf: Workflow, step_name: str, now: datetime
     if comp is None or comp.status != SENT:
         return []
     if comp.attempts < flow.command_max_attempts:
-        return [] if answered else [_send_compensation(flow, wf, comp, now)]
+        return [] if answered else [send_compensation(flow, wf, comp, now)]
     comp.status, comp.finished_at, comp.next_attempt_at = FAILED, now, None
     wf.status = NEEDS_ATTENTION
     return [Announce(announce.NEEDS_ATTENTION, wf.status, wf.reason)]
 
 
-def _send_compensation(flow: Flow, wf: Workflow, comp: Compensation, now: datetime) -> Command:
+def send_compensation(flow: Flow, wf: Workflow, comp: Compensation, now: datetime) -> Command:
     comp.status, comp.sent_at = SENT, comp.sent_at or now
     comp.attempts += 1
     wait = backoff(flow.command_timeout_seconds, comp.attempts, comp.command_id)
@@ -265,7 +275,7 @@ def _send_compensation(flow: Flow, wf: Workflow, comp: Compensation, now: dateti
                    comp.attempts, now + wait, result["id"])
 
 
-def _advance(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
+def advance(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
     if wf.status == RUNNING:
         return _advance_running(flow, wf, now)
     if wf.status == COMPENSATING:
@@ -281,7 +291,8 @@ def _advance_running(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
             state.status, state.started_at = ACTIVE, now
             state.deadline = now + timedelta(seconds=step.sla_seconds)
             if step.kind == COMMAND_STEP:
-                effects.append(_send_step_command(flow, wf, step, now))
+                effects.append(send_step_command(flow, wf, step, now))
+            # an approval step waits, active, for an operator's signal
     if all(wf.steps[n].status in (DONE, SKIPPED) for n in flow.completes_when):
         wf.status, wf.finished_at = COMPLETED, now
         effects.append(Announce(announce.COMPLETED, wf.status, None))
@@ -294,7 +305,7 @@ def _advance_compensating(flow: Flow, wf: Workflow, now: datetime) -> list[Effec
         return []
     waiting = [c for c in ordered if c.status == PENDING]
     if waiting:
-        return [_send_compensation(flow, wf, waiting[0], now)]
+        return [send_compensation(flow, wf, waiting[0], now)]
     wf.status, wf.finished_at = COMPENSATED, now
     return [Announce(announce.COMPENSATED, wf.status, wf.reason)]
 

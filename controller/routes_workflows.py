@@ -72,7 +72,7 @@ def list_workflows(query: dict[str, Any]) -> dict[str, Any]:
         flow=query.get("flow"), status=query.get("status"), reason=query.get("reason"),
         started_after=query.get("started_after"), started_before=query.get("started_before"),
         overdue=bool(query.get("overdue")), attributes=tuple(sorted(extra.items())),
-        started_by=actor.name if actor.only_own else None,
+        started_by=actor.name if actor.only_own else None, stalled_step=query.get("stalled_step"),
     )
     with services.engine.connect() as conn:
         return views.list_workflows(conn, services.catalog, filters, query["limit"],

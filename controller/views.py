@@ -14,6 +14,7 @@ from config.flows import Catalog
 from contracts.timefmt import format_ts, parse_ts
 from controller.errors import InvalidInput, NotFound
 from controller.tables import attributes, compensations, messages, steps, workflows
+from controller.tables import audit as audit_table
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -60,7 +61,7 @@ def _step(name: str, kind: str, participant: str, row: Any) -> dict[str, Any]:
 
 
 def timeline(conn: Connection, cid: str, limit: int, cursor: str | None) -> dict[str, Any]:
-    after = int(_decode_cursor(cursor)[0]) if cursor else 0
+    after = _seq_cursor(cursor)
     rows = conn.execute(
         select(messages).where(messages.c.correlation_id == cid, messages.c.seq > after)
         .order_by(messages.c.seq).limit(limit + 1)
@@ -75,6 +76,25 @@ def timeline(conn: Connection, cid: str, limit: int, cursor: str | None) -> dict
     return {"items": items, "next_cursor": _encode_cursor([rows[limit - 1].seq]) if more else None}
 
 
+def _seq_cursor(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    value = _decode_cursor(cursor)[0]
+    if not isinstance(value, int):
+        raise InvalidInput("cursor is not one this server issued", {"cursor": ["invalid"]})
+    return value
+
+
+def audit(conn: Connection, cid: str, limit: int, cursor: str | None) -> dict[str, Any]:
+    rows = conn.execute(select(audit_table).where(audit_table.c.correlation_id == cid,
+                                                  audit_table.c.seq > _seq_cursor(cursor))
+                        .order_by(audit_table.c.seq).limit(limit + 1)).all()
+    items = [{"actor": r.actor, "action": r.action, "reason": r.reason, "at": _ts(r.at),
+              "result": r.result, "details": r.details} for r in rows[:limit]]
+    more = len(rows) > limit
+    return {"items": items, "next_cursor": _encode_cursor([rows[limit - 1].seq]) if more else None}
+
+
 @dataclass(frozen=True)
 class Filters:
     flow: str | None = None
@@ -85,6 +105,14 @@ class Filters:
     overdue: bool = False
     attributes: tuple[tuple[str, str], ...] = ()
     started_by: str | None = None
+    stalled_step: str | None = None  # that step active past its deadline
+
+
+def matching(conn: Connection, filters: Filters, limit: int, now: datetime) -> list[str]:
+    """Correlation IDs matching `filters`, newest first: what a bulk action touches."""
+    query = select(workflows.c.correlation_id).where(*_conditions(filters, now))
+    query = query.order_by(workflows.c.started_at.desc(), workflows.c.correlation_id.desc())
+    return list(conn.execute(query.limit(limit)).scalars())
 
 
 def list_workflows(conn: Connection, catalog: Catalog, filters: Filters, limit: int,
@@ -92,8 +120,8 @@ def list_workflows(conn: Connection, catalog: Catalog, filters: Filters, limit: 
     query = select(workflows.c.correlation_id, workflows.c.started_at)
     query = query.where(*_conditions(filters, now))
     if cursor:
-        started, cid = _decode_cursor(cursor)
-        moment = parse_ts(str(started))
+        started, cid = _cursor_position(cursor)
+        moment = started
         query = query.where(or_(workflows.c.started_at < moment,
                                 and_(workflows.c.started_at == moment, workflows.c.correlation_id < cid)))
     query = query.order_by(workflows.c.started_at.desc(), workflows.c.correlation_id.desc())
@@ -118,11 +146,24 @@ def _conditions(f: Filters, now: datetime) -> list[Any]:
     if f.overdue:
         c.append(workflows.c.status.in_(["running", "compensating"]))
         c.append(workflows.c.deadline < now)
+    if f.stalled_step:
+        c.append(workflows.c.correlation_id.in_(
+            select(steps.c.correlation_id).where(steps.c.name == f.stalled_step,
+                                                 steps.c.status == "active", steps.c.deadline < now)))
     for name, value in f.attributes:
         c.append(workflows.c.correlation_id.in_(
             select(attributes.c.correlation_id).where(attributes.c.name == name,
                                                       attributes.c.value == value)))
     return c
+
+
+def _cursor_position(cursor: str) -> tuple[datetime, str]:
+    parts = _decode_cursor(cursor)
+    try:
+        started, cid = parts
+        return parse_ts(str(started)), str(cid)
+    except ValueError as exc:
+        raise InvalidInput("cursor is not one this server issued", {"cursor": ["invalid"]}) from exc
 
 
 def _encode_cursor(parts: list[Any]) -> str:

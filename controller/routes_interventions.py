@@ -1,0 +1,164 @@
+"""Operator interventions: `/v1/workflows/<cid>/<action>`, signals, the audit, and bulk actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import current_app
+from flask_smorest import Blueprint
+
+from contracts.api import (
+    AuditPage,
+    BulkBody,
+    BulkOut,
+    DeadlineBody,
+    InterventionBody,
+    PageQuery,
+    RetryBody,
+    SignalBody,
+    WorkflowOut,
+)
+from contracts.timefmt import utcnow
+from controller import views
+from controller.auth import OPERATOR, READERS, current_actor, requires
+from controller.errors import ControllerError
+from controller.operator import Intervention, intervene
+from controller.services import Services
+
+blp = Blueprint("interventions", __name__, url_prefix="/v1/workflows",
+                description="Operator interventions and the audit")
+
+
+def _services() -> Services:
+    services: Services = current_app.extensions["baton"]
+    return services
+
+
+def _apply(cid: str, action: str, reason: str, **params: Any) -> dict[str, Any]:
+    services = _services()
+    request = Intervention(action, current_actor().name, reason, params)
+    intervene(services, cid, request, utcnow())
+    with services.engine.connect() as conn:
+        return views.workflow(conn, services.catalog, cid)
+
+
+@blp.route("/<cid>/cancel", methods=["POST"])
+@blp.arguments(InterventionBody)
+@blp.response(200, WorkflowOut)
+@requires(OPERATOR)
+def cancel(body: dict[str, Any], cid: str) -> dict[str, Any]:
+    """Stop the workflow and compensate what was done."""
+    return _apply(cid, "cancel", body["reason"])
+
+
+@blp.route("/<cid>/compensate", methods=["POST"])
+@blp.arguments(InterventionBody)
+@blp.response(200, WorkflowOut)
+@requires(OPERATOR)
+def compensate(body: dict[str, Any], cid: str) -> dict[str, Any]:
+    """Compensate now: a running, paused or needs_attention workflow."""
+    return _apply(cid, "compensate", body["reason"])
+
+
+@blp.route("/<cid>/retry", methods=["POST"])
+@blp.arguments(RetryBody)
+@blp.response(200, WorkflowOut)
+@requires(OPERATOR)
+def retry(body: dict[str, Any], cid: str) -> dict[str, Any]:
+    """Re-send a stalled step's command or re-emit its triggering event; re-send a compensation."""
+    return _apply(cid, "retry", body["reason"], step=body.get("step"))
+
+
+@blp.route("/<cid>/steps/<step>/skip", methods=["POST"])
+@blp.arguments(InterventionBody)
+@blp.response(200, WorkflowOut)
+@requires(OPERATOR)
+def skip(body: dict[str, Any], cid: str, step: str) -> dict[str, Any]:
+    """Mark a step done without its event: its work was done out of band."""
+    return _apply(cid, "skip", body["reason"], step=step)
+
+
+@blp.route("/<cid>/pause", methods=["POST"])
+@blp.arguments(InterventionBody)
+@blp.response(200, WorkflowOut)
+@requires(OPERATOR)
+def pause(body: dict[str, Any], cid: str) -> dict[str, Any]:
+    """Stop the SLA clock; the controller issues nothing for the workflow until it resumes."""
+    return _apply(cid, "pause", body["reason"])
+
+
+@blp.route("/<cid>/resume", methods=["POST"])
+@blp.arguments(InterventionBody)
+@blp.response(200, WorkflowOut)
+@requires(OPERATOR)
+def resume(body: dict[str, Any], cid: str) -> dict[str, Any]:
+    return _apply(cid, "resume", body["reason"])
+
+
+@blp.route("/<cid>/deadline", methods=["POST"])
+@blp.arguments(DeadlineBody)
+@blp.response(200, WorkflowOut)
+@requires(OPERATOR)
+def deadline(body: dict[str, Any], cid: str) -> dict[str, Any]:
+    """Move the whole workflow's deadline: to `deadline`, or by `extend_seconds`."""
+    return _apply(cid, "deadline", body["reason"], deadline=body.get("deadline"),
+                  extend_seconds=body.get("extend_seconds"))
+
+
+@blp.route("/<cid>/signals/<name>", methods=["POST"])
+@blp.arguments(SignalBody)
+@blp.response(200, WorkflowOut)
+@requires(OPERATOR)
+def signal(body: dict[str, Any], cid: str, name: str) -> dict[str, Any]:
+    """Answer an approval step: `approve` or `reject`."""
+    return _apply(cid, "signal", body["reason"], name=name, step=body.get("step"),
+                  data=body.get("data"))
+
+
+@blp.route("/<cid>/audit", methods=["GET"])
+@blp.arguments(PageQuery, location="query")
+@blp.response(200, AuditPage)
+@requires(*READERS)
+def get_audit(query: dict[str, Any], cid: str) -> dict[str, Any]:
+    services, actor = _services(), current_actor()
+    with services.engine.connect() as conn:
+        views.workflow(conn, services.catalog, cid, actor.name if actor.only_own else None)
+        return views.audit(conn, cid, query["limit"], query.get("cursor"))
+
+
+@blp.route("/actions", methods=["POST"])
+@blp.arguments(BulkBody)
+@blp.response(200, BulkOut)
+@requires(OPERATOR)
+def bulk(body: dict[str, Any]) -> dict[str, Any]:
+    """One intervention on every workflow matching `filter`, newest first, at most `limit`;
+    `dry_run` lists them and touches nothing."""
+    services, f = _services(), body["filter"]
+    filters = views.Filters(
+        flow=f.get("flow"), status=f.get("status"), reason=f.get("reason"),
+        started_after=f.get("started_after"), started_before=f.get("started_before"),
+        overdue=bool(f.get("overdue")), stalled_step=f.get("stalled_step"),
+        attributes=tuple(sorted((f.get("attributes") or {}).items())),
+    )
+    with services.engine.connect() as conn:
+        matched = views.matching(conn, filters, body["limit"], utcnow())
+    if body["dry_run"]:
+        return {"dry_run": True, "matched": matched, "results": []}
+    params = _bulk_params(body)
+    results = []
+    for cid in matched:
+        try:
+            request = Intervention(body["action"], current_actor().name, body["reason"], params)
+            detail = intervene(services, cid, request, utcnow())
+            results.append({"correlation_id": cid, "status": 200, "detail": detail})
+        except ControllerError as exc:
+            results.append({"correlation_id": cid, "status": exc.status, "detail": exc.detail})
+    return {"dry_run": False, "matched": matched, "results": results}
+
+
+def _bulk_params(body: dict[str, Any]) -> dict[str, Any]:
+    if body["action"] == "deadline":
+        return {"extend_seconds": body.get("extend_seconds") or 0}
+    if body["action"] == "retry":
+        return {"step": body.get("step")}
+    return {}
