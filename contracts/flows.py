@@ -39,6 +39,10 @@ class Step:
     sla_seconds: int
     required: bool
     compensation: Compensation | None
+    # Conditions on event data, as (field, value) pairs that must all be equal:
+    # `when` on the triggering events (false: the step is skipped), `fails_when` on its done event.
+    when: tuple[tuple[str, Any], ...] = ()
+    fails_when: tuple[tuple[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,8 @@ class StepSchema(Schema):
     sla_seconds = fields.Int(load_default=None, strict=True, validate=validate.Range(min=1))
     required = fields.Bool(load_default=True)
     compensation = fields.Nested(CompensationSchema, load_default=None)
+    when = fields.Dict(keys=fields.Str(), values=fields.Raw(), load_default=dict)
+    fails_when = fields.Dict(keys=fields.Str(), values=fields.Raw(), load_default=dict)
 
 
 class FlowSchema(Schema):
@@ -162,6 +168,7 @@ def _build_step(raw: dict[str, Any], default_sla: int) -> Step:
         reacts_to=tuple(raw["reacts_to"]), done_on=raw["done_on"], failed_on=failed_on,
         command=raw["command"], sla_seconds=raw["sla_seconds"] or default_sla,
         required=raw["required"], compensation=raw["compensation"],
+        when=tuple(sorted(raw["when"].items())), fails_when=tuple(sorted(raw["fails_when"].items())),
     )
 
 

@@ -183,6 +183,9 @@ def _step_done(flow: Flow, wf: Workflow, step: StepDef, message_id: str, data: d
     state = wf.steps[step.name]
     if state.status in (DONE, FAILED, SKIPPED, STEP_COMPENSATED):
         return []
+    if step.fails_when and _matches(step.fails_when, data):
+        state.attempts = max(state.attempts, flow.command_max_attempts)  # a verdict, not a glitch
+        return _step_failed(flow, wf, step, data, now)
     state.status, state.finished_at = DONE, now
     state.completed_seq = 1 + max((s.completed_seq or 0 for s in wf.steps.values()), default=0)
     state.result = {"id": message_id, "data": data}
@@ -285,18 +288,44 @@ def advance(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
 
 def _advance_running(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
     effects: list[Effect] = []
-    for step in flow.steps:
-        state = wf.steps[step.name]
-        if state.status == PENDING and all(t in wf.seen for t in step.reacts_to):
-            state.status, state.started_at = ACTIVE, now
-            state.deadline = now + timedelta(seconds=step.sla_seconds)
-            if step.kind == COMMAND_STEP:
-                effects.append(send_step_command(flow, wf, step, now))
-            # an approval step waits, active, for an operator's signal
+    ready = _ready(flow, wf)
+    while ready:
+        for step in ready:
+            effects += _activate(flow, wf, step, now)
+        ready = _ready(flow, wf)  # a step skipped by its condition may unblock others
     if all(wf.steps[n].status in (DONE, SKIPPED) for n in flow.completes_when):
         wf.status, wf.finished_at = COMPLETED, now
         effects.append(Announce(announce.COMPLETED, wf.status, None))
     return effects
+
+
+def _ready(flow: Flow, wf: Workflow) -> list[StepDef]:
+    return [s for s in flow.steps if wf.steps[s.name].status == PENDING
+            and all(t in wf.seen for t in s.reacts_to)]
+
+
+def _activate(flow: Flow, wf: Workflow, step: StepDef, now: datetime) -> list[Effect]:
+    state = wf.steps[step.name]
+    state.started_at = now
+    if step.when and not _matches(step.when, _trigger_data(wf, step)):
+        state.status, state.finished_at = SKIPPED, now  # its condition is false: not needed
+        wf.seen.setdefault(step.done_on, ("skipped", {}))
+        return []
+    state.status, state.deadline = ACTIVE, now + timedelta(seconds=step.sla_seconds)
+    if step.kind == COMMAND_STEP:
+        return [send_step_command(flow, wf, step, now)]
+    return []  # an event step waits for its participant, an approval step for a signal
+
+
+def _trigger_data(wf: Workflow, step: StepDef) -> dict[str, Any]:
+    data: dict[str, Any] = {}
+    for t in step.reacts_to:
+        data.update(wf.seen.get(t, ("", {}))[1])
+    return data
+
+
+def _matches(condition: tuple[tuple[str, Any], ...], data: dict[str, Any]) -> bool:
+    return all(data.get(name) == value for name, value in condition)
 
 
 def _advance_compensating(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
