@@ -51,6 +51,8 @@ class Settings:
     sweep_interval: float = 1.0
     max_body_bytes: int = 1_048_576
     alert_webhook: str | None = None
+    api_url: str = "http://127.0.0.1:8000"  # what the `baton` client commands talk to
+    api_token: str | None = field(default=None, repr=False)  # a secret: never in logs
     log_level: str = "INFO"
     log_format: str = "json"
     crash_points: frozenset[str] = field(default_factory=frozenset)
@@ -79,6 +81,8 @@ _VARIABLES: dict[str, tuple[str, fields.Field]] = {
     "BATON_SWEEP_INTERVAL": ("sweep_interval", fields.Float(validate=validate.Range(min=0.01))),
     "BATON_MAX_BODY_BYTES": ("max_body_bytes", fields.Int(validate=validate.Range(min=1024))),
     "BATON_ALERT_WEBHOOK": ("alert_webhook", fields.Url(require_tld=False, schemes={"http", "https"})),
+    "BATON_API_URL": ("api_url", fields.Url(require_tld=False, schemes={"http", "https"})),
+    "BATON_API_TOKEN": ("api_token", fields.Str(validate=validate.Length(min=1))),
     "BATON_LOG_LEVEL": (
         "log_level", fields.Str(validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]))),
     "BATON_LOG_FORMAT": ("log_format", fields.Str(validate=validate.OneOf(["json", "console"]))),

@@ -10,6 +10,7 @@ import click
 
 from config.logging import configure_logging
 from config.settings import Settings, SettingsError, load_settings
+from controller import cli_client
 
 
 def _settings(process: str) -> Settings:
@@ -142,6 +143,8 @@ def demo(orders: int) -> None:
 
     sys.exit(run_demo(orders=orders))
 
+
+cli_client.register(main)
 
 if __name__ == "__main__":
     main()

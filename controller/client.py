@@ -1,0 +1,58 @@
+"""A client of the REST API for the `baton` command: one requests.Session, a timeout on every call,
+and HTTP errors translated into ClientError carrying the problem document."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+
+TIMEOUT = 15.0
+
+
+class ClientError(Exception):
+    def __init__(self, status: int, problem: dict[str, Any]) -> None:
+        self.status = status
+        self.problem = problem
+        detail = problem.get("detail") or problem.get("title") or "request failed"
+        errors = problem.get("errors")
+        fields = "".join(f"\n  {k}: {'; '.join(map(str, v))}" for k, v in (errors or {}).items())
+        super().__init__(f"{status} {problem.get('title', '')}: {detail}{fields}")
+
+
+class ApiClient:
+    def __init__(self, base_url: str, token: str | None) -> None:
+        self.base = base_url.rstrip("/")
+        self.session = requests.Session()
+        if token:
+            self.session.headers["Authorization"] = f"Bearer {token}"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def call(self, method: str, path: str, *, json: Any = None, params: Any = None,
+             headers: dict[str, str] | None = None) -> requests.Response:
+        try:
+            response = self.session.request(method, f"{self.base}{path}", json=json, params=params,
+                                            headers=headers, timeout=TIMEOUT)
+        except requests.RequestException as exc:
+            raise ClientError(0, {"title": "Unreachable", "detail": f"{self.base}: {exc}"}) from exc
+        if response.status_code >= 400:
+            try:
+                problem = response.json()
+            except ValueError:
+                problem = {"title": response.reason, "detail": response.text[:500]}
+            raise ClientError(response.status_code, problem)
+        return response
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self.call(method, path, **kwargs).json()
+
+    def start(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        result: dict[str, Any] = self.json("POST", "/v1/workflows", json=body, headers=headers)
+        return result
+
+    def intervene(self, cid: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        result: dict[str, Any] = self.json("POST", f"/v1/workflows/{cid}/{action}", json=body)
+        return result
