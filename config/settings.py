@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,7 +121,8 @@ def _read_tokens_file(path: str) -> tuple[Token, ...]:
         if not line or line.startswith("#"):
             continue
         parts = line.split(":")
-        if len(parts) != 3 or parts[1] not in ROLES or len(parts[2]) != 64:
+        if len(parts) != 3 or not parts[0] or parts[1] not in ROLES \
+                or not re.fullmatch(r"[0-9a-fA-F]{64}", parts[2]):
             raise SettingsError(f"BATON_TOKENS_FILE: line {n} is not name:role:<sha256 hex>")
         tokens.append(Token(parts[0], parts[1], parts[2].lower()))
     return tuple(tokens)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,9 +15,9 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, val
 from contracts.errors import InvalidMessage
 from contracts.timefmt import format_ts, parse_ts, utcnow
 
-TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$"
-NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,63}$"
-CORRELATION_PATTERN = r"^[A-Za-z0-9._:-]{1,128}$"
+TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\Z"
+NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,63}\Z"
+CORRELATION_PATTERN = r"^[A-Za-z0-9._:-]{1,128}\Z"
 EVENT = "event"
 COMMAND = "command"
 
@@ -129,7 +130,7 @@ class _JsonObject(fields.Field):
 
 class _IntString(fields.Field):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> int:
-        if not isinstance(value, str) or not value.isdigit() or int(value) < 1:
+        if not isinstance(value, str) or not re.fullmatch(r"[1-9][0-9]{0,8}", value):
             raise ValidationError("must be a positive integer written as a string")
         return int(value)
 

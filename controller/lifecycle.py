@@ -281,21 +281,30 @@ def send_compensation(flow: Flow, wf: Workflow, comp: Compensation, now: datetim
 def advance(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
     if wf.status == RUNNING:
         return _advance_running(flow, wf, now)
+    if wf.status != PAUSED:
+        # "active" means prerequisites met, whatever the workflow's state: arrivals after it
+        # completed or began compensating still move steps along, though nothing is issued.
+        _activate_ready(flow, wf, now, issue=False)
     if wf.status == COMPENSATING:
         return _advance_compensating(flow, wf, now)
     return []
 
 
 def _advance_running(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
+    effects = _activate_ready(flow, wf, now, issue=True)
+    if all(wf.steps[n].status in (DONE, SKIPPED) for n in flow.completes_when):
+        wf.status, wf.finished_at = COMPLETED, now
+        effects.append(Announce(announce.COMPLETED, wf.status, None))
+    return effects
+
+
+def _activate_ready(flow: Flow, wf: Workflow, now: datetime, issue: bool) -> list[Effect]:
     effects: list[Effect] = []
     ready = _ready(flow, wf)
     while ready:
         for step in ready:
-            effects += _activate(flow, wf, step, now)
+            effects += _activate(flow, wf, step, now, issue)
         ready = _ready(flow, wf)  # a step skipped by its condition may unblock others
-    if all(wf.steps[n].status in (DONE, SKIPPED) for n in flow.completes_when):
-        wf.status, wf.finished_at = COMPLETED, now
-        effects.append(Announce(announce.COMPLETED, wf.status, None))
     return effects
 
 
@@ -304,7 +313,7 @@ def _ready(flow: Flow, wf: Workflow) -> list[StepDef]:
             and all(t in wf.seen for t in s.reacts_to)]
 
 
-def _activate(flow: Flow, wf: Workflow, step: StepDef, now: datetime) -> list[Effect]:
+def _activate(flow: Flow, wf: Workflow, step: StepDef, now: datetime, issue: bool) -> list[Effect]:
     state = wf.steps[step.name]
     state.started_at = now
     if step.when and not _matches(step.when, _trigger_data(wf, step)):
@@ -312,7 +321,7 @@ def _activate(flow: Flow, wf: Workflow, step: StepDef, now: datetime) -> list[Ef
         wf.seen.setdefault(step.done_on, ("skipped", {}))
         return []
     state.status, state.deadline = ACTIVE, now + timedelta(seconds=step.sla_seconds)
-    if step.kind == COMMAND_STEP:
+    if step.kind == COMMAND_STEP and issue:
         return [send_step_command(flow, wf, step, now)]
     return []  # an event step waits for its participant, an approval step for a signal
 

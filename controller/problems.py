@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http
 from typing import Any
 
 import orjson
@@ -11,9 +12,11 @@ from flask_smorest import Api
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
+from contracts.api import Problem as ProblemSchema
 from controller.errors import ControllerError
 
 log = structlog.get_logger("baton.api")
+PROBLEM = "application/problem+json"
 _LOCATIONS = {"json", "query", "headers", "form", "path", "view_args"}
 
 
@@ -22,7 +25,7 @@ def problem(status: int, title: str, detail: str, errors: Any = None,
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     if errors:
         body["errors"] = flatten(errors) if isinstance(errors, dict) else {"_body": errors}
-    response = Response(status=status, mimetype="application/problem+json", headers=headers)
+    response = Response(status=status, mimetype=PROBLEM, headers=headers)
     response.set_data(_json(body))
     return response
 
@@ -44,7 +47,21 @@ def _json(body: dict[str, Any]) -> bytes:
 
 
 class ProblemApi(Api):
-    """flask-smorest's Api, answering its own errors (422 from webargs, 404, 405...) as problems."""
+    """flask-smorest's Api, answering its own errors (422 from webargs, 404, 405...) as problems,
+    and documenting every error response as `application/problem+json`."""
+
+    ERROR_SCHEMA = ProblemSchema
+
+    def _register_responses(self) -> None:
+        for status in http.HTTPStatus:
+            response: dict[str, Any] = {"description": status.phrase}
+            if not 100 <= status < 200 and status not in (204, 304):
+                response["content"] = {PROBLEM: {"schema": ProblemSchema}}
+            self.spec.components.response(status.name, response, lazy=True)
+        self.spec.components.response("DEFAULT_ERROR", {
+            "description": "An RFC 9457 problem document",
+            "content": {PROBLEM: {"schema": ProblemSchema}},
+        }, lazy=True)
 
     def handle_http_exception(self, error: HTTPException) -> Response:
         data = getattr(error, "data", None) or {}

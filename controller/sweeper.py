@@ -17,6 +17,7 @@ from controller import effects, lifecycle, store
 from controller.services import Services
 from controller.tables import workflows
 from participants import outbox
+from participants.faults import crash_point
 
 log = structlog.get_logger("baton.sweeper")
 
@@ -37,7 +38,9 @@ def sweep_once(services: Services, now: datetime, limit: int = 500) -> int:
             if produced is not None:
                 acted += 1
                 sent += produced
+        crash_point("sweeper.before_commit", services.settings.crash_points if sent else ())
         pending = outbox.enqueue(conn, services.keys, sent, now)
+    crash_point("sweeper.after_commit", services.settings.crash_points if pending else ())
     outbox.publish(services.engine, services.redis, pending, services.settings.crash_points)
     if acted:
         log.info("swept", workflows=acted, messages=len(sent))

@@ -23,7 +23,6 @@ from sqlalchemy import Connection, Engine, insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from contracts.envelope import COMMAND, EVENT, Envelope, decode_fields
-from contracts.errors import ContractError
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
 from participants import deadletter, joins, outbox
@@ -156,7 +155,7 @@ class Runtime:
             self.participant.registry.validate(
                 entry.message.type, entry.message.version, entry.message.data
             )
-        except (Malformed, ContractError) as exc:
+        except Exception as exc:  # never let one entry stop the consumer or block those behind it
             deadletter.send(self.client, self.keys, self.group, self.consumer, entry.stream,
                             entry.entry_id, entry.raw, str(exc), entry.deliveries)
             self._ack([entry])

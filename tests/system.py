@@ -147,4 +147,6 @@ class System:
             engine.dispose()
 
     def commands(self, participant: str) -> list[dict[str, str]]:
-        return [f for _, f in self.redis.xrange(self.keys.command_stream(participant))]
+        entries: list[tuple[str, dict[str, str]]] = self.redis.xrange(  # type: ignore[assignment]
+            self.keys.command_stream(participant))
+        return [fields for _, fields in entries]

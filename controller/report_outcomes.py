@@ -1,0 +1,115 @@
+"""What the SLA report counts, as SQL conditions over workflows and their steps.
+
+- A workflow or step *met* its SLA when it completed (a step: done, even if later compensated)
+  at or before its deadline.
+- It is *judged* once that can be told: it has finished, or its deadline has passed.
+  SLA met % = met / judged.
+- A workflow *breached* when the controller stopped it for its SLA (`reason = sla_breached`), when
+  it completed after its deadline, or when it is still running past it.
+- A step breached when it ended after its own deadline; a step that never ended, when its
+  workflow stopped waiting for it (compensation began, or now if still running) after that
+  deadline, unless a failure or a cancellation stopped the workflow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, and_, func, or_, select
+
+from controller import lifecycle as lc
+from controller.report_sql import duration, moment
+from controller.tables import compensations, steps, workflows
+
+IN_FLIGHT = (lc.RUNNING, lc.PAUSED, lc.COMPENSATING)
+TERMINAL = (lc.COMPLETED, lc.COMPENSATED, lc.NEEDS_ATTENTION)
+STEP_COMPLETED = (lc.DONE, lc.STEP_COMPENSATED)
+w, s, c = workflows, steps, compensations
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Workflows started in [start, end) UTC, of one flow or all; `now` judges what is still open."""
+
+    now: datetime
+    flow: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.start is not None and self.end is not None and self.start >= self.end
+
+    def where(self) -> list[ColumnElement[bool]]:
+        found: list[ColumnElement[bool]] = []
+        if self.flow is not None:
+            found.append(w.c.flow == self.flow)
+        if self.start is not None:
+            found.append(w.c.started_at >= self.start)
+        if self.end is not None:
+            found.append(w.c.started_at < self.end)
+        return found
+
+
+def workflow_met() -> ColumnElement[bool]:
+    return and_(w.c.status == lc.COMPLETED, or_(w.c.deadline.is_(None), w.c.finished_at <= w.c.deadline))
+
+
+def workflow_judged(now: datetime) -> ColumnElement[bool]:
+    return or_(w.c.status.in_(TERMINAL), and_(w.c.status != lc.PAUSED, w.c.deadline < moment(now)))
+
+
+def workflow_breached(now: datetime) -> ColumnElement[bool]:
+    return or_(
+        w.c.reason == lc.SLA_BREACHED,
+        and_(w.c.status == lc.COMPLETED, w.c.finished_at > w.c.deadline),
+        and_(w.c.status == lc.RUNNING, w.c.deadline < moment(now)),
+    )
+
+
+def step_met() -> ColumnElement[bool]:
+    return and_(s.c.status.in_(STEP_COMPLETED), s.c.finished_at.is_not(None),
+                or_(s.c.deadline.is_(None), s.c.finished_at <= s.c.deadline))
+
+
+def stopped_waiting(now: datetime) -> ColumnElement[Any]:
+    """When the workflow stopped waiting for its unfinished steps: its first compensation command,
+    else its end, else now. Needs `gave_up()` joined as `g`."""
+    return func.coalesce(gave_up().c.at, w.c.finished_at, moment(now))
+
+
+def step_end(now: datetime) -> ColumnElement[Any]:
+    return func.coalesce(s.c.finished_at, stopped_waiting(now))
+
+
+def step_breached(now: datetime) -> ColumnElement[bool]:
+    waited = or_(w.c.reason.is_(None), w.c.reason == lc.SLA_BREACHED)
+    return and_(s.c.started_at.is_not(None), s.c.deadline.is_not(None), or_(
+        s.c.finished_at > s.c.deadline,
+        and_(s.c.finished_at.is_(None), waited, stopped_waiting(now) > s.c.deadline),
+    ))
+
+
+def step_judged(now: datetime) -> ColumnElement[bool]:
+    return or_(s.c.finished_at.is_not(None), step_breached(now))
+
+
+def step_duration(conn: Connection) -> ColumnElement[Any]:
+    return duration(conn, s.c.started_at, s.c.finished_at)
+
+
+def step_done() -> ColumnElement[bool]:
+    """Steps whose duration counts: done (or done, then compensated) after they began."""
+    return and_(s.c.status.in_(STEP_COMPLETED), s.c.started_at.is_not(None),
+                s.c.finished_at.is_not(None))
+
+
+_GAVE_UP = select(c.c.correlation_id, func.min(c.c.sent_at).label("at")).group_by(
+    c.c.correlation_id).subquery("g")
+
+
+def gave_up() -> Any:
+    """Per workflow, when its first compensation command went out."""
+    return _GAVE_UP
