@@ -13,7 +13,9 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     """An engine whose transactions lock early on SQLite, so concurrent writers wait, not fail."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size)
+        # Bounded waits: with the database down, callers fail fast (503) instead of hanging.
+        return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
+                             pool_timeout=10, connect_args={"connect_timeout": 5})
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30})
