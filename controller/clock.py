@@ -6,6 +6,7 @@ A sweep not started within a few intervals expires, so sweeps never pile up whil
 from __future__ import annotations
 
 import threading
+import time
 
 import redis
 import structlog
@@ -21,15 +22,23 @@ def sweep_queue(client: redis.Redis, services: Services) -> Queue:
     return Queue(services.keys.rq_queue("sweeps"), connection=client, serializer=JSONSerializer)
 
 
+TRIM_EVERY = 30.0  # seconds between stream trims
+
+
 def run_clock(services: Services, stop: threading.Event) -> None:
     interval = services.settings.sweep_interval
     queue = sweep_queue(services.redis, services)
     log.info("clock started", interval=interval)
+    last_trim = 0.0
     while not stop.is_set():
         try:
             if queue.count < 2:
                 queue.enqueue("controller.jobs.sweep", ttl=max(5, int(interval * 5)),
                               result_ttl=0, failure_ttl=3600, job_timeout=120)
+            if time.monotonic() - last_trim >= TRIM_EVERY:
+                queue.enqueue("controller.jobs.trim_streams", ttl=int(TRIM_EVERY), result_ttl=0,
+                              failure_ttl=3600, job_timeout=300)
+                last_trim = time.monotonic()
         except redis.ConnectionError as exc:
             log.warning("clock cannot reach Redis", error=str(exc)[:200])
         stop.wait(interval)

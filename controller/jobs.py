@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 
 from config.settings import load_settings
 from contracts.timefmt import utcnow
-from controller import sweeper, views
+from controller import sweeper, trimming, views
 from controller.services import Services, build_services
 
 log = structlog.get_logger("baton.jobs")
@@ -31,6 +31,15 @@ def sweep() -> int:
     except OperationalError as exc:  # the next tick sweeps again; nothing is owed to this one
         log.warning("sweep skipped: database unavailable", error=str(exc)[:200])
         return 0
+
+
+def trim_streams() -> int:
+    """Bound Redis memory: drop stream entries every consumer group is done with."""
+    services = _services()
+    removed = trimming.trim_all(services.redis, services.keys)
+    if removed:
+        log.info("streams trimmed", entries=removed)
+    return removed
 
 
 def deliver_alert(correlation_id: str, url: str) -> int:

@@ -1,0 +1,44 @@
+"""Stream trimming never removes an entry some consumer group has not read and acknowledged."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import redis
+
+from contracts.streams import Keys
+from controller.trimming import trim_all
+
+
+def test_trims_to_the_oldest_entry_a_group_still_needs(redis_client: redis.Redis) -> None:
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    stream = keys.event_stream("order.placed")
+    ids: list[Any] = [redis_client.xadd(stream, {"n": str(i)}) for i in range(10)]
+    redis_client.xgroup_create(stream, "fast", id="0")
+    redis_client.xgroup_create(stream, "slow", id="0")
+    redis_client.xreadgroup("fast", "c", {stream: ">"}, count=10)
+    redis_client.xack(stream, "fast", *ids)
+    redis_client.xreadgroup("slow", "c", {stream: ">"}, count=5)
+    redis_client.xack(stream, "slow", *ids[:3])  # 3 and 4 pending, 5..9 unread
+
+    assert trim_all(redis_client, keys) == 3
+    remaining = [e for e, _ in redis_client.xrange(stream)]  # type: ignore[union-attr]
+    assert remaining == ids[3:]
+    assert redis_client.xpending(stream, "slow")["pending"] == 2
+
+    redis_client.xack(stream, "slow", *ids[3:5])
+    assert trim_all(redis_client, keys) == 2
+    redis_client.xreadgroup("slow", "c", {stream: ">"}, count=10)
+    redis_client.xack(stream, "slow", *ids[5:])
+    assert trim_all(redis_client, keys) == 5
+    assert redis_client.xlen(stream) == 0
+
+
+def test_a_stream_nobody_reads_is_kept(redis_client: redis.Redis) -> None:
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    stream = keys.command_stream("payment")
+    for i in range(3):
+        redis_client.xadd(stream, {"n": str(i)})
+    assert trim_all(redis_client, keys) == 0
+    assert redis_client.xlen(stream) == 3
