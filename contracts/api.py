@@ -23,11 +23,11 @@ class StartBody(Schema):
         CORRELATION_PATTERN, error="1 to 128 characters from [A-Za-z0-9._:-]"))
 
 
-class ListQuery(Schema):
-    """Search attributes a flow declares (`order_id=...`) pass through to be checked by name."""
+class WorkflowFilter(Schema):
+    """What selects workflows, for a listing and for a bulk action."""
 
     class Meta:
-        unknown = INCLUDE
+        unknown = RAISE
 
     flow = fields.Str(validate=validate.Length(min=1, max=64))
     status = fields.Str(validate=validate.OneOf(STATUSES))
@@ -36,6 +36,14 @@ class ListQuery(Schema):
     started_before = fields.AwareDateTime(default_timezone=None)
     overdue = fields.Bool()
     stalled_step = fields.Str(validate=validate.Length(min=1, max=64))
+
+
+class ListQuery(WorkflowFilter):
+    """Search attributes a flow declares (`order_id=...`) pass through to be checked by name."""
+
+    class Meta:
+        unknown = INCLUDE
+
     limit = fields.Int(load_default=50, validate=validate.Range(min=1, max=500))
     cursor = fields.Str(validate=validate.Length(min=1, max=512))
 
@@ -164,17 +172,7 @@ class DeadlineBody(InterventionBody):
 BULK_ACTIONS = ["cancel", "compensate", "retry", "pause", "resume", "deadline"]
 
 
-class BulkFilter(Schema):
-    class Meta:
-        unknown = RAISE
-
-    flow = fields.Str(validate=validate.Length(min=1, max=64))
-    status = fields.Str(validate=validate.OneOf(STATUSES))
-    reason = fields.Str(validate=validate.OneOf(REASONS))
-    started_after = fields.AwareDateTime(default_timezone=None)
-    started_before = fields.AwareDateTime(default_timezone=None)
-    overdue = fields.Bool()
-    stalled_step = fields.Str(validate=validate.Length(min=1, max=64))
+class BulkFilter(WorkflowFilter):
     attributes = fields.Dict(keys=fields.Str(), values=fields.Str())
 
 
