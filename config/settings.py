@@ -50,6 +50,7 @@ class Settings:
     block_ms: int = 2000
     relay_interval: float = 1.0
     sweep_interval: float = 1.0
+    redrive_window: float = 3600.0
     max_body_bytes: int = 1_048_576
     alert_webhook: str | None = None
     api_url: str = "http://127.0.0.1:8000"  # what the `baton` client commands talk to
@@ -80,6 +81,7 @@ _VARIABLES: dict[str, tuple[str, fields.Field]] = {
     "BATON_BLOCK_MS": ("block_ms", fields.Int(validate=validate.Range(min=1, max=60000))),
     "BATON_RELAY_INTERVAL": ("relay_interval", fields.Float(validate=validate.Range(min=0.01))),
     "BATON_SWEEP_INTERVAL": ("sweep_interval", fields.Float(validate=validate.Range(min=0.01))),
+    "BATON_REDRIVE_WINDOW": ("redrive_window", fields.Float(validate=validate.Range(min=1))),
     "BATON_MAX_BODY_BYTES": ("max_body_bytes", fields.Int(validate=validate.Range(min=1024))),
     "BATON_ALERT_WEBHOOK": ("alert_webhook", fields.Url(require_tld=False, schemes={"http", "https"})),
     "BATON_API_URL": ("api_url", fields.Url(require_tld=False, schemes={"http", "https"})),

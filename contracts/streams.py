@@ -29,9 +29,9 @@ class Keys:
     def command_pattern(self) -> str:
         return f"{self.prefix}:command:*"
 
-    def wakeup_channel(self) -> str:
-        """Not a data path: a nudge that something durable is waiting in SQL."""
-        return f"{self.prefix}:wakeup"
+    def epoch(self) -> str:
+        """A marker whose disappearance means Redis lost its data."""
+        return f"{self.prefix}:epoch"
 
     def rq_queue(self, name: str) -> str:
         return f"{self.prefix}-{name}"

@@ -62,6 +62,35 @@ def publish(engine: Engine, client: redis.Redis, pending: Sequence[Pending],
         )
 
 
+def republish_since(engine: Engine, client: redis.Redis, since: datetime, batch: int = 1000) -> int:
+    """After Redis lost its data: publish again every row sent since `since`, with the same ids."""
+    published, after = 0, 0
+    while True:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                select(outbox.c.seq, outbox.c.stream, outbox.c.fields)
+                .where(outbox.c.seq > after, outbox.c.created_at >= since)
+                .order_by(outbox.c.seq).limit(batch)
+            ).all()
+        if not rows:
+            return published
+        pipe = client.pipeline(transaction=False)
+        for row in rows:
+            pipe.xadd(row.stream, row.fields)
+        pipe.execute()
+        published += len(rows)
+        after = rows[-1].seq
+
+
+def delete_sent_before(engine: Engine, cutoff: datetime) -> int:
+    """The outbox is a queue, not an archive: sent rows older than the re-drive window go."""
+    with engine.begin() as conn:
+        result = conn.execute(
+            outbox.delete().where(outbox.c.sent_at.is_not(None), outbox.c.created_at < cutoff)
+        )
+    return result.rowcount or 0
+
+
 def relay_once(engine: Engine, client: redis.Redis, *, grace: timedelta, limit: int = 500,
                crash_points: Collection[str] = ()) -> int:
     """Publish unsent rows older than `grace`; several relays may run at once."""

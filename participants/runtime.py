@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import redis
@@ -25,7 +26,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from contracts.envelope import COMMAND, EVENT, Envelope, decode_fields
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
-from participants import deadletter, joins, outbox
+from participants import deadletter, epoch, joins, outbox
 from participants.db import create_tables
 from participants.faults import crash_point
 from participants.participant import Context, Participant
@@ -46,6 +47,7 @@ class Options:
     read_count: int = 100
     block_ms: int = 2000
     crash_points: Collection[str] = frozenset()
+    redrive_window: float = 3600.0  # seconds of outbox re-published after Redis lost its data
 
 
 @dataclass
@@ -66,6 +68,8 @@ class Runtime:
     options: Options = field(default_factory=Options)
     consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     _last_reclaim: float = 0.0
+    _last_cleanup: float = 0.0
+    _epoch: epoch.Watch = field(default_factory=epoch.Watch)
 
     @property
     def group(self) -> str:
@@ -87,6 +91,7 @@ class Runtime:
 
     def run(self, stop: threading.Event) -> None:
         self.setup()
+        self._epoch.changed(self.client, self.keys)  # remember the epoch this process starts in
         self._process(self._read("0"))  # what this consumer name left pending, if anything
         log.info("participant started", participant=self.group, consumer=self.consumer)
         while not stop.is_set():
@@ -95,15 +100,33 @@ class Runtime:
             except (OperationalError, redis.ConnectionError) as exc:
                 log.warning("backing off: a dependency is unavailable", error=str(exc)[:200])
                 stop.wait(1.0)
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                self.setup()  # a group vanished: Redis restarted empty, or someone deleted it
+                self._recover_lost_redis()
         log.info("participant stopped", participant=self.group)
 
     def poll(self) -> int:
         """One cycle: reclaim what is due, read a batch, handle it; returns entries handled."""
         handled = 0
         if time.monotonic() - self._last_reclaim >= self.options.visibility_timeout / 2:
+            self._recover_lost_redis()
             handled += self.reclaim()
             self._last_reclaim = time.monotonic()
         return handled + self._process(self._read(">", block=self.options.block_ms))
+
+    def _recover_lost_redis(self) -> None:
+        if time.monotonic() - self._last_cleanup > 300:
+            cutoff = utcnow() - timedelta(seconds=self.options.redrive_window)
+            outbox.delete_sent_before(self.engine, cutoff)
+            self._last_cleanup = time.monotonic()
+        if not self._epoch.changed(self.client, self.keys):
+            return
+        self.setup()
+        since = utcnow() - timedelta(seconds=self.options.redrive_window)
+        count = outbox.republish_since(self.engine, self.client, since)
+        log.warning("Redis lost its data: groups re-created, outbox re-published", messages=count)
 
     def _read(self, start: str, block: int | None = None) -> list[_Entry]:
         streams = {s: start for s in self.participant.streams(self.keys)}

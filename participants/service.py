@@ -41,7 +41,7 @@ def runtime_options(settings: Settings) -> Options:
     return Options(
         visibility_timeout=settings.visibility_timeout, max_deliveries=settings.max_deliveries,
         read_count=settings.read_count, block_ms=settings.block_ms,
-        crash_points=settings.crash_points,
+        crash_points=settings.crash_points, redrive_window=settings.redrive_window,
     )
 
 

@@ -62,6 +62,7 @@ outbox = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("sent_at", UtcDateTime()),
 )
+Index("ix_baton_outbox_created", outbox.c.created_at)
 Index(
     "ix_baton_outbox_unsent", outbox.c.seq,
     postgresql_where=outbox.c.sent_at.is_(None), sqlite_where=outbox.c.sent_at.is_(None),

@@ -1,4 +1,5 @@
-"""The four reference participants of `order_fulfillment`, each with its own tables and business rules.
+"""The reference participants: `inventory`, `payment`, `shipping`, `notification` of `order_fulfillment`
+and `pricing`, `catalog`, `search` of `price_change`, each with its own tables and business rules.
 
 `build(name)` returns a fresh Participant for one of NAMES; the Procfile runs one per process.
 """
@@ -8,14 +9,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from participants.participant import Participant
-from participants.reference import inventory, notification, payment, shipping
+from participants.reference import catalog, inventory, notification, payment, pricing, search, shipping
 
-NAMES = ("inventory", "payment", "shipping", "notification")
+NAMES = ("inventory", "payment", "shipping", "notification", "pricing", "catalog", "search")
 REFERENCE: dict[str, Callable[[], Participant]] = {
     inventory.NAME: inventory.build,
     payment.NAME: payment.build,
     shipping.NAME: shipping.build,
     notification.NAME: notification.build,
+    pricing.NAME: pricing.build,
+    catalog.NAME: catalog.build,
+    search.NAME: search.build,
 }
 
 
