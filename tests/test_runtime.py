@@ -1,0 +1,625 @@
+"""The participant runtime on real Redis and real databases: a small test participant driven by
+`Runtime.poll()`, and the reference `payment` participant run as a real process."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, cast
+
+import orjson
+import pytest
+import redis
+import sqlalchemy as sa
+from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, func, insert, select
+
+from contracts.envelope import Envelope, decode_fields, new_command, new_event
+from contracts.streams import Keys
+from contracts.timefmt import utcnow
+from participants.db import make_engine
+from participants.participant import Context, Participant
+from participants.reference import payment
+from participants.runtime import Options, Runtime
+
+NAME = "probe"
+FAST = Options(visibility_timeout=0.2, max_deliveries=3, block_ms=1)
+PATIENT = Options(visibility_timeout=30.0, max_deliveries=3, block_ms=1)  # nothing is reclaimed
+
+
+# -- the test participant ------------------------------------------------------------------------
+
+
+@dataclass
+class Probe:
+    """A participant whose behaviour each test sets; every effect is a row of `probe_effects`."""
+
+    fail_times: int = 0  # raise in the order.placed handler this many times (-1: always)
+    emit: str = "valid"  # "valid", "invalid" (through ctx.event) or "raw-invalid" (a bare envelope)
+    calls: list[tuple[str, float]] = field(default_factory=list)  # (message id, monotonic time)
+    metadata: MetaData = field(default_factory=MetaData)
+
+    def __post_init__(self) -> None:
+        self.effects = Table(
+            "probe_effects", self.metadata,
+            Column("seq", Integer, primary_key=True, autoincrement=True),
+            Column("message_id", String(64), nullable=False),
+            Column("kind", String(32), nullable=False),
+        )
+
+    def build(self) -> Participant:
+        p = Participant(NAME, metadata=self.metadata)
+        p.on_event("order.placed")(self._on_order_placed)
+        p.on_command("payment.refund")(self._on_refund)
+        p.join("ship", "inventory.reserved", "payment.charged")(self._on_both)
+        return p
+
+    def _effect(self, ctx: Context, kind: str) -> None:
+        ctx.conn.execute(insert(self.effects).values(message_id=ctx.message.id, kind=kind))
+
+    def _on_order_placed(self, msg: Envelope, ctx: Context) -> list[Envelope]:
+        self.calls.append((msg.id, time.monotonic()))
+        self._effect(ctx, "charge")  # written before a failure: must be rolled back with it
+        if self.fail_times:
+            self.fail_times -= 1 if self.fail_times > 0 else 0
+            raise RuntimeError("the card service is down")
+        data = {"order_id": msg.data["order_id"], "payment_id": f"pay-{msg.id[:8]}",
+                "amount": msg.data["total_amount"], "currency": msg.data["currency"]}
+        if self.emit == "invalid":
+            return [ctx.event("payment.charged", {**data, "amount": "lots"})]
+        if self.emit == "raw-invalid":
+            return [new_event("payment.charged", {"order_id": data["order_id"]},
+                              correlation_id=msg.correlation_id, causation_id=msg.id, source=NAME)]
+        return [ctx.event("payment.charged", data)]
+
+    def _on_refund(self, msg: Envelope, ctx: Context) -> list[Envelope]:
+        self.calls.append((msg.id, time.monotonic()))
+        self._effect(ctx, "refund")
+        return [ctx.event("payment.refunded", {"order_id": msg.data["order_id"],
+                                               "payment_id": "pay-1", "amount": 1.0})]
+
+    def _on_both(self, arrived: dict[str, Envelope], ctx: Context) -> list[Envelope]:
+        self._effect(ctx, "ship")
+        order_id = arrived["inventory.reserved"].data["order_id"]
+        return [ctx.event("shipment.scheduled", {"order_id": order_id, "shipment_id": "shp-1",
+                                                  "estimated_delivery": "2026-11-25"})]
+
+    def effect_count(self, engine: Engine, kind: str | None = None) -> int:
+        query = select(func.count()).select_from(self.effects)
+        if kind:
+            query = query.where(self.effects.c.kind == kind)
+        with engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+
+class AckWitness(redis.Redis):
+    """A Redis client that, whenever XACK goes out, counts the effects committed at that moment."""
+
+    witness_engine: Engine | None = None
+    probe: Probe | None = None
+    seen_at_ack: list[int]
+
+    def pipeline(self, *args: Any, **kwargs: Any) -> Any:
+        return _PipelineSpy(super().pipeline(*args, **kwargs), self)
+
+    def xack(self, *args: Any, **kwargs: Any) -> Any:
+        self.witness()
+        return super().xack(*args, **kwargs)
+
+    def witness(self) -> None:
+        assert self.witness_engine is not None and self.probe is not None
+        self.seen_at_ack.append(self.probe.effect_count(self.witness_engine))
+
+
+class _PipelineSpy:
+    def __init__(self, inner: Any, owner: AckWitness) -> None:
+        self._inner, self._owner, self._acks = inner, owner, 0
+
+    def xack(self, *args: Any, **kwargs: Any) -> Any:
+        self._acks += 1
+        return self._inner.xack(*args, **kwargs)
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        if self._acks:
+            self._owner.witness()
+        return self._inner.execute(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+# -- fixtures and helpers ------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    database_url: str
+    redis_url: str
+    client: redis.Redis
+    keys: Keys
+    probe: Probe
+    engines: list[Engine] = field(default_factory=list)
+
+    def engine(self) -> Engine:
+        engine = make_engine(self.database_url)
+        self.engines.append(engine)
+        return engine
+
+    def runtime(self, options: Options = FAST, *, engine: Engine | None = None,
+                client: redis.Redis | None = None, consumer: str = "c1") -> Runtime:
+        rt = Runtime(self.probe.build(), engine or self.engine(), client or self.client, self.keys,
+                     options, consumer=consumer)
+        rt.setup()
+        return rt
+
+    def send(self, envelope: Envelope) -> str:
+        return self.xadd(stream_of(self.keys, envelope), envelope.to_fields())
+
+    def xadd(self, stream: str, fields: dict[Any, Any]) -> str:
+        return text(self.client.xadd(stream, fields))
+
+    def entries(self, stream: str) -> list[tuple[str, dict[str, Any]]]:
+        found: Any = self.client.xrange(stream)
+        return [(text(i), {text(k): v for k, v in f.items()}) for i, f in found]
+
+    def emitted(self, message_type: str) -> list[Envelope]:
+        return [decode_fields(f) for _, f in self.entries(self.keys.event_stream(message_type))]
+
+    def dead(self) -> list[dict[str, Any]]:
+        return [f for _, f in self.entries(self.keys.dead_stream(NAME))]
+
+    def pending(self, stream: str) -> int:
+        info: Any = self.client.xpending(stream, NAME)
+        return int(info["pending"])
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def stream_of(keys: Keys, envelope: Envelope) -> str:
+    if envelope.kind == "command":
+        return keys.command_stream(envelope.target or "")
+    return keys.event_stream(envelope.type)
+
+
+@pytest.fixture
+def bench(database_url: str, redis_url: str) -> Iterator[Bench]:
+    client = redis.Redis.from_url(redis_url)
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    made = Bench(database_url, redis_url, client, keys, Probe())
+    try:
+        yield made
+    finally:
+        for key in client.scan_iter(match=f"{keys.prefix}:*"):
+            client.delete(key)
+        client.close()
+        for engine in made.engines:
+            engine.dispose()
+
+
+def poll_until(rt: Runtime, done: Callable[[], bool], timeout: float = 10.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what or done}")
+        rt.poll()
+
+
+def drain(*runtimes: Runtime) -> None:
+    """Poll until a whole round handles nothing."""
+    for _ in range(50):
+        if sum(rt.poll() for rt in runtimes) == 0:
+            return
+    raise AssertionError("the runtime never went quiet")
+
+
+def order(cid: str | None = None) -> Envelope:
+    data = {"order_id": f"ord-{uuid.uuid4().hex[:8]}", "customer_id": "cust-gold",
+            "items": [{"product_id": "SKU-001", "quantity": 1, "unit_price": 10.0}],
+            "total_amount": 10.0, "currency": "EUR"}
+    return new_event("order.placed", data, correlation_id=cid or f"wf-{uuid.uuid4().hex[:12]}",
+                     source="test")
+
+
+def refund_command(attempt: int = 1, message_id: str | None = None) -> Envelope:
+    made = new_command("payment.refund", {"order_id": "ord-1", "reason": "cancelled"}, target=NAME,
+                       correlation_id=f"wf-{uuid.uuid4().hex[:12]}", causation_id=str(uuid.uuid4()),
+                       deadline=utcnow() + timedelta(seconds=60), source="controller",
+                       message_id=message_id)
+    return dataclasses.replace(made, attempt=attempt)
+
+
+def reserved(cid: str) -> Envelope:
+    data = {"order_id": "ord-1", "reservations": [
+        {"reservation_id": "res-1", "product_id": "SKU-001", "quantity": 1}]}
+    return new_event("inventory.reserved", data, correlation_id=cid, causation_id=str(uuid.uuid4()),
+                     source="inventory")
+
+
+def charged(cid: str) -> Envelope:
+    data = {"order_id": "ord-1", "payment_id": "pay-1", "amount": 10.0, "currency": "EUR"}
+    return new_event("payment.charged", data, correlation_id=cid, causation_id=str(uuid.uuid4()),
+                     source="payment")
+
+
+# -- setup, acknowledgement, retries --------------------------------------------------------------
+
+
+def test_setup_creates_a_consumer_group_on_every_stream_and_can_run_twice(bench: Bench) -> None:
+    rt = bench.runtime()
+    rt.setup()  # a second process starting: BUSYGROUP is not an error
+    streams = rt.participant.streams(bench.keys)
+    assert set(streams) == {bench.keys.event_stream("order.placed"),
+                            bench.keys.event_stream("inventory.reserved"),
+                            bench.keys.event_stream("payment.charged"),
+                            bench.keys.command_stream(NAME)}
+    for stream in streams:
+        groups: Any = bench.client.xinfo_groups(stream)
+        assert [text(g["name"]) for g in groups] == [NAME]
+
+
+def test_an_entry_is_acknowledged_only_after_its_effects_commit(bench: Bench) -> None:
+    witness = cast(AckWitness, AckWitness.from_url(bench.redis_url))
+    witness.witness_engine = sa.create_engine(bench.database_url)  # a reader outside the runtime
+    witness.probe, witness.seen_at_ack = bench.probe, []
+    try:
+        bench.probe.fail_times = 1
+        rt = bench.runtime(client=witness)
+        bench.send(order())
+        stream = bench.keys.event_stream("order.placed")
+        rt.poll()
+        assert len(bench.probe.calls) == 1
+        assert bench.pending(stream) == 1, "a failed handler's entry stays pending"
+        assert bench.probe.effect_count(witness.witness_engine) == 0, "its effects were rolled back"
+        assert bench.emitted("payment.charged") == []
+        poll_until(rt, lambda: bench.pending(stream) == 0, what="the retry is acknowledged")
+        assert len(bench.probe.calls) == 2
+        assert witness.seen_at_ack and all(n == 1 for n in witness.seen_at_ack), (
+            f"effects committed when XACK went out: {witness.seen_at_ack}")
+        assert len(bench.emitted("payment.charged")) == 1
+    finally:
+        witness.close()
+        witness.witness_engine.dispose()
+
+
+def test_a_failing_handler_is_retried_with_backoff_then_dead_lettered(bench: Bench) -> None:
+    bench.probe.fail_times = -1
+    options = dataclasses.replace(FAST, visibility_timeout=0.15)
+    rt = bench.runtime(options)
+    placed = order()
+    entry_id = bench.send(placed)
+    stream = bench.keys.event_stream("order.placed")
+    poll_until(rt, lambda: len(bench.dead()) == 1, what="the entry is dead-lettered")
+    times = [t for _, t in bench.probe.calls]
+    assert len(times) == options.max_deliveries
+    gaps = [b - a for a, b in itertools.pairwise(times)]
+    base = options.visibility_timeout
+    slack = 0.05  # the handler runs a little after its delivery, not always equally late
+    assert gaps[0] >= base - slack, gaps
+    assert gaps[1] >= 2 * base - slack, f"the second retry waits twice as long: {gaps}"
+    dead = bench.dead()[0]
+    assert "3 deliveries" in text(dead["dead_reason"])
+    assert text(dead["dead_stream"]) == stream
+    assert text(dead["dead_entry_id"]) == entry_id
+    for name, value in placed.to_fields().items():
+        assert text(dead[name]) == value, f"the original field {name} is kept"
+    assert bench.pending(stream) == 0, "a dead-lettered entry is acknowledged"
+    assert bench.probe.effect_count(rt.engine) == 0
+    assert bench.emitted("payment.charged") == []
+    calls = len(bench.probe.calls)
+    deadline = time.monotonic() + 3 * base
+    while time.monotonic() < deadline:
+        rt.poll()
+    assert len(bench.probe.calls) == calls, "a dead letter is not handled again"
+
+
+# -- malformed entries ----------------------------------------------------------------------------
+
+
+def _good_fields() -> dict[str, Any]:
+    return dict(order().to_fields())
+
+
+def _bad_json() -> tuple[str, dict[str, Any]]:
+    return "order.placed", {**_good_fields(), "data": '{"order_id": "ord-1",'}
+
+
+def _no_correlation() -> tuple[str, dict[str, Any]]:
+    fields = _good_fields()
+    del fields["correlation_id"]
+    return "order.placed", fields
+
+
+def _not_utf8() -> tuple[str, dict[str, Any]]:
+    return "order.placed", {**_good_fields(), "source": b"\xff\xfe\xfa"}
+
+
+def _unknown_command_type() -> tuple[str, dict[str, Any]]:
+    fields = dict(refund_command().to_fields())
+    return "command", {**fields, "type": "payment.teleport"}
+
+
+def _unknown_version() -> tuple[str, dict[str, Any]]:
+    return "order.placed", {**_good_fields(), "version": "9"}
+
+
+def _wrong_stream() -> tuple[str, dict[str, Any]]:
+    return "order.placed", dict(charged("wf-1").to_fields())
+
+
+def _other_target() -> tuple[str, dict[str, Any]]:
+    return "command", {**refund_command().to_fields(), "target": "shipping"}
+
+
+def _ten_megabytes() -> tuple[str, dict[str, Any]]:
+    fields = _good_fields()
+    data = {**orjson.loads(fields["data"]), "note": "x" * (10 * 1024 * 1024)}
+    return "order.placed", {**fields, "data": orjson.dumps(data).decode()}
+
+
+MALFORMED: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
+    "bad-json-data": _bad_json,
+    "missing-correlation-id": _no_correlation,
+    "non-utf8-bytes": _not_utf8,
+    "unknown-command-type": _unknown_command_type,
+    "unknown-version": _unknown_version,
+    "event-type-not-of-its-stream": _wrong_stream,
+    "command-for-another-target": _other_target,
+    "ten-megabyte-value": _ten_megabytes,
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_a_malformed_entry_is_dead_lettered_at_once_and_the_next_is_processed(
+        bench: Bench, case: str) -> None:
+    where, fields = MALFORMED[case]()
+    if where == "command":
+        stream, good = bench.keys.command_stream(NAME), refund_command()
+    else:
+        stream, good = bench.keys.event_stream(where), order()
+    rt = bench.runtime(PATIENT)  # a 30 s visibility timeout: only "at once" can pass
+    bad_id = bench.xadd(stream, fields)
+    bench.xadd(stream, good.to_fields())
+    drain(rt)
+    dead = bench.dead()
+    assert len(dead) == 1, f"{case}: dead letters {[text(d.get('dead_reason')) for d in dead]}"
+    assert text(dead[0]["dead_entry_id"]) == bad_id
+    assert text(dead[0]["dead_reason"])
+    assert text(dead[0]["dead_stream"]) == stream
+    if case == "non-utf8-bytes":
+        assert dead[0]["source"] == b"\xff\xfe\xfa", "the original bytes are kept verbatim"
+    assert bench.pending(stream) == 0, "the malformed entry is acknowledged"
+    assert [m for m, _ in bench.probe.calls] == [good.id], "the entry behind it is handled"
+
+
+# -- idempotency, propagation, validation ---------------------------------------------------------
+
+
+def test_a_redelivered_id_is_not_handled_again_after_a_restart(bench: Bench) -> None:
+    placed = order()
+    first_engine = bench.engine()
+    drain_rt = bench.runtime(engine=first_engine)
+    bench.send(placed)
+    drain(drain_rt)
+    first_engine.dispose()  # the process is gone; only the database remembers
+    again = bench.runtime(engine=bench.engine(), consumer="c2")
+    bench.send(placed)  # the same id, e.g. republished by an outbox relay
+    drain(again)
+    assert [m for m, _ in bench.probe.calls] == [placed.id]
+    assert bench.probe.effect_count(again.engine, "charge") == 1
+    assert len(bench.emitted("payment.charged")) == 1
+    assert bench.pending(bench.keys.event_stream("order.placed")) == 0, "the duplicate is acked"
+
+
+def test_an_emitted_event_carries_the_correlation_and_is_caused_by_the_message(bench: Bench) -> None:
+    rt = bench.runtime()
+    placed = order()
+    bench.send(placed)
+    drain(rt)
+    [out] = bench.emitted("payment.charged")
+    assert out.correlation_id == placed.correlation_id
+    assert out.causation_id == placed.id
+    assert out.id != placed.id
+    assert out.source == NAME
+    assert out.kind == "event" and out.version == 1
+    assert out.data["order_id"] == placed.data["order_id"]
+
+
+@pytest.mark.parametrize("emit", ["invalid", "raw-invalid"])
+def test_a_handler_emitting_an_invalid_payload_fails_and_is_retried(bench: Bench, emit: str) -> None:
+    bench.probe.emit = emit
+    rt = bench.runtime()
+    bench.send(order())
+    stream = bench.keys.event_stream("order.placed")
+    rt.poll()
+    assert len(bench.probe.calls) == 1
+    assert bench.emitted("payment.charged") == [], "an invalid payload is never published"
+    assert bench.pending(stream) == 1
+    assert bench.probe.effect_count(rt.engine) == 0, "the handler's effects are rolled back"
+    bench.probe.emit = "valid"  # the bug is fixed and deployed
+    poll_until(rt, lambda: bench.pending(stream) == 0, what="the retry succeeds")
+    assert len(bench.probe.calls) == 2
+    [out] = bench.emitted("payment.charged")
+    rt.participant.registry.validate(out.type, out.version, out.data)
+    assert bench.probe.effect_count(rt.engine) == 1
+
+
+# -- durable joins ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first", ["inventory.reserved", "payment.charged"])
+def test_the_join_fires_exactly_once_in_any_order_with_duplicates(bench: Bench, first: str) -> None:
+    rt = bench.runtime()
+    cid = f"wf-{uuid.uuid4().hex[:12]}"
+    halves = {"inventory.reserved": reserved(cid), "payment.charged": charged(cid)}
+    second = next(t for t in halves if t != first)
+    bench.send(halves[first])
+    bench.send(halves[first])  # a duplicate delivery of the first half
+    drain(rt)
+    assert bench.emitted("shipment.scheduled") == []
+    bench.send(halves[second])
+    drain(rt)
+    bench.send(halves[second])  # a duplicate after the join fired
+    bench.send(halves[first])
+    bench.send(charged(cid))  # another event of a joined type, with a new id
+    drain(rt)
+    [shipped] = bench.emitted("shipment.scheduled")
+    assert shipped.correlation_id == cid
+    assert shipped.causation_id == halves[second].id, "caused by the half that completed the join"
+    assert bench.probe.effect_count(rt.engine, "ship") == 1
+
+
+def test_the_join_fires_once_across_a_restart_between_its_halves(bench: Bench) -> None:
+    cid = f"wf-{uuid.uuid4().hex[:12]}"
+    first_engine = bench.engine()
+    before = bench.runtime(engine=first_engine)
+    bench.send(reserved(cid))
+    drain(before)
+    first_engine.dispose()
+    after = bench.runtime(engine=bench.engine(), consumer="c2")
+    bench.send(charged(cid))
+    drain(after)
+    bench.send(charged(cid))
+    drain(after)
+    assert len(bench.emitted("shipment.scheduled")) == 1
+    assert bench.probe.effect_count(after.engine, "ship") == 1
+
+
+def test_the_join_of_one_workflow_does_not_complete_another(bench: Bench) -> None:
+    rt = bench.runtime()
+    bench.send(reserved("wf-a"))
+    bench.send(charged("wf-b"))
+    drain(rt)
+    assert bench.emitted("shipment.scheduled") == []
+
+
+# -- commands --------------------------------------------------------------------------------------
+
+
+def test_a_retried_command_is_answered_again_once_per_attempt(bench: Bench) -> None:
+    rt = bench.runtime()
+    first = refund_command(attempt=1)
+    bench.send(first)
+    drain(rt)
+    retried = refund_command(attempt=2, message_id=first.id)
+    retried = dataclasses.replace(retried, correlation_id=first.correlation_id)
+    bench.send(retried)
+    drain(rt)
+    bench.send(retried)  # the same attempt delivered twice: answered once
+    drain(rt)
+    answers = bench.emitted("payment.refunded")
+    assert len(answers) == 2
+    assert {a.causation_id for a in answers} == {first.id}
+    assert {a.correlation_id for a in answers} == {first.correlation_id}
+    assert bench.pending(bench.keys.command_stream(NAME)) == 0
+
+
+# -- real processes --------------------------------------------------------------------------------
+
+
+BATON = Path(sys.executable).with_name("baton")
+
+
+def _participant_env(tmp_path: Path, database_url: str, redis_url: str, keys: Keys,
+                     **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("BATON_") and k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update({
+        "DATABASE_URL": f"sqlite:///{tmp_path}/unused.db",
+        "BATON_PARTICIPANT_DATABASE_URL": database_url,
+        "REDIS_URL": redis_url,
+        "BATON_STREAM_PREFIX": keys.prefix,
+        "BATON_DATA_DIR": str(tmp_path / "data"),
+        "BATON_VISIBILITY_TIMEOUT": "1",
+        "BATON_BLOCK_MS": "100",
+        "BATON_LOG_FORMAT": "console",
+        **extra,
+    })
+    return env
+
+
+@dataclass
+class Processes:
+    tmp_path: Path
+    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    def start(self, env: dict[str, str], log_name: str, *args: str) -> subprocess.Popen[bytes]:
+        with open(self.tmp_path / log_name, "wb") as log:
+            proc = subprocess.Popen([str(BATON), *args], env=env, cwd=self.tmp_path,
+                                    stdout=log, stderr=subprocess.STDOUT)
+        self.started.append(proc)
+        return proc
+
+    def log(self, log_name: str) -> str:
+        return (self.tmp_path / log_name).read_text(errors="replace")[-3000:]
+
+
+@pytest.fixture
+def processes(tmp_path: Path) -> Iterator[Processes]:
+    made = Processes(tmp_path)
+    try:
+        yield made
+    finally:
+        for proc in made.started:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait(timeout=10)
+
+
+def pending_count(client: redis.Redis, stream: str, group: str = "payment") -> int:
+    info: Any = client.xpending(stream, group)
+    return int(info["pending"])
+
+
+def wait_for(done: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+def test_a_participant_killed_in_its_handler_is_reclaimed_and_charges_once(
+        bench: Bench, processes: Processes, tmp_path: Path) -> None:
+    placed = order()
+    stream = bench.keys.event_stream("order.placed")
+    bench.send(placed)
+    env = _participant_env(tmp_path, bench.database_url, bench.redis_url, bench.keys)
+    first = processes.start({**env, "BATON_CRASH_POINTS": "runtime.in_handler"}, "first.log",
+                            "participant", "payment")
+    assert first.wait(timeout=30) == -signal.SIGKILL, processes.log("first.log")
+    engine = bench.engine()
+
+    def charges() -> list[Any]:
+        query = select(payment.ledger).where(payment.ledger.c.correlation_id == placed.correlation_id,
+                                             payment.ledger.c.kind == "charge")
+        with engine.connect() as conn:
+            return list(conn.execute(query).all())
+
+    assert charges() == [], "the killed transaction left nothing behind"
+    assert bench.emitted("payment.charged") == []
+    assert pending_count(bench.client, stream) == 1, "what the dead process read is still pending"
+
+    second = processes.start(env, "second.log", "participant", "payment")
+    wait_for(lambda: len(bench.emitted("payment.charged")) >= 1 and
+             pending_count(bench.client, stream) == 0,
+             20, "the second process reclaims, charges and acknowledges the order")
+    second.send_signal(signal.SIGTERM)
+    asked = time.monotonic()
+    assert second.wait(timeout=10) == 0, processes.log("second.log")
+    assert time.monotonic() - asked < 5, "SIGTERM stops the process within a few seconds"
+    [answer] = bench.emitted("payment.charged")
+    assert answer.correlation_id == placed.correlation_id
+    assert answer.causation_id == placed.id
+    assert len(charges()) == 1
