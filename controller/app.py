@@ -7,6 +7,7 @@ from flask import Flask, Response, request
 from config.logging import configure_logging
 from config.settings import Settings, load_settings
 from controller import problems, routes_flows, routes_health, routes_interventions, routes_workflows
+from controller.body_limit import BodyLimit
 from controller.services import Services, build_services
 
 _JSON_TYPES = ("application/json",)
@@ -33,8 +34,19 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     api.register_blueprint(routes_flows.blp)
     app.register_blueprint(routes_health.blp)
     problems.register(app)
+    app.before_request(_refuse_nul)
     app.before_request(_require_json_body)
+    app.wsgi_app = BodyLimit(app.wsgi_app, settings.max_body_bytes)  # type: ignore[method-assign]
     return app
+
+
+def _refuse_nul() -> Response | None:
+    """No identifier or filter holds a NUL; PostgreSQL could not even compare one."""
+    values = [request.path, *request.args.keys(), *request.args.values()]
+    if any("\x00" in v for v in values):
+        return problems.problem(400, "Bad Request", "NUL characters are not allowed in the URL",
+                                {"url": ["contains a NUL character"]})
+    return None
 
 
 def _require_json_body() -> Response | None:

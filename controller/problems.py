@@ -9,7 +9,7 @@ import orjson
 import structlog
 from flask import Flask, Response
 from flask_smorest import Api
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DataError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 from contracts.api import Problem as ProblemSchema
@@ -79,6 +79,12 @@ def register(app: Flask) -> None:
     @app.errorhandler(ControllerError)
     def _controller_error(exc: ControllerError) -> Response:
         return problem(exc.status, exc.title, exc.detail, exc.errors)
+
+    @app.errorhandler(DataError)
+    def _bad_data(exc: DataError) -> Response:
+        # e.g. a NUL character inside a JSON string, which PostgreSQL's text cannot hold
+        return problem(422, "Unprocessable Entity", "a value cannot be stored as given",
+                       {"_body": [str(exc.orig).splitlines()[0][:200]]})
 
     @app.errorhandler(OperationalError)
     def _database_down(exc: OperationalError) -> Response:

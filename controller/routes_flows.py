@@ -28,16 +28,16 @@ def _out(flow: Flow) -> dict[str, Any]:
 
 
 @blp.route("")
-@blp.response(200, FlowList)
 @requires(*READERS)
+@blp.response(200, FlowList)
 def list_flows() -> dict[str, Any]:
     catalog = current_app.extensions["baton"].catalog
     return {"items": [_out(f) for f in catalog.all_latest()]}
 
 
 @blp.route("/<name>")
-@blp.response(200, FlowOut)
 @requires(*READERS)
+@blp.response(200, FlowOut)
 def get_flow(name: str) -> dict[str, Any]:
     catalog = current_app.extensions["baton"].catalog
     try:

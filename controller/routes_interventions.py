@@ -43,62 +43,62 @@ def _apply(cid: str, action: str, reason: str, **params: Any) -> dict[str, Any]:
 
 
 @blp.route("/<cid>/cancel", methods=["POST"])
+@requires(OPERATOR)
 @blp.arguments(InterventionBody)
 @blp.response(200, WorkflowOut)
-@requires(OPERATOR)
 def cancel(body: dict[str, Any], cid: str) -> dict[str, Any]:
     """Stop the workflow and compensate what was done."""
     return _apply(cid, "cancel", body["reason"])
 
 
 @blp.route("/<cid>/compensate", methods=["POST"])
+@requires(OPERATOR)
 @blp.arguments(InterventionBody)
 @blp.response(200, WorkflowOut)
-@requires(OPERATOR)
 def compensate(body: dict[str, Any], cid: str) -> dict[str, Any]:
     """Compensate now: a running, paused or needs_attention workflow."""
     return _apply(cid, "compensate", body["reason"])
 
 
 @blp.route("/<cid>/retry", methods=["POST"])
+@requires(OPERATOR)
 @blp.arguments(RetryBody)
 @blp.response(200, WorkflowOut)
-@requires(OPERATOR)
 def retry(body: dict[str, Any], cid: str) -> dict[str, Any]:
     """Re-send a stalled step's command or re-emit its triggering event; re-send a compensation."""
     return _apply(cid, "retry", body["reason"], step=body.get("step"))
 
 
 @blp.route("/<cid>/steps/<step>/skip", methods=["POST"])
+@requires(OPERATOR)
 @blp.arguments(InterventionBody)
 @blp.response(200, WorkflowOut)
-@requires(OPERATOR)
 def skip(body: dict[str, Any], cid: str, step: str) -> dict[str, Any]:
     """Mark a step done without its event: its work was done out of band."""
     return _apply(cid, "skip", body["reason"], step=step)
 
 
 @blp.route("/<cid>/pause", methods=["POST"])
+@requires(OPERATOR)
 @blp.arguments(InterventionBody)
 @blp.response(200, WorkflowOut)
-@requires(OPERATOR)
 def pause(body: dict[str, Any], cid: str) -> dict[str, Any]:
     """Stop the SLA clock; the controller issues nothing for the workflow until it resumes."""
     return _apply(cid, "pause", body["reason"])
 
 
 @blp.route("/<cid>/resume", methods=["POST"])
+@requires(OPERATOR)
 @blp.arguments(InterventionBody)
 @blp.response(200, WorkflowOut)
-@requires(OPERATOR)
 def resume(body: dict[str, Any], cid: str) -> dict[str, Any]:
     return _apply(cid, "resume", body["reason"])
 
 
 @blp.route("/<cid>/deadline", methods=["POST"])
+@requires(OPERATOR)
 @blp.arguments(DeadlineBody)
 @blp.response(200, WorkflowOut)
-@requires(OPERATOR)
 def deadline(body: dict[str, Any], cid: str) -> dict[str, Any]:
     """Move the whole workflow's deadline: to `deadline`, or by `extend_seconds`."""
     return _apply(cid, "deadline", body["reason"], deadline=body.get("deadline"),
@@ -106,9 +106,9 @@ def deadline(body: dict[str, Any], cid: str) -> dict[str, Any]:
 
 
 @blp.route("/<cid>/signals/<name>", methods=["POST"])
+@requires(OPERATOR)
 @blp.arguments(SignalBody)
 @blp.response(200, WorkflowOut)
-@requires(OPERATOR)
 def signal(body: dict[str, Any], cid: str, name: str) -> dict[str, Any]:
     """Answer an approval step: `approve` or `reject`."""
     return _apply(cid, "signal", body["reason"], name=name, step=body.get("step"),
@@ -116,9 +116,9 @@ def signal(body: dict[str, Any], cid: str, name: str) -> dict[str, Any]:
 
 
 @blp.route("/<cid>/audit", methods=["GET"])
+@requires(*READERS)
 @blp.arguments(PageQuery, location="query")
 @blp.response(200, AuditPage)
-@requires(*READERS)
 def get_audit(query: dict[str, Any], cid: str) -> dict[str, Any]:
     services, actor = _services(), current_actor()
     with services.engine.connect() as conn:
@@ -127,9 +127,9 @@ def get_audit(query: dict[str, Any], cid: str) -> dict[str, Any]:
 
 
 @blp.route("/actions", methods=["POST"])
+@requires(OPERATOR)
 @blp.arguments(BulkBody)
 @blp.response(200, BulkOut)
-@requires(OPERATOR)
 def bulk(body: dict[str, Any]) -> dict[str, Any]:
     """One intervention on every workflow matching `filter`, newest first, at most `limit`;
     `dry_run` lists them and touches nothing."""

@@ -29,10 +29,10 @@ def _services() -> Services:
 
 
 @blp.route("", methods=["POST"])
+@requires(STARTER, OPERATOR)
 @blp.arguments(StartBody)
 @blp.response(201, WorkflowOut)
 @blp.alt_response(200, schema=WorkflowOut, description="The same Idempotency-Key and body again")
-@requires(STARTER, OPERATOR)
 def start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     services, actor = _services(), current_actor()
     key = request.headers.get("Idempotency-Key")
@@ -57,9 +57,9 @@ def start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
 
 
 @blp.route("", methods=["GET"])
+@requires(*READERS)
 @blp.arguments(ListQuery, location="query", unknown=INCLUDE)
 @blp.response(200, WorkflowPage)
-@requires(*READERS)
 def list_workflows(query: dict[str, Any]) -> dict[str, Any]:
     services, actor = _services(), current_actor()
     declared = {a for f in services.catalog.flows.values() for a in f.search_attributes}
@@ -80,8 +80,8 @@ def list_workflows(query: dict[str, Any]) -> dict[str, Any]:
 
 
 @blp.route("/<cid>", methods=["GET"])
-@blp.response(200, WorkflowOut)
 @requires(*READERS)
+@blp.response(200, WorkflowOut)
 def get_workflow(cid: str) -> dict[str, Any]:
     services, actor = _services(), current_actor()
     with services.engine.connect() as conn:
@@ -89,9 +89,9 @@ def get_workflow(cid: str) -> dict[str, Any]:
 
 
 @blp.route("/<cid>/timeline", methods=["GET"])
+@requires(*READERS)
 @blp.arguments(PageQuery, location="query")
 @blp.response(200, TimelinePage)
-@requires(*READERS)
 def get_timeline(query: dict[str, Any], cid: str) -> dict[str, Any]:
     services, actor = _services(), current_actor()
     with services.engine.connect() as conn:

@@ -80,7 +80,7 @@ def _seq_cursor(cursor: str | None) -> int:
     if not cursor:
         return 0
     value = _decode_cursor(cursor)[0]
-    if not isinstance(value, int):
+    if not isinstance(value, int) or not 0 <= value < 2**63:
         raise InvalidInput("cursor is not one this server issued", {"cursor": ["invalid"]})
     return value
 

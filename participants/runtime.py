@@ -48,6 +48,7 @@ class Options:
     block_ms: int = 2000
     crash_points: Collection[str] = frozenset()
     redrive_window: float = 3600.0  # seconds of outbox re-published after Redis lost its data
+    max_entry_bytes: int = 1_048_576  # a larger entry is dead-lettered unread
 
 
 @dataclass
@@ -173,6 +174,9 @@ class Runtime:
         try:
             if entry.raw is None:
                 raise Malformed("entry was deleted from the stream before it was processed")
+            size = sum(len(k) + len(v) for k, v in entry.raw.items())
+            if size > self.options.max_entry_bytes:
+                raise Malformed(f"entry of {size} bytes exceeds {self.options.max_entry_bytes}")
             entry.message = decode_fields(entry.raw)
             self._check_route(entry)
             self.participant.registry.validate(
@@ -254,6 +258,8 @@ class Runtime:
                 complete = joins.arrive(conn, self.group, join.name, join.types, msg)
                 if complete:
                     out += join.handler(complete, ctx) or []
+        for emitted in out:  # however it was built, nothing leaves unchecked
+            self.participant.registry.validate(emitted.type, emitted.version, emitted.data)
         return out
 
     def _ack(self, entries: list[_Entry]) -> None:
