@@ -6,7 +6,15 @@ from flask import Flask, Response, request
 
 from config.logging import configure_logging
 from config.settings import Settings, load_settings
-from controller import problems, routes_flows, routes_health, routes_interventions, routes_workflows
+from controller import (
+    problems,
+    routes_flows,
+    routes_health,
+    routes_interventions,
+    routes_metrics,
+    routes_reports,
+    routes_workflows,
+)
 from controller.body_limit import BodyLimit
 from controller.services import Services, build_services
 
@@ -32,7 +40,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     api.register_blueprint(routes_workflows.blp)
     api.register_blueprint(routes_interventions.blp)
     api.register_blueprint(routes_flows.blp)
+    api.register_blueprint(routes_reports.blp)
     app.register_blueprint(routes_health.blp)
+    app.register_blueprint(routes_metrics.blp)
     problems.register(app)
     app.before_request(_refuse_nul)
     app.before_request(_require_json_body)

@@ -10,7 +10,7 @@ import click
 
 from config.logging import configure_logging
 from config.settings import Settings, SettingsError, load_settings
-from controller import cli_client
+from controller import cli_client, report_cli
 
 
 def _settings(process: str) -> Settings:
@@ -145,6 +145,7 @@ def demo(orders: int) -> None:
 
 
 cli_client.register(main)
+main.add_command(report_cli.report)
 
 if __name__ == "__main__":
     main()

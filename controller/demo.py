@@ -26,6 +26,7 @@ import requests
 from config.redis_server import start_server, stop_server
 from config.settings import load_settings
 from controller.procfile import Processes
+from controller.report_cli import write_demo_report
 
 BIN = Path(sys.executable).parent
 TERMINAL = {"completed", "compensated", "needs_attention"}
@@ -56,6 +57,7 @@ def run_demo(orders: int, timeout: float = 180.0) -> int:
         results = _wait_settled(api, cids, timeout)
         results += _sla_phase(api, procs, timeout)
         _print_summary(results)
+        write_demo_report(api.base, token, run_dir)
         return 0 if all(r["status"] in TERMINAL for r in results) else 1
     finally:
         _say("stopping every process (SIGTERM)")

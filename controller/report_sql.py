@@ -7,7 +7,8 @@ functions and interpolates between the two neighbouring ranks, the same definiti
 from __future__ import annotations
 
 import math
-from datetime import datetime, timedelta
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -16,16 +17,17 @@ from sqlalchemy import (
     Connection,
     Float,
     Integer,
-    Interval,
     Select,
     Subquery,
     case,
     cast,
     func,
     literal,
+    literal_column,
     select,
+    type_coerce,
 )
-from sqlalchemy.dialects.postgresql import array
+from sqlalchemy.dialects.postgresql import ARRAY, array
 
 from participants.tables import UtcDateTime
 
@@ -44,44 +46,59 @@ def moment(value: datetime) -> ColumnElement[datetime]:
 
 
 def duration(conn: Connection, start: Any, end: Any) -> ColumnElement[Any]:
-    """`end - start`: an interval on PostgreSQL (sorted and compared without any arithmetic), a
-    number of seconds on SQLite, exact to the millisecond (SQLite keeps no finer time)."""
+    """`end - start` in seconds: double precision on PostgreSQL (date_part, not the numeric of
+    EXTRACT: sorting doubles is several times faster), exact to the millisecond on SQLite, which
+    keeps no finer time."""
     if is_postgres(conn):
-        return cast(end - start, Interval)
+        return func.date_part(literal_column("'epoch'"), end - start, type_=Float)
     return func.round((func.julianday(end) - func.julianday(start)) * _MS_PER_DAY) / 1000.0
 
 
-def span(conn: Connection, seconds: float) -> ColumnElement[Any]:
-    """A constant comparable with `duration(...)`."""
-    if is_postgres(conn):
-        return literal(timedelta(seconds=seconds), Interval)
-    return literal(seconds, Float)
-
-
 def to_seconds(value: Any) -> float | None:
-    """A `duration(...)` as the database returns it, in seconds rounded to the microsecond."""
-    if value is None:
-        return None
-    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
-    return round(seconds, 6)
+    """A `duration(...)` as the database returns it, rounded to the microsecond."""
+    return None if value is None else round(float(value), 6)
 
 
-def percentiles(conn: Connection, source: Subquery, groups: list[str]) -> Select[Any]:
-    """Per group of `source`: `n`, `p50`, `p95`, `p99` and `max` of its column `d`.
+def summarize(conn: Connection, rows: Subquery, groups: Sequence[str], flags: Sequence[str]
+              ) -> dict[tuple[Any, ...], dict[str, Any]]:
+    """Per group of `rows`: how many rows, how many have each boolean column of `flags` true, and
+    `n`, `p50`, `p95`, `p99`, `max` of its column `d` (NULL: not timed).
 
-    The p-th percentile is percentile_cont's: with the n values sorted, the value at the 0-based
-    position p*(n-1), interpolated linearly between the two ranks around it.
+    `rows` computes each flag and duration once per row (`per_row`). The p-th percentile is
+    percentile_cont's: with the n values sorted, the value at the 0-based position p*(n-1),
+    interpolated linearly between the two ranks around it. PostgreSQL does it all in one scan;
+    SQLite counts in one query and ranks in another.
     """
-    keys = [source.c[g] for g in groups]
-    d = source.c.d
+    keys = [rows.c[g] for g in groups]
+    counts = [func.count().label("rows"), *(func.count().filter(rows.c[f]).label(f) for f in flags)]
     if is_postgres(conn):
-        sorted_once = func.percentile_cont(array(list(QUANTILES.values()))).within_group(d)
-        inner = select(*keys, func.count(d).label("n"), sorted_once.label("ps"),
-                       func.max(d).label("max")).group_by(*keys).subquery()
-        return select(*(inner.c[g] for g in groups), inner.c.n,
-                      *(inner.c.ps[i + 1].label(name) for i, name in enumerate(QUANTILES)),
-                      inner.c.max)
-    ranked = select(*keys, d, func.row_number().over(partition_by=keys, order_by=d).label("rn"),
+        sorted_once = type_coerce(  # one sort for the three percentiles; NULLs are left out
+            func.percentile_cont(array(list(QUANTILES.values()))).within_group(rows.c.d),
+            ARRAY(Float))
+        inner = select(*keys, *counts, func.count(rows.c.d).label("n"), sorted_once.label("ps"),
+                       func.max(rows.c.d).label("max")).group_by(*keys).subquery()
+        query = select(*(c for c in inner.c if c.name != "ps"),
+                       *(inner.c.ps[i + 1].label(name) for i, name in enumerate(QUANTILES)))
+        return _by_key(conn.execute(query), groups)
+    found = _by_key(conn.execute(select(*keys, *counts).group_by(*keys)), groups)
+    timed = select(rows).where(rows.c.d.is_not(None)).subquery()
+    for key, stats in _by_key(conn.execute(_ranked(timed, groups)), groups).items():
+        found.setdefault(key, {}).update(stats)
+    for stats in found.values():
+        stats.setdefault("n", 0)
+    return found
+
+
+def per_row(query: Select[Any]) -> Subquery:
+    """`query` as a subquery that PostgreSQL evaluates once per row (OFFSET 0 keeps the planner
+    from copying each expression into every aggregate that uses it)."""
+    return query.offset(0).subquery("per_row")
+
+
+def _ranked(durations: Subquery, groups: Sequence[str]) -> Select[Any]:
+    keys = [durations.c[g] for g in groups]
+    ranked = select(*keys, durations.c.d,
+                    func.row_number().over(partition_by=keys, order_by=durations.c.d).label("rn"),
                     func.count().over(partition_by=keys).label("n")).subquery()
     return select(
         *(ranked.c[g] for g in groups), ranked.c.n,
@@ -99,10 +116,16 @@ def _interpolated(ranked: Subquery, q: float) -> ColumnElement[Any]:
     return low + (position - below) * (high - low)
 
 
+def _by_key(rows: Any, names: Sequence[str]) -> dict[tuple[Any, ...], dict[str, Any]]:
+    width = len(names)
+    return {tuple(r[:width]): {k: v for k, v in r._mapping.items() if k not in names} for r in rows}
+
+
 def epoch_bucket(conn: Connection, column: Any, width_seconds: int) -> ColumnElement[int]:
     """Which `width_seconds`-wide bucket since 1970 a timestamp falls in."""
     if is_postgres(conn):
-        return cast(func.floor(func.extract("epoch", column) / width_seconds), BigInteger)
+        epoch = func.date_part(literal_column("'epoch'"), column, type_=Float)
+        return cast(func.floor(epoch / width_seconds), BigInteger)
     epoch_ms = cast(func.round((func.julianday(column) - _UNIX_EPOCH_JULIAN_DAY) * _MS_PER_DAY),
                     BigInteger)
     return epoch_ms.op("/")(width_seconds * 1000)  # integer division on SQLite

@@ -15,13 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, select, text
+from sqlalchemy import Connection, and_, case, select, text
 
+from config.flows import Catalog
 from contracts.timefmt import format_ts
 from controller import lifecycle as lc
 from controller import report_lists
 from controller import report_outcomes as o
-from controller.report_sql import duration, is_postgres, percentiles, span, to_seconds
+from controller.report_sql import duration, is_postgres, per_row, summarize, to_seconds
 from controller.tables import messages
 
 # Upper bounds (seconds) of the duration histograms, shared with the /metrics histograms.
@@ -58,7 +59,7 @@ def sla_report(conn: Connection, query: ReportQuery,
     }
     if scope.empty:
         return report
-    _tune(conn)
+    tune(conn)
     report["flows"] = flow_rows(conn, scope)
     if not report["flows"]:
         return report
@@ -71,63 +72,66 @@ def sla_report(conn: Connection, query: ReportQuery,
     return report
 
 
-def _tune(conn: Connection) -> None:
+def step_order(catalog: Catalog) -> dict[str, list[str]]:
+    """Each flow's steps in the order its latest version defines them."""
+    return {flow.name: [s.name for s in flow.steps] for flow in catalog.all_latest()}
+
+
+def tune(conn: Connection) -> None:
     # Sorting a million durations wants more than the default 4 MB, or it spills to disk;
     # LOCAL: only this read-only transaction.
     if is_postgres(conn):
         conn.execute(text("SET LOCAL work_mem = '64MB'"))
+        # Compiling these few big queries costs more than it saves.
+        conn.execute(text("SET LOCAL jit = off"))
 
 
 def flow_rows(conn: Connection, scope: o.Scope) -> list[dict[str, Any]]:
     now = scope.now
-    counts = select(
-        w.c.flow, func.count().label("started"),
-        func.count().filter(w.c.status == lc.COMPLETED).label("completed"),
-        func.count().filter(w.c.status == lc.COMPENSATED).label("compensated"),
-        func.count().filter(w.c.status == lc.NEEDS_ATTENTION).label("needs_attention"),
-        func.count().filter(w.c.status.in_(o.IN_FLIGHT)).label("in_flight"),
-        func.count().filter(o.workflow_breached(now)).label("breached"),
-        func.count().filter(o.workflow_met()).label("sla_met"),
-        func.count().filter(o.workflow_judged(now)).label("sla_judged"),
-    ).where(*scope.where()).group_by(w.c.flow).order_by(w.c.flow)
-    source = select(w.c.flow, duration(conn, w.c.started_at, w.c.finished_at).label("d")).where(
-        *scope.where(), w.c.status == lc.COMPLETED, w.c.finished_at.is_not(None)).subquery()
-    stats = _stats_by_key(conn.execute(percentiles(conn, source, ["flow"])), 1)
-    return [_with_sla(dict(r._mapping), stats.get((r.flow,))) for r in conn.execute(counts)]
+    timed = and_(w.c.status == lc.COMPLETED, w.c.finished_at.is_not(None))
+    flags = {
+        "completed": w.c.status == lc.COMPLETED, "compensated": w.c.status == lc.COMPENSATED,
+        "needs_attention": w.c.status == lc.NEEDS_ATTENTION, "in_flight": w.c.status.in_(o.IN_FLIGHT),
+        "breached": o.workflow_breached(now), "sla_met": o.workflow_met(),
+        "sla_judged": o.workflow_judged(now),
+    }
+    rows = per_row(select(w.c.flow, *(v.label(k) for k, v in flags.items()),
+                          _when(timed, duration(conn, w.c.started_at, w.c.finished_at))
+                          ).where(*scope.where()))
+    found = summarize(conn, rows, ["flow"], list(flags))
+    return [_with_sla({"flow": flow, "started": row.pop("rows"), **row})
+            for (flow,), row in sorted(found.items())]
 
 
 def step_rows(conn: Connection, scope: o.Scope) -> list[dict[str, Any]]:
     now, g = scope.now, o.gave_up()
+    # The failed compensations as a small grouped subquery: joined by hash, where a join with
+    # the table itself is planned as a merge join that sorts every step.
+    failed = select(c.c.correlation_id, c.c.step).where(c.c.status == lc.FAILED).group_by(
+        c.c.correlation_id, c.c.step).subquery("failed")
     joined = (s.join(w, s.c.correlation_id == w.c.correlation_id)
-              .outerjoin(c, and_(c.c.correlation_id == s.c.correlation_id, c.c.step == s.c.name))
-              .outerjoin(g, g.c.correlation_id == s.c.correlation_id))
-    d = o.step_duration(conn)
-    histogram = [func.count().filter(o.step_done(), d <= span(conn, le)).label(f"le_{i}")
-                 for i, le in enumerate(BUCKETS)]
-    counts = select(
-        w.c.flow, s.c.name.label("step"),
-        func.count().filter(s.c.started_at.is_not(None)).label("started"),
-        func.count().filter(s.c.status.in_(o.STEP_COMPLETED)).label("completed"),
-        func.count().filter(s.c.status == lc.STEP_COMPENSATED).label("compensated"),
-        func.count().filter(s.c.status == lc.FAILED).label("failed"),
-        func.count().filter(c.c.status == lc.FAILED).label("needs_attention"),
-        func.count().filter(o.step_breached(now)).label("breached"),
-        func.count().filter(o.step_met()).label("sla_met"),
-        func.count().filter(o.step_judged(now)).label("sla_judged"),
-        *histogram,
-    ).select_from(joined).where(*scope.where()).group_by(w.c.flow, s.c.name)
-    source = select(w.c.flow, s.c.name.label("step"), d.label("d")).select_from(
-        s.join(w, s.c.correlation_id == w.c.correlation_id)
-    ).where(*scope.where(), o.step_done()).subquery()
-    stats = _stats_by_key(conn.execute(percentiles(conn, source, ["flow", "step"])), 2)
-    rows = []
-    for r in conn.execute(counts):
-        row = {k: v for k, v in r._mapping.items() if not k.startswith("le_")}
-        cumulative = [r._mapping[f"le_{i}"] for i in range(len(BUCKETS))]
-        row["histogram"] = {"le": list(BUCKETS), "cumulative": cumulative,
-                            "count": stats.get((r.flow, r.step), {}).get("count", 0)}
-        rows.append(_with_sla(row, stats.get((r.flow, r.step))))
-    return rows
+              .outerjoin(g, g.c.correlation_id == s.c.correlation_id)
+              .outerjoin(failed, and_(failed.c.correlation_id == s.c.correlation_id,
+                                      failed.c.step == s.c.name)))
+    flags = {
+        "started": s.c.started_at.is_not(None), "completed": s.c.status.in_(o.STEP_COMPLETED),
+        "compensated": s.c.status == lc.STEP_COMPENSATED, "failed": s.c.status == lc.FAILED,
+        "needs_attention": failed.c.step.is_not(None), "breached": o.step_breached(now),
+        "sla_met": o.step_met(), "sla_judged": o.step_judged(now),
+    }
+    rows = per_row(select(w.c.flow, s.c.name.label("step"), *(v.label(k) for k, v in flags.items()),
+                          _when(o.step_done(), o.step_duration(conn))
+                          ).select_from(joined).where(*scope.where()))
+    buckets = {f"le_{i}": rows.c.d <= le for i, le in enumerate(BUCKETS)}
+    bucketed = per_row(select(rows, *(v.label(k) for k, v in buckets.items())))
+    found = summarize(conn, bucketed, ["flow", "step"], [*flags, *buckets])
+    out = []
+    for (flow, step), row in found.items():
+        cumulative = [row.pop(k) for k in buckets]
+        row["histogram"] = {"le": list(BUCKETS), "cumulative": cumulative, "count": row["n"]}
+        row.pop("rows")
+        out.append(_with_sla({"flow": flow, "step": step, **row}))
+    return out
 
 
 def transition_rows(conn: Connection, scope: o.Scope) -> list[dict[str, Any]]:
@@ -135,33 +139,38 @@ def transition_rows(conn: Connection, scope: o.Scope) -> list[dict[str, Any]]:
     their `occurred_at` (the emitters' clocks: what the participants took, not the controller's
     lag in reading them)."""
     effect, cause = messages.alias("effect"), messages.alias("cause")
-    source = select(
+    rows = per_row(select(
         w.c.flow, cause.c.type.label("from_type"), effect.c.type.label("to_type"),
         effect.c.source.label("participant"),
         duration(conn, cause.c.occurred_at, effect.c.occurred_at).label("d"),
     ).select_from(
-        effect.join(cause, and_(cause.c.id == effect.c.causation_id,
-                                cause.c.correlation_id == effect.c.correlation_id))
+        effect.join(cause, cause.c.id == effect.c.causation_id)
         .join(w, w.c.correlation_id == effect.c.correlation_id)
-    ).where(*scope.where(), effect.c.id != cause.c.id).subquery()
-    keys = ["flow", "from_type", "to_type", "participant"]
-    rows = [{**dict(zip(keys, key, strict=True)), "count": found["count"],
-             "duration_seconds": {k: found[k] for k in STATS}}
-            for key, found in _stats_by_key(conn.execute(percentiles(conn, source, keys)), 4).items()]
-    return sorted(rows, key=lambda r: (r["flow"], -(r["duration_seconds"]["p50"] or 0)))
+    ).where(*scope.where(), cause.c.correlation_id == effect.c.correlation_id,
+            effect.c.id != cause.c.id))
+    keys = ("flow", "from_type", "to_type", "participant")
+    found = summarize(conn, rows, keys, [])
+    out = [{**dict(zip(keys, key, strict=True)), "count": row["n"],
+            "duration_seconds": _durations(row)} for key, row in found.items()]
+    return sorted(out, key=lambda r: (r["flow"], -(r["duration_seconds"]["p50"] or 0)))
 
 
-def _stats_by_key(rows: Any, width: int) -> dict[tuple[Any, ...], dict[str, Any]]:
-    return {tuple(r[:width]): {"count": r.n, **{k: to_seconds(r._mapping[k]) for k in STATS}}
-            for r in rows}
+def _when(condition: Any, d: Any) -> Any:
+    """The duration of rows that are timed, NULL for the others."""
+    return case((condition, d)).label("d")
 
 
-def _with_sla(row: dict[str, Any], stats: dict[str, Any] | None) -> dict[str, Any]:
+def _durations(row: dict[str, Any]) -> dict[str, Any]:
+    return {"count": row.get("n") or 0, **{k: to_seconds(row.get(k)) for k in STATS}}
+
+
+def _with_sla(row: dict[str, Any]) -> dict[str, Any]:
+    """The counts, SLA met %, and the durations under `duration_seconds`."""
     judged = row["sla_judged"]
-    row["sla_met_pct"] = round(100.0 * row["sla_met"] / judged, 3) if judged else None
-    row["duration_seconds"] = {"count": (stats or {}).get("count", 0),
-                               **{k: (stats or {}).get(k) for k in STATS}}
-    return row
+    out = {k: v for k, v in row.items() if k not in ("n", *STATS)}
+    out["sla_met_pct"] = round(100.0 * row["sla_met"] / judged, 3) if judged else None
+    out["duration_seconds"] = _durations(row)
+    return out
 
 
 def _ordered(rows: list[dict[str, Any]], order: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:

@@ -147,6 +147,13 @@ TMP=$(mktemp -d "${TMPDIR:-/tmp}/baton-test.XXXXXX")
 chmod 755 "$TMP"
 echo $$ >"$TMP/owner"
 
+# -- Chromium, for the HTML SLA report's test ----------------------------------------------
+
+if ! command -v chromium >/dev/null && is_root; then
+    log "installing chromium from Debian"
+    apt_install chromium || log "apt-get install chromium failed: the HTML report's test will fail"
+fi
+
 # -- Redis ---------------------------------------------------------------------------------
 
 if ! command -v redis-server >/dev/null && is_root; then

@@ -1,0 +1,58 @@
+"""The SLA report as one CSV table for a spreadsheet: a row per flow, step, transition, breach,
+slow workflow and time bucket, told apart by the `level` column; the numbers are the JSON's."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterator
+from typing import Any
+
+COLUMNS = (
+    "level", "flow", "step", "from_type", "to_type", "participant",
+    "started", "completed", "compensated", "needs_attention", "failed", "in_flight", "breached",
+    "sla_met", "sla_judged", "sla_met_pct",
+    "count", "p50_seconds", "p95_seconds", "p99_seconds", "max_seconds",
+    "correlation_id", "status", "reason", "deadline_of", "deadline", "late_by_seconds",
+    "started_at", "finished_at", "duration_seconds", "bucket_start", "link",
+)
+_DURATIONS = {"count": "count", "p50": "p50_seconds", "p95": "p95_seconds", "p99": "p99_seconds",
+              "max": "max_seconds"}
+
+
+def render(report: dict[str, Any]) -> str:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\r\n")
+    writer.writeheader()
+    for row in rows(report):
+        writer.writerow({k: _cell(v) for k, v in row.items()})
+    return out.getvalue()
+
+
+def rows(report: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for level, key in (("flow", "flows"), ("step", "steps"), ("transition", "transitions")):
+        for item in report[key]:
+            yield _flat(level, item)
+    for breach in report["breaches"]["items"]:
+        yield {"level": "breach", **breach}
+    for slow in report["slowest"]:
+        yield {"level": "slowest", **slow}
+    for point in report["series"]["items"]:
+        yield {"level": "series", "bucket_start": point["start"],
+               **{k: v for k, v in point.items() if k != "start"}}
+
+
+def _flat(level: str, item: dict[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in item.items()
+            if k in COLUMNS and k not in ("duration_seconds", "count")}
+    for key, column in _DURATIONS.items():
+        flat[column] = item["duration_seconds"].get(key)
+    return {"level": level, **flat}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return repr(value)  # the shortest text that reads back as the same float
+    return str(value)

@@ -1,0 +1,29 @@
+"""The SLA report's summary as a plain-text table for a terminal: per flow, then per step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+_HEAD = ("", "started", "completed", "compensated", "breached", "SLA met %", "p50 s", "p95 s",
+         "p99 s")
+
+
+def summary(report: dict[str, Any]) -> str:
+    rows = []
+    for flow in report["flows"]:
+        rows.append(_row(flow["flow"], flow))
+        rows += [_row(f'  {s["step"]}', s) for s in report["steps"] if s["flow"] == flow["flow"]]
+    if not rows:
+        return "No workflow started in this range.\n"
+    widths = [max(len(r[i]) for r in [_HEAD, *rows]) for i in range(len(_HEAD))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                       enumerate(zip(r, widths, strict=True))).rstrip() for r in [_HEAD, *rows]]
+    return "\n".join(lines) + "\n"
+
+
+def _row(name: str, item: dict[str, Any]) -> tuple[str, ...]:
+    d = item["duration_seconds"]
+    pct = item["sla_met_pct"]
+    return (name, str(item["started"]), str(item["completed"]), str(item["compensated"]),
+            str(item["breached"]), "—" if pct is None else f"{pct:.1f}",
+            *("—" if d[k] is None else f"{d[k]:.3f}" for k in ("p50", "p95", "p99")))

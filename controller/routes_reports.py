@@ -1,0 +1,49 @@
+"""`GET /v1/reports/sla`: the SLA report as JSON, CSV or HTML, chosen by the Accept header."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Response, current_app, request
+from flask_smorest import Blueprint
+from marshmallow import RAISE
+
+from contracts.reports_api import SlaQuery, SlaReport
+from contracts.timefmt import utcnow
+from controller import report_csv, report_html
+from controller.auth import OPERATOR, VIEWER, requires
+from controller.problems import problem
+from controller.reports import ReportQuery, sla_report, step_order
+from controller.services import Services
+
+blp = Blueprint("reports", __name__, url_prefix="/v1/reports", description="SLA reports")
+JSON, CSV, HTML = "application/json", "text/csv", "text/html"
+_TEXT = {"schema": {"type": "string"}}
+
+
+@blp.route("/sla", methods=["GET"])
+@blp.arguments(SlaQuery, location="query", unknown=RAISE)
+@blp.response(200, SlaReport, description=(
+    "Per flow, step and transition: outcomes, SLA met % and p50/p95/p99/max durations; the "
+    "breaches and the slowest workflows. `Accept: text/csv` gives one table for a spreadsheet, "
+    "`text/html` a page with charts."))
+@blp.doc(responses={"200": {"content": {JSON: {"schema": {"$ref": "#/components/schemas/SlaReport"}},
+                                         CSV: _TEXT, HTML: _TEXT}},
+                    "406": {"description": "Accept names none of JSON, CSV and HTML"}})
+@requires(VIEWER, OPERATOR)
+def sla(query: dict[str, Any]) -> Any:
+    accept = request.accept_mimetypes
+    kind = accept.best_match((JSON, CSV, HTML)) if accept else JSON
+    if kind is None:
+        return problem(406, "Not Acceptable", f"this report is served as {JSON}, {CSV} or {HTML}")
+    services: Services = current_app.extensions["baton"]
+    report_query = ReportQuery(now=utcnow(), flow=query.get("flow"), start=query.get("start"),
+                               end=query.get("end"), limit=query["limit"])
+    with services.engine.begin() as conn:  # one transaction: one snapshot, and SET LOCAL
+        report = sla_report(conn, report_query, step_order(services.catalog))
+    if kind == CSV:
+        return Response(report_csv.render(report), mimetype=CSV, headers={
+            "Content-Disposition": 'attachment; filename="sla-report.csv"'})
+    if kind == HTML:
+        return Response(report_html.render(report, request.host_url), mimetype=HTML)
+    return report
