@@ -1,0 +1,248 @@
+"""The `baton` client commands end to end: a real gunicorn serving the API on PostgreSQL and Redis,
+the real `baton` executable in a subprocess, configured only by BATON_API_URL and BATON_API_TOKEN.
+Human output is read as a person would; `--json` output is parsed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tests.system import free_port, wait_until
+from tests.test_interventions import order_input
+
+pytestmark = pytest.mark.slow
+
+BIN = Path(sys.executable).parent
+TOKENS = "olga:operator:t-olga,vic:viewer:t-vic,stan:starter:t-stan"
+OPERATOR, VIEWER = "t-olga", "t-vic"
+
+
+@dataclass
+class Server:
+    url: str
+    tmp: Path
+
+    def baton(self, *args: str, token: str | None = OPERATOR, url: str | None = None,
+              ok: bool = True) -> subprocess.CompletedProcess[str]:
+        """Run `baton ARGS` as a user would; `ok` asserts it succeeded without a word on stderr."""
+        env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(self.tmp),
+               "BATON_API_URL": url or self.url}
+        if token:
+            env["BATON_API_TOKEN"] = token
+        done = subprocess.run([str(BIN / "baton"), *args], env=env, capture_output=True, text=True,
+                              timeout=60, cwd=self.tmp)
+        assert "Traceback" not in done.stderr, done.stderr
+        if ok:
+            assert done.returncode == 0, (args, done.stdout, done.stderr)
+        return done
+
+    def json(self, *args: str, token: str | None = OPERATOR) -> Any:
+        return json.loads(self.baton(*args, "--json", token=token).stdout)
+
+    def fails(self, *args: str, token: str | None = OPERATOR, url: str | None = None) -> str:
+        """The message of a command that must fail: non-zero exit, said on stderr, nothing on stdout."""
+        done = self.baton(*args, token=token, url=url, ok=False)
+        assert done.returncode != 0, (args, done.stdout)
+        assert done.stdout == "", done.stdout
+        assert done.stderr.strip(), "a failure says why"
+        return done.stderr
+
+
+def pg_schema(admin: Engine) -> tuple[str, str]:
+    schema = f"cli_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    url = admin.url.update_query_dict({"options": f"-csearch_path={schema}", "application_name": schema})
+    return schema, url.render_as_string(hide_password=False)
+
+
+def drop_schema(admin: Engine, schema: str) -> None:
+    with admin.connect() as conn:
+        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE application_name = :s AND pid <> pg_backend_pid()"), {"s": schema})
+        conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+
+
+@pytest.fixture(scope="module")
+def server(_pg_admin: Engine, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    tmp = tmp_path_factory.mktemp("cli")
+    schema, database_url = pg_schema(_pg_admin)
+    port = free_port()
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp), "DATABASE_URL": database_url,
+           "REDIS_URL": redis_url, "BATON_STREAM_PREFIX": f"cli{uuid.uuid4().hex[:8]}",
+           "BATON_TOKENS": TOKENS, "BATON_DATA_DIR": str(tmp / "data")}
+    migrated = subprocess.run([str(BIN / "baton"), "migrate"], env=env, capture_output=True,
+                              text=True, timeout=120, cwd=tmp)
+    assert migrated.returncode == 0, migrated.stderr
+    log = (tmp / "gunicorn.log").open("w")
+    web = subprocess.Popen([str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "--workers", "2",
+                            "controller.app:create_app()"],
+                           env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
+    url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        if web.poll() is not None:
+            raise AssertionError("gunicorn exited: " + (tmp / "gunicorn.log").read_text()[-3000:])
+        try:
+            return requests.get(f"{url}/readyz", timeout=2).ok
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_until(ready, 60, "gunicorn to serve the API")
+        yield Server(url, tmp)
+    finally:
+        web.terminate()
+        try:
+            web.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            web.kill()
+            web.wait()
+        log.close()
+        drop_schema(_pg_admin, schema)
+
+
+def start(server: Server, **inputs: Any) -> dict[str, Any]:
+    started: dict[str, Any] = server.json("start", "order_fulfillment", "--input",
+                                          json.dumps(order_input(**inputs)))
+    return started
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+
+def test_flows_are_listed_and_shown_with_their_diagram(server: Server) -> None:
+    table = server.baton("flows").stdout
+    assert "order_fulfillment" in table and "order.placed" in table
+    assert "order_fulfillment" in [f["name"] for f in server.json("flows")["items"]]
+    one = server.baton("flows", "order_fulfillment").stdout
+    assert one.startswith("order_fulfillment v1"), one
+    assert server.json("flows", "order_fulfillment")["mermaid"] in one
+
+
+def test_start_list_and_show_with_the_timeline_as_a_table(server: Server, tmp_path: Path) -> None:
+    data = order_input(customer_id=f"cust-{uuid.uuid4().hex[:6]}")
+    (tmp_path / "order.json").write_text(json.dumps(data))
+    human = server.baton("start", "order_fulfillment", "--input", f"@{tmp_path / 'order.json'}",
+                         "--sla-seconds", "120").stdout
+    cid = human.split()[0]
+    assert "order_fulfillment v1" in human and "running" in human
+    assert "reserve_inventory" in human and "active" in human  # the steps table
+
+    listed = server.baton("list", "--attr", f"customer_id={data['customer_id']}").stdout
+    assert cid in listed and "running" in listed
+    page = server.json("list", "--attr", f"customer_id={data['customer_id']}")
+    assert [w["correlation_id"] for w in page["items"]] == [cid]
+    assert page["next_cursor"] is None
+    assert cid in [w["correlation_id"] for w in server.json("list", "--status", "running")["items"]]
+    assert server.json("list", "--status", "completed", "--attr",
+                       f"customer_id={data['customer_id']}")["items"] == []
+
+    shown = server.baton("show", cid).stdout.splitlines()
+    header = next(n for n, line in enumerate(shown) if line.split()[:3] == ["#", "received", "kind"])
+    assert shown[header].split() == ["#", "received", "kind", "type", "source", "caused", "by"]
+    first = shown[header + 2].split()  # below the header's underline
+    assert first[0] == "1" and first[2:5] == ["event", "order.placed", "controller"]
+    assert first[5] == "#1", "the start event is its own cause"
+    full = server.json("show", cid)
+    assert full["correlation_id"] == cid and full["input"] == data
+    assert [m["type"] for m in full["timeline"]] == ["order.placed"]
+
+
+# -- interventions ---------------------------------------------------------------------------------
+
+
+def test_pause_resume_cancel_and_their_audit(server: Server) -> None:
+    cid = start(server)["correlation_id"]
+    paused = server.baton("pause", cid, "--reason", "customer called").stdout
+    assert paused.startswith(cid) and "paused" in paused.splitlines()[0]
+    resumed = server.json("resume", cid, "--reason", "customer confirmed")
+    assert resumed["status"] == "running" and resumed["correlation_id"] == cid
+    extended = server.json("deadline", cid, "--reason", "peak season", "--extend", "60")
+    assert extended["deadline"] > resumed["deadline"]
+    cancelled = server.json("cancel", cid, "--reason", "fraud suspected")
+    assert (cancelled["status"], cancelled["reason"]) in {("compensated", "cancelled"),
+                                                          ("compensating", "cancelled")}
+
+    audit = server.json("audit", cid)["items"]
+    assert [(a["actor"], a["action"], a["reason"]) for a in audit] == [
+        ("olga", "pause", "customer called"), ("olga", "resume", "customer confirmed"),
+        ("olga", "deadline", "peak season"), ("olga", "cancel", "fraud suspected")]
+    table = server.baton("audit", cid).stdout
+    for word in ("olga", "pause", "customer called", "fraud suspected"):
+        assert word in table
+
+
+def test_bulk_dry_run_lists_and_touches_nothing(server: Server) -> None:
+    customer = f"cust-{uuid.uuid4().hex[:6]}"
+    cids = [start(server, customer_id=customer)["correlation_id"] for _ in range(2)]
+    before = [server.json("show", c) for c in cids]
+    result = server.json("bulk", "pause", "--reason", "maintenance", "--flow", "order_fulfillment",
+                         "--status", "running", "--dry-run")
+    assert result["dry_run"] is True and set(cids) <= set(result["matched"])
+    human = server.baton("bulk", "pause", "--reason", "maintenance", "--status", "running",
+                         "--dry-run", "--limit", "1").stdout
+    assert human.splitlines()[0] == "would touch 1 workflows"
+    assert [server.json("show", c) for c in cids] == before
+    assert all(server.json("audit", c)["items"] == [] for c in cids)
+
+
+# -- errors ----------------------------------------------------------------------------------------
+
+
+def test_a_conflict_says_why_and_exits_non_zero(server: Server) -> None:
+    cid = start(server)["correlation_id"]
+    message = server.fails("resume", cid, "--reason", "not paused")
+    assert "409" in message and "running" in message
+    assert "409" in server.fails("signal", cid, "approve", "--reason", "no approval step")
+    assert server.json("show", cid)["status"] == "running"
+
+
+def test_an_unknown_workflow_or_step_is_404(server: Server) -> None:
+    assert "404" in server.fails("show", "no-such-workflow")
+    cid = start(server)["correlation_id"]
+    message = server.fails("skip", cid, "no_such_step", "--reason", "r")
+    assert "404" in message and "no_such_step" in message
+
+
+def test_invalid_input_lists_every_field_at_fault(server: Server) -> None:
+    message = server.fails("start", "order_fulfillment", "--input",
+                           json.dumps({"order_id": "o-1", "currency": "euro"}))
+    assert "422" in message
+    for field in ("input.customer_id", "input.items", "input.total_amount", "input.currency"):
+        assert field in message, message
+
+
+def test_a_missing_token_is_401_and_a_wrong_role_403(server: Server) -> None:
+    assert "401" in server.fails("list", token=None)
+    assert "401" in server.fails("list", token="not-a-token")
+    cid = start(server)["correlation_id"]
+    assert "403" in server.fails("cancel", cid, "--reason", "r", token=VIEWER)
+    assert server.json("show", cid, token=VIEWER)["status"] == "running"
+
+
+def test_an_unreachable_server_is_said_plainly(server: Server) -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    message = server.fails("list", url=url)
+    assert url in message and "unreachable" in message.lower()
+    assert time.monotonic() - started < 30
+
+
+def test_usage_errors_exit_2_without_calling_the_server(server: Server) -> None:
+    missing_reason = server.baton("cancel", "some-id", ok=False)
+    assert missing_reason.returncode == 2 and "--reason" in missing_reason.stderr
+    bad_json = server.baton("start", "order_fulfillment", "--input", "{not json", ok=False)
+    assert bad_json.returncode == 2 and "--input" in bad_json.stderr
