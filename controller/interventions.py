@@ -67,14 +67,13 @@ def retry(flow: Flow, wf: lc.Workflow, now: datetime, step: str | None = None) -
 def skip(flow: Flow, wf: lc.Workflow, step: str, now: datetime) -> list[lc.Effect]:
     """The participant did the work out of band: the step is done without its event."""
     _require(wf, "skip", lc.RUNNING, lc.PAUSED)
-    definition = _step(flow, wf, step)
+    _step(flow, wf, step)
     state = wf.steps[step]
     if state.status not in (lc.PENDING, lc.ACTIVE):
         raise NotApplicable(f"step {step} of workflow {wf.correlation_id} is {state.status}; "
                             "skip applies only to a pending or active step")
     state.status, state.finished_at, state.next_attempt_at = lc.SKIPPED, now, None
-    wf.seen.setdefault(definition.done_on, ("skipped", {}))  # what waited for it may go on
-    return lc.advance(flow, wf, now)
+    return lc.advance(flow, wf, now)  # what waited for its event may go on: see lc.arrived
 
 
 def pause(flow: Flow, wf: lc.Workflow, now: datetime) -> list[lc.Effect]:
@@ -109,8 +108,8 @@ def move_deadline(flow: Flow, wf: lc.Workflow, now: datetime, deadline: datetime
     return []
 
 
-def signal(flow: Flow, wf: lc.Workflow, name: str, now: datetime,
-           step: str | None = None, data: dict[str, Any] | None = None) -> list[lc.Effect]:
+def signal(flow: Flow, wf: lc.Workflow, name: str, now: datetime, step: str | None = None,
+           data: dict[str, Any] | None = None, why: str | None = None) -> list[lc.Effect]:
     """Answer an approval step: `approve` emits its done event, `reject` its failed event."""
     _require(wf, f"signal {name}", lc.RUNNING)
     waiting = [s for s in flow.steps if s.kind == APPROVAL_STEP
@@ -125,7 +124,10 @@ def signal(flow: Flow, wf: lc.Workflow, name: str, now: datetime,
         outcome = target.failed_on
     else:
         raise NotApplicable(f"step {target.name} accepts the signals approve and reject, not {name}")
-    payload = {**_start_data(flow, wf), **(data or {})}
+    # the operator may add to the outcome, never change whose it is; a rejection says why
+    payload = {**(data or {}), **_start_data(flow, wf)}
+    if name == "reject" and why:
+        payload.setdefault("reason", why)
     message_id = lc.command_id(wf.correlation_id, f"signal:{target.name}")
     return [lc.Emit(outcome, payload, wf.start_message_id, message_id)]
 

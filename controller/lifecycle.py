@@ -310,7 +310,15 @@ def _activate_ready(flow: Flow, wf: Workflow, now: datetime, issue: bool) -> lis
 
 def _ready(flow: Flow, wf: Workflow) -> list[StepDef]:
     return [s for s in flow.steps if wf.steps[s.name].status == PENDING
-            and all(t in wf.seen for t in s.reacts_to)]
+            and all(arrived(flow, wf, t) for t in s.reacts_to)]
+
+
+def arrived(flow: Flow, wf: Workflow, message_type: str) -> bool:
+    """An event counts as arrived when it was received, or when the step that emits it was
+    skipped (by an operator, or by its condition): what waited for it may go on."""
+    return message_type in wf.seen or any(
+        s.done_on == message_type and wf.steps[s.name].status == SKIPPED for s in flow.steps
+    )
 
 
 def _activate(flow: Flow, wf: Workflow, step: StepDef, now: datetime, issue: bool) -> list[Effect]:
@@ -318,7 +326,6 @@ def _activate(flow: Flow, wf: Workflow, step: StepDef, now: datetime, issue: boo
     state.started_at = now
     if step.when and not _matches(step.when, _trigger_data(wf, step)):
         state.status, state.finished_at = SKIPPED, now  # its condition is false: not needed
-        wf.seen.setdefault(step.done_on, ("skipped", {}))
         return []
     state.status, state.deadline = ACTIVE, now + timedelta(seconds=step.sla_seconds)
     if step.kind == COMMAND_STEP and issue:

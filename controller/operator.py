@@ -11,9 +11,10 @@ from typing import Any
 from sqlalchemy import Connection, insert
 
 from contracts.envelope import EVENT, Envelope
+from contracts.errors import InvalidMessage
 from contracts.flows import Flow
 from controller import effects, interventions, lifecycle, store
-from controller.errors import Conflict, NotFound
+from controller.errors import Conflict, InvalidInput, NotFound
 from controller.services import Services
 from controller.tables import audit
 from participants import outbox
@@ -54,7 +55,11 @@ def intervene(services: Services, cid: str, request: Intervention, now: datetime
             raise Conflict(str(exc)) from None
         except interventions.UnknownStep as exc:
             raise NotFound(str(exc)) from None
-        sent = _carry_out(services, conn, flow, wf, changes, now)
+        try:
+            sent = _carry_out(services, conn, flow, wf, changes, now)
+        except InvalidMessage as exc:  # e.g. an approval whose outcome event lacks a field
+            raise InvalidInput("the message this intervention emits would be invalid",
+                               exc.errors) from None
         store.save(conn, wf, before)
         result = f"applied: {before.status} -> {wf.status}"
         _audit(conn, cid, request, now, result)

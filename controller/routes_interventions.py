@@ -6,6 +6,7 @@ from typing import Any
 
 from flask import current_app
 from flask_smorest import Blueprint
+from marshmallow import RAISE
 
 from contracts.api import (
     AuditPage,
@@ -112,12 +113,12 @@ def deadline(body: dict[str, Any], cid: str) -> dict[str, Any]:
 def signal(body: dict[str, Any], cid: str, name: str) -> dict[str, Any]:
     """Answer an approval step: `approve` or `reject`."""
     return _apply(cid, "signal", body["reason"], name=name, step=body.get("step"),
-                  data=body.get("data"))
+                  data=body.get("data"), why=body["reason"])
 
 
 @blp.route("/<cid>/audit", methods=["GET"])
 @requires(*READERS)
-@blp.arguments(PageQuery, location="query")
+@blp.arguments(PageQuery, location="query", unknown=RAISE)
 @blp.response(200, AuditPage)
 def get_audit(query: dict[str, Any], cid: str) -> dict[str, Any]:
     services, actor = _services(), current_actor()

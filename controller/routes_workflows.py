@@ -7,7 +7,7 @@ from typing import Any
 import structlog
 from flask import current_app, request
 from flask_smorest import Blueprint
-from marshmallow import INCLUDE
+from marshmallow import INCLUDE, RAISE
 
 from contracts.api import ListQuery, PageQuery, StartBody, TimelinePage, WorkflowOut, WorkflowPage
 from contracts.timefmt import utcnow
@@ -90,7 +90,7 @@ def get_workflow(cid: str) -> dict[str, Any]:
 
 @blp.route("/<cid>/timeline", methods=["GET"])
 @requires(*READERS)
-@blp.arguments(PageQuery, location="query")
+@blp.arguments(PageQuery, location="query", unknown=RAISE)
 @blp.response(200, TimelinePage)
 def get_timeline(query: dict[str, Any], cid: str) -> dict[str, Any]:
     services, actor = _services(), current_actor()
