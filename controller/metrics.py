@@ -27,7 +27,7 @@ from contracts.streams import Keys
 from contracts.timefmt import utcnow
 from controller import lifecycle as lc
 from controller import report_outcomes as o
-from controller.report_sql import duration, to_seconds
+from controller.report_sql import duration, per_row, to_seconds
 from controller.reports import BUCKETS
 from participants.tables import outbox
 
@@ -101,25 +101,27 @@ def duration_families(conn: Connection) -> list[Metric]:
                                     "From a step's prerequisites met to its done event",
                                     labels=["flow", "step"])
     source = s.join(w, s.c.correlation_id == w.c.correlation_id)
-    for r in conn.execute(_histogram(conn, o.step_duration(conn), [w.c.flow, s.c.name], source,
-                                     o.step_done())):
+    for r in conn.execute(_histogram(o.step_duration(conn), [w.c.flow, s.c.name.label("step")],
+                                     source, o.step_done())):
         steps_h.add_metric([r[0], r[1]], *_buckets(r))
     flows_h = HistogramMetricFamily("baton_workflow_duration_seconds",
                                     "From start to completion, of completed workflows",
                                     labels=["flow"])
     done = and_(w.c.status == lc.COMPLETED, w.c.finished_at.is_not(None))
-    for r in conn.execute(_histogram(conn, duration(conn, w.c.started_at, w.c.finished_at),
+    for r in conn.execute(_histogram(duration(conn, w.c.started_at, w.c.finished_at),
                                      [w.c.flow], w, done)):
         flows_h.add_metric([r[0]], *_buckets(r))
     return [steps_h, flows_h]
 
 
-def _histogram(conn: Connection, d: Any, keys: list[Any], source: Any, where: Any) -> Any:
+def _histogram(d: Any, keys: list[Any], source: Any, where: Any) -> Any:
+    rows = per_row(select(*keys, d.label("d")).select_from(source).where(where))
+    groups = [rows.c[k.name] for k in keys]
     return select(
-        *keys, *(func.count().filter(d <= le).label(f"le_{i}")
-                 for i, le in enumerate(BUCKETS)),
-        func.count().label("n"), func.sum(d).label("total"),
-    ).select_from(source).where(where).group_by(*keys)
+        *groups, *(func.count().filter(rows.c.d <= le).label(f"le_{i}")
+                   for i, le in enumerate(BUCKETS)),
+        func.count().label("n"), func.sum(rows.c.d).label("total"),
+    ).group_by(*groups)
 
 
 def _buckets(row: Any) -> tuple[list[tuple[str, float]], float]:

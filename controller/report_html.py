@@ -15,6 +15,7 @@ h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 28px 0 8p
 .meta, .note { color: #5b6475; } .note { font-size: 12px; max-width: 900px; }
 table { border-collapse: collapse; margin: 4px 0 12px; }
 th, td { border-bottom: 1px solid #dde2ea; padding: 4px 10px; text-align: right; }
+td { white-space: nowrap; }
 th { background: #f2f4f8; } td.name, th.name { text-align: left; }
 .charts { display: flex; flex-wrap: wrap; gap: 16px; }
 svg.chart { background: #fafbfd; border: 1px solid #e3e7ee; }
@@ -94,7 +95,8 @@ def _slow_table(rows: list[dict[str, Any]], base: str) -> str:
 
 def _time_charts(series: dict[str, Any]) -> str:
     items, width = series["items"], series["bucket_seconds"]
-    labels = [p["start"][11:16] if width < 86400 else p["start"][:10] for p in items]
+    cut = slice(11, 19) if width < 60 else slice(11, 16) if width < 86400 else slice(0, 10)
+    labels = [p["start"][cut] for p in items]
     per = _per(width)
     return '<div class="charts">' + "".join([
         line_chart("SLA met % (by start time)", labels,
@@ -155,7 +157,7 @@ def _pct(value: float | None) -> str:
 
 def _per(width: int) -> str:
     names = {10: "10 s", 60: "minute", 300: "5 min", 900: "15 min", 3600: "hour", 21600: "6 h",
-             86400: "day", 604800: "week"}
+             86400: "day", 604800: "week", 2592000: "30 days"}
     return names.get(width, f"{width // 86400} days")
 
 

@@ -132,8 +132,9 @@ def epoch_bucket(conn: Connection, column: Any, width_seconds: int) -> ColumnEle
 
 
 def bucket_width(span_seconds: float, max_buckets: int = 60) -> int:
-    """The narrowest readable bucket (10 s ... 30 days) that keeps a chart within `max_buckets`."""
-    for width in (10, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400):
+    """The narrowest readable bucket (10 s ... 30 days, then whole days) that keeps a chart within
+    `max_buckets`."""
+    for width in (10, 60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400):
         if math.ceil(span_seconds / width) <= max_buckets:
             return width
-    return 30 * 86400
+    return math.ceil(span_seconds / max_buckets / 86400) * 86400  # whole days
