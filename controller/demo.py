@@ -2,8 +2,9 @@
 
 It starts a private Redis, migrates a fresh SQLite database, runs the Procfile's lines, places
 orders through the REST API (some run out of stock, some cards are declined, some parcels are too
-big; then, with shipping stopped, some breach their SLA), waits for every workflow to settle,
-prints a summary, and stops everything it started.
+big; then, with shipping stopped, some breach their SLA), then proposes price changes through
+`price_change` (answering those that wait for approval: most approved, one rejected), waits for
+every workflow to settle, prints a summary, and stops everything it started.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ def run_demo(orders: int, timeout: float = 180.0) -> int:
         results = _wait_settled(api, cids, timeout)
         results += _sla_phase(api, procs, timeout)
         _print_summary(results)
+        prices = _price_phase(api, timeout)
+        _print_summary(prices, "Outcome of the price changes")
+        results += prices
         write_demo_report(api.base, token, run_dir)
         return 0 if all(r["status"] in TERMINAL for r in results) else 1
     finally:
@@ -79,6 +83,53 @@ def _sla_phase(api: Api, procs: Processes, timeout: float) -> list[dict[str, Any
     procs.start("shipping")
     _wait(lambda: all(_late_shipment_settled(api.get(c)) for c in cids), timeout)
     return _wait_settled(api, cids, timeout)
+
+
+# Price changes of every kind: (kind, product, current, proposed, unit cost, competitor price).
+PRICE_CHANGES: list[tuple[str, str, float, float, float, float | None]] = [
+    ("clean", "PRD-0001", 20.00, 21.50, 12.00, 22.00),
+    ("clean", "PRD-0002", 8.00, 7.20, 5.00, None),
+    ("clean", "PRD-0003", 149.00, 159.00, 90.00, 155.00),
+    ("clean", "PRD-0004", 3.50, 3.90, 2.10, None),
+    ("increase above 20 %", "PRD-0005", 10.00, 13.00, 6.00, None),
+    ("increase above 20 %", "PRD-0006", 45.00, 59.00, 30.00, 60.00),
+    ("above competitor", "PRD-0007", 20.00, 23.00, 12.00, 20.00),
+    ("above competitor", "PRD-0008", 99.00, 109.00, 70.00, 95.00),
+    ("below margin floor", "PRD-0009", 10.00, 6.20, 6.00, None),
+    ("below margin floor", "PRD-0010", 30.00, 18.00, 25.00, 17.00),
+    ("discontinued", "DISC-0011", 12.00, 12.60, 7.00, None),
+    ("discontinued", "DISC-0012", 60.00, 64.00, 40.00, 65.00),
+]
+
+
+def _price_phase(api: Api, timeout: float) -> list[dict[str, Any]]:
+    """Proposed price changes: clean ones are published and reach catalog and search; soft
+    violations wait in `approve` until the operator approves them (one is rejected); hard ones are
+    rejected; a discontinued product's catalog refuses the price, and the publish is walked back."""
+    _say(f"proposing {len(PRICE_CHANGES)} price changes: "
+         + ", ".join(f"{n} {k}" for k, n in Counter(k for k, *_ in PRICE_CHANGES).items()))
+    cids, waiting = [], []
+    for n, (kind, product, current, proposed, cost, competitor) in enumerate(PRICE_CHANGES, 1):
+        data: dict[str, Any] = {"change_id": f"chg-{n:04d}", "product_id": product,
+                                "current_price": current, "proposed_price": proposed,
+                                "unit_cost": cost, "currency": "EUR"}
+        if competitor is not None:
+            data["competitor_price"] = competitor
+        cids.append(api.start({"flow": "price_change", "input": data}))
+        if kind in ("increase above 20 %", "above competitor"):
+            waiting.append(cids[-1])
+    _wait(lambda: all(_step_status(api.get(c), "approve") == "active" for c in waiting), timeout)
+    _say(f"{len(waiting)} wait for approval: approving {len(waiting) - 1}, rejecting 1 "
+         "(POST /v1/workflows/<cid>/signals/approve or /reject)")
+    for cid in waiting[:-1]:
+        api.signal(cid, "approve", "within this quarter's pricing guidelines")
+    api.signal(waiting[-1], "reject", "we do not lead the market up on this product")
+    return _wait_settled(api, cids, timeout)
+
+
+def _step_status(wf: dict[str, Any], step: str) -> str:
+    status: str = next(s["status"] for s in wf["steps"] if s["name"] == step)
+    return status
 
 
 def _late_shipment_settled(wf: dict[str, Any]) -> bool:
@@ -128,6 +179,11 @@ class Api:
         r.raise_for_status()
         cid: str = r.json()["correlation_id"]
         return cid
+
+    def signal(self, cid: str, name: str, reason: str) -> None:
+        r = self.session.post(f"{self.base}/v1/workflows/{cid}/signals/{name}",
+                              json={"reason": reason}, timeout=10)
+        r.raise_for_status()
 
     def get(self, cid: str) -> dict[str, Any]:
         r = self.session.get(f"{self.base}/v1/workflows/{cid}", timeout=10)
@@ -186,7 +242,7 @@ def _wait_settled(api: Api, cids: list[str], timeout: float) -> list[dict[str, A
     return list(results.values())
 
 
-def _print_summary(results: list[dict[str, Any]]) -> None:
+def _print_summary(results: list[dict[str, Any]], title: str = "Outcome of the demo's workflows") -> None:
     outcomes: Counter[str] = Counter()
     for r in results:
         failed = [s["name"] for s in r["steps"] if s["status"] in ("failed",)]
@@ -194,7 +250,7 @@ def _print_summary(results: list[dict[str, Any]]) -> None:
         reason = f" ({r['reason']}{where})" if r["reason"] else ""
         outcomes[f"{r['status']}{reason}"] += 1
     width = max(len(k) for k in outcomes)
-    print("\nOutcome of the demo's workflows")
+    print(f"\n{title}")
     for outcome, n in sorted(outcomes.items(), key=lambda kv: -kv[1]):
         print(f"  {outcome:<{width}}  {n:>4}")
     print(f"  {'total':<{width}}  {len(results):>4}\n")

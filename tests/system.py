@@ -21,7 +21,7 @@ from controller.procfile import Processes
 BIN = Path(sys.executable).parent
 TOKENS = {"starter": "t-starter", "viewer": "t-viewer", "operator": "t-operator"}
 CONTROLLER = ("web", "tracker", "relay", "clock", "worker", "alerts")
-PARTICIPANTS = ("inventory", "payment", "shipping", "notification")
+PARTICIPANTS = ("inventory", "payment", "shipping", "notification", "pricing", "catalog", "search")
 
 
 def free_port() -> int:

@@ -131,7 +131,7 @@ def types_in(world: World, *message_types: str) -> dict[str, int]:
 
 
 def test_build_returns_each_reference_participant_by_name() -> None:
-    assert NAMES == ("inventory", "payment", "shipping", "notification")
+    assert NAMES[:4] == ("inventory", "payment", "shipping", "notification")  # then price_change's
     for name in NAMES:
         participant = build(name)
         assert isinstance(participant, Participant)
