@@ -96,7 +96,8 @@ def worker() -> None:
     from rq.serializers import JSONSerializer
 
     def body(services: Any, stop: Any) -> None:
-        queues = [services.keys.rq_queue("sweeps"), services.keys.rq_queue("alerts")]
+        # alerts first: they are rare, and a steady stream of sweeps must not starve them
+        queues = [services.keys.rq_queue("alerts"), services.keys.rq_queue("sweeps")]
         Worker(queues, connection=services.redis, serializer=JSONSerializer,
                maintenance_interval=30).work(with_scheduler=True, logging_level="WARNING")
 

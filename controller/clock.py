@@ -32,7 +32,7 @@ def run_clock(services: Services, stop: threading.Event) -> None:
     last_trim = 0.0
     while not stop.is_set():
         try:
-            if queue.count < 2:
+            if queue.count == 0:  # one sweep waiting is enough
                 queue.enqueue("controller.jobs.sweep", ttl=max(5, int(interval * 5)),
                               result_ttl=0, failure_ttl=3600, job_timeout=120)
             if time.monotonic() - last_trim >= TRIM_EVERY:

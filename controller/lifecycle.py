@@ -314,11 +314,13 @@ def _ready(flow: Flow, wf: Workflow) -> list[StepDef]:
 
 
 def arrived(flow: Flow, wf: Workflow, message_type: str) -> bool:
-    """An event counts as arrived when it was received, or when the step that emits it was
-    skipped (by an operator, or by its condition): what waited for it may go on."""
-    return message_type in wf.seen or any(
-        s.done_on == message_type and wf.steps[s.name].status == SKIPPED for s in flow.steps
-    )
+    """Whether what waits for this event may go on: it was received and its step did not fail on
+    it (a `fails_when` verdict), or the step that emits it was skipped (by an operator, or by its
+    condition)."""
+    producers = [wf.steps[s.name].status for s in flow.steps if s.done_on == message_type]
+    if SKIPPED in producers:
+        return True
+    return message_type in wf.seen and FAILED not in producers
 
 
 def _activate(flow: Flow, wf: Workflow, step: StepDef, now: datetime, issue: bool) -> list[Effect]:

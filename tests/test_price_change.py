@@ -356,7 +356,7 @@ def test_a_hard_violation_is_rejected_and_nothing_is_published(world: World) -> 
     steps = world.steps(cid)
     assert (steps["evaluate_rules"], steps["update_catalog"], steps["update_search"]) == (
         "failed", "pending", "pending")
-    assert steps["publish_price"] != "done"  # see the xfail test below for what it should be
+    assert steps["publish_price"] == "pending"
     assert wf["compensations"] == []
     [evaluated] = world.emitted("price.evaluated", cid)
     assert evaluated.data["verdict"] == "reject"
@@ -569,10 +569,6 @@ def test_a_command_after_a_skipped_approval_is_caused_by_a_real_message(world: W
     assert publish and publish[0].causation_id in ids, publish[0].causation_id
 
 
-@pytest.mark.xfail(strict=True, reason="controller/lifecycle.py on_message/_activate_ready: the done "
-                   "event of a step failed by `fails_when` still counts as seen, so after a hard "
-                   "rejection `approve` is skipped by its condition and `publish_price` shows "
-                   "`active` in a compensated workflow, as if a publish were awaited")
 def test_steps_after_a_rejecting_verdict_stay_pending(world: World) -> None:
     cid = world.start(change(current=10.0, proposed=5.0, unit_cost=5.0))
     world.drain()
