@@ -6,12 +6,12 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, func, literal_column, select, union_all
+from sqlalchemy import Connection, and_, case, func, literal_column, select
 
 from contracts.timefmt import format_ts
 from controller import lifecycle as lc
 from controller import report_outcomes as o
-from controller.report_sql import bucket_width, duration, epoch_bucket, moment, to_seconds
+from controller.report_sql import bucket_width, duration, epoch_bucket, greatest, moment, to_seconds
 
 w, s = o.w, o.s
 MAX_BUCKETS = 60
@@ -22,41 +22,43 @@ def link(correlation_id: str) -> str:
 
 
 def breaches(conn: Connection, scope: o.Scope, limit: int) -> list[dict[str, Any]]:
-    """The breached workflows, latest first, each with the step that was late and by how much.
+    """The breached workflows, late by the most first, each with the step that was late and by how
+    much: the step that overran the most, its own deadline or the workflow's while it was active.
+    A step that never ended overran until the workflow stopped waiting for it.
 
-    The late step is the one that overran the most: its own deadline, or the workflow's while it
-    was active. A step that never ended overran until the workflow stopped waiting for it.
+    Each breached workflow's steps are read through the steps' primary key (correlated
+    subqueries), so the cost follows the breaches, not the steps of every workflow.
     """
-    now, g = scope.now, o.gave_up()
-    breached = select(w.c.correlation_id).where(*scope.where(), o.workflow_breached(now)).cte("b")
-    base = (s.join(breached, breached.c.correlation_id == s.c.correlation_id)
-            .join(w, w.c.correlation_id == s.c.correlation_id)
-            .outerjoin(g, g.c.correlation_id == s.c.correlation_id))
-    end = o.step_end(now)
-    own = select(s.c.correlation_id, s.c.name.label("step"), literal_column("'step'").label("kind"),
-                 s.c.deadline.label("missed"), duration(conn, s.c.deadline, end).label("late")
-                 ).select_from(base).where(o.step_breached(now))
-    whole = select(s.c.correlation_id, s.c.name.label("step"), literal_column("'workflow'").label("kind"),
-                   w.c.deadline.label("missed"), duration(conn, w.c.deadline, end).label("late")
-                   ).select_from(base).where(s.c.started_at <= w.c.deadline, end > w.c.deadline)
-    candidates = union_all(own, whole).subquery("candidates")
-    ranked = select(candidates, func.row_number().over(
-        partition_by=candidates.c.correlation_id, order_by=candidates.c.late.desc()).label("rn")
-    ).subquery("ranked")
-    late = func.coalesce(ranked.c.late, duration(conn, w.c.deadline,
-                                                 func.coalesce(w.c.finished_at, moment(now))))
-    query = select(
-        w.c.correlation_id, w.c.flow, w.c.status, w.c.reason, ranked.c.step,
-        func.coalesce(ranked.c.kind, "workflow").label("kind"),
-        func.coalesce(ranked.c.missed, w.c.deadline).label("missed"), late.label("late"),
-    ).select_from(
-        w.join(breached, breached.c.correlation_id == w.c.correlation_id)
-        .outerjoin(ranked, and_(ranked.c.correlation_id == w.c.correlation_id, ranked.c.rn == 1))
-    ).order_by(late.desc(), w.c.correlation_id).limit(limit)
+    now = scope.now
+    end = o.step_end(now, o.first_compensation_at())
+    own = case((o.step_breached(now, o.first_compensation_at()), duration(conn, s.c.deadline, end)))
+    whole = case((and_(s.c.started_at <= w.c.deadline, end > w.c.deadline),
+                  duration(conn, w.c.deadline, end)))
+    overrun = greatest(conn, func.coalesce(own, -1.0), func.coalesce(whole, -1.0))
+
+    # A derived table, so that the ORDER BY names its column: SQLite refuses outer references there.
+    kind = case((func.coalesce(own, -1.0) >= func.coalesce(whole, -1.0), literal_column("'step'")),
+                else_=literal_column("'workflow'"))
+    steps_of = select(s.c.name, s.c.deadline, kind.label("kind"), overrun.label("overrun")).where(
+        s.c.correlation_id == w.c.correlation_id).correlate(w)
+
+    def latest(column: str) -> Any:
+        mine = steps_of.subquery("candidates")
+        return (select(mine.c[column]).where(mine.c.overrun > 0)
+                .order_by(mine.c.overrun.desc(), mine.c.name).limit(1).scalar_subquery())
+
+    fallback = duration(conn, w.c.deadline, func.coalesce(w.c.finished_at, moment(now)))
+    rows = select(
+        w.c.correlation_id, w.c.flow, w.c.status, w.c.reason, w.c.deadline,
+        latest("name").label("step"), latest("deadline").label("step_deadline"),
+        latest("kind").label("kind"), func.coalesce(latest("overrun"), fallback).label("late"),
+    ).where(*scope.where(), o.workflow_breached(now)).subquery("breached")
+    query = select(rows).order_by(rows.c.late.desc(), rows.c.correlation_id).limit(limit)
     return [{"correlation_id": r.correlation_id, "flow": r.flow, "status": r.status,
-             "reason": r.reason, "step": r.step, "deadline_of": r.kind,
-             "deadline": _ts(r.missed), "late_by_seconds": to_seconds(r.late),
-             "link": link(r.correlation_id)} for r in conn.execute(query)]
+             "reason": r.reason, "step": r.step, "deadline_of": r.kind or "workflow",
+             "deadline": _ts(r.step_deadline if r.kind == "step" else r.deadline),
+             "late_by_seconds": to_seconds(r.late), "link": link(r.correlation_id)}
+            for r in conn.execute(query)]
 
 
 def slowest(conn: Connection, scope: o.Scope, limit: int) -> list[dict[str, Any]]:

@@ -74,26 +74,33 @@ def step_met() -> ColumnElement[bool]:
                 or_(s.c.deadline.is_(None), s.c.finished_at <= s.c.deadline))
 
 
-def stopped_waiting(now: datetime) -> ColumnElement[Any]:
+def stopped_waiting(now: datetime, gave_up_at: Any = None) -> ColumnElement[Any]:
     """When the workflow stopped waiting for its unfinished steps: its first compensation command,
-    else its end, else now. Needs `gave_up()` joined as `g`."""
-    return func.coalesce(gave_up().c.at, w.c.finished_at, moment(now))
+    else its end, else now. `gave_up_at` defaults to `gave_up()`, which must then be joined."""
+    return func.coalesce(gave_up().c.at if gave_up_at is None else gave_up_at, w.c.finished_at,
+                         moment(now))
 
 
-def step_end(now: datetime) -> ColumnElement[Any]:
-    return func.coalesce(s.c.finished_at, stopped_waiting(now))
+def step_end(now: datetime, gave_up_at: Any = None) -> ColumnElement[Any]:
+    return func.coalesce(s.c.finished_at, stopped_waiting(now, gave_up_at))
 
 
-def step_breached(now: datetime) -> ColumnElement[bool]:
+def step_breached(now: datetime, gave_up_at: Any = None) -> ColumnElement[bool]:
     waited = or_(w.c.reason.is_(None), w.c.reason == lc.SLA_BREACHED)
     return and_(s.c.started_at.is_not(None), s.c.deadline.is_not(None), or_(
         s.c.finished_at > s.c.deadline,
-        and_(s.c.finished_at.is_(None), waited, stopped_waiting(now) > s.c.deadline),
+        and_(s.c.finished_at.is_(None), waited, stopped_waiting(now, gave_up_at) > s.c.deadline),
     ))
 
 
 def step_judged(now: datetime) -> ColumnElement[bool]:
     return or_(s.c.finished_at.is_not(None), step_breached(now))
+
+
+def first_compensation_at() -> Any:
+    """Per workflow row of the enclosing query: when its first compensation command went out."""
+    return (select(func.min(c.c.sent_at)).where(c.c.correlation_id == w.c.correlation_id)
+            .correlate(w).scalar_subquery())
 
 
 def step_duration(conn: Connection) -> ColumnElement[Any]:

@@ -54,6 +54,11 @@ def duration(conn: Connection, start: Any, end: Any) -> ColumnElement[Any]:
     return func.round((func.julianday(end) - func.julianday(start)) * _MS_PER_DAY) / 1000.0
 
 
+def greatest(conn: Connection, a: Any, b: Any) -> ColumnElement[Any]:
+    """The larger of two non-NULL values (SQLite's scalar max)."""
+    return func.greatest(a, b) if is_postgres(conn) else func.max(a, b)
+
+
 def to_seconds(value: Any) -> float | None:
     """A `duration(...)` as the database returns it, rounded to the microsecond."""
     return None if value is None else round(float(value), 6)
