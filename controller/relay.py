@@ -18,7 +18,7 @@ log = structlog.get_logger("baton.relay")
 def run_relay(services: Services, stop: threading.Event) -> None:
     interval = services.settings.relay_interval
     # Rows younger than this are being published by their writer right now.
-    grace = timedelta(seconds=max(2 * interval, 1.0))
+    grace = timedelta(seconds=max(2 * interval, 5.0))
     log.info("relay started", interval=interval)
     while not stop.is_set():
         try:
