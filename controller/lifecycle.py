@@ -325,11 +325,11 @@ def arrived(flow: Flow, wf: Workflow, message_type: str) -> bool:
 
 def _activate(flow: Flow, wf: Workflow, step: StepDef, now: datetime, issue: bool) -> list[Effect]:
     state = wf.steps[step.name]
-    state.started_at = now
     if step.when and not _matches(step.when, _trigger_data(wf, step)):
-        state.status, state.finished_at = SKIPPED, now  # its condition is false: not needed
+        state.status, state.finished_at = SKIPPED, now  # its condition is false: never started
         return []
-    state.status, state.deadline = ACTIVE, now + timedelta(seconds=step.sla_seconds)
+    state.status, state.started_at = ACTIVE, now
+    state.deadline = now + timedelta(seconds=step.sla_seconds)
     if step.kind == COMMAND_STEP and issue:
         return [send_step_command(flow, wf, step, now)]
     return []  # an event step waits for its participant, an approval step for a signal
