@@ -155,3 +155,11 @@ def test_a_scrape_without_redis_still_shows_the_database(baton: Baton) -> None:
     assert "baton_workflows_started" in families
     up = {s.labels["source"]: s.value for s in families["baton_metrics_source_up"].samples}
     assert up == {"database": 1.0, "redis": 0.0}
+
+
+def test_openmetrics_when_the_scraper_asks_for_it(baton: Baton) -> None:
+    response = baton.http.get("/metrics", headers={
+        "Accept": "application/openmetrics-text; version=1.0.0"})
+    assert response.status_code == 200
+    assert response.content_type.startswith("application/openmetrics-text")
+    assert response.get_data(as_text=True).endswith("# EOF\n")

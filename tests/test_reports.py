@@ -24,7 +24,7 @@ from werkzeug.serving import make_server
 
 from config.settings import load_settings
 from contracts.timefmt import format_ts
-from controller import migrate, report_text
+from controller import migrate, report_csv, report_html, report_text
 from controller.app import create_app
 from controller.cli import main
 from controller.report_cli import write_demo_report
@@ -260,6 +260,7 @@ def test_no_workflow_at_all_and_empty_ranges(engine: Engine) -> None:
     empty = report(engine)
     assert (empty["flows"], empty["steps"], empty["transitions"], empty["slowest"]) == ([], [], [], [])
     assert empty["breaches"] == {"total": 0, "items": []} and empty["series"]["items"] == []
+    assert 'id="empty"' in report_html.render(empty) and report_csv.render(empty).count("\r\n") == 1
     with engine.begin() as conn:
         known_data(Data(conn))
     assert report(engine, start=at(100), end=at(100))["flows"] == []
