@@ -1,7 +1,7 @@
 """The SLA report of `GET /v1/reports/sla`: per flow, per step and per transition, computed in SQL.
 
-Nothing here loads workflows into Python: each section is one aggregate query, whose size does
-not grow with the number of workflows (the lists are top-N). What counts as met, judged and
+Nothing here loads workflows into Python: each section is an aggregate query (two on SQLite)
+whose answer does not grow with the number of workflows (the lists are top-N). What counts as met, judged and
 breached is spelled in `report_outcomes`; the lists and the time series are in `report_lists`.
 Durations are in seconds: a workflow's from `started_at` to `finished_at`, a step's from its
 `started_at` (its prerequisites met) to `finished_at`, a transition's between the `occurred_at`
