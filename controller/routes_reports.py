@@ -22,6 +22,7 @@ _TEXT = {"schema": {"type": "string"}}
 
 
 @blp.route("/sla", methods=["GET"])
+@requires(VIEWER, OPERATOR)
 @blp.arguments(SlaQuery, location="query", unknown=RAISE)
 @blp.response(200, SlaReport, description=(
     "Per flow, step and transition: outcomes, SLA met % and p50/p95/p99/max durations; the "
@@ -30,7 +31,6 @@ _TEXT = {"schema": {"type": "string"}}
 @blp.doc(responses={"200": {"content": {JSON: {"schema": {"$ref": "#/components/schemas/SlaReport"}},
                                          CSV: _TEXT, HTML: _TEXT}},
                     "406": {"description": "Accept names none of JSON, CSV and HTML"}})
-@requires(VIEWER, OPERATOR)
 def sla(query: dict[str, Any]) -> Any:
     accept = request.accept_mimetypes
     kind = accept.best_match((JSON, CSV, HTML)) if accept else JSON
