@@ -46,12 +46,7 @@ class Processes:
             return None
         if proc.poll() is None:
             _signal(proc, signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                _signal(proc, signal.SIGKILL)
-                proc.wait()
-        return proc.returncode
+        return _wait(proc, timeout)
 
     def kill(self, name: str) -> None:
         """`kill -9`, as a crash would."""
@@ -59,11 +54,21 @@ class Processes:
         _signal(proc, signal.SIGKILL)
         proc.wait()
 
-    def stop_all(self) -> dict[str, int | None]:
-        for proc in self.running.values():  # all at once, then wait for each
+    def stop_all(self, timeout: float = 20.0) -> dict[str, int | None]:
+        """One SIGTERM to each, all at once (a second could cut a clean shutdown short)."""
+        procs, self.running = self.running, {}
+        for proc in procs.values():
             if proc.poll() is None:
                 _signal(proc, signal.SIGTERM)
-        return {name: self.stop(name) for name in list(self.running)}
+        return {name: _wait(proc, timeout) for name, proc in procs.items()}
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _signal(proc, signal.SIGKILL)
+        return proc.wait()
 
 
 def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:

@@ -47,18 +47,27 @@ def enqueue(conn: Connection, keys: Keys, envelopes: Iterable[Envelope], now: da
 
 def publish(engine: Engine, client: redis.Redis, pending: Sequence[Pending],
             crash_points: Collection[str] = ()) -> None:
-    """XADD the rows in one round trip, then mark them sent."""
+    """XADD the rows in one round trip and mark them sent, holding their locks meanwhile: a
+    relay skips locked rows and sent ones, so a slow writer's rows are never published twice."""
     if not pending:
         return
-    crash_point("outbox.before_xadd", crash_points)
-    pipe = client.pipeline(transaction=False)
-    for row in pending:
-        pipe.xadd(row.stream, row.fields)  # type: ignore[arg-type]
-    pipe.execute()
-    crash_point("outbox.after_xadd", crash_points)
     with engine.begin() as conn:
+        query = select(outbox.c.seq).where(
+            outbox.c.seq.in_([p.seq for p in pending]), outbox.c.sent_at.is_(None))
+        if engine.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        mine = set(conn.execute(query).scalars())
+        rows = [p for p in pending if p.seq in mine]
+        if not rows:
+            return  # the relay got there first
+        crash_point("outbox.before_xadd", crash_points)
+        pipe = client.pipeline(transaction=False)
+        for row in rows:
+            pipe.xadd(row.stream, row.fields)  # type: ignore[arg-type]
+        pipe.execute()
+        crash_point("outbox.after_xadd", crash_points)
         conn.execute(
-            update(outbox).where(outbox.c.seq.in_([p.seq for p in pending])).values(sent_at=utcnow())
+            update(outbox).where(outbox.c.seq.in_([p.seq for p in rows])).values(sent_at=utcnow())
         )
 
 
