@@ -23,7 +23,3 @@ class Conflict(ControllerError):
 
 class InvalidInput(ControllerError):
     status, title = 422, "Unprocessable Entity"
-
-
-class Unavailable(ControllerError):
-    status, title = 503, "Service Unavailable"
