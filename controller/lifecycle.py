@@ -136,6 +136,8 @@ def on_time(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
         state = wf.steps[step.name]
         if wf.status == RUNNING and _command_overdue(state, now):
             effects += _retry_step(flow, wf, step, now)
+        if wf.status == COMPENSATING and state.status == ACTIVE and _overdue(state, now):
+            state.next_attempt_at = None  # waited long enough for it to finish
         comp = wf.compensations.get(step.name)
         if wf.status == COMPENSATING and comp and comp.status == SENT and _overdue(comp, now):
             effects += _compensation_failed(flow, wf, step.name, now)
@@ -152,6 +154,7 @@ def next_due(wf: Workflow) -> datetime | None:
                 times += [s.deadline, s.next_attempt_at]
     elif wf.status == COMPENSATING:
         times += [c.next_attempt_at for c in wf.compensations.values() if c.status == SENT]
+        times += [s.next_attempt_at for s in wf.steps.values() if s.status == ACTIVE]
     present = [t for t in times if t is not None]
     return min(present) if present else None
 
@@ -164,6 +167,17 @@ def begin_compensation(flow: Flow, wf: Workflow, reason: str, now: datetime) -> 
     )
     for step in done:
         _add_compensation(flow, wf, step.name)
+    for step_def in flow.steps:
+        # A step still at work may be about to finish, and then it must be compensated too: the
+        # workflow is not called compensated before it answers, its deadline passes, or one
+        # command timeout has gone by. A later answer reopens the compensation all the same.
+        state = wf.steps[step_def.name]
+        if state.status == ACTIVE:
+            settle = now + timedelta(seconds=flow.command_timeout_seconds)
+            if state.deadline is not None:
+                settle = min(settle, state.deadline)
+            wanted = step_def.compensation is not None and settle > now
+            state.next_attempt_at = settle if wanted else None
     return [Announce(announce.COMPENSATING, wf.status, reason)]
 
 
@@ -353,6 +367,8 @@ def _advance_compensating(flow: Flow, wf: Workflow, now: datetime) -> list[Effec
     waiting = [c for c in ordered if c.status == PENDING]
     if waiting:
         return [send_compensation(flow, wf, waiting[0], now)]
+    if any(s.status == ACTIVE and s.next_attempt_at is not None for s in wf.steps.values()):
+        return []  # a step at work may still finish and owe a compensation
     wf.status, wf.finished_at = COMPENSATED, now
     return [Announce(announce.COMPENSATED, wf.status, wf.reason)]
 
@@ -370,5 +386,5 @@ def _command_overdue(state: Step, now: datetime) -> bool:
     return state.status == ACTIVE and state.next_attempt_at is not None and now >= state.next_attempt_at
 
 
-def _overdue(comp: Compensation, now: datetime) -> bool:
-    return comp.next_attempt_at is not None and now >= comp.next_attempt_at
+def _overdue(item: Step | Compensation, now: datetime) -> bool:
+    return item.next_attempt_at is not None and now >= item.next_attempt_at
