@@ -52,6 +52,7 @@ class Settings:
     sweep_interval: float = 1.0
     redrive_window: float = 3600.0
     max_body_bytes: int = 1_048_576
+    max_backlog: int = 20_000  # kickoffs answer 429 while a consumer group is further behind
     alert_webhook: str | None = None
     api_url: str = "http://127.0.0.1:8000"  # what the `baton` client commands talk to
     api_token: str | None = field(default=None, repr=False)  # a secret: never in logs
@@ -83,6 +84,7 @@ _VARIABLES: dict[str, tuple[str, fields.Field]] = {
     "BATON_SWEEP_INTERVAL": ("sweep_interval", fields.Float(validate=validate.Range(min=0.01))),
     "BATON_REDRIVE_WINDOW": ("redrive_window", fields.Float(validate=validate.Range(min=1))),
     "BATON_MAX_BODY_BYTES": ("max_body_bytes", fields.Int(validate=validate.Range(min=1024))),
+    "BATON_MAX_BACKLOG": ("max_backlog", fields.Int(validate=validate.Range(min=1))),
     "BATON_ALERT_WEBHOOK": ("alert_webhook", fields.Url(require_tld=False, schemes={"http", "https"})),
     "BATON_API_URL": ("api_url", fields.Url(require_tld=False, schemes={"http", "https"})),
     "BATON_API_TOKEN": ("api_token", fields.Str(validate=validate.Length(min=1))),

@@ -15,6 +15,7 @@ from controller import (
     routes_reports,
     routes_workflows,
 )
+from controller.admission import Admission
 from controller.body_limit import BodyLimit
 from controller.services import Services, build_services
 
@@ -35,6 +36,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
     )
     app.extensions["baton"] = services
+    app.extensions["baton_admission"] = Admission(services.redis, services.keys, settings.max_backlog)
     api = problems.ProblemApi(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}]})
     api.register_blueprint(routes_workflows.blp)

@@ -6,6 +6,7 @@ from __future__ import annotations
 class ControllerError(Exception):
     status = 500
     title = "Internal Server Error"
+    headers: dict[str, str] | None = None
 
     def __init__(self, detail: str, errors: dict[str, object] | None = None) -> None:
         super().__init__(detail)
@@ -23,3 +24,11 @@ class Conflict(ControllerError):
 
 class InvalidInput(ControllerError):
     status, title = 422, "Unprocessable Entity"
+
+
+class Overloaded(ControllerError):
+    status, title = 429, "Too Many Requests"
+
+    def __init__(self, detail: str, retry_after: int) -> None:
+        super().__init__(detail)
+        self.headers = {"Retry-After": str(retry_after)}

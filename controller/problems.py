@@ -78,7 +78,7 @@ class ProblemApi(Api):
 def register(app: Flask) -> None:
     @app.errorhandler(ControllerError)
     def _controller_error(exc: ControllerError) -> Response:
-        return problem(exc.status, exc.title, exc.detail, exc.errors)
+        return problem(exc.status, exc.title, exc.detail, exc.errors, exc.headers)
 
     @app.errorhandler(DataError)
     def _bad_data(exc: DataError) -> Response:

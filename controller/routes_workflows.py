@@ -33,8 +33,11 @@ def _services() -> Services:
 @blp.arguments(StartBody)
 @blp.response(201, WorkflowOut)
 @blp.alt_response(200, schema=WorkflowOut, description="The same Idempotency-Key and body again")
+@blp.alt_response(429, description="The consumers are too far behind: retry after `Retry-After` "
+                  "seconds (BATON_MAX_BACKLOG)")
 def start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     services, actor = _services(), current_actor()
+    current_app.extensions["baton_admission"].check()
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 255:
         raise InvalidInput("Idempotency-Key must be 1 to 255 characters",

@@ -125,21 +125,23 @@ def drain(*runtimes: Runtime) -> None:
     raise AssertionError("the runtimes never went quiet")
 
 
-def environment(database_url: str, redis_url: str, tmp_path: Path, keys: Keys) -> dict[str, str]:
+def environment(database_url: str, redis_url: str, tmp_path: Path, keys: Keys,
+                extra: dict[str, str] | None = None) -> dict[str, str]:
     flows = tmp_path / "flows"
     flows.mkdir(exist_ok=True)
     (flows / "quick_order.yaml").write_text(QUICK_FLOW)
     return {
         "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BATON_STREAM_PREFIX": keys.prefix,
         "BATON_TOKENS": TOKENS, "BATON_MAX_BODY_BYTES": str(MAX_BODY),
-        "BATON_DATA_DIR": str(tmp_path / "data"), "BATON_FLOWS_DIRS": str(flows),
+        "BATON_DATA_DIR": str(tmp_path / "data"), "BATON_FLOWS_DIRS": str(flows), **(extra or {}),
     }
 
 
 @contextmanager
-def running_api(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[Api]:
+def running_api(database_url: str, redis_url: str, tmp_path: Path,
+                extra: dict[str, str] | None = None) -> Iterator[Api]:
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
-    settings = load_settings(environment(database_url, redis_url, tmp_path, keys))
+    settings = load_settings(environment(database_url, redis_url, tmp_path, keys, extra))
     engine = make_engine(database_url)
     try:
         migrate.upgrade(engine)
@@ -800,3 +802,23 @@ def test_started_at_is_an_rfc3339_utc_timestamp_with_milliseconds(web: Api) -> N
         value = body[name]
         assert value.endswith("Z") and len(value) == len("2026-11-22T10:00:00.123Z"), value
         assert isinstance(parse_ts(value), datetime)
+
+
+def test_kickoffs_are_refused_with_429_while_a_consumer_group_is_behind(
+        redis_url: str, tmp_path: Path) -> None:
+    with running_api(f"sqlite:///{tmp_path}/web.db", redis_url, tmp_path,
+                     {"BATON_MAX_BACKLOG": "3"}) as api:
+        inventory = api.runtime("inventory")  # its group on order.placed: nobody reads it yet
+        for _ in range(4):
+            api.started()
+        time.sleep(1.1)  # the backlog is measured at most once a second
+        refused = api.start()
+        body = assert_problem(refused, 429)
+        assert "limit 3" in body["detail"]
+        assert int(refused.headers["Retry-After"]) >= 1
+        assert len(api.get("/v1/workflows", limit=100).get_json()["items"]) == 4  # nothing made
+        drain(inventory)
+        time.sleep(1.1)
+        api.started()  # caught up: admitted again
+        spec = api.get("/v1/openapi.json", token=None).get_json()
+        assert "429" in spec["paths"]["/v1/workflows"]["post"]["responses"]
