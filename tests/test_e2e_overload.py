@@ -1,0 +1,76 @@
+"""Overload end to end: a flood of kickoffs on loopback is answered 201, 200, 429 or 503, never
+anything else, and every workflow accepted converges once the flood is over."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.system import TOKENS, System, order_input, wait_until
+
+KICKOFFS, THREADS, MAX_BACKLOG = 240, 8, 25
+TERMINAL = ("completed", "compensated")
+
+
+@pytest.fixture
+def system(tmp_path: Path, pg_database_url: str, pg_participant_url: str,
+           redis_url: str) -> Iterator[System]:
+    sys_ = System(tmp_path, pg_database_url, redis_url, pg_participant_url,
+                  {"BATON_MAX_BACKLOG": str(MAX_BACKLOG)})
+    try:
+        yield sys_
+    finally:
+        codes = sys_.close()
+        assert all(code == 0 for code in codes.values()), codes
+
+
+def test_a_flood_of_kickoffs_is_admitted_or_refused_and_what_was_admitted_converges(
+        system: System) -> None:
+    system.start("web", "tracker", "relay", "clock", "worker",
+                 "inventory", "payment", "shipping", "notification")
+    local = threading.local()
+    answers: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def kickoff(i: int) -> None:
+        if not hasattr(local, "http"):
+            local.http = requests.Session()
+            local.http.headers["Authorization"] = f"Bearer {TOKENS['starter']}"
+        cid = f"flood-{i}-{uuid.uuid4().hex[:6]}"
+        body = {"flow": "order_fulfillment", "correlation_id": cid,
+                "input": order_input(customer="cust-broke" if i % 10 == 0 else "cust-gold")}
+        r = local.http.post(f"{system.base}/v1/workflows", json=body, timeout=30)
+        if r.status_code in (429, 503):
+            assert int(r.headers["Retry-After"]) >= 1
+            assert r.headers["Content-Type"].startswith("application/problem+json")
+        with lock:
+            answers[cid] = r.status_code
+
+    with ThreadPoolExecutor(THREADS) as pool:
+        list(pool.map(kickoff, range(KICKOFFS)))
+    counts = collections.Counter(answers.values())
+    assert set(counts) <= {200, 201, 429, 503}, counts
+    assert counts[429] > 0, f"the backlog limit never engaged: {counts}"
+    accepted = [cid for cid, status in answers.items() if status in (200, 201)]
+    assert accepted, counts
+
+    def converged() -> bool:
+        return all(system.workflow(cid)["status"] in TERMINAL for cid in accepted)
+    wait_until(converged, 180, f"the {len(accepted)} accepted workflows to converge")
+    refused = [cid for cid, status in answers.items() if status == 429]
+    r = system.http.get(f"{system.base}/v1/workflows/{refused[0]}", timeout=10)
+    assert r.status_code == 404  # a refused kickoff left nothing behind
+
+    def admitted() -> bool:  # once every consumer has caught up, kickoffs are admitted again
+        r = system.http.post(f"{system.base}/v1/workflows", timeout=10, json={
+            "flow": "order_fulfillment", "input": order_input()})
+        assert r.status_code in (201, 429), r.text
+        return r.status_code == 201
+    wait_until(admitted, 60, "a kickoff to be admitted again")
