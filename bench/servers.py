@@ -124,6 +124,18 @@ class Servers:
             log = (run / "postgres.log").read_text(errors="replace")[-3000:]
             raise RuntimeError(f"PostgreSQL did not start: {started.stderr}{log}")
 
+    def stop_postgres(self, mode: str = "immediate") -> None:
+        """`pg_ctl stop -m immediate` by default: the server goes as if the machine lost power."""
+        assert self.pg_bin is not None and self.pg_data is not None
+        self._as_pg(str(self.pg_bin / "pg_ctl"), "-D", str(self.pg_data), "-m", mode, "-w", "stop")
+
+    def restart_postgres(self) -> None:
+        """Start the stopped server again on the same data directory (recovering from its WAL)."""
+        assert self.pg_bin is not None and self.pg_data is not None
+        log = self.tmp / "pg-run" / "postgres.log"
+        self._as_pg(str(self.pg_bin / "pg_ctl"), "-D", str(self.pg_data), "-l", str(log),
+                    "-w", "-t", "60", "start")
+
     def pg_url(self, db: str, driver: str = "postgresql+psycopg") -> str:
         return f"{driver}://baton@{HOST}:{self.pg_port}/{db}"
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import redis
 import structlog
-from sqlalchemy import Connection, Engine, insert
+from sqlalchemy import Connection, Engine, insert, text
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from contracts.envelope import COMMAND, EVENT, Envelope, decode_fields
@@ -95,11 +95,20 @@ class Runtime:
         self._epoch.changed(self.client, self.keys)  # remember the epoch this process starts in
         self._process(self._read("0"))  # what this consumer name left pending, if anything
         log.info("participant started", participant=self.group, consumer=self.consumer)
+        resume = False
         while not stop.is_set():
             try:
+                if resume:  # what it read while the database was down, without waiting to reclaim
+                    resume = False
+                    self._process(self._read("0"))
                 self.poll()
-            except (OperationalError, redis.ConnectionError) as exc:
-                log.warning("backing off: a dependency is unavailable", error=str(exc)[:200])
+            except OperationalError as exc:
+                # Read and claim nothing while the database is down: each claim would count as a
+                # delivery and, over a long outage, send good entries to the dead letters.
+                log.warning("database unavailable: not reading until it is back", error=str(exc)[:200])
+                resume = self._wait_for_database(stop)
+            except redis.ConnectionError as exc:
+                log.warning("backing off: Redis is unavailable", error=str(exc)[:200])
                 stop.wait(1.0)
             except redis.ResponseError as exc:
                 if "NOGROUP" not in str(exc):
@@ -107,6 +116,18 @@ class Runtime:
                 self.setup()  # a group vanished: Redis restarted empty, or someone deleted it
                 self._recover_lost_redis()
         log.info("participant stopped", participant=self.group)
+
+    def _wait_for_database(self, stop: threading.Event) -> bool:
+        """Block until a trivial query succeeds (True) or `stop` is set (False)."""
+        while not stop.wait(1.0):
+            try:
+                with self.engine.connect() as conn:
+                    conn.execute(text("SELECT 1"))
+            except OperationalError:
+                continue
+            log.info("database is back: resuming")
+            return True
+        return False
 
     def poll(self) -> int:
         """One cycle: reclaim what is due, read a batch, handle it; returns entries handled."""
