@@ -92,16 +92,9 @@ def clock() -> None:
 @main.command()
 def worker() -> None:
     """Run an RQ worker for sweeps and alert webhooks (JSON serializer, retries, scheduler)."""
-    from rq import Worker
-    from rq.serializers import JSONSerializer
+    from controller.worker import run_worker
 
-    def body(services: Any, stop: Any) -> None:
-        # alerts first: they are rare, and a steady stream of sweeps must not starve them
-        queues = [services.keys.rq_queue("alerts"), services.keys.rq_queue("sweeps")]
-        Worker(queues, connection=services.redis, serializer=JSONSerializer,
-               maintenance_interval=30).work(with_scheduler=True, logging_level="WARNING")
-
-    _controller_process("worker", body)
+    _controller_process("worker", run_worker)
 
 
 @main.command()

@@ -23,7 +23,8 @@ def test_in_flight_workflows_converge_after_redis_loses_everything(
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     system = System(tmp_path, pg_database_url, url, pg_participant_url)
     try:
-        system.start("web", "tracker", "relay", "inventory", "payment", "notification")
+        system.start("web", "tracker", "relay", "clock", "worker",
+                      "inventory", "payment", "notification")
         cids = [system.start_order(input=order_input()) for _ in range(3)]
         def joined(cid: str) -> bool:
             return system.steps(system.workflow(cid))["schedule_shipment"] == "active"
@@ -43,6 +44,12 @@ def test_in_flight_workflows_converge_after_redis_loses_everything(
         assert charges[0][0] == 3  # re-published events were deduplicated, not charged again
         logs = system.logs("inventory") + system.logs("tracker")
         assert "Redis lost its data" in logs
+
+        # The clock and the RQ worker came through too: a breach is swept and compensated.
+        system.procs.stop("shipping")
+        late = system.start_order(input=order_input(), sla_seconds=3)
+        wf = system.wait_status(late, "compensated", timeout=60)
+        assert wf["reason"] == "sla_breached"
     finally:
         codes = system.close()
         stop_server(data)
