@@ -5,27 +5,41 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import make_url
 
-from tests.system import PARTICIPANTS, System, order_input, wait_until
+from tests.system import PARTICIPANTS, TOKENS, System, order_input, wait_until
 
 pytestmark = pytest.mark.slow
+
+
+SECRET = f"pw-{uuid.uuid4().hex}"  # the test server trusts loopback: any password connects
+
+
+def with_password(url: str) -> str:
+    return make_url(url).set(password=SECRET).render_as_string(hide_password=False)
 
 
 @pytest.fixture
 def system(tmp_path: Path, pg_database_url: str, pg_participant_url: str,
            redis_url: str) -> Iterator[System]:
-    sys_ = System(tmp_path, pg_database_url, redis_url, pg_participant_url)
+    sys_ = System(tmp_path, with_password(pg_database_url), redis_url,
+                  with_password(pg_participant_url))
     try:
         yield sys_
     finally:
         codes = sys_.close()
         assert all(code == 0 for code in codes.values()), codes  # SIGTERM: clean exits
+        for log in (tmp_path / "logs").iterdir():  # no password, no bearer token in any log
+            text = log.read_text(errors="replace")
+            assert SECRET not in text, log.name
+            assert not any(token in text for token in TOKENS.values()), log.name
 
 
 def test_happy_path_completes_every_step(system: System) -> None:
