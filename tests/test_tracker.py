@@ -10,6 +10,8 @@ from typing import Any
 
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 
 from config.flows import Catalog, load_catalog
@@ -418,3 +420,51 @@ def test_a_failure_issues_the_compensation_command_through_the_outbox(controller
     assert controller.state(cid)[:2] == ("compensated", "step_failed")
     assert len(controller.announced(lifecycle_events.COMPENSATED, cid)) == 1
     assert controller.commands_to("payment", cid) == []  # nothing was charged: nothing to refund
+
+
+# -- any permutation and duplication, through the real tracker ------------------------------------
+
+SCENARIOS = {
+    "happy": HAPPY,
+    "declined": ("inventory.reserved", "payment.charge_failed"),
+    "out_of_stock": ("payment.charged", "notification.sent", "inventory.reservation_failed"),
+    "no_courier": ("inventory.reserved", "payment.charged", "notification.sent",
+                   "shipment.scheduling_failed"),
+}
+ANSWERS = {"inventory.release": "inventory.released", "payment.refund": "payment.refunded",
+           "shipment.cancel": "shipment.cancelled"}
+
+
+def play_through(controller: Controller, order: list[str], copies: list[int]) -> State:
+    """Start a workflow, deliver its events in `order` (the indexes in `copies` delivered again,
+    the same entry), answer each compensation command as it comes; the final state."""
+    start = controller.start()
+    cid = start.correlation_id
+    sent = [controller.event(t, start) for t in order]
+    controller.deliver(*sent, *(sent[i % len(sent)] for i in copies))
+    answered: set[str] = set()
+    while True:
+        owed = [c for p in ("inventory", "payment", "shipping") for c in controller.commands_to(p, cid)
+                if c.id not in answered]
+        if not owed:
+            break
+        for command in owed:
+            answered.add(command.id)
+            controller.answer(command, ANSWERS[command.type])
+    timeline = controller.timeline(cid)
+    assert len({i for i, _, _ in timeline}) == len(timeline)  # each message recorded once
+    assert sum(kind == "event" for _, kind, _ in timeline) == 1 + len(order) + len(answered)
+    return controller.state(cid)
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+@settings(max_examples=4, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_permutation_and_duplication_of_a_workflows_events_gives_the_same_final_state(
+        controller: Controller, scenario: str, data: st.DataObject) -> None:
+    events = list(SCENARIOS[scenario])
+    rnd = data.draw(st.randoms(use_true_random=False), label="shuffle")
+    order = rnd.sample(events, len(events))
+    copies = [rnd.randrange(len(events)) for _ in range(rnd.randrange(5))]
+    assert play_through(controller, order, copies) == play_through(controller, events, [])
