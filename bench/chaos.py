@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import signal
@@ -59,6 +60,7 @@ class Config:
     converge_timeout: float = 600.0
     durable: bool = True  # PostgreSQL fsync on (synchronous_commit is on either way)
     visibility_timeout: float = 5.0
+    redis_kill: bool = False  # restart Redis after SIGKILL rather than SIGTERM
     keep: bool = False
     quiet: bool = False
 
@@ -70,6 +72,7 @@ class Figures:
     kills: Counter[str] = field(default_factory=Counter)
     restarts: int = 0
     crashes: list[str] = field(default_factory=list)  # exits nobody caused
+    resent: int = 0  # outbox rows a participant's runtime published after its writer could not
     redis_restarts: int = 0
     pg_restarts: int = 0
     exposed: set[str] = field(default_factory=set)  # in flight when a fault struck
@@ -113,15 +116,21 @@ class Chaos:
         self.redis = redis.Redis.from_url(self.servers.redis_url, socket_timeout=5)
 
     def restart_redis(self) -> None:
-        """SIGTERM (Redis writes its AOF out), then the same data directory on the same port."""
+        """SIGTERM (Redis writes its AOF out; with `redis_kill`, SIGKILL: up to the last second of
+        writes is lost, `appendfsync everysec`), then the same data directory on the same port."""
         assert self.servers.redis_dir is not None
         self.mark_exposed()
         port = int(self.servers.redis_url.rsplit(":", 1)[1].split("/")[0])
+        pid = self.servers.redis_pid()
+        if self.config.redis_kill and pid:
+            os.kill(pid, signal.SIGKILL)
+            while Path(f"/proc/{pid}").exists() and "Z" not in _state(pid):
+                time.sleep(0.05)
         redis_server.stop_server(self.servers.redis_dir)
         time.sleep(1.0)
         redis_server.start_server(self.servers.redis_dir, port=port, appendonly=True)
         self.figures.redis_restarts += 1
-        self.log("Redis restarted on its AOF")
+        self.log(f"Redis restarted on its AOF after {'SIGKILL' if self.config.redis_kill else 'SIGTERM'}")
 
     def restart_postgres(self) -> None:
         self.mark_exposed()
@@ -200,6 +209,16 @@ class Chaos:
             self.killed.add(name)
         self.figures.kills[name] += 1
         self.log(f"kill -9 {name} ({len(family)} processes)")
+
+    def count_logged(self, event: str, field_name: str) -> int:
+        """The sum of `field_name` over every log line of `event`, in every process's log."""
+        total = 0
+        for path in self.logs.glob("*.log"):
+            for line in path.read_text(errors="replace").splitlines():
+                if event in line:
+                    with contextlib.suppress(ValueError, TypeError, AttributeError):
+                        total += int(json.loads(line).get(field_name, 0))
+        return total
 
     def tail(self, name: str, size: int = 3000) -> str:
         path = self.logs / f"{name}.log"
@@ -385,6 +404,7 @@ class Chaos:
             self.log(f"{len(LINES)} processes up after {time.monotonic() - t0:.0f} s")
             self.drive()
             result = self.converge()
+            self.figures.resent = self.count_logged("published outbox rows left unsent", "messages")
             if result.violations or not result.converged:
                 self.config.keep = True  # the logs are the evidence
         finally:
@@ -403,6 +423,12 @@ class Chaos:
         if hasattr(self, "engine"):
             self.engine.dispose()
         self.servers.close(keep=self.config.keep)
+
+
+def _state(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return "X"
 
 
 def _descendants(root: int) -> set[int]:
@@ -433,6 +459,8 @@ def report(figures: Figures, result: reconcile.Reconciliation) -> str:
         f"exits nobody caused         {len(figures.crashes)}",
         f"recovered                   {recovered} of {len(figures.exposed & accepted)} workflows in flight "
         "when a fault struck",
+        f"left unsent, then re-sent   {figures.resent} outbox rows (a kill or an outage between "
+        "commit and XADD)",
         f"lost                        {len(result.lost)}",
         f"duplicated effects          {duplicated}",
         f"still in flight             {len(result.in_flight)}",
@@ -463,11 +491,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--visibility-timeout", type=float, default=d.visibility_timeout)
     parser.add_argument("--pg-fast", action="store_true",
                         help="PostgreSQL with fsync off (commits still survive its restart)")
+    parser.add_argument("--redis-kill", action="store_true",
+                        help="kill -9 Redis before its restart (AOF everysec: the last second may be lost)")
     parser.add_argument("--keep", action="store_true", help="keep the servers' directory and logs")
     args = parser.parse_args(argv)
     config = Config(workflows=args.workflows, kills=args.kills, seed=args.seed, window=args.window,
                     clients=args.clients, garbage=args.garbage, converge_timeout=args.converge_timeout,
-                    visibility_timeout=args.visibility_timeout, durable=not args.pg_fast, keep=args.keep)
+                    visibility_timeout=args.visibility_timeout, durable=not args.pg_fast,
+                    redis_kill=args.redis_kill, keep=args.keep)
     chaos = Chaos(config)
     result = chaos.run()
     print(report(chaos.figures, result))
