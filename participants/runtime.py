@@ -51,6 +51,9 @@ class Options:
     crash_points: Collection[str] = frozenset()
     redrive_window: float = 3600.0  # seconds of outbox re-published after Redis lost its data
     max_entry_bytes: int = 1_048_576  # a larger entry is dead-lettered unread
+    # Publish this database's outbox rows left unsent. The controller's processes leave that to
+    # the relay process; a participant's database has no other reader.
+    relay_outbox: bool = True
 
 
 @dataclass
@@ -136,7 +139,8 @@ class Runtime:
         handled = 0
         if time.monotonic() - self._last_reclaim >= self.options.visibility_timeout / 2:
             self._recover_lost_redis()
-            self._relay_outbox()
+            if self.options.relay_outbox:
+                self._relay_outbox()
             handled += self.reclaim()
             self._last_reclaim = time.monotonic()
         return handled + self._process(self._read(">", block=self.options.block_ms))
