@@ -94,7 +94,11 @@ class Servers:
             cmd = ["runuser", "-u", self.pg_user, "--", *cmd]
         return subprocess.run(cmd, cwd=self.tmp, capture_output=True, text=True, check=check)
 
-    def start_postgres(self, *, durable: bool = True, stat_statements: bool = True) -> None:
+    def start_postgres(self, *, durable: bool = True, stat_statements: bool = True,
+                       crash_safe: bool = False) -> None:
+        """`durable=False` turns fsync off. It also turns synchronous_commit off, so a commit does
+        not wait for its WAL to be written, unless `crash_safe`: then a server stopped with
+        `-m immediate` keeps every commit it acknowledged (only a crash of the machine loses any)."""
         self.pg_bin = pg_bin()
         self.pg_user = _pg_user()
         self.pg_data = self.tmp / "pg"
@@ -108,7 +112,9 @@ class Servers:
                            "-A", "trust", "-E", "UTF8", "--locale=C", check=False)
         if init.returncode != 0:
             raise RuntimeError(f"initdb failed: {init.stdout}{init.stderr}")
-        durability = "" if durable else "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+        durability = "" if durable else "fsync = off\nfull_page_writes = off\n"
+        if not durable and not crash_safe:
+            durability += "synchronous_commit = off\n"
         preload = "shared_preload_libraries = 'pg_stat_statements'\n" if stat_statements else ""
         with (self.pg_data / "postgresql.conf").open("a") as conf:
             conf.write(

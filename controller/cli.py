@@ -68,7 +68,7 @@ def tracker() -> None:
     def body(services: Any, stop: Any) -> None:
         participant = build_tracker(services.catalog, services.registry)
         Runtime(participant, services.engine, services.redis, services.keys,
-                runtime_options(services.settings)).run(stop)
+                runtime_options(services.settings, relay_outbox=False)).run(stop)
 
     _controller_process("tracker", body)
 
@@ -108,7 +108,7 @@ def alerts() -> None:
         alerter = build_alerter(services.catalog, services.registry, services.settings,
                                 services.redis)
         Runtime(alerter, services.engine, services.redis, services.keys,
-                runtime_options(services.settings)).run(stop)
+                runtime_options(services.settings, relay_outbox=False)).run(stop)
 
     _controller_process("alerts", body)
 

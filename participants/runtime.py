@@ -4,7 +4,9 @@ A batch read with XREADGROUP is handled in one database transaction, each messag
 the processed-id row, the handler's effects and its outbox rows commit together; then the outbox is
 published and only then are the entries acknowledged. Entries left pending by a dead or failing
 consumer are reclaimed after a visibility timeout that doubles with each delivery; after the last
-allowed delivery they go to the dead-letter stream, as do malformed entries, at once.
+allowed delivery they go to the dead-letter stream, as do malformed entries, at once. Outbox rows that
+a crash or an outage left unpublished after their commit are published on the same schedule: when the
+entry is redelivered it is a duplicate and emits nothing again, so the runtime itself must send them.
 """
 
 from __future__ import annotations
@@ -49,6 +51,9 @@ class Options:
     crash_points: Collection[str] = frozenset()
     redrive_window: float = 3600.0  # seconds of outbox re-published after Redis lost its data
     max_entry_bytes: int = 1_048_576  # a larger entry is dead-lettered unread
+    # Publish this database's outbox rows left unsent. The controller's processes leave that to
+    # the relay process; a participant's database has no other reader.
+    relay_outbox: bool = True
 
 
 @dataclass
@@ -134,6 +139,8 @@ class Runtime:
         handled = 0
         if time.monotonic() - self._last_reclaim >= self.options.visibility_timeout / 2:
             self._recover_lost_redis()
+            if self.options.relay_outbox:
+                self._relay_outbox()
             handled += self.reclaim()
             self._last_reclaim = time.monotonic()
         return handled + self._process(self._read(">", block=self.options.block_ms))
@@ -149,6 +156,16 @@ class Runtime:
         since = utcnow() - timedelta(seconds=self.options.redrive_window)
         count = outbox.republish_since(self.engine, self.client, since)
         log.warning("Redis lost its data: groups re-created, outbox re-published", messages=count)
+
+    def _relay_outbox(self) -> None:
+        """Publish what this participant committed but never sent (killed, or Redis went away,
+        between its commit and its XADD). Rows younger than a visibility timeout are left to
+        their writer; a row being published by its writer is locked and skipped."""
+        grace = timedelta(seconds=self.options.visibility_timeout)
+        sent = outbox.relay_once(self.engine, self.client, grace=grace,
+                                 crash_points=self.options.crash_points)
+        if sent:
+            log.warning("published outbox rows left unsent", participant=self.group, messages=sent)
 
     def _read(self, start: str, block: int | None = None) -> list[_Entry]:
         streams = {s: start for s in self.participant.streams(self.keys)}

@@ -16,7 +16,7 @@ import requests
 import sqlalchemy as sa
 
 from contracts.streams import Keys
-from controller.procfile import Processes
+from controller.procfile import ROOT, Processes
 
 BIN = Path(sys.executable).parent
 TOKENS = {"starter": "t-starter", "viewer": "t-viewer", "operator": "t-operator"}
@@ -61,6 +61,8 @@ class System:
         tokens = ",".join(f"{role}-user:{role}:{token}" for role, token in TOKENS.items())
         env = {
             "PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp), "PORT": str(self.port),
+            # this checkout's code, even when the venv's editable install points at another one
+            "PYTHONPATH": str(ROOT),
             "DATABASE_URL": database_url, "REDIS_URL": redis_url,
             "BATON_PARTICIPANT_DATABASE_URL": self.participant_db,
             "BATON_STREAM_PREFIX": self.prefix, "BATON_TOKENS": tokens,

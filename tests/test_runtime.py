@@ -421,6 +421,37 @@ def test_a_redelivered_id_is_not_handled_again_after_a_restart(bench: Bench) -> 
     assert bench.pending(bench.keys.event_stream("order.placed")) == 0, "the duplicate is acked"
 
 
+def test_an_event_committed_but_never_published_is_published_by_the_runtime(
+        bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Redis goes away (or the process dies) between the commit and the XADD: the redelivered entry
+    is a duplicate and emits nothing, so the runtime publishes the committed row itself, once.
+    (Found by the chaos run: participants' outboxes, in their own databases, had no relay.)"""
+    from participants import runtime as runtime_module
+
+    real_publish = runtime_module.outbox.publish
+    calls = itertools.count()
+
+    def publish_fails_once(*args: Any, **kwargs: Any) -> None:
+        if next(calls) == 0:
+            raise redis.ConnectionError("Redis went away after the commit")
+        real_publish(*args, **kwargs)
+
+    monkeypatch.setattr(runtime_module.outbox, "publish", publish_fails_once)
+    rt = bench.runtime()
+    placed = order()
+    bench.send(placed)
+    with pytest.raises(redis.ConnectionError):
+        rt.poll()
+    assert bench.probe.effect_count(rt.engine, "charge") == 1, "the effect committed"
+    assert bench.emitted("payment.charged") == []
+    stream = bench.keys.event_stream("order.placed")
+    poll_until(rt, lambda: len(bench.emitted("payment.charged")) == 1 and bench.pending(stream) == 0,
+               what="the committed event to be published and the entry acknowledged")
+    drain(rt)
+    assert len(bench.emitted("payment.charged")) == 1
+    assert [m for m, _ in bench.probe.calls] == [placed.id]
+
+
 def test_an_emitted_event_carries_the_correlation_and_is_caused_by_the_message(bench: Bench) -> None:
     rt = bench.runtime()
     placed = order()
