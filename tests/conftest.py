@@ -96,9 +96,3 @@ def pg_participant_url(_pg_admin: Engine) -> Iterator[str]:
     """A second fresh PostgreSQL schema: the participants' own database, apart from the controller's."""
     yield from _pg_schema_url(_pg_admin)
 
-
-def pytest_configure(config: pytest.Config) -> None:
-    # Registered here, not in setup.cfg: its hash decides when scripts/test.sh reinstalls the venv.
-    config.addinivalue_line(
-        "markers", "chaos: the chaos run (bench/chaos.py) in a reduced size: kill -9, Redis and "
-                   "PostgreSQL restarts, then the reconciliation against the participants' ledgers")

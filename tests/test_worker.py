@@ -16,7 +16,7 @@ from rq.serializers import JSONSerializer
 
 from config.redis_server import start_server, stop_server
 from contracts.streams import Keys
-from controller.procfile import Processes
+from controller.procfile import ROOT, Processes
 from tests.system import wait_until
 
 BIN = str(Path(sys.executable).parent)
@@ -28,7 +28,7 @@ def test_the_worker_comes_back_after_redis_goes_away_in_the_middle_of_a_job(tmp_
     url = start_server(data, appendonly=True, binary=binary)
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     keys = Keys(f"w{uuid.uuid4().hex[:8]}")
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "REDIS_URL": url,
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "REDIS_URL": url, "PYTHONPATH": str(ROOT),
            "DATABASE_URL": f"sqlite:///{tmp_path}/baton.db", "BATON_STREAM_PREFIX": keys.prefix,
            "BATON_DATA_DIR": str(tmp_path / "data")}
     procs = Processes(env, tmp_path)
