@@ -63,6 +63,7 @@ class Config:
     redis_kill: bool = False  # restart Redis after SIGKILL rather than SIGTERM
     keep: bool = False
     quiet: bool = False
+    env: dict[str, str] = field(default_factory=dict)  # more settings for every process
 
 
 @dataclass
@@ -153,7 +154,7 @@ class Chaos:
             "BATON_DATA_DIR": str(self.servers.tmp / "data"),
             "BATON_VISIBILITY_TIMEOUT": str(self.config.visibility_timeout),
             "BATON_BLOCK_MS": "500", "BATON_SWEEP_INTERVAL": "0.5", "BATON_RELAY_INTERVAL": "0.5",
-            "BATON_LOG_LEVEL": "WARNING",
+            "BATON_LOG_LEVEL": "WARNING", **self.config.env,
         }
         self.procs = Processes(env, self.logs)
         for name in LINES:

@@ -102,6 +102,12 @@ class System:
         self.redis.close()
         return codes
 
+    def close_cleanly(self) -> None:
+        """Stop every process with one SIGTERM: each must exit 0, else its log's tail says why."""
+        failed = {n: c for n, c in self.close().items() if c != 0}
+        assert not failed, "\n\n".join(f"{n} exited {c}:\n{self.logs(n)[-3000:]}"
+                                        for n, c in failed.items())
+
     # -- the REST API ----------------------------------------------------------------------
 
     def start_order(self, **body: Any) -> str:

@@ -27,8 +27,7 @@ def system(tmp_path: Path, pg_database_url: str, pg_participant_url: str,
     try:
         yield sys_
     finally:
-        codes = sys_.close()
-        assert all(code == 0 for code in codes.values()), codes
+        sys_.close_cleanly()
 
 
 def test_a_flood_of_kickoffs_is_admitted_or_refused_and_what_was_admitted_converges(
