@@ -1,5 +1,6 @@
-"""A consumer while its PostgreSQL is down (`pg_ctl stop -m immediate`): it acknowledges nothing,
-dead-letters nothing, and catches up at once when the server is back, each effect applied once."""
+"""PostgreSQL stopped with `pg_ctl stop -m immediate` under a running consumer and a running API: the
+consumer acknowledges nothing, dead-letters nothing, and catches up at once when the server is back,
+each effect applied once; the API answers 503 with Retry-After, never hangs, and recovers."""
 
 from __future__ import annotations
 
@@ -7,18 +8,25 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 import sqlalchemy as sa
+from structlog.testing import capture_logs
 
 from bench.servers import Servers, make_servers
+from config.settings import load_settings
 from contracts.streams import Keys
+from controller import migrate
+from controller.app import create_app
+from controller.services import build_services
 from participants.db import make_engine
 from participants.reference import build
 from participants.runtime import Options, Runtime
 from tests.system import wait_until
+from tests.test_api import ALICE, VERA, assert_problem, auth, environment, order_input
 from tests.test_runtime import order, stream_of
 
 VISIBILITY = 60.0  # far longer than the test: catching up must not wait for a reclaim
@@ -89,3 +97,43 @@ def test_a_consumer_stops_acknowledging_while_the_database_is_down_and_catches_u
         client.close()
         engine.dispose()
     assert not worker.is_alive()
+
+
+def test_the_api_answers_503_with_retry_after_while_postgresql_is_down_and_recovers(
+        postgres: Servers, redis_url: str, tmp_path: Path) -> None:
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    url = postgres.pg_url("outage")
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    engine.dispose()
+    settings = load_settings(environment(url, redis_url, tmp_path, keys))
+    services = build_services(settings)
+    try:
+        with capture_logs():
+            client = create_app(settings, services).test_client()
+            body = {"flow": "order_fulfillment", "input": order_input()}
+            before = client.post("/v1/workflows", json=body, headers=auth(ALICE))
+            assert before.status_code == 201
+            postgres.stop_postgres("immediate")  # the pool's connections are dead now
+            for request in (
+                lambda: client.post("/v1/workflows", json={**body, "input": order_input()},
+                                    headers=auth(ALICE)),
+                lambda: client.get("/v1/workflows", headers=auth(VERA)),
+                lambda: client.get(f"/v1/workflows/{before.get_json()['correlation_id']}",
+                                   headers=auth(VERA)),
+                lambda: client.get("/readyz"),
+            ):
+                t0 = time.monotonic()
+                answer = request()
+                assert time.monotonic() - t0 < 15  # bounded: never hangs
+                assert_problem(answer, 503)
+                assert int(answer.headers["Retry-After"]) >= 1
+            assert client.get("/healthz").status_code == 200  # alive, though not ready
+
+            postgres.restart_postgres()
+            after = client.post("/v1/workflows", json={**body, "input": order_input()},
+                                headers=auth(ALICE))
+            assert after.status_code == 201, after.get_data(as_text=True)
+            assert client.get("/readyz").status_code == 200
+    finally:
+        services.close()
