@@ -9,6 +9,9 @@
 - A step breached when it ended after its own deadline; a step that never ended, when its
   workflow stopped waiting for it (compensation began, or now if still running) after that
   deadline, unless a failure or a cancellation stopped the workflow.
+
+What a workflow's state alone decides is kept in `report_facts` (`report_facts.py`, the same rules
+in Python); what the clock decides is counted live here, over the few workflows still open.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, func, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, select
 
 from controller import lifecycle as lc
 from controller.report_sql import duration, moment
@@ -120,3 +123,29 @@ _GAVE_UP = select(c.c.correlation_id, func.min(c.c.sent_at).label("at")).group_b
 def gave_up() -> Any:
     """Per workflow, when its first compensation command went out."""
     return _GAVE_UP
+
+
+def live_workflows(conn: Connection, scope: Scope, group: Any) -> dict[Any, tuple[int, int]]:
+    """Per `group`: (breached, judged) by the clock alone: running or compensating past the
+    workflow's deadline (running only, for breached). Read through the status index."""
+    now = moment(scope.now)
+    late = and_(w.c.deadline < now)
+    breached = and_(late, w.c.status == lc.RUNNING,
+                    or_(w.c.reason.is_(None), w.c.reason != lc.SLA_BREACHED))
+    query = select(group.label("g"), func.count().filter(breached), func.count().filter(late)).where(
+        w.c.status.in_((lc.RUNNING, lc.COMPENSATING)), *scope.where()).group_by(group)
+    return {r[0]: (r[1], r[2]) for r in conn.execute(query)}
+
+
+def live_steps(conn: Connection, scope: Scope) -> dict[tuple[str, str], int]:
+    """Per (flow, step): steps breached by the clock alone (so judged too): active past their
+    deadline in a workflow that still waits for them (not ended, no compensation sent). Read
+    through the partial index of open workflows."""
+    sent = exists().where(c.c.correlation_id == w.c.correlation_id, c.c.sent_at.is_not(None))
+    waited = or_(w.c.reason.is_(None), w.c.reason == lc.SLA_BREACHED)
+    query = select(w.c.flow, s.c.name, func.count()).select_from(
+        w.join(s, s.c.correlation_id == w.c.correlation_id)).where(
+        w.c.finished_at.is_(None), ~sent, waited, s.c.started_at.is_not(None),
+        s.c.finished_at.is_(None), s.c.deadline < moment(scope.now), *scope.where(),
+    ).group_by(w.c.flow, s.c.name)
+    return {(r[0], r[1]): r[2] for r in conn.execute(query)}
