@@ -26,8 +26,6 @@ from controller import lifecycle as lc
 from controller.report_sql import duration, moment
 from controller.tables import compensations, steps, workflows
 
-IN_FLIGHT = (lc.RUNNING, lc.PAUSED, lc.COMPENSATING)
-TERMINAL = (lc.COMPLETED, lc.COMPENSATED, lc.NEEDS_ATTENTION)
 STEP_COMPLETED = (lc.DONE, lc.STEP_COMPENSATED)
 w, s, c = workflows, steps, compensations
 
@@ -56,14 +54,6 @@ class Scope:
         return found
 
 
-def workflow_met() -> ColumnElement[bool]:
-    return and_(w.c.status == lc.COMPLETED, or_(w.c.deadline.is_(None), w.c.finished_at <= w.c.deadline))
-
-
-def workflow_judged(now: datetime) -> ColumnElement[bool]:
-    return or_(w.c.status.in_(TERMINAL), and_(w.c.status != lc.PAUSED, w.c.deadline < moment(now)))
-
-
 def workflow_breached(now: datetime) -> ColumnElement[bool]:
     return or_(
         w.c.reason == lc.SLA_BREACHED,
@@ -72,32 +62,22 @@ def workflow_breached(now: datetime) -> ColumnElement[bool]:
     )
 
 
-def step_met() -> ColumnElement[bool]:
-    return and_(s.c.status.in_(STEP_COMPLETED), s.c.finished_at.is_not(None),
-                or_(s.c.deadline.is_(None), s.c.finished_at <= s.c.deadline))
+def stopped_waiting(now: datetime, gave_up_at: Any) -> ColumnElement[Any]:
+    """When the workflow stopped waiting for its unfinished steps: its first compensation command
+    (`gave_up_at`), else its end, else now."""
+    return func.coalesce(gave_up_at, w.c.finished_at, moment(now))
 
 
-def stopped_waiting(now: datetime, gave_up_at: Any = None) -> ColumnElement[Any]:
-    """When the workflow stopped waiting for its unfinished steps: its first compensation command,
-    else its end, else now. `gave_up_at` defaults to `gave_up()`, which must then be joined."""
-    return func.coalesce(gave_up().c.at if gave_up_at is None else gave_up_at, w.c.finished_at,
-                         moment(now))
-
-
-def step_end(now: datetime, gave_up_at: Any = None) -> ColumnElement[Any]:
+def step_end(now: datetime, gave_up_at: Any) -> ColumnElement[Any]:
     return func.coalesce(s.c.finished_at, stopped_waiting(now, gave_up_at))
 
 
-def step_breached(now: datetime, gave_up_at: Any = None) -> ColumnElement[bool]:
+def step_breached(now: datetime, gave_up_at: Any) -> ColumnElement[bool]:
     waited = or_(w.c.reason.is_(None), w.c.reason == lc.SLA_BREACHED)
     return and_(s.c.started_at.is_not(None), s.c.deadline.is_not(None), or_(
         s.c.finished_at > s.c.deadline,
         and_(s.c.finished_at.is_(None), waited, stopped_waiting(now, gave_up_at) > s.c.deadline),
     ))
-
-
-def step_judged(now: datetime) -> ColumnElement[bool]:
-    return or_(s.c.finished_at.is_not(None), step_breached(now))
 
 
 def first_compensation_at() -> Any:
@@ -114,15 +94,6 @@ def step_done() -> ColumnElement[bool]:
     """Steps whose duration counts: done (or done, then compensated) after they began."""
     return and_(s.c.status.in_(STEP_COMPLETED), s.c.started_at.is_not(None),
                 s.c.finished_at.is_not(None))
-
-
-_GAVE_UP = select(c.c.correlation_id, func.min(c.c.sent_at).label("at")).group_by(
-    c.c.correlation_id).subquery("g")
-
-
-def gave_up() -> Any:
-    """Per workflow, when its first compensation command went out."""
-    return _GAVE_UP
 
 
 def live_workflows(conn: Connection, scope: Scope, group: Any) -> dict[Any, tuple[int, int]]:

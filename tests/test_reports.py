@@ -25,7 +25,7 @@ from werkzeug.serving import make_server
 
 from config.settings import load_settings
 from contracts.timefmt import format_ts
-from controller import migrate, report_csv, report_html, report_store, report_text
+from controller import migrate, report_csv, report_html, report_store, report_text, store
 from controller.app import create_app
 from controller.cli import main
 from controller.report_cli import write_demo_report
@@ -290,6 +290,47 @@ def test_the_range_is_start_inclusive_end_exclusive_and_filters_the_flow(engine:
     assert [(f["flow"], f["started"]) for f in found["flows"]] == [(FLOW, 2), ("other", 1)]
     assert found["series"]["bucket_seconds"] == 10
     assert sum(p["started"] for p in found["series"]["items"]) == 3
+
+
+def test_ranges_cut_through_hours_and_deltas_add_to_the_rollup(engine: Engine) -> None:
+    """Whole hours come from the rollup (folded or not), the partial hours at the edges from the
+    facts: any range gives what Python computes over the workflows started in it."""
+    spread = [(417.0 * i + 0.125 * (i % 7), 0.25 + (i * 37 % 23) / 8, 1.0 + (i * 53 % 31) / 4)
+              for i in range(48)]  # (start, step a, whole): about five hours,
+    spread += [(60000.0 + 999 * i, 1.0, 2.0 + i) for i in range(3)]  # and later: charted by hour
+    with written(engine) as conn:
+        data = Data(conn)
+        for start, a, total in spread[:30]:
+            data.completed(start, a, total)
+    with engine.begin() as conn:
+        report_store.fold_deltas(conn)
+        data = Data(conn)  # written as the store writes: deltas after the folded rollup
+        for start, a, total in spread[30:]:
+            store_facts(conn, data.completed(start, a, total))
+    for lo, hi in [(None, None), (1800, None), (1234.5, 3 * 3600 + 77), (None, 2 * 3600 + 1), (3601, None),
+                   (3600, 4 * 3600), (100, 200), (7200.001, 7300)]:
+        found = report(engine, start=None if lo is None else at(lo), end=None if hi is None else at(hi))
+        chosen = [x for x in spread if (lo is None or x[0] >= lo) and (hi is None or x[0] < hi)]
+        if not chosen:
+            assert found["flows"] == []
+            continue
+        [flow] = found["flows"]
+        assert (flow["started"], flow["completed"]) == (len(chosen), len(chosen)), (lo, hi)
+        wholes, steps = [t for _, _, t in chosen], [a for _, a, _ in chosen]
+        for got, values in ((flow, wholes), (found["steps"][0], steps)):
+            expected = {"p50": percentile(values, .5), "p95": percentile(values, .95),
+                        "p99": percentile(values, .99), "max": max(values)}
+            assert got["duration_seconds"] == pytest.approx(
+                {"count": len(values), **expected}, abs=1e-6), (lo, hi)
+        if hi is None or at(hi) <= NOW:  # the chart stops at now
+            assert sum(p["started"] for p in found["series"]["items"]) == len(chosen), (lo, hi)
+
+
+def store_facts(conn: Connection, cid: str) -> None:
+    """The report's facts of a workflow written by hand, as the store writes them at insert."""
+    wf = store.load(conn, cid)
+    assert wf is not None
+    report_store.workflow_inserted(conn, wf)
 
 
 # -- the REST API: negotiation, parameters, roles ---------------------------------------------------
