@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import Connection, and_, case, func, literal_column, select, union
 
 from contracts.timefmt import format_ts
+from controller import lifecycle as lc
 from controller import report_facts as rf
 from controller import report_outcomes as o
 from controller import report_read
@@ -29,8 +30,9 @@ def breaches(conn: Connection, scope: o.Scope, limit: int) -> list[dict[str, Any
     much: the step that overran the most, its own deadline or the workflow's while it was active.
     A step that never ended overran until the workflow stopped waiting for it.
 
-    Each breached workflow's steps are read through the steps' primary key (correlated
-    subqueries), so the cost follows the breaches, not the steps of every workflow.
+    The breached workflows are found through indexes (their facts, or the running ones), and
+    their steps read through the steps' primary key (correlated subqueries): how late each is,
+    then which step for the `limit` latest. The cost follows the breaches, not the workflows.
     """
     now = scope.now
     end = o.step_end(now, o.first_compensation_at())
@@ -51,17 +53,34 @@ def breaches(conn: Connection, scope: o.Scope, limit: int) -> list[dict[str, Any
                 .order_by(mine.c.overrun.desc(), mine.c.name).limit(1).scalar_subquery())
 
     fallback = duration(conn, w.c.deadline, func.coalesce(w.c.finished_at, moment(now)))
-    rows = select(
-        w.c.correlation_id, w.c.flow, w.c.status, w.c.reason, w.c.deadline,
+    late = func.coalesce(latest("overrun"), fallback).label("late")
+    ranked = select(w.c.correlation_id, late).where(
+        w.c.correlation_id.in_(_breached(scope)), *scope.where(), o.workflow_breached(now)
+    ).subquery("ranked")
+    top = select(ranked).order_by(ranked.c.late.desc(), ranked.c.correlation_id).limit(
+        limit).subquery("top")
+    query = select(
+        w.c.correlation_id, w.c.flow, w.c.status, w.c.reason, w.c.deadline, top.c.late,
         latest("name").label("step"), latest("deadline").label("step_deadline"),
-        latest("kind").label("kind"), func.coalesce(latest("overrun"), fallback).label("late"),
-    ).where(*scope.where(), o.workflow_breached(now)).subquery("breached")
-    query = select(rows).order_by(rows.c.late.desc(), rows.c.correlation_id).limit(limit)
+        latest("kind").label("kind"),
+    ).join_from(w, top, top.c.correlation_id == w.c.correlation_id).order_by(
+        top.c.late.desc(), w.c.correlation_id)
     return [{"correlation_id": r.correlation_id, "flow": r.flow, "status": r.status,
              "reason": r.reason, "step": r.step, "deadline_of": r.kind or "workflow",
              "deadline": _ts(r.step_deadline if r.kind == "step" else r.deadline),
              "late_by_seconds": to_seconds(r.late), "link": link(r.correlation_id)}
             for r in conn.execute(query)]
+
+
+def _breached(scope: o.Scope) -> Any:
+    """The scope's breached workflows: by their state (a partial index of the facts), or by the
+    clock (running past the deadline: the status index)."""
+    flagged = select(f.c.correlation_id).where(
+        f.c.kind == literal_column(f"'{rf.WORKFLOW}'"), f.c.breached == literal_column("1"),
+        *_started(scope), *([] if scope.flow is None else [f.c.flow == scope.flow]))
+    running = select(w.c.correlation_id).where(
+        w.c.status == lc.RUNNING, w.c.deadline < moment(scope.now), *scope.where())
+    return union(flagged, running)
 
 
 def slowest(conn: Connection, scope: o.Scope, limit: int) -> list[dict[str, Any]]:

@@ -17,6 +17,8 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    and_,
+    literal_column,
 )
 
 from participants.tables import UtcDateTime
@@ -173,6 +175,11 @@ Index("ix_report_facts_rank", *(report_facts.c[c] for c in _SUBJECT),
       report_facts.c.duration_ms, report_facts.c.started_at)
 # The partial hours at the edges of an asked range.
 Index("ix_report_facts_started", report_facts.c.started_at)
+# The breached workflows, for the report's list of them.
+_BREACHED = and_(report_facts.c.kind == literal_column("'w'"),
+                 report_facts.c.breached == literal_column("1"))
+Index("ix_report_facts_breached", report_facts.c.started_at,
+      postgresql_where=_BREACHED, sqlite_where=_BREACHED)
 
 # Per subject, hour of start and duration bucket: the sums of its facts.
 report_rollup = Table(

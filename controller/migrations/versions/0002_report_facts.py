@@ -49,6 +49,9 @@ def upgrade() -> None:
     op.create_index("ix_report_facts_rank", "report_facts",
                     [*_SUBJECT, "duration_ms", "started_at"])
     op.create_index("ix_report_facts_started", "report_facts", ["started_at"])
+    breached = sa.text("kind = 'w' AND breached = 1")
+    op.create_index("ix_report_facts_breached", "report_facts", ["started_at"],
+                    postgresql_where=breached, sqlite_where=breached)
     op.create_table(
         "report_rollup", *_subject(),
         sa.Column("hour", sa.BigInteger(), nullable=False),
@@ -78,6 +81,7 @@ def downgrade() -> None:
     op.drop_index("ix_workflows_open", table_name="workflows")
     op.drop_table("report_deltas")
     op.drop_table("report_rollup")
+    op.drop_index("ix_report_facts_breached", table_name="report_facts")
     op.drop_index("ix_report_facts_started", table_name="report_facts")
     op.drop_index("ix_report_facts_rank", table_name="report_facts")
     op.drop_table("report_facts")
