@@ -9,8 +9,10 @@ writers never wait for one another); recording a message writes the transitions 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from functools import cache
+from typing import Any
 
-from sqlalchemy import Connection, delete, insert, or_, select, text, true
+from sqlalchemy import Connection, Select, bindparam, delete, insert, or_, select, text, true
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -51,14 +53,9 @@ def workflow_saved(conn: Connection, before: Facts, after: Facts) -> None:
 def message_recorded(conn: Connection, message: Envelope) -> None:
     """The transitions this message completes: with its cause, and with messages it caused that
     arrived first. None until the workflow exists (`workflow_inserted` catches up)."""
-    m = messages
-    query = select(workflows.c.flow, workflows.c.started_at, m.c.id, m.c.type, m.c.source,
-                   m.c.causation_id, m.c.occurred_at).join_from(
-        workflows, m, m.c.correlation_id == workflows.c.correlation_id).where(
-        workflows.c.correlation_id == message.correlation_id, m.c.id != message.id,
-        or_(m.c.id == message.causation_id, m.c.causation_id == message.id))
     found = []
-    for r in conn.execute(query):
+    params = {"cid": message.correlation_id, "mid": message.id, "cause": message.causation_id}
+    for r in conn.execute(_related(), params):
         if r.id == message.causation_id:
             found.append(rf.transition(r.flow, r.started_at, message.correlation_id, r.type,
                                        r.occurred_at, message.id, message.type, message.source,
@@ -67,6 +64,18 @@ def message_recorded(conn: Connection, message: Envelope) -> None:
             found.append(rf.transition(r.flow, r.started_at, message.correlation_id, message.type,
                                        message.occurred_at, r.id, r.type, r.source, r.occurred_at))
     _add(conn, found)
+
+
+@cache
+def _related() -> Select[Any]:
+    """A message's cause and the messages it caused, with their workflow (built once: the
+    write path runs it for every message)."""
+    m = messages
+    return select(workflows.c.flow, workflows.c.started_at, m.c.id, m.c.type, m.c.source,
+                  m.c.causation_id, m.c.occurred_at).join_from(
+        workflows, m, m.c.correlation_id == workflows.c.correlation_id).where(
+        workflows.c.correlation_id == bindparam("cid"), m.c.id != bindparam("mid"),
+        or_(m.c.id == bindparam("cause"), m.c.causation_id == bindparam("mid")))
 
 
 def workflow_inserted(conn: Connection, wf: lifecycle.Workflow) -> None:
@@ -97,13 +106,16 @@ def _add(conn: Connection, facts: list[rf.Fact]) -> None:
 
 
 def _upsert_facts(conn: Connection, facts: Iterable[rf.Fact]) -> None:
-    upsert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    stmt = upsert(report_facts)
+    conn.execute(_upsert(conn.dialect.name), [f.row() for f in sorted(facts, key=lambda f: f.key)])
+
+
+@cache
+def _upsert(dialect: str) -> Any:
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(report_facts)
     keys = ("correlation_id", "kind", "item")
-    stmt = stmt.on_conflict_do_update(
+    return stmt.on_conflict_do_update(
         index_elements=list(keys),
         set_={c.name: stmt.excluded[c.name] for c in report_facts.c if c.name not in keys})
-    conn.execute(stmt, [f.row() for f in sorted(facts, key=lambda f: f.key)])
 
 
 def _append(conn: Connection, found: rf.Delta) -> None:

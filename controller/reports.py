@@ -1,11 +1,13 @@
-"""The SLA report of `GET /v1/reports/sla`: per flow, per step and per transition, computed in SQL.
+"""The SLA report of `GET /v1/reports/sla`: per flow, per step and per transition.
 
-Nothing here loads workflows into Python: each section is an aggregate query (two on SQLite)
-whose answer does not grow with the number of workflows (the lists are top-N). What counts as met, judged and
-breached is spelled in `report_outcomes`; the lists and the time series are in `report_lists`.
-Durations are in seconds: a workflow's from `started_at` to `finished_at`, a step's from its
-`started_at` (its prerequisites met) to `finished_at`, a transition's between the `occurred_at`
-of a message and of the message it caused.
+Nothing here loads workflows into Python, nor reads the base tables in bulk: the counts and the
+duration buckets are summed from the hourly rollup (and the facts of the partial hours at the
+range's edges, `report_read`), each percentile is one short index read of the facts, and what
+only the clock decides (past a deadline while still open) is counted live over the open
+workflows (`report_outcomes`). What a fact holds is spelled in `report_facts`; the lists and the
+time series are in `report_lists`. Durations are in seconds: a workflow's from `started_at` to
+`finished_at`, a step's from its `started_at` (its prerequisites met) to `finished_at`, a
+transition's between the `occurred_at` of a message and of the message it caused.
 """
 
 from __future__ import annotations
