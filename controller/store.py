@@ -38,8 +38,8 @@ def record_message(conn: Connection, message: Envelope, received_at: datetime) -
         version=message.version, source=message.source, causation_id=message.causation_id,
         occurred_at=message.occurred_at, received_at=received_at, target=message.target,
         data=message.data,
-    ).on_conflict_do_nothing(index_elements=["id"]))
-    if not result.rowcount:
+    ).on_conflict_do_nothing(index_elements=["id"]).returning(messages.c.seq))
+    if result.first() is None:  # RETURNING: rowcount was seen non-zero for a resent command
         return False
     report_store.message_recorded(conn, message)
     return True
