@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
+from bench import report_fill
 from contracts.timefmt import utcnow
 from controller import migrate, report_lists, reports
 from controller.report_outcomes import Scope
@@ -36,7 +37,7 @@ T0 = datetime(2026, 11, 1, tzinfo=UTC)
 # which is then compensated for its SLA; one in twenty workflows fails and is compensated.
 _DURATIONS = """
 CREATE UNLOGGED TABLE bench_d AS
-SELECT i, t, r, p, s, n, failed, late
+SELECT i, t, ms(r) AS r, ms(p) AS p, ms(s) AS s, ms(n) AS n, failed, late
 FROM (SELECT i, T0 + i * interval '0.6 second' AS t,
              0.05 + 3 * random() ^ 3 AS r, 0.05 + 4 * random() ^ 3 AS p,
              CASE WHEN i % 200 = 7 THEN 301 + 30 * random()
@@ -44,6 +45,14 @@ FROM (SELECT i, T0 + i * interval '0.6 second' AS t,
              0.02 + random() AS n, i % 20 = 0 AS failed, i % 200 = 7 AS late
       FROM generate_series(1, :n) AS i) AS d
 """
+# Seconds to the millisecond, as every time on the wire and in the tables is.
+_MS = "CREATE FUNCTION ms(double precision) RETURNS double precision IMMUTABLE LANGUAGE sql " \
+      "AS 'SELECT round($1::numeric, 3)::double precision'"
+# report_facts.bucket_of, for the facts written in bulk below.
+_BUCKET = """CREATE FUNCTION bench_bucket(d bigint) RETURNS bigint IMMUTABLE LANGUAGE sql AS $$
+  SELECT CASE WHEN d IS NULL THEN -1 WHEN d <= 0 THEN 0 WHEN d < 100 THEN d
+              ELSE (d + 10 ^ (length(d::text) - 2) - 1)::bigint / (10 ^ (length(d::text) - 2))::bigint
+                   * (10 ^ (length(d::text) - 2))::bigint END $$"""
 _FILL = [
     """INSERT INTO workflows (correlation_id, flow, flow_version, status, reason, started_at,
          deadline, finished_at, started_by, input, start_message_id)
@@ -85,12 +94,21 @@ _FILL = [
 def fill(engine: Engine, n: int) -> None:
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS bench_d"))
+        conn.execute(text("DROP FUNCTION IF EXISTS ms(double precision)"))
+        conn.execute(text("DROP FUNCTION IF EXISTS bench_bucket(bigint)"))
+        conn.execute(text(_MS))
+        conn.execute(text(_BUCKET))
         conn.execute(text(_DURATIONS.replace("T0", f"timestamptz '{T0.isoformat()}'")), {"n": n})
         for sql in _FILL:
             began = time.perf_counter()
             conn.execute(text(sql), {"flow": FLOW})
             print(f"  {sql.split()[2]:<18} {time.perf_counter() - began:6.1f} s")
+        began = time.perf_counter()
+        report_fill.fill(conn)
+        print(f"  {'report facts':<18} {time.perf_counter() - began:6.1f} s")
         conn.execute(text("DROP TABLE bench_d"))
+        conn.execute(text("DROP FUNCTION ms(double precision)"))
+        conn.execute(text("DROP FUNCTION bench_bucket(bigint)"))
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("VACUUM ANALYZE"))
 
@@ -102,9 +120,9 @@ def timed(engine: Engine, body: Callable[[Connection], Any], runs: int
     walls, cpus = [], []
     for _ in range(runs):
         with engine.begin() as conn:
+            reports.tune(conn)  # first: it sets the transaction's isolation
             pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
             cpu, began = _cpu_seconds(pid), time.perf_counter()
-            reports.tune(conn)
             body(conn)
             walls.append(time.perf_counter() - began)
             cpus.append(_cpu_seconds(pid) - cpu)
@@ -126,6 +144,8 @@ def main() -> None:
     parser.add_argument("--workflows", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--no-fill", action="store_true", help="time a database filled before")
+    parser.add_argument("--check", action="store_true",
+                        help="fill, then compare the report's facts with the store's own (small n)")
     args = parser.parse_args()
     servers = None
     url = args.database_url
@@ -137,7 +157,13 @@ def main() -> None:
         url = servers.create_db("report")
     engine = make_engine(url)
     try:
-        run(engine, args.workflows, args.runs, fill_first=not args.no_fill)
+        if args.check:
+            migrate.upgrade(engine)
+            fill(engine, args.workflows)
+            problems = report_fill.check(engine)
+            print("\n".join(problems) or f"facts and rollup of {args.workflows:,} workflows agree")
+        else:
+            run(engine, args.workflows, args.runs, fill_first=not args.no_fill)
     finally:
         engine.dispose()
         if servers is not None:

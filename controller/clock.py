@@ -1,4 +1,5 @@
-"""The clock: queues an SLA sweep on the RQ workers every interval; several clocks may run.
+"""The clock: queues an SLA sweep on the RQ workers every interval, and every 30 s a stream trim
+and a fold of the report's deltas; several clocks may run.
 
 A sweep not started within a few intervals expires, so sweeps never pile up while workers are down.
 """
@@ -22,7 +23,7 @@ def sweep_queue(client: redis.Redis, services: Services) -> Queue:
     return Queue(services.keys.rq_queue("sweeps"), connection=client, serializer=JSONSerializer)
 
 
-TRIM_EVERY = 30.0  # seconds between stream trims
+TRIM_EVERY = 30.0  # seconds between stream trims, and between folds of the report's deltas
 
 
 def run_clock(services: Services, stop: threading.Event) -> None:
@@ -37,6 +38,8 @@ def run_clock(services: Services, stop: threading.Event) -> None:
                               result_ttl=0, failure_ttl=3600, job_timeout=120)
             if time.monotonic() - last_trim >= TRIM_EVERY:
                 queue.enqueue("controller.jobs.trim_streams", ttl=int(TRIM_EVERY), result_ttl=0,
+                              failure_ttl=3600, job_timeout=300)
+                queue.enqueue("controller.jobs.fold_report", ttl=int(TRIM_EVERY), result_ttl=0,
                               failure_ttl=3600, job_timeout=300)
                 last_trim = time.monotonic()
         except redis.ConnectionError as exc:

@@ -1,4 +1,5 @@
-"""Background work run by RQ workers (JSON-serialised, never pickled): the SLA sweep and alert webhooks."""
+"""Background work run by RQ workers (JSON-serialised, never pickled): the SLA sweep, stream trims,
+folding the report's deltas into its rollup, and alert webhooks."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from sqlalchemy.exc import OperationalError
 
 from config.settings import load_settings
 from contracts.timefmt import utcnow
-from controller import sweeper, trimming, views
+from controller import report_store, sweeper, trimming, views
 from controller.services import Services, build_services
 
 log = structlog.get_logger("baton.jobs")
@@ -40,6 +41,12 @@ def trim_streams() -> int:
     if removed:
         log.info("streams trimmed", entries=removed)
     return removed
+
+
+def fold_report() -> None:
+    """Fold the SLA report's deltas into its hourly rollup, so that the report reads few rows."""
+    with _services().engine.begin() as conn:
+        report_store.fold_deltas(conn)
 
 
 def deliver_alert(correlation_id: str, url: str) -> int:

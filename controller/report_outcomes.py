@@ -9,6 +9,9 @@
 - A step breached when it ended after its own deadline; a step that never ended, when its
   workflow stopped waiting for it (compensation began, or now if still running) after that
   deadline, unless a failure or a cancellation stopped the workflow.
+
+What a workflow's state alone decides is kept in `report_facts` (`report_facts.py`, the same rules
+in Python); what the clock decides is counted live here, over the few workflows still open.
 """
 
 from __future__ import annotations
@@ -17,14 +20,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, func, or_, select
+from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, select
 
 from controller import lifecycle as lc
 from controller.report_sql import duration, moment
 from controller.tables import compensations, steps, workflows
 
-IN_FLIGHT = (lc.RUNNING, lc.PAUSED, lc.COMPENSATING)
-TERMINAL = (lc.COMPLETED, lc.COMPENSATED, lc.NEEDS_ATTENTION)
 STEP_COMPLETED = (lc.DONE, lc.STEP_COMPENSATED)
 w, s, c = workflows, steps, compensations
 
@@ -53,14 +54,6 @@ class Scope:
         return found
 
 
-def workflow_met() -> ColumnElement[bool]:
-    return and_(w.c.status == lc.COMPLETED, or_(w.c.deadline.is_(None), w.c.finished_at <= w.c.deadline))
-
-
-def workflow_judged(now: datetime) -> ColumnElement[bool]:
-    return or_(w.c.status.in_(TERMINAL), and_(w.c.status != lc.PAUSED, w.c.deadline < moment(now)))
-
-
 def workflow_breached(now: datetime) -> ColumnElement[bool]:
     return or_(
         w.c.reason == lc.SLA_BREACHED,
@@ -69,32 +62,22 @@ def workflow_breached(now: datetime) -> ColumnElement[bool]:
     )
 
 
-def step_met() -> ColumnElement[bool]:
-    return and_(s.c.status.in_(STEP_COMPLETED), s.c.finished_at.is_not(None),
-                or_(s.c.deadline.is_(None), s.c.finished_at <= s.c.deadline))
+def stopped_waiting(now: datetime, gave_up_at: Any) -> ColumnElement[Any]:
+    """When the workflow stopped waiting for its unfinished steps: its first compensation command
+    (`gave_up_at`), else its end, else now."""
+    return func.coalesce(gave_up_at, w.c.finished_at, moment(now))
 
 
-def stopped_waiting(now: datetime, gave_up_at: Any = None) -> ColumnElement[Any]:
-    """When the workflow stopped waiting for its unfinished steps: its first compensation command,
-    else its end, else now. `gave_up_at` defaults to `gave_up()`, which must then be joined."""
-    return func.coalesce(gave_up().c.at if gave_up_at is None else gave_up_at, w.c.finished_at,
-                         moment(now))
-
-
-def step_end(now: datetime, gave_up_at: Any = None) -> ColumnElement[Any]:
+def step_end(now: datetime, gave_up_at: Any) -> ColumnElement[Any]:
     return func.coalesce(s.c.finished_at, stopped_waiting(now, gave_up_at))
 
 
-def step_breached(now: datetime, gave_up_at: Any = None) -> ColumnElement[bool]:
+def step_breached(now: datetime, gave_up_at: Any) -> ColumnElement[bool]:
     waited = or_(w.c.reason.is_(None), w.c.reason == lc.SLA_BREACHED)
     return and_(s.c.started_at.is_not(None), s.c.deadline.is_not(None), or_(
         s.c.finished_at > s.c.deadline,
         and_(s.c.finished_at.is_(None), waited, stopped_waiting(now, gave_up_at) > s.c.deadline),
     ))
-
-
-def step_judged(now: datetime) -> ColumnElement[bool]:
-    return or_(s.c.finished_at.is_not(None), step_breached(now))
 
 
 def first_compensation_at() -> Any:
@@ -113,10 +96,27 @@ def step_done() -> ColumnElement[bool]:
                 s.c.finished_at.is_not(None))
 
 
-_GAVE_UP = select(c.c.correlation_id, func.min(c.c.sent_at).label("at")).group_by(
-    c.c.correlation_id).subquery("g")
+def live_workflows(conn: Connection, scope: Scope, group: Any) -> dict[Any, tuple[int, int]]:
+    """Per `group`: (breached, judged) by the clock alone: running or compensating past the
+    workflow's deadline (running only, for breached). Read through the status index."""
+    now = moment(scope.now)
+    late = and_(w.c.deadline < now)
+    breached = and_(late, w.c.status == lc.RUNNING,
+                    or_(w.c.reason.is_(None), w.c.reason != lc.SLA_BREACHED))
+    query = select(group.label("g"), func.count().filter(breached), func.count().filter(late)).where(
+        w.c.status.in_((lc.RUNNING, lc.COMPENSATING)), *scope.where()).group_by(group)
+    return {r[0]: (r[1], r[2]) for r in conn.execute(query)}
 
 
-def gave_up() -> Any:
-    """Per workflow, when its first compensation command went out."""
-    return _GAVE_UP
+def live_steps(conn: Connection, scope: Scope) -> dict[tuple[str, str], int]:
+    """Per (flow, step): steps breached by the clock alone (so judged too): active past their
+    deadline in a workflow that still waits for them (not ended, no compensation sent). Read
+    through the partial index of open workflows."""
+    sent = exists().where(c.c.correlation_id == w.c.correlation_id, c.c.sent_at.is_not(None))
+    waited = or_(w.c.reason.is_(None), w.c.reason == lc.SLA_BREACHED)
+    query = select(w.c.flow, s.c.name, func.count()).select_from(
+        w.join(s, s.c.correlation_id == w.c.correlation_id)).where(
+        w.c.finished_at.is_(None), ~sent, waited, s.c.started_at.is_not(None),
+        s.c.finished_at.is_(None), s.c.deadline < moment(scope.now), *scope.where(),
+    ).group_by(w.c.flow, s.c.name)
+    return {(r[0], r[1]): r[2] for r in conn.execute(query)}

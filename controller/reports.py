@@ -1,11 +1,13 @@
-"""The SLA report of `GET /v1/reports/sla`: per flow, per step and per transition, computed in SQL.
+"""The SLA report of `GET /v1/reports/sla`: per flow, per step and per transition.
 
-Nothing here loads workflows into Python: each section is an aggregate query (two on SQLite)
-whose answer does not grow with the number of workflows (the lists are top-N). What counts as met, judged and
-breached is spelled in `report_outcomes`; the lists and the time series are in `report_lists`.
-Durations are in seconds: a workflow's from `started_at` to `finished_at`, a step's from its
-`started_at` (its prerequisites met) to `finished_at`, a transition's between the `occurred_at`
-of a message and of the message it caused.
+Nothing here loads workflows into Python, nor reads the base tables in bulk: the counts and the
+duration buckets are summed from the hourly rollup (and the facts of the partial hours at the
+range's edges, `report_read`), each percentile is one short index read of the facts, and what
+only the clock decides (past a deadline while still open) is counted live over the open
+workflows (`report_outcomes`). What a fact holds is spelled in `report_facts`; the lists and the
+time series are in `report_lists`. Durations are in seconds: a workflow's from `started_at` to
+`finished_at`, a step's from its `started_at` (its prerequisites met) to `finished_at`, a
+transition's between the `occurred_at` of a message and of the message it caused.
 """
 
 from __future__ import annotations
@@ -15,20 +17,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, select, text
+from sqlalchemy import Connection, text
 
 from config.flows import Catalog
 from contracts.timefmt import format_ts
-from controller import lifecycle as lc
-from controller import report_lists
+from controller import report_facts as rf
+from controller import report_lists, report_read
 from controller import report_outcomes as o
-from controller.report_sql import duration, is_postgres, per_row, summarize, to_seconds
-from controller.tables import messages
+from controller.report_sql import is_postgres
 
 # Upper bounds (seconds) of the duration histograms, shared with the /metrics histograms.
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
-STATS = ("p50", "p95", "p99", "max")
-w, s, c = o.w, o.s, o.c
+w = o.w
 
 
 @dataclass(frozen=True)
@@ -78,59 +78,42 @@ def step_order(catalog: Catalog) -> dict[str, list[str]]:
 
 
 def tune(conn: Connection) -> None:
-    # Sorting a million durations wants more than the default 4 MB, or it spills to disk;
-    # LOCAL: only this read-only transaction.
+    """Call first in the report's transaction. On PostgreSQL, one snapshot for all its queries:
+    a percentile's rank is found from the sums and read from the facts in two queries."""
     if is_postgres(conn):
-        conn.execute(text("SET LOCAL work_mem = '64MB'"))
-        # Compiling these few big queries costs more than it saves.
+        conn.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+        # Compiling these small queries costs more than it saves.
         conn.execute(text("SET LOCAL jit = off"))
 
 
 def flow_rows(conn: Connection, scope: o.Scope) -> list[dict[str, Any]]:
-    now = scope.now
-    timed = and_(w.c.status == lc.COMPLETED, w.c.finished_at.is_not(None))
-    flags = {
-        "completed": w.c.status == lc.COMPLETED, "compensated": w.c.status == lc.COMPENSATED,
-        "needs_attention": w.c.status == lc.NEEDS_ATTENTION, "in_flight": w.c.status.in_(o.IN_FLIGHT),
-        "breached": o.workflow_breached(now), "sla_met": o.workflow_met(),
-        "sla_judged": o.workflow_judged(now),
-    }
-    rows = per_row(select(w.c.flow, *(v.label(k) for k, v in flags.items()),
-                          _when(timed, duration(conn, w.c.started_at, w.c.finished_at))
-                          ).where(*scope.where()))
-    found = summarize(conn, rows, ["flow"], list(flags))
-    return [_with_sla({"flow": flow, "started": row.pop("rows"), **row})
-            for (flow,), row in sorted(found.items())]
+    found = _subjects(conn, scope, rf.WORKFLOW)
+    live = o.live_workflows(conn, scope, w.c.flow)
+    out = []
+    for subject, (sums, histogram) in sorted(found.items()):
+        breached, judged = live.get(subject[0], (0, 0))
+        row = {"flow": subject[0], "started": sums["rows"],
+               **{k: sums[k] for k in ("completed", "compensated", "needs_attention", "in_flight")},
+               "breached": sums["breached"] + breached, "sla_met": sums["sla_met"],
+               "sla_judged": sums["sla_judged"] + judged}
+        out.append(_with_sla(row, report_read.durations(conn, scope, subject, histogram)))
+    return out
 
 
 def step_rows(conn: Connection, scope: o.Scope) -> list[dict[str, Any]]:
-    now, g = scope.now, o.gave_up()
-    # The failed compensations as a small grouped subquery: joined by hash, where a join with
-    # the table itself is planned as a merge join that sorts every step.
-    failed = select(c.c.correlation_id, c.c.step).where(c.c.status == lc.FAILED).group_by(
-        c.c.correlation_id, c.c.step).subquery("failed")
-    joined = (s.join(w, s.c.correlation_id == w.c.correlation_id)
-              .outerjoin(g, g.c.correlation_id == s.c.correlation_id)
-              .outerjoin(failed, and_(failed.c.correlation_id == s.c.correlation_id,
-                                      failed.c.step == s.c.name)))
-    flags = {
-        "started": s.c.started_at.is_not(None), "completed": s.c.status.in_(o.STEP_COMPLETED),
-        "compensated": s.c.status == lc.STEP_COMPENSATED, "failed": s.c.status == lc.FAILED,
-        "needs_attention": failed.c.step.is_not(None), "breached": o.step_breached(now),
-        "sla_met": o.step_met(), "sla_judged": o.step_judged(now),
-    }
-    rows = per_row(select(w.c.flow, s.c.name.label("step"), *(v.label(k) for k, v in flags.items()),
-                          _when(o.step_done(), o.step_duration(conn))
-                          ).select_from(joined).where(*scope.where()))
-    buckets = {f"le_{i}": rows.c.d <= le for i, le in enumerate(BUCKETS)}
-    bucketed = per_row(select(rows, *(v.label(k) for k, v in buckets.items())))
-    found = summarize(conn, bucketed, ["flow", "step"], [*flags, *buckets])
+    found = _subjects(conn, scope, rf.STEP)
+    live = o.live_steps(conn, scope)
     out = []
-    for (flow, step), row in found.items():
-        cumulative = [row.pop(k) for k in buckets]
-        row["histogram"] = {"le": list(BUCKETS), "cumulative": cumulative, "count": row["n"]}
-        row.pop("rows")
-        out.append(_with_sla({"flow": flow, "step": step, **row}))
+    for subject, (sums, histogram) in found.items():
+        flow, step = subject[0], subject[2]
+        late = live.get((flow, step), 0)
+        row: dict[str, Any] = {"flow": flow, "step": step, **{k: sums[k] for k in (
+            "started", "completed", "compensated", "failed", "needs_attention")},
+            "breached": sums["breached"] + late, "sla_met": sums["sla_met"],
+            "sla_judged": sums["sla_judged"] + late}
+        row["histogram"] = {"le": list(BUCKETS), "count": sums["n"], "cumulative": [
+            sum(c for b, c in histogram if b <= round(le * 1000)) for le in BUCKETS]}
+        out.append(_with_sla(row, report_read.durations(conn, scope, subject, histogram)))
     return out
 
 
@@ -138,39 +121,40 @@ def transition_rows(conn: Connection, scope: o.Scope) -> list[dict[str, Any]]:
     """Each pair (cause -> effect) of a workflow's messages linked by `causation_id`, timed between
     their `occurred_at` (the emitters' clocks: what the participants took, not the controller's
     lag in reading them)."""
-    effect, cause = messages.alias("effect"), messages.alias("cause")
-    rows = per_row(select(
-        w.c.flow, cause.c.type.label("from_type"), effect.c.type.label("to_type"),
-        effect.c.source.label("participant"),
-        duration(conn, cause.c.occurred_at, effect.c.occurred_at).label("d"),
-    ).select_from(
-        effect.join(cause, cause.c.id == effect.c.causation_id)
-        .join(w, w.c.correlation_id == effect.c.correlation_id)
-    ).where(*scope.where(), cause.c.correlation_id == effect.c.correlation_id,
-            effect.c.id != cause.c.id))
-    keys = ("flow", "from_type", "to_type", "participant")
-    found = summarize(conn, rows, keys, [])
-    out = [{**dict(zip(keys, key, strict=True)), "count": row["n"],
-            "duration_seconds": _durations(row)} for key, row in found.items()]
-    return sorted(out, key=lambda r: (r["flow"], -(r["duration_seconds"]["p50"] or 0)))
+    out = []
+    for subject, (sums, histogram) in _subjects(conn, scope, rf.TRANSITION).items():
+        flow, _, from_type, to_type, participant = subject
+        out.append({"flow": flow, "from_type": from_type, "to_type": to_type,
+                    "participant": participant, "count": sums["rows"],
+                    "duration_seconds": report_read.durations(conn, scope, subject, histogram)})
+    return sorted(out, key=lambda r: (r["flow"], -(r["duration_seconds"]["p50"] or 0),
+                                      r["from_type"], r["to_type"], r["participant"]))
 
 
-def _when(condition: Any, d: Any) -> Any:
-    """The duration of rows that are timed, NULL for the others."""
-    return case((condition, d)).label("d")
+Subjects = dict[tuple[str, ...], tuple[dict[str, int], list[tuple[int, int]]]]
 
 
-def _durations(row: dict[str, Any]) -> dict[str, Any]:
-    return {"count": row.get("n") or 0, **{k: to_seconds(row.get(k)) for k in STATS}}
+def _subjects(conn: Connection, scope: o.Scope, kind: str) -> Subjects:
+    """Per subject of that kind with facts in the scope: its sums, and (bucket, count) sorted."""
+    found: Subjects = {}
+    for r in report_read.sums(conn, scope, [kind], [*report_read.SUBJECT, "bucket"]):
+        subject = tuple(r[:5])
+        sums, histogram = found.setdefault(subject, ({k: 0 for k in report_read.SUMS}, []))
+        for k in report_read.SUMS:
+            sums[k] += int(r._mapping[k])
+        if r.bucket != rf.UNTIMED and r.n:
+            histogram.append((int(r.bucket), int(r.n)))
+    for _, histogram in found.values():
+        histogram.sort()
+    return {k: v for k, v in found.items() if v[0]["rows"]}
 
 
-def _with_sla(row: dict[str, Any]) -> dict[str, Any]:
-    """The counts, SLA met %, and the durations under `duration_seconds`."""
+def _with_sla(row: dict[str, Any], durations: dict[str, Any]) -> dict[str, Any]:
+    """The counts, SLA met % and the durations under `duration_seconds`."""
     judged = row["sla_judged"]
-    out = {k: v for k, v in row.items() if k not in ("n", *STATS)}
-    out["sla_met_pct"] = round(100.0 * row["sla_met"] / judged, 3) if judged else None
-    out["duration_seconds"] = _durations(row)
-    return out
+    row["sla_met_pct"] = round(100.0 * row["sla_met"] / judged, 3) if judged else None
+    row["duration_seconds"] = durations
+    return row
 
 
 def _ordered(rows: list[dict[str, Any]], order: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:

@@ -1,4 +1,6 @@
-"""Loading and saving workflows: the SQL side of the pure lifecycle, and the per-workflow lock."""
+"""Loading and saving workflows: the SQL side of the pure lifecycle, and the per-workflow lock.
+
+Every write also keeps the SLA report's facts in step, in the same transaction (`report_store`)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import EVENT, Envelope
-from controller import lifecycle
+from controller import lifecycle, report_store
+from controller import report_facts as rf
 from controller.tables import compensations, messages, steps, workflows
 
 
@@ -35,8 +38,11 @@ def record_message(conn: Connection, message: Envelope, received_at: datetime) -
         version=message.version, source=message.source, causation_id=message.causation_id,
         occurred_at=message.occurred_at, received_at=received_at, target=message.target,
         data=message.data,
-    ).on_conflict_do_nothing(index_elements=["id"]))
-    return bool(result.rowcount)
+    ).on_conflict_do_nothing(index_elements=["id"]).returning(messages.c.seq))
+    if result.first() is None:  # RETURNING: rowcount was seen non-zero for a resent command
+        return False
+    report_store.message_recorded(conn, message)
+    return True
 
 
 def exists(conn: Connection, correlation_id: str) -> bool:
@@ -87,6 +93,7 @@ def insert_workflow(conn: Connection, wf: lifecycle.Workflow, extra: dict[str, A
     empty = lifecycle.Workflow(wf.correlation_id, wf.flow, wf.flow_version, wf.started_at,
                                wf.start_message_id)
     _save_children(conn, wf, empty)
+    report_store.workflow_inserted(conn, wf)
 
 
 def snapshot(wf: lifecycle.Workflow) -> lifecycle.Workflow:
@@ -100,6 +107,7 @@ def save(conn: Connection, wf: lifecycle.Workflow, before: lifecycle.Workflow) -
         paused_at=wf.paused_at, next_due_at=lifecycle.next_due(wf),
     ))
     _save_children(conn, wf, before)
+    report_store.workflow_saved(conn, rf.of_workflow(before), rf.of_workflow(wf))
 
 
 def _save_children(conn: Connection, wf: lifecycle.Workflow, before: lifecycle.Workflow) -> None:

@@ -158,3 +158,40 @@ class System:
         entries: list[tuple[str, dict[str, str]]] = self.redis.xrange(  # type: ignore[assignment]
             self.keys.command_stream(participant))
         return [fields for _, fields in entries]
+
+
+def report_facts_as_rebuilt(engine: sa.Engine) -> None:
+    """Assert that what the write path kept of the SLA report (facts, and rollup plus deltas)
+    is what `report_store.rebuild` computes from the base tables (rolled back)."""
+    from sqlalchemy import select
+
+    from controller import report_store
+    from controller.tables import report_deltas, report_facts, report_rollup
+
+    def facts(conn: sa.Connection) -> list[tuple[Any, ...]]:
+        order = (report_facts.c.correlation_id, report_facts.c.kind, report_facts.c.item)
+        return [tuple(r) for r in conn.execute(select(report_facts).order_by(*order))]
+
+    def sums(conn: sa.Connection) -> dict[tuple[Any, ...], tuple[int, ...]]:
+        found: dict[tuple[Any, ...], list[int]] = {}
+        for table in (report_rollup, report_deltas):
+            for r in conn.execute(select(table)):
+                row = dict(r._mapping)
+                key = tuple(row[k] for k in ("flow", "kind", "name", "to_type", "participant",
+                                             "hour", "bucket"))
+                values = [v for k, v in row.items() if k not in (*key_names, "seq")]
+                into = found.setdefault(key, [0] * len(values))
+                for i, v in enumerate(values):
+                    into[i] += v
+        return {k: tuple(v) for k, v in found.items() if any(v)}
+
+    key_names = ("flow", "kind", "name", "to_type", "participant", "hour", "bucket")
+    with engine.connect() as conn:
+        kept = facts(conn), sums(conn)
+        conn.rollback()
+        with conn.begin() as tx:
+            report_store.rebuild(conn, fold=False)
+            rebuilt = facts(conn), sums(conn)
+            tx.rollback()
+    assert kept[0] == rebuilt[0], "report facts differ from a rebuild"
+    assert kept[1] == rebuilt[1], "report rollup and deltas differ from a rebuild"

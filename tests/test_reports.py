@@ -11,6 +11,7 @@ import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +25,7 @@ from werkzeug.serving import make_server
 
 from config.settings import load_settings
 from contracts.timefmt import format_ts
-from controller import migrate, report_csv, report_html, report_text
+from controller import migrate, report_csv, report_html, report_store, report_text, store
 from controller.app import create_app
 from controller.cli import main
 from controller.report_cli import write_demo_report
@@ -148,13 +149,22 @@ def engine(database_url: str) -> Iterator[Engine]:
     engine.dispose()
 
 
+@contextmanager
+def written(engine: Engine) -> Iterator[Connection]:
+    """A transaction for rows written straight into the tables, then the report's facts of them,
+    as the store would have written them (not folded into the rollup: the report reads both)."""
+    with engine.begin() as conn:
+        yield conn
+        report_store.rebuild(conn, fold=False)
+
+
 def report(engine: Engine, **query: Any) -> dict[str, Any]:
     with engine.begin() as conn:
         return sla_report(conn, ReportQuery(now=NOW, **query), {FLOW: ["a", "b"]})
 
 
 def test_flow_figures_agree_with_python(engine: Engine) -> None:
-    with engine.begin() as conn:
+    with written(engine) as conn:
         named = known_data(Data(conn))
     found = report(engine)
     [flow] = found["flows"]
@@ -175,7 +185,7 @@ def test_flow_figures_agree_with_python(engine: Engine) -> None:
 
 
 def test_step_figures_agree_with_python(engine: Engine) -> None:
-    with engine.begin() as conn:
+    with written(engine) as conn:
         known_data(Data(conn))
     rows = {r["step"]: r for r in report(engine)["steps"]}
     assert list(rows) == ["a", "b"]
@@ -199,7 +209,7 @@ def test_step_figures_agree_with_python(engine: Engine) -> None:
 
 
 def test_transitions_are_timed_between_cause_and_effect(engine: Engine) -> None:
-    with engine.begin() as conn:
+    with written(engine) as conn:
         known_data(Data(conn))
     rows = {(t["from_type"], t["to_type"]): t for t in report(engine)["transitions"]}
     assert set(rows) == {("order.placed", "a.done"), ("a.done", "b.done")}
@@ -212,7 +222,7 @@ def test_transitions_are_timed_between_cause_and_effect(engine: Engine) -> None:
 
 
 def test_breaches_name_the_late_step_and_by_how_much(engine: Engine) -> None:
-    with engine.begin() as conn:
+    with written(engine) as conn:
         named = known_data(Data(conn))
     items = {b["correlation_id"]: b for b in report(engine)["breaches"]["items"]}
     late = items[named["late"]]  # b was due at 1206 and still waited for at 1210.5
@@ -227,7 +237,7 @@ def test_breaches_name_the_late_step_and_by_how_much(engine: Engine) -> None:
 
 
 def test_slowest_lists_completed_workflows_longest_first(engine: Engine) -> None:
-    with engine.begin() as conn:
+    with written(engine) as conn:
         named = known_data(Data(conn))
     slowest = report(engine, limit=3)["slowest"]
     assert [s["correlation_id"] for s in slowest] == [named["done8"], named["done7"], named["done6"]]
@@ -235,7 +245,7 @@ def test_slowest_lists_completed_workflows_longest_first(engine: Engine) -> None
 
 
 def test_ties_only(engine: Engine) -> None:
-    with engine.begin() as conn:
+    with written(engine) as conn:
         data = Data(conn)
         for i in range(7):
             data.completed(10.0 * i, 1.0, 2.0)
@@ -245,7 +255,7 @@ def test_ties_only(engine: Engine) -> None:
 
 
 def test_a_single_workflow(engine: Engine) -> None:
-    with engine.begin() as conn:
+    with written(engine) as conn:
         Data(conn).completed(0.0, 0.125, 4.2)
     found = report(engine)
     [flow] = found["flows"]
@@ -261,7 +271,7 @@ def test_no_workflow_at_all_and_empty_ranges(engine: Engine) -> None:
     assert (empty["flows"], empty["steps"], empty["transitions"], empty["slowest"]) == ([], [], [], [])
     assert empty["breaches"] == {"total": 0, "items": []} and empty["series"]["items"] == []
     assert 'id="empty"' in report_html.render(empty) and report_csv.render(empty).count("\r\n") == 1
-    with engine.begin() as conn:
+    with written(engine) as conn:
         known_data(Data(conn))
     assert report(engine, start=at(100), end=at(100))["flows"] == []
     assert report(engine, flow="no_such_flow")["flows"] == []
@@ -269,7 +279,7 @@ def test_no_workflow_at_all_and_empty_ranges(engine: Engine) -> None:
 
 
 def test_the_range_is_start_inclusive_end_exclusive_and_filters_the_flow(engine: Engine) -> None:
-    with engine.begin() as conn:
+    with written(engine) as conn:
         data = Data(conn)
         for i in range(4):
             data.completed(60.0 * i, 1.0, 2.0)
@@ -280,6 +290,47 @@ def test_the_range_is_start_inclusive_end_exclusive_and_filters_the_flow(engine:
     assert [(f["flow"], f["started"]) for f in found["flows"]] == [(FLOW, 2), ("other", 1)]
     assert found["series"]["bucket_seconds"] == 10
     assert sum(p["started"] for p in found["series"]["items"]) == 3
+
+
+def test_ranges_cut_through_hours_and_deltas_add_to_the_rollup(engine: Engine) -> None:
+    """Whole hours come from the rollup (folded or not), the partial hours at the edges from the
+    facts: any range gives what Python computes over the workflows started in it."""
+    spread = [(417.0 * i + 0.125 * (i % 7), 0.25 + (i * 37 % 23) / 8, 1.0 + (i * 53 % 31) / 4)
+              for i in range(48)]  # (start, step a, whole): about five hours,
+    spread += [(60000.0 + 999 * i, 1.0, 2.0 + i) for i in range(3)]  # and later: charted by hour
+    with written(engine) as conn:
+        data = Data(conn)
+        for start, a, total in spread[:30]:
+            data.completed(start, a, total)
+    with engine.begin() as conn:
+        report_store.fold_deltas(conn)
+        data = Data(conn)  # written as the store writes: deltas after the folded rollup
+        for start, a, total in spread[30:]:
+            store_facts(conn, data.completed(start, a, total))
+    for lo, hi in [(None, None), (1800, None), (1234.5, 3 * 3600 + 77), (None, 2 * 3600 + 1), (3601, None),
+                   (3600, 4 * 3600), (100, 200), (7200.001, 7300)]:
+        found = report(engine, start=None if lo is None else at(lo), end=None if hi is None else at(hi))
+        chosen = [x for x in spread if (lo is None or x[0] >= lo) and (hi is None or x[0] < hi)]
+        if not chosen:
+            assert found["flows"] == []
+            continue
+        [flow] = found["flows"]
+        assert (flow["started"], flow["completed"]) == (len(chosen), len(chosen)), (lo, hi)
+        wholes, steps = [t for _, _, t in chosen], [a for _, a, _ in chosen]
+        for got, values in ((flow, wholes), (found["steps"][0], steps)):
+            expected = {"p50": percentile(values, .5), "p95": percentile(values, .95),
+                        "p99": percentile(values, .99), "max": max(values)}
+            assert got["duration_seconds"] == pytest.approx(
+                {"count": len(values), **expected}, abs=1e-6), (lo, hi)
+        if hi is None or at(hi) <= NOW:  # the chart stops at now
+            assert sum(p["started"] for p in found["series"]["items"]) == len(chosen), (lo, hi)
+
+
+def store_facts(conn: Connection, cid: str) -> None:
+    """The report's facts of a workflow written by hand, as the store writes them at insert."""
+    wf = store.load(conn, cid)
+    assert wf is not None
+    report_store.workflow_inserted(conn, wf)
 
 
 # -- the REST API: negotiation, parameters, roles ---------------------------------------------------
@@ -307,7 +358,7 @@ def get(client: FlaskClient, accept: str | None = None, token: str = "t-vera", *
 
 def test_csv_has_the_numbers_of_the_json(client: tuple[FlaskClient, Engine]) -> None:
     http, engine = client
-    with engine.begin() as conn:
+    with written(engine) as conn:
         known_data(Data(conn), still_open=False)  # two requests, two nows: the same figures
     as_json = get(http, "application/json")
     assert as_json.status_code == 200 and as_json.mimetype == "application/json"
@@ -364,7 +415,7 @@ def test_bad_parameters_get_422_naming_the_field(client: tuple[FlaskClient, Engi
 
 def test_offsets_are_taken_in_utc(client: tuple[FlaskClient, Engine]) -> None:
     http, engine = client
-    with engine.begin() as conn:
+    with written(engine) as conn:
         Data(conn).completed(0.0, 1.0, 2.0)
     body = get(http, **{"from": "2026-11-20T11:00:00+01:00", "to": "2026-11-20T10:00:01Z"}).get_json()
     assert (body["from"], body["to"]) == ("2026-11-20T10:00:00.000Z", "2026-11-20T10:00:01.000Z")
@@ -383,7 +434,7 @@ def test_viewers_and_operators_only(client: tuple[FlaskClient, Engine]) -> None:
 
 
 def test_summary_table_for_a_terminal(engine: Engine) -> None:
-    with engine.begin() as conn:
+    with written(engine) as conn:
         known_data(Data(conn))
     lines = report_text.summary(report(engine)).splitlines()
     assert lines[0].split() == ["started", "completed", "compensated", "breached", "SLA", "met",
@@ -414,7 +465,7 @@ def browse(html: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess[st
 def test_html_shows_its_charts_in_chromium_without_console_errors(
         client: tuple[FlaskClient, Engine], tmp_path: Path) -> None:
     http, engine = client
-    with engine.begin() as conn:
+    with written(engine) as conn:
         named = known_data(Data(conn))
     response = get(http, "text/html")
     assert response.status_code == 200 and response.mimetype == "text/html"
@@ -441,7 +492,7 @@ def test_html_shows_its_charts_in_chromium_without_console_errors(
 
 def test_cli_computes_from_the_database_without_a_token(engine: Engine, database_url: str,
                                                         tmp_path: Path) -> None:
-    with engine.begin() as conn:
+    with written(engine) as conn:
         known_data(Data(conn))
     env = {"DATABASE_URL": database_url, "BATON_DATA_DIR": str(tmp_path), "BATON_API_TOKEN": None}
     runner = CliRunner()
@@ -460,7 +511,7 @@ def test_cli_computes_from_the_database_without_a_token(engine: Engine, database
 
 def test_cli_asks_the_api_with_a_token(client: tuple[FlaskClient, Engine], tmp_path: Path) -> None:
     http, engine = client
-    with engine.begin() as conn:
+    with written(engine) as conn:
         known_data(Data(conn), still_open=False)
     server = make_server("127.0.0.1", 0, http.application)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
