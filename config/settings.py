@@ -52,7 +52,7 @@ class Settings:
     sweep_interval: float = 1.0
     redrive_window: float = 3600.0
     max_body_bytes: int = 1_048_576
-    max_backlog: int = 20_000  # kickoffs answer 429 while a consumer group is further behind
+    max_backlog: int = 2_000  # kickoffs answer 429 while a consumer group is further behind
     alert_webhook: str | None = None
     api_url: str = "http://127.0.0.1:8000"  # what the `baton` client commands talk to
     api_token: str | None = field(default=None, repr=False)  # a secret: never in logs
