@@ -34,12 +34,11 @@ def redis_url() -> str:
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    """A decode_responses client on an empty database, flushed again afterwards."""
+    """A decode_responses client. The server is shared by tests running at the same time (two
+    pytest workers): a test uses keys of its own prefix and never flushes the database."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        client.flushdb()
         yield client
-        client.flushdb()
     finally:
         client.close()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,18 +17,19 @@ from config import redis_server
 
 def test_redis_client_pings_and_roundtrips_a_stream(redis_client: redis.Redis) -> None:
     assert redis_client.ping() is True
-    assert redis_client.dbsize() == 0
-    entry_id = redis_client.xadd("baton:event:test.happened", {"id": "m1", "kind": "event"})
-    redis_client.xgroup_create("baton:event:test.happened", "controller", id="0")
-    got = redis_client.xreadgroup(
-        "controller", "c1", {"baton:event:test.happened": ">"}, count=10, block=100
-    )
-    # RESP2 answers a list of [stream, entries]; RESP3 a dict {stream: [entries]}
-    entries = got["baton:event:test.happened"][0] if isinstance(got, dict) else got[0][1]
-    assert entries == [(entry_id, {"id": "m1", "kind": "event"})] or entries == [
-        [entry_id, {"id": "m1", "kind": "event"}]
-    ]
-    assert redis_client.xack("baton:event:test.happened", "controller", entry_id) == 1
+    stream = f"t{uuid.uuid4().hex[:8]}:event:test.happened"
+    try:
+        entry_id = redis_client.xadd(stream, {"id": "m1", "kind": "event"})
+        redis_client.xgroup_create(stream, "controller", id="0")
+        got = redis_client.xreadgroup("controller", "c1", {stream: ">"}, count=10, block=100)
+        # RESP2 answers a list of [stream, entries]; RESP3 a dict {stream: [entries]}
+        entries = got[stream][0] if isinstance(got, dict) else got[0][1]
+        assert entries == [(entry_id, {"id": "m1", "kind": "event"})] or entries == [
+            [entry_id, {"id": "m1", "kind": "event"}]
+        ]
+        assert redis_client.xack(stream, "controller", entry_id) == 1
+    finally:
+        redis_client.delete(stream)
 
 
 def _current_schema(url: str) -> str:
