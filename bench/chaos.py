@@ -38,7 +38,7 @@ from bench import reconcile
 from bench.servers import Servers, free_port, make_servers
 from config import redis_server
 from contracts.streams import Keys
-from controller.procfile import Processes
+from controller.procfile import Processes, descendants
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "t-chaos-operator"
@@ -202,7 +202,7 @@ class Chaos:
         self.mark_exposed()
         with self.lock:
             proc = self.procs.running[name]
-            family = _descendants(proc.pid)
+            family = descendants(proc.pid)
             for pid in family:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -430,19 +430,6 @@ def _state(pid: int) -> str:
     with contextlib.suppress(OSError):
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     return "X"
-
-
-def _descendants(root: int) -> set[int]:
-    family, found = {root}, True
-    while found:
-        found = False
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            with contextlib.suppress(OSError, ValueError, IndexError):
-                pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
-                if ppid in family and pid not in family:
-                    family.add(pid)
-                    found = True
-    return family
 
 
 def report(figures: Figures, result: reconcile.Reconciliation) -> str:

@@ -74,3 +74,19 @@ def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
 def _signal(proc: subprocess.Popen[bytes], signum: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signum)
+
+
+def descendants(root: int) -> set[int]:
+    """`root` and every process it forked, however deep (from /proc): what a `kill -9` of a
+    machine would take down with it. RQ's work horse runs in a process group of its own, so
+    killing the group is not enough."""
+    family, found = {root}, True
+    while found:
+        found = False
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                if ppid in family and pid not in family:
+                    family.add(pid)
+                    found = True
+    return family

@@ -35,6 +35,7 @@ from config.settings import Settings
 from contracts.registry import default_registry
 from contracts.streams import Keys
 from controller import migrate, sweeper
+from controller.procfile import descendants
 from controller.services import Services
 from participants import outbox
 from participants.db import make_engine
@@ -138,16 +139,7 @@ class Supervised(System):
         """`kill -9` of a process and everything it forked, as a crash of its machine would. (RQ's
         work horse runs in a process group of its own: killing the worker's group spares it.)"""
         proc = self.procs.running.pop(name)
-        family, found = {proc.pid}, True
-        while found:
-            found = False
-            for stat in Path("/proc").glob("[0-9]*/stat"):
-                with contextlib.suppress(OSError, ValueError, IndexError):
-                    pid, ppid = int(stat.parent.name), int(stat.read_text().rsplit(")", 1)[1].split()[1])
-                    if ppid in family and pid not in family:
-                        family.add(pid)
-                        found = True
-        for pid in family:
+        for pid in descendants(proc.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         proc.wait()
