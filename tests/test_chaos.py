@@ -1,4 +1,4 @@
-"""The chaos run (issue 7) in a reduced size, run by CI: `bench/chaos.py` with 150 workflows, 8
+"""The chaos run (issue 7) in a reduced size, run by CI: `bench/chaos.py` with 300 workflows, 12
 `kill -9`s of random processes, one restart of Redis on its AOF and one `pg_ctl stop -m immediate`
 of PostgreSQL, then the same reconciliation as the full run (`bench/reconcile.py`).
 
@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
 
 def test_chaos_nothing_lost_nothing_done_twice() -> None:
-    config = Config(workflows=150, kills=8, seed=7, window=30, garbage=4, converge_timeout=90.0,
+    config = Config(workflows=300, kills=12, seed=7, window=30, garbage=4, converge_timeout=90.0,
                     durable=False, visibility_timeout=2.0, quiet=True)
     chaos = Chaos(config)
     result = chaos.run()
