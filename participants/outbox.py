@@ -60,15 +60,7 @@ def publish(engine: Engine, client: redis.Redis, pending: Sequence[Pending],
         rows = [p for p in pending if p.seq in mine]
         if not rows:
             return  # the relay got there first
-        crash_point("outbox.before_xadd", crash_points)
-        pipe = client.pipeline(transaction=False)
-        for row in rows:
-            pipe.xadd(row.stream, row.fields)  # type: ignore[arg-type]
-        pipe.execute()
-        crash_point("outbox.after_xadd", crash_points)
-        conn.execute(
-            update(outbox).where(outbox.c.seq.in_([p.seq for p in rows])).values(sent_at=utcnow())
-        )
+        _send(conn, client, rows, "outbox", crash_points)
 
 
 def republish_since(engine: Engine, client: redis.Redis, since: datetime, batch: int = 1000) -> int:
@@ -115,13 +107,18 @@ def relay_once(engine: Engine, client: redis.Redis, *, grace: timedelta, limit: 
     with engine.begin() as conn:
         rows = [Pending(r.seq, r.stream, r.fields) for r in conn.execute(query)]
         if rows:
-            crash_point("relay.before_xadd", crash_points)
-            pipe = client.pipeline(transaction=False)
-            for row in rows:
-                pipe.xadd(row.stream, row.fields)  # type: ignore[arg-type]
-            pipe.execute()
-            crash_point("relay.after_xadd", crash_points)
-            conn.execute(
-                update(outbox).where(outbox.c.seq.in_([p.seq for p in rows])).values(sent_at=utcnow())
-            )
+            _send(conn, client, rows, "relay", crash_points)
     return len(rows)
+
+
+def _send(conn: Connection, client: redis.Redis, rows: Sequence[Pending], who: str,
+          crash_points: Collection[str]) -> None:
+    """XADD the rows in one round trip, then mark them sent in the caller's transaction; the
+    crash points `<who>.before_xadd` and `<who>.after_xadd` bracket the XADD."""
+    crash_point(f"{who}.before_xadd", crash_points)
+    pipe = client.pipeline(transaction=False)
+    for row in rows:
+        pipe.xadd(row.stream, row.fields)  # type: ignore[arg-type]
+    pipe.execute()
+    crash_point(f"{who}.after_xadd", crash_points)
+    conn.execute(update(outbox).where(outbox.c.seq.in_([p.seq for p in rows])).values(sent_at=utcnow()))
