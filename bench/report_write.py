@@ -31,7 +31,6 @@ from contracts.registry import default_registry
 from contracts.timefmt import utcnow
 from controller import lifecycle, migrate, report_store, store, tracker
 from participants.db import make_engine
-from participants.participant import Context
 
 EVENTS = (("inventory.reserved", "inventory", 0), ("payment.charged", "payment", 0),
           ("shipment.scheduled", "shipping", 1), ("notification.sent", "notification", 2))
@@ -53,15 +52,13 @@ def one_workflow(engine: Engine, catalog: Any, registry: Any) -> None:
                             causation_id=causes[cause])
         causes.append(message.id)
         with engine.begin() as conn:
-            ctx = Context(conn, message, now + timedelta(milliseconds=100 * (i + 1)), "controller",
-                          registry)
-            tracker.track(catalog, message, ctx)
+            tracker.track(catalog, registry, conn, [message], now + timedelta(milliseconds=100 * (i + 1)))
 
 
 @contextmanager
 def without_report() -> Iterator[None]:
     saved = {name: getattr(report_store, name)
-             for name in ("workflow_saved", "message_recorded", "workflow_inserted")}
+             for name in ("workflows_saved", "messages_recorded", "workflow_inserted")}
     for name in saved:
         setattr(report_store, name, lambda *args, **kwargs: None)
     try:

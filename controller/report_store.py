@@ -35,47 +35,66 @@ Facts = Mapping[tuple[str, str], rf.Fact]
 
 def workflow_saved(conn: Connection, before: Facts, after: Facts) -> None:
     """Write the facts that changed between two states of one workflow, and the rollup's delta."""
-    changed = [f for k, f in after.items() if before.get(k) != f]
-    gone = [f for k, f in before.items() if k not in after]
-    if not changed and not gone:
-        return
-    if gone:  # a workflow never loses a step; kept for completeness
-        for f in gone:
+    workflows_saved(conn, [(before, after)])
+
+
+def workflows_saved(conn: Connection, states: Iterable[tuple[Facts, Facts]]) -> None:
+    """The same for many workflows (each as its facts before and after), in two statements."""
+    changed: list[rf.Fact] = []
+    replaced: list[rf.Fact] = []
+    for before, after in states:
+        now_changed = [f for k, f in after.items() if before.get(k) != f]
+        gone = [f for k, f in before.items() if k not in after]
+        for f in gone:  # a workflow never loses a step; kept for completeness
             conn.execute(delete(report_facts).where(
                 report_facts.c.correlation_id == f.correlation_id, report_facts.c.kind == f.kind,
                 report_facts.c.item == f.item))
+        changed += now_changed
+        replaced += [before[f.key] for f in now_changed if f.key in before] + gone
     if changed:
         _upsert_facts(conn, changed)
-    replaced = [before[f.key] for f in changed if f.key in before]
-    _append(conn, rf.deltas([*replaced, *gone], changed))
+    _append(conn, rf.deltas(replaced, changed))
 
 
 def message_recorded(conn: Connection, message: Envelope) -> None:
-    """The transitions this message completes: with its cause, and with messages it caused that
-    arrived first. None until the workflow exists (`workflow_inserted` catches up)."""
-    found = []
-    params = {"cid": message.correlation_id, "mid": message.id, "cause": message.causation_id}
-    for r in conn.execute(_related(), params):
-        if r.id == message.causation_id:
-            found.append(rf.transition(r.flow, r.started_at, message.correlation_id, r.type,
-                                       r.occurred_at, message.id, message.type, message.source,
-                                       message.occurred_at))
-        else:
-            found.append(rf.transition(r.flow, r.started_at, message.correlation_id, message.type,
-                                       message.occurred_at, r.id, r.type, r.source, r.occurred_at))
-    _add(conn, found)
+    messages_recorded(conn, [message])
+
+
+def messages_recorded(conn: Connection, recorded: list[Envelope]) -> None:
+    """The transitions these new messages complete: each with its cause, and with messages it
+    caused that arrived first, in one query. None until the workflow exists
+    (`workflow_inserted` catches up)."""
+    if not recorded:
+        return
+    cids = sorted({m.correlation_id for m in recorded})
+    ids = sorted({m.id for m in recorded})
+    _add(conn, [rf.transition(r.flow, r.started_at, r.correlation_id, r.cause_type, r.cause_at, r.id,
+                              r.type, r.source, r.occurred_at)
+                for r in conn.execute(_related(), {"cids": cids, "ids": ids})])
 
 
 @cache
 def _related() -> Select[Any]:
-    """A message's cause and the messages it caused, with their workflow (built once: the
-    write path runs it for every message)."""
-    m = messages
-    return select(workflows.c.flow, workflows.c.started_at, m.c.id, m.c.type, m.c.source,
-                  m.c.causation_id, m.c.occurred_at).join_from(
-        workflows, m, m.c.correlation_id == workflows.c.correlation_id).where(
-        workflows.c.correlation_id == bindparam("cid"), m.c.id != bindparam("mid"),
-        or_(m.c.id == bindparam("cause"), m.c.causation_id == bindparam("mid")))
+    """Each (cause, effect) pair of one workflow in which either is one of `ids` (built once:
+    the write path runs it for every batch)."""
+    return _pairs().where(workflows.c.correlation_id.in_(bindparam("cids", expanding=True)), or_(
+        _EFFECT.c.id.in_(bindparam("ids", expanding=True)),
+        _CAUSE.c.id.in_(bindparam("ids", expanding=True))))
+
+
+_EFFECT, _CAUSE = messages.alias("effect"), messages.alias("cause")
+
+
+def _pairs() -> Select[Any]:
+    effect, cause = _EFFECT, _CAUSE
+    return select(
+        workflows.c.flow, workflows.c.started_at, workflows.c.correlation_id,
+        cause.c.type.label("cause_type"), cause.c.occurred_at.label("cause_at"), effect.c.id,
+        effect.c.type, effect.c.source, effect.c.occurred_at,
+    ).select_from(
+        workflows.join(effect, effect.c.correlation_id == workflows.c.correlation_id)
+        .join(cause, cause.c.id == effect.c.causation_id)
+    ).where(cause.c.correlation_id == effect.c.correlation_id, effect.c.id != cause.c.id)
 
 
 def workflow_inserted(conn: Connection, wf: lifecycle.Workflow) -> None:
@@ -85,16 +104,7 @@ def workflow_inserted(conn: Connection, wf: lifecycle.Workflow) -> None:
 
 
 def _transitions(conn: Connection, correlation_id: str) -> list[rf.Fact]:
-    effect, cause = messages.alias("effect"), messages.alias("cause")
-    query = select(
-        workflows.c.flow, workflows.c.started_at, cause.c.type.label("cause_type"),
-        cause.c.occurred_at.label("cause_at"), effect.c.id, effect.c.type, effect.c.source,
-        effect.c.occurred_at,
-    ).select_from(
-        workflows.join(effect, effect.c.correlation_id == workflows.c.correlation_id)
-        .join(cause, cause.c.id == effect.c.causation_id)
-    ).where(workflows.c.correlation_id == correlation_id,
-            cause.c.correlation_id == correlation_id, effect.c.id != cause.c.id)
+    query = _pairs().where(workflows.c.correlation_id == correlation_id)
     return [rf.transition(r.flow, r.started_at, correlation_id, r.cause_type, r.cause_at, r.id,
                           r.type, r.source, r.occurred_at) for r in conn.execute(query)]
 
@@ -106,7 +116,8 @@ def _add(conn: Connection, facts: list[rf.Fact]) -> None:
 
 
 def _upsert_facts(conn: Connection, facts: Iterable[rf.Fact]) -> None:
-    conn.execute(_upsert(conn.dialect.name), [f.row() for f in sorted(facts, key=lambda f: f.key)])
+    rows = sorted(facts, key=lambda f: (f.correlation_id, *f.key))
+    conn.execute(_upsert(conn.dialect.name), [f.row() for f in rows])
 
 
 @cache

@@ -5,11 +5,13 @@ Every write also keeps the SLA report's facts in step, in the same transaction (
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterable
 from dataclasses import asdict
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, text, update
+from sqlalchemy import Connection, bindparam, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -20,29 +22,48 @@ from controller.tables import compensations, messages, steps, workflows
 
 
 def lock(conn: Connection, correlation_id: str) -> None:
-    """Serialise every writer of one workflow (tracker, sweeper, API) until the transaction ends.
+    lock_many(conn, [correlation_id])
 
-    PostgreSQL: a transaction-scoped advisory lock, which also covers a workflow not inserted yet.
+
+def lock_many(conn: Connection, correlation_ids: Iterable[str]) -> None:
+    """Serialise every writer of these workflows (tracker, sweeper, API) until the transaction ends.
+
+    PostgreSQL: transaction-scoped advisory locks, which also cover a workflow not inserted yet,
+    taken in one statement in the order of their keys, so two batches cannot wait on each other.
     SQLite: every write transaction already holds the database lock (BEGIN IMMEDIATE).
     """
     if conn.dialect.name == "postgresql":
-        conn.execute(text("SELECT pg_advisory_xact_lock(hashtextextended(:cid, 0))"),
-                     {"cid": correlation_id})
+        conn.execute(text(
+            "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(c, 0) AS k"
+            " FROM unnest(CAST(:cids AS text[])) AS c ORDER BY k) AS keys"
+        ), {"cids": sorted(set(correlation_ids))})
 
 
 def record_message(conn: Connection, message: Envelope, received_at: datetime) -> bool:
     """Add a message to the timeline once; False when it was there already."""
-    upsert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    result = conn.execute(upsert(messages).values(
-        id=message.id, correlation_id=message.correlation_id, kind=message.kind, type=message.type,
-        version=message.version, source=message.source, causation_id=message.causation_id,
-        occurred_at=message.occurred_at, received_at=received_at, target=message.target,
-        data=message.data,
-    ).on_conflict_do_nothing(index_elements=["id"]).returning(messages.c.seq))
-    if result.first() is None:  # RETURNING: rowcount was seen non-zero for a resent command
-        return False
-    report_store.message_recorded(conn, message)
-    return True
+    return bool(record_messages(conn, [message], received_at))
+
+
+def record_messages(conn: Connection, batch: Iterable[Envelope], received_at: datetime) -> list[Envelope]:
+    """Add messages to the timeline once each, in one statement; those that were not there yet."""
+    fresh = {m.id: m for m in batch}
+    if not fresh:
+        return []
+    rows = [{
+        "id": m.id, "correlation_id": m.correlation_id, "kind": m.kind, "type": m.type,
+        "version": m.version, "source": m.source, "causation_id": m.causation_id,
+        "occurred_at": m.occurred_at, "received_at": received_at, "target": m.target, "data": m.data,
+    } for m in fresh.values()]
+    added = set(conn.execute(_record_statement(conn.dialect.name), rows).scalars())
+    recorded = [m for m in fresh.values() if m.id in added]
+    report_store.messages_recorded(conn, recorded)
+    return recorded
+
+
+@cache
+def _record_statement(dialect: str) -> Any:
+    upsert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return upsert(messages).on_conflict_do_nothing(index_elements=["id"]).returning(messages.c.id)
 
 
 def exists(conn: Connection, correlation_id: str) -> bool:
@@ -51,24 +72,34 @@ def exists(conn: Connection, correlation_id: str) -> bool:
 
 
 def load(conn: Connection, correlation_id: str) -> lifecycle.Workflow | None:
-    row = conn.execute(select(workflows).where(workflows.c.correlation_id == correlation_id)).first()
-    if row is None:
-        return None
-    wf = lifecycle.Workflow(
-        row.correlation_id, row.flow, row.flow_version, row.started_at, row.start_message_id,
-        status=row.status, reason=row.reason, deadline=row.deadline, finished_at=row.finished_at,
-        paused_at=row.paused_at,
-    )
-    for s in conn.execute(select(steps).where(steps.c.correlation_id == correlation_id)):
-        wf.steps[s.name] = lifecycle.Step(**_fields(s, lifecycle.Step))
-    for c in conn.execute(select(compensations).where(compensations.c.correlation_id == correlation_id)):
-        wf.compensations[c.step] = lifecycle.Compensation(**_fields(c, lifecycle.Compensation))
-    seen = select(messages.c.type, messages.c.id, messages.c.data).where(
-        messages.c.correlation_id == correlation_id, messages.c.kind == EVENT
+    return load_many(conn, [correlation_id]).get(correlation_id)
+
+
+def load_many(conn: Connection, correlation_ids: Iterable[str]) -> dict[str, lifecycle.Workflow]:
+    """The workflows of these correlation IDs that exist, each with its steps, compensations and
+    the first event of each type it has seen: four queries, however many workflows."""
+    cids = sorted(set(correlation_ids))
+    found: dict[str, lifecycle.Workflow] = {}
+    for row in conn.execute(select(workflows).where(workflows.c.correlation_id.in_(cids))):
+        found[row.correlation_id] = lifecycle.Workflow(
+            row.correlation_id, row.flow, row.flow_version, row.started_at, row.start_message_id,
+            status=row.status, reason=row.reason, deadline=row.deadline, finished_at=row.finished_at,
+            paused_at=row.paused_at,
+        )
+    if not found:
+        return found
+    cids = sorted(found)
+    for s in conn.execute(select(steps).where(steps.c.correlation_id.in_(cids))):
+        found[s.correlation_id].steps[s.name] = lifecycle.Step(**_fields(s, lifecycle.Step))
+    for c in conn.execute(select(compensations).where(compensations.c.correlation_id.in_(cids))):
+        found[c.correlation_id].compensations[c.step] = lifecycle.Compensation(
+            **_fields(c, lifecycle.Compensation))
+    seen = select(messages.c.correlation_id, messages.c.type, messages.c.id, messages.c.data).where(
+        messages.c.correlation_id.in_(cids), messages.c.kind == EVENT
     ).order_by(messages.c.seq)
     for m in conn.execute(seen):
-        wf.seen.setdefault(m.type, (m.id, m.data))
-    return wf
+        found[m.correlation_id].seen.setdefault(m.type, (m.id, m.data))
+    return found
 
 
 def early_messages(conn: Connection, correlation_id: str) -> list[Envelope]:
@@ -92,7 +123,7 @@ def insert_workflow(conn: Connection, wf: lifecycle.Workflow, extra: dict[str, A
     ))
     empty = lifecycle.Workflow(wf.correlation_id, wf.flow, wf.flow_version, wf.started_at,
                                wf.start_message_id)
-    _save_children(conn, wf, empty)
+    _save_children(conn, [(wf, empty)])
     report_store.workflow_inserted(conn, wf)
 
 
@@ -102,31 +133,62 @@ def snapshot(wf: lifecycle.Workflow) -> lifecycle.Workflow:
 
 def save(conn: Connection, wf: lifecycle.Workflow, before: lifecycle.Workflow) -> None:
     """Write what changed since `before` (a snapshot taken at load)."""
-    conn.execute(update(workflows).where(workflows.c.correlation_id == wf.correlation_id).values(
-        status=wf.status, reason=wf.reason, deadline=wf.deadline, finished_at=wf.finished_at,
-        paused_at=wf.paused_at, next_due_at=lifecycle.next_due(wf),
-    ))
-    _save_children(conn, wf, before)
-    report_store.workflow_saved(conn, rf.of_workflow(before), rf.of_workflow(wf))
+    save_many(conn, [(wf, before)])
 
 
-def _save_children(conn: Connection, wf: lifecycle.Workflow, before: lifecycle.Workflow) -> None:
-    cid = wf.correlation_id
-    for name, step in wf.steps.items():
-        old = before.steps.get(name)
-        if old is None:
-            conn.execute(insert(steps).values(correlation_id=cid, **asdict(step)))
-        elif old != step:
-            conn.execute(update(steps).where(steps.c.correlation_id == cid, steps.c.name == name)
-                         .values(**asdict(step)))
-    for name, comp in wf.compensations.items():
-        prev = before.compensations.get(name)
-        if prev is None:
-            conn.execute(insert(compensations).values(correlation_id=cid, **asdict(comp)))
-        elif prev != comp:
-            conn.execute(update(compensations).where(
-                compensations.c.correlation_id == cid, compensations.c.step == name
-            ).values(**asdict(comp)))
+def save_many(conn: Connection, changes: list[tuple[lifecycle.Workflow, lifecycle.Workflow]]) -> None:
+    """Write what changed in each workflow since its snapshot: one statement per kind of row."""
+    if not changes:
+        return
+    conn.execute(_update_workflow(), [{
+        "_cid": wf.correlation_id, "status": wf.status, "reason": wf.reason, "deadline": wf.deadline,
+        "finished_at": wf.finished_at, "paused_at": wf.paused_at, "next_due_at": lifecycle.next_due(wf),
+    } for wf, _ in changes])
+    _save_children(conn, changes)
+    report_store.workflows_saved(conn, [(rf.of_workflow(before), rf.of_workflow(wf))
+                                        for wf, before in changes])
+
+
+def _save_children(conn: Connection, changes: list[tuple[lifecycle.Workflow, lifecycle.Workflow]]) -> None:
+    new_steps: list[dict[str, Any]] = []
+    changed_steps: list[dict[str, Any]] = []
+    new_comps: list[dict[str, Any]] = []
+    changed_comps: list[dict[str, Any]] = []
+    for wf, before in changes:
+        cid = wf.correlation_id
+        for name, step in wf.steps.items():
+            old = before.steps.get(name)
+            if old is None:
+                new_steps.append({"correlation_id": cid, **asdict(step)})
+            elif old != step:
+                changed_steps.append({"_cid": cid, "_name": name, **asdict(step)})
+        for name, comp in wf.compensations.items():
+            prev = before.compensations.get(name)
+            if prev is None:
+                new_comps.append({"correlation_id": cid, **asdict(comp)})
+            elif prev != comp:
+                changed_comps.append({"_cid": cid, "_name": name, **asdict(comp)})
+    for statement, rows in ((insert(steps), new_steps), (_update_step(), changed_steps),
+                            (insert(compensations), new_comps), (_update_compensation(), changed_comps)):
+        if rows:
+            conn.execute(statement, rows)
+
+
+@cache
+def _update_workflow() -> Any:
+    return update(workflows).where(workflows.c.correlation_id == bindparam("_cid"))
+
+
+@cache
+def _update_step() -> Any:
+    return update(steps).where(steps.c.correlation_id == bindparam("_cid"),
+                               steps.c.name == bindparam("_name"))
+
+
+@cache
+def _update_compensation() -> Any:
+    return update(compensations).where(compensations.c.correlation_id == bindparam("_cid"),
+                                       compensations.c.step == bindparam("_name"))
 
 
 def _fields(row: Any, cls: type) -> dict[str, Any]:

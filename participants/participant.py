@@ -40,6 +40,8 @@ class Context:
 Emitted = Iterable[Envelope] | None
 Handler = Callable[[Envelope, Context], Emitted]
 JoinHandler = Callable[[dict[str, Envelope], Context], Emitted]
+# All the new messages of a batch at once, in order, in one transaction; what each one emits.
+BatchHandler = Callable[[Connection, list[Envelope], datetime], list[list[Envelope]]]
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,10 @@ class Participant:
     commands: dict[str, Handler] = field(default_factory=dict)
     joins: list[Join] = field(default_factory=list)
     on_setup: Callable[[Connection], None] | None = None  # e.g. seed reference data, idempotently
+    # Instead of handlers per type: one for all the events of `batch_types` in a batch, for a
+    # consumer that gains from seeing them at once, as the controller's tracker does.
+    batch: BatchHandler | None = None
+    batch_types: tuple[str, ...] = ()
 
     def on_event(self, message_type: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
@@ -80,7 +86,7 @@ class Participant:
         return register
 
     def streams(self, keys: Keys) -> list[str]:
-        types = dict.fromkeys([*self.events, *(t for j in self.joins for t in j.types)])
+        types = dict.fromkeys([*self.events, *self.batch_types, *(t for j in self.joins for t in j.types)])
         streams = [keys.event_stream(t) for t in types]
         if self.commands:
             streams.append(keys.command_stream(self.name))

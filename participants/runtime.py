@@ -1,12 +1,14 @@
 """The one consume-dedupe-dispatch-ack loop over Redis Streams, for participants and the controller alike.
 
-A batch read with XREADGROUP is handled in one database transaction, each message in its own savepoint:
-the processed-id row, the handler's effects and its outbox rows commit together; then the outbox is
-published and only then are the entries acknowledged. Entries left pending by a dead or failing
-consumer are reclaimed after a visibility timeout that doubles with each delivery; after the last
-allowed delivery they go to the dead-letter stream, as do malformed entries, at once. Outbox rows that
-a crash or an outage left unpublished after their commit are published on the same schedule: when the
-entry is redelivered it is a duplicate and emits nothing again, so the runtime itself must send them.
+A batch read with XREADGROUP is handled in one database transaction: the processed-id rows (one
+statement), the handlers' effects and their outbox rows commit together; then the outbox is published
+and only then are the entries acknowledged. If a handler fails, that transaction is rolled back and
+the batch handled again with each message in its own savepoint, so only the failing one is retried.
+Entries left pending by a dead or failing consumer are reclaimed after a visibility timeout that
+doubles with each delivery; after the last allowed delivery they go to the dead-letter stream, as do
+malformed entries, at once. Outbox rows that a crash or an outage left unpublished after their commit
+are published on the same schedule: when the entry is redelivered it is a duplicate and emits nothing
+again, so the runtime itself must send them.
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
+from functools import cache
 from typing import Any
 
 import redis
 import structlog
 from sqlalchemy import Connection, Engine, insert, text
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from contracts.envelope import COMMAND, EVENT, Envelope, decode_fields
@@ -40,6 +45,12 @@ log = structlog.get_logger("baton.runtime")
 
 class Malformed(Exception):
     """An entry that can never be processed: it goes to the dead-letter stream at once."""
+
+
+class _HandlerFailed(Exception):
+    def __init__(self, message: Envelope) -> None:
+        super().__init__(message.id)
+        self.message = message
 
 
 @dataclass(frozen=True)
@@ -240,11 +251,72 @@ class Runtime:
             raise Malformed(f"a {msg.kind} of type {msg.type} does not belong on {entry.stream}")
 
     def _handle(self, entries: list[_Entry]) -> tuple[list[_Entry], list[outbox.Pending]]:
+        """The whole batch in one transaction; if a handler fails, the batch again, one savepoint
+        per message, so that only the failing message is left for a retry."""
+        now = utcnow()
+        try:
+            return self._handle_batch(entries, now)
+        except OperationalError:
+            raise
+        except _HandlerFailed as failed:  # that one is not run again before its retry
+            msg = failed.message
+            log.warning("handler failed", outcome="failed", error=repr(failed.__cause__)[:500],
+                        correlation_id=msg.correlation_id, message_id=msg.id, type=msg.type)
+            return self._handle_each(entries, now, skip=_key(msg))
+        except Exception as exc:  # a batch handler's: which message is unknown
+            log.info("a batch failed: again, message by message", error=repr(exc)[:300])
+            return self._handle_each(entries, now)
+
+    def _handle_batch(self, entries: list[_Entry], now: Any) -> tuple[list[_Entry], list[outbox.Pending]]:
+        with self.engine.begin() as conn:
+            fresh = self._claim_all(conn, [_key(e.message) for e in entries if e.message], now)
+            todo: list[Envelope] = []
+            for entry in entries:
+                assert entry.message is not None
+                if _key(entry.message) in fresh:
+                    fresh.discard(_key(entry.message))  # a second copy in the batch is a duplicate
+                    todo.append(entry.message)
+                else:
+                    log.info("duplicate ignored", outcome="duplicate", message_id=entry.message.id,
+                             correlation_id=entry.message.correlation_id, type=entry.message.type)
+            emitted = self._dispatch_all(conn, todo, now)
+            pending = outbox.enqueue(conn, self.keys, emitted, now)
+        return entries, pending
+
+    def _dispatch_all(self, conn: Connection, todo: list[Envelope], now: Any) -> list[Envelope]:
+        outs: list[list[Envelope]] | None = None
+        if self.participant.batch is not None and todo:
+            crash_point("runtime.in_handler", self.options.crash_points)
+            outs = self.participant.batch(conn, todo, now)
+        emitted: list[Envelope] = []
+        for i, msg in enumerate(todo):
+            with structlog.contextvars.bound_contextvars(correlation_id=msg.correlation_id,
+                                                         message_id=msg.id, type=msg.type):
+                try:
+                    out = self._checked(outs[i]) if outs is not None else self._dispatch(conn, msg, now)
+                except OperationalError:
+                    raise
+                except Exception as exc:
+                    raise _HandlerFailed(msg) from exc
+                log.info("handled", outcome="done", emitted=[e.type for e in out])
+            emitted += out
+        return emitted
+
+    def _claim_all(self, conn: Connection, keys: list[str], now: Any) -> set[str]:
+        """Claim each message once for this consumer, in one statement; the keys claimed now."""
+        if not keys:
+            return set()
+        rows = [{"consumer": self.group, "message_id": k, "processed_at": now} for k in dict.fromkeys(keys)]
+        return set(conn.execute(_claim_statement(conn.dialect.name), rows).scalars())
+
+    def _handle_each(self, entries: list[_Entry], now: Any,
+                     skip: str | None = None) -> tuple[list[_Entry], list[outbox.Pending]]:
         done: list[_Entry] = []
         emitted: list[Envelope] = []
-        now = utcnow()
         with self.engine.begin() as conn:
             for entry in entries:
+                if entry.message is not None and _key(entry.message) == skip:
+                    continue
                 result = self._handle_one(conn, entry, now)
                 if result is not None:
                     done.append(entry)
@@ -272,20 +344,19 @@ class Runtime:
             return out
 
     def _claim(self, conn: Connection, msg: Envelope, now: Any) -> bool:
-        # A retried command keeps its id but must be answered again (its answer may be lost):
-        # each attempt is processed once, and handlers keep their effects idempotent.
-        key = msg.id if msg.kind == EVENT else f"{msg.id}#{msg.attempt}"
         try:
             with conn.begin_nested():
                 conn.execute(insert(processed).values(
-                    consumer=self.group, message_id=key, processed_at=now))
+                    consumer=self.group, message_id=_key(msg), processed_at=now))
         except IntegrityError:
             return False
         return True
 
     def _dispatch(self, conn: Connection, msg: Envelope, now: Any) -> list[Envelope]:
-        ctx = Context(conn, msg, now, self.group, self.participant.registry)
         crash_point("runtime.in_handler", self.options.crash_points)
+        if self.participant.batch is not None:
+            return self._checked(self.participant.batch(conn, [msg], now)[0])
+        ctx = Context(conn, msg, now, self.group, self.participant.registry)
         out: list[Envelope] = []
         table = self.participant.commands if msg.kind == COMMAND else self.participant.events
         handler = table.get(msg.type)
@@ -296,6 +367,9 @@ class Runtime:
                 complete = joins.arrive(conn, self.group, join.name, join.types, msg)
                 if complete:
                     out += join.handler(complete, ctx) or []
+        return self._checked(out)
+
+    def _checked(self, out: list[Envelope]) -> list[Envelope]:
         for emitted in out:  # however it was built, nothing leaves unchecked
             self.participant.registry.validate(emitted.type, emitted.version, emitted.data)
         return out
@@ -318,6 +392,18 @@ class Runtime:
                         reason, count)
         self.client.xack(stream, self.group, entry_id)
         log.warning("dead-lettered", stream=stream, entry=entry_id, reason=reason)
+
+
+def _key(msg: Envelope) -> str:
+    """What is processed once. A retried command keeps its id but must be answered again (its
+    answer may be lost): each attempt is processed once, and handlers keep their effects idempotent."""
+    return msg.id if msg.kind == EVENT else f"{msg.id}#{msg.attempt}"
+
+
+@cache
+def _claim_statement(dialect: str) -> Any:
+    upsert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return upsert(processed).on_conflict_do_nothing().returning(processed.c.message_id)
 
 
 def _text(value: Any) -> str:

@@ -1,0 +1,194 @@
+"""Where Baton's CPU goes per workflow, measured in one process: no HTTP, no scheduler noise.
+
+The end-to-end harness (`bench.throughput`) runs 14 processes on a shared machine, where wall time
+says little. This runs the same code paths single-threaded in this process, against a private Redis
+(AOF) and PostgreSQL (or SQLite): it starts `n` workflows of `order_fulfillment` the way the API
+does (`start_workflow`, then the writer's outbox publish), then polls the tracker's and the four
+participants' runtimes in turn until every workflow is `completed`. CPU time is taken around
+each component's calls, so the table says how many CPU milliseconds each spends per workflow, in
+this process (Python) and, on PostgreSQL, in the server's backends.
+
+    python -m bench.inproc                     # 2,000 workflows on PostgreSQL
+    python -m bench.inproc --db sqlite -n 1000
+    python -m bench.inproc --profile /tmp/p.prof --top 40   # + cProfile, sorted by own time
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import logging
+import pstats
+import re
+import sys
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+import structlog
+from sqlalchemy import event, func, select
+
+from bench.servers import make_servers
+from bench.throughput import order
+from config.flows import load_catalog
+from contracts.registry import default_registry
+from contracts.streams import Keys
+from contracts.timefmt import utcnow
+from controller import migrate
+from controller.starting import StartRequest, start_workflow
+from controller.tables import workflows
+from controller.tracker import build_tracker
+from participants import outbox
+from participants.db import make_engine
+from participants.reference import build
+from participants.runtime import Options, Runtime
+
+PARTICIPANTS = ("inventory", "payment", "shipping", "notification")
+
+
+class Clock:
+    """CPU seconds of this process (and of PostgreSQL's backends) per component."""
+
+    def __init__(self, pg_pid: int | None) -> None:
+        self.own: dict[str, float] = defaultdict(float)
+        self.pg: dict[str, float] = defaultdict(float)
+        self.root = psutil.Process(pg_pid) if pg_pid else None
+        self.statements: dict[str, int] = defaultdict(int)
+        self.texts: dict[tuple[str, str], int] = defaultdict(int)
+        self.current = ""
+
+    def count(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        self.statements[self.current] += 1
+        self.texts[(self.current, re.sub(r"_\d+", "_N", " ".join(statement.split())[:100]))] += 1
+
+    def _pg_cpu(self) -> float:
+        if self.root is None:
+            return 0.0
+        total = 0.0
+        for p in [self.root, *self.root.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                t = p.cpu_times()
+                total += t.user + t.system
+        return total
+
+    @contextlib.contextmanager
+    def charge(self, name: str) -> Iterator[None]:
+        self.current = name
+        pg0, t0 = self._pg_cpu(), time.process_time()
+        try:
+            yield
+        finally:
+            self.own[name] += time.process_time() - t0
+            self.pg[name] += self._pg_cpu() - pg0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("-n", type=int, default=2000, help="workflows (default 2000)")
+    ap.add_argument("--db", choices=("postgresql", "sqlite"), default="postgresql")
+    ap.add_argument("--batch", type=int, default=100, help="kickoffs between polls (default 100)")
+    ap.add_argument("--read-count", type=int, default=100)
+    ap.add_argument("--profile", type=Path, help="write cProfile stats here and print the top")
+    ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--statements", action="store_true", help="print each component's statements")
+    ap.add_argument("--log", action="store_true", help="keep INFO logs (to stderr), as processes do")
+    args = ap.parse_args(argv)
+
+    level = logging.INFO if args.log else logging.WARNING
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level),
+                        logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    servers = make_servers()
+    try:
+        redis_url = servers.start_redis()
+        if args.db == "postgresql":
+            servers.start_postgres(stat_statements=False)
+            url = servers.create_db("baton")
+            purl = {p: servers.create_db(f"p_{p}") for p in PARTICIPANTS}
+        else:
+            url = f"sqlite:///{servers.tmp}/baton.db"
+            purl = {p: f"sqlite:///{servers.tmp}/p_{p}.db" for p in PARTICIPANTS}
+        return run(args, servers.postgres_pid(), redis_url, url, purl)
+    finally:
+        servers.close()
+
+
+def run(args: argparse.Namespace, pg_pid: int | None, redis_url: str, url: str,
+        purl: dict[str, str]) -> int:
+    engine = make_engine(url)
+    migrate.upgrade(engine)
+    registry = default_registry()
+    catalog = load_catalog(registry)
+    keys = Keys("bench")
+    client = redis.Redis.from_url(redis_url)
+    opts = Options(relay_outbox=False, read_count=args.read_count, block_ms=1)
+    runtimes = {"tracker": Runtime(build_tracker(catalog, registry), engine, client, keys, opts)}
+    for p in PARTICIPANTS:
+        runtimes[p] = Runtime(build(p), make_engine(purl[p]), client, keys, opts)
+    for rt in runtimes.values():
+        rt.setup()
+    clock = Clock(pg_pid)
+    for e in {engine, *(rt.engine for rt in runtimes.values())}:
+        event.listen(e, "before_cursor_execute", clock.count)
+
+    def kick(cid: str) -> None:
+        req = StartRequest(flow="order_fulfillment", input=order(cid), actor="bench", correlation_id=cid)
+        started = start_workflow(engine, catalog, registry, keys, req, utcnow())
+        outbox.publish(engine, client, started.pending)
+
+    profiler = cProfile.Profile() if args.profile else None
+    t0 = time.perf_counter()
+    if profiler:
+        profiler.enable()
+    started = 0
+    while True:
+        with clock.charge("start"):
+            for _ in range(min(args.batch, args.n - started)):
+                kick(f"b-{uuid.uuid4().hex[:20]}")
+                started += 1
+        handled = 0
+        for name, rt in runtimes.items():
+            with clock.charge(name):
+                handled += rt.poll()
+        if started >= args.n and handled == 0 and _completed(engine) >= args.n:
+            break
+        if started >= args.n and handled == 0:
+            time.sleep(0.01)
+    if profiler:
+        profiler.disable()
+    wall = time.perf_counter() - t0
+    done = _completed(engine)
+    _table(clock, args.n, wall, done)
+    if args.statements:
+        for (name, text), count in sorted(clock.texts.items(), key=lambda kv: (kv[0][0], -kv[1])):
+            print(f"{name:<13}{count / args.n:6.1f}  {text}")
+    if profiler and args.profile:
+        profiler.dump_stats(str(args.profile))
+        pstats.Stats(str(args.profile)).sort_stats("tottime").print_stats(args.top)
+    return 0 if done == args.n else 1
+
+
+def _completed(engine: Any) -> int:
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).where(workflows.c.status == "completed")).scalar_one())
+
+
+def _table(clock: Clock, n: int, wall: float, done: int) -> None:
+    per: Callable[[float], str] = lambda s: f"{s * 1000 / n:8.2f}"  # noqa: E731
+    print(f"\n{done} of {n} workflows completed in {wall:.1f} s wall ({n / wall:.0f} wf/s single-threaded)")
+    print(f"{'component':<14}{'python ms/wf':>14}{'postgres ms/wf':>16}{'statements/wf':>15}")
+    for name in clock.own:
+        print(f"{name:<14}{per(clock.own[name]):>14}{per(clock.pg[name]):>16}"
+              f"{clock.statements[name] / n:>15.1f}")
+    own, pg = sum(clock.own.values()), sum(clock.pg.values())
+    print(f"{'total':<14}{per(own):>14}{per(pg):>16}{sum(clock.statements.values()) / n:>15.1f}")
+    print(f"CPU ceiling on 2 cores: {2 * n / (own + pg):.0f} wf/s")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
