@@ -35,12 +35,15 @@ import structlog
 from sqlalchemy import event, func, select
 
 from bench.servers import make_servers
-from bench.throughput import order
+from bench.throughput import TOKEN, order
 from config.flows import load_catalog
+from config.settings import load_settings
 from contracts.registry import default_registry
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
 from controller import migrate
+from controller.app import create_app
+from controller.services import Services
 from controller.starting import StartRequest, start_workflow
 from controller.tables import workflows
 from controller.tracker import build_tracker
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--read-count", type=int, default=100)
     ap.add_argument("--profile", type=Path, help="write cProfile stats here and print the top")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--api", action="store_true",
+                    help="kick off through the Flask app (the web process's code, without gunicorn)")
     ap.add_argument("--statements", action="store_true", help="print each component's statements")
     ap.add_argument("--log", action="store_true", help="keep INFO logs (to stderr), as processes do")
     args = ap.parse_args(argv)
@@ -136,10 +141,25 @@ def run(args: argparse.Namespace, pg_pid: int | None, redis_url: str, url: str,
     for e in {engine, *(rt.engine for rt in runtimes.values())}:
         event.listen(e, "before_cursor_execute", clock.count)
 
-    def kick(cid: str) -> None:
+    def direct_kick(cid: str) -> None:
         req = StartRequest(flow="order_fulfillment", input=order(cid), actor="bench", correlation_id=cid)
         started = start_workflow(engine, catalog, registry, keys, req, utcnow())
         outbox.publish(engine, client, started.pending)
+
+    if args.api:
+        settings = load_settings({"REDIS_URL": redis_url, "DATABASE_URL": url, "BATON_STREAM_PREFIX":
+                                  keys.prefix, "BATON_TOKENS": f"bench:starter:{TOKEN}"})
+        services = Services(settings, engine, client, catalog, registry, keys)
+        web = create_app(settings, services).test_client()
+
+        def api_kick(cid: str) -> None:
+            resp = web.post("/v1/workflows", json={"flow": "order_fulfillment", "input": order(cid),
+                                                    "correlation_id": cid},
+                            headers={"Authorization": f"Bearer {TOKEN}"})
+            if resp.status_code != 201:
+                raise RuntimeError(f"POST /v1/workflows answered {resp.status_code}: {resp.data[:300]!r}")
+
+    kick = api_kick if args.api else direct_kick
 
     profiler = cProfile.Profile() if args.profile else None
     t0 = time.perf_counter()

@@ -46,10 +46,12 @@ import orjson
 import psutil
 import redis
 
+from bench import report as report_bench
 from bench.load import Phase, Watcher, closed_loop, open_loop, percentile
 from bench.measure import Kinds
 from bench.servers import Servers, free_port, make_servers, pg_bin
 from controller.procfile import Processes, procfile_lines
+from participants.db import make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -81,6 +83,7 @@ class Settings:
     profile_dir: Path | None = None
     profile_mode: str = "cpu"
     baton_env: tuple[tuple[str, str], ...] = ()
+    prefill: int = 0  # finished workflows put in Baton's PostgreSQL database before the run
 
 
 # -- scenarios -------------------------------------------------------------------------------
@@ -97,6 +100,7 @@ class Scenario:
     kick_threads: int = 4
     uses_pg: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
+    prefill: int = 0
 
     def done_streams(self) -> list[str]:
         raise NotImplementedError
@@ -246,6 +250,15 @@ class BatonScenario(Scenario):
         if release.wait(timeout=120) != 0:
             raise RuntimeError("release failed: " + (procs.log_dir / "release.log").read_text()[-2000:])
         procs.running.pop("release", None)
+        if self.prefill and not self.sqlite:
+            began = time.monotonic()
+            print(f"bench: {self.name}: filling {self.prefill:,} finished workflows", file=sys.stderr)
+            engine = make_engine(self.database_url)
+            try:
+                report_bench.fill(engine, self.prefill)
+            finally:
+                engine.dispose()
+            print(f"bench: {self.name}: filled in {time.monotonic() - began:.0f} s", file=sys.stderr)
         self._start_all([n for n in lines if n != "release"])
         self._common_kinds()
         self._local = threading.local()
@@ -476,7 +489,7 @@ def _r(v: float | None) -> float | None:
 def run_scenario(name: str, servers: Servers, cfg: Settings, with_open: bool) -> dict[str, Any]:
     tmp = servers.tmp / name
     tmp.mkdir()
-    sc = FACTORIES[name](name, servers, tmp, extra_env=dict(cfg.baton_env))
+    sc = FACTORIES[name](name, servers, tmp, extra_env=dict(cfg.baton_env), prefill=cfg.prefill)
     result: dict[str, Any] = {"scenario": name, "phases": []}
     t_start = time.monotonic()
     try:
@@ -766,6 +779,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--open-all", action="store_true", help="open loop for every scenario in --quick")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (process logs)")
     parser.add_argument("--show", type=Path, metavar="JSON", help="print the tables of an earlier run")
+    parser.add_argument("--prefill", type=int, default=0, metavar="N",
+                        help="baton-pg: N finished workflows in the database before the run")
     parser.add_argument("--pg-fast", action="store_true", help="PostgreSQL with fsync off (not durable)")
     args = parser.parse_args(argv)
     if args.show:
@@ -791,6 +806,7 @@ def main(argv: list[str] | None = None) -> int:
         rate=args.rate, window=args.window, drain_timeout=6.0 if args.quick else 60.0,
         profile_dir=args.profile, profile_mode=args.profile_mode,
         baton_env=tuple((kv.split("=", 1)[0], kv.split("=", 1)[-1]) for kv in args.baton_env),
+        prefill=args.prefill,
     )
     t0 = time.monotonic()
     global _SERVERS
@@ -812,7 +828,8 @@ def main(argv: list[str] | None = None) -> int:
         "at": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick,
         "settings": {"baton_env": dict(cfg.baton_env), "closed_s": cfg.closed_seconds,
                      "open_s": cfg.open_seconds, "rate": cfg.rate,
-                     "window": cfg.window, "warmup_s": cfg.warmup, "pg_durable": not args.pg_fast},
+                     "window": cfg.window, "warmup_s": cfg.warmup, "pg_durable": not args.pg_fast,
+                     "prefill": cfg.prefill},
         "machine": info, "results": results, "elapsed_s": round(time.monotonic() - t0, 1),
     }
     path = args.json or ROOT / "bench" / "results" / f"throughput-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"

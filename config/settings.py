@@ -48,6 +48,7 @@ class Settings:
     max_deliveries: int = 5
     read_count: int = 100
     block_ms: int = 2000
+    linger_ms: int = 0
     relay_interval: float = 1.0
     sweep_interval: float = 1.0
     redrive_window: float = 3600.0
@@ -80,6 +81,7 @@ _VARIABLES: dict[str, tuple[str, fields.Field]] = {
     "BATON_MAX_DELIVERIES": ("max_deliveries", fields.Int(validate=validate.Range(min=1, max=1000))),
     "BATON_READ_COUNT": ("read_count", fields.Int(validate=validate.Range(min=1, max=10000))),
     "BATON_BLOCK_MS": ("block_ms", fields.Int(validate=validate.Range(min=1, max=60000))),
+    "BATON_LINGER_MS": ("linger_ms", fields.Int(validate=validate.Range(min=0, max=1000))),
     "BATON_RELAY_INTERVAL": ("relay_interval", fields.Float(validate=validate.Range(min=0.01))),
     "BATON_SWEEP_INTERVAL": ("sweep_interval", fields.Float(validate=validate.Range(min=0.01))),
     "BATON_REDRIVE_WINDOW": ("redrive_window", fields.Float(validate=validate.Range(min=1))),

@@ -97,10 +97,12 @@ def _pairs() -> Select[Any]:
     ).where(cause.c.correlation_id == effect.c.correlation_id, effect.c.id != cause.c.id)
 
 
-def workflow_inserted(conn: Connection, wf: lifecycle.Workflow) -> None:
-    """A new workflow: its facts, and the transitions among messages recorded before it."""
+def workflow_inserted(conn: Connection, wf: lifecycle.Workflow, *, early: bool = True) -> None:
+    """A new workflow: its facts, and the transitions among messages recorded before it (none
+    when `early` is False)."""
     workflow_saved(conn, {}, rf.of_workflow(wf))
-    _add(conn, _transitions(conn, wf.correlation_id))
+    if early:
+        _add(conn, _transitions(conn, wf.correlation_id))
 
 
 def _transitions(conn: Connection, correlation_id: str) -> list[rf.Fact]:

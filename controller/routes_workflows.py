@@ -53,8 +53,10 @@ def start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     except Exception as exc:  # committed: the relay publishes it; the client need not wait
         log.warning("publish after commit failed; the relay will send it", error=repr(exc)[:200],
                     correlation_id=started.correlation_id)
-    with services.engine.connect() as conn:
-        body_out = views.workflow(conn, services.catalog, started.correlation_id)
+    body_out = started.view
+    if body_out is None:  # a replay: as stored
+        with services.engine.connect() as conn:
+            body_out = views.workflow(conn, services.catalog, started.correlation_id)
     location = {"Location": f"/v1/workflows/{started.correlation_id}"}
     return body_out, 201 if started.created else 200, location
 

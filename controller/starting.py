@@ -18,7 +18,7 @@ from contracts.errors import InvalidMessage
 from contracts.flows import Flow
 from contracts.payloads import Registry
 from contracts.streams import CONTROLLER, Keys
-from controller import effects, lifecycle, store
+from controller import effects, lifecycle, store, views
 from controller.errors import Conflict, InvalidInput, NotFound
 from controller.tables import attributes, workflows
 from participants import outbox
@@ -44,6 +44,7 @@ class Started:
     correlation_id: str
     created: bool
     pending: list[outbox.Pending]
+    view: dict[str, Any] | None = None  # the new workflow as the API shows it: no need to read it back
 
 
 def start_workflow(engine: Engine, catalog: Catalog, registry: Registry, keys: Keys,
@@ -68,22 +69,22 @@ def _start(conn: Connection, flow: Flow, registry: Registry, keys: Keys, request
     if replay:
         return replay
     cid = request.correlation_id or str(uuid.uuid4())
-    store.lock(conn, cid)
-    if store.exists(conn, cid):
-        raise Conflict(f"workflow {cid} already exists")
+    store.lock(conn, cid)  # an ID taken already fails the insert below: IntegrityError
     start_event = new_event(flow.start_event, data, correlation_id=cid, source=CONTROLLER,
                             version=registry.latest(flow.start_event))
     wf, changes = lifecycle.start(flow, cid, start_event.id, data, now, request.sla_seconds)
-    for early in store.early_messages(conn, cid):
-        changes += lifecycle.on_message(flow, wf, early.type, early.id, early.data, now)
+    early = store.early_messages(conn, cid)
+    for message in early:
+        changes += lifecycle.on_message(flow, wf, message.type, message.id, message.data, now)
     store.insert_workflow(conn, wf, {
         "started_by": request.actor, "idempotency_key": request.idempotency_key,
         "request_hash": request.fingerprint(), "input": data,
-    })
-    _insert_attributes(conn, flow, cid, data)
-    store.record_message(conn, start_event, now)
+    }, early=bool(early))
+    attrs = _insert_attributes(conn, flow, cid, data)
+    store.record_message(conn, start_event, now, transitions=False)  # a new id: nothing names it yet
     sent: list[Envelope] = [start_event, *effects.to_messages(conn, registry, wf, changes, now)]
-    return Started(cid, True, outbox.enqueue(conn, keys, sent, now))
+    view = views.render(flow, wf, request.actor, data, wf.steps, wf.compensations.values(), attrs)
+    return Started(cid, True, outbox.enqueue(conn, keys, sent, now), view)
 
 
 def _replay(conn: Connection, request: StartRequest) -> Started | None:
@@ -116,10 +117,9 @@ def _validate_input(registry: Registry, flow: Flow, data: dict[str, Any]) -> dic
         raise InvalidInput(f"input does not match the schema of {flow.start_event}", errors) from exc
 
 
-def _insert_attributes(conn: Connection, flow: Flow, cid: str, data: dict[str, Any]) -> None:
-    rows = [
-        {"correlation_id": cid, "name": name, "value": str(data[name])[:255]}
-        for name in flow.search_attributes if data.get(name) is not None
-    ]
-    if rows:
-        conn.execute(attributes.insert(), rows)
+def _insert_attributes(conn: Connection, flow: Flow, cid: str, data: dict[str, Any]) -> dict[str, str]:
+    found = {name: str(data[name])[:255] for name in flow.search_attributes if data.get(name) is not None}
+    if found:
+        conn.execute(attributes.insert(), [
+            {"correlation_id": cid, "name": name, "value": value} for name, value in found.items()])
+    return found

@@ -39,13 +39,17 @@ def lock_many(conn: Connection, correlation_ids: Iterable[str]) -> None:
         ), {"cids": sorted(set(correlation_ids))})
 
 
-def record_message(conn: Connection, message: Envelope, received_at: datetime) -> bool:
+def record_message(conn: Connection, message: Envelope, received_at: datetime, *,
+                   transitions: bool = True) -> bool:
     """Add a message to the timeline once; False when it was there already."""
-    return bool(record_messages(conn, [message], received_at))
+    return bool(record_messages(conn, [message], received_at, transitions=transitions))
 
 
-def record_messages(conn: Connection, batch: Iterable[Envelope], received_at: datetime) -> list[Envelope]:
-    """Add messages to the timeline once each, in one statement; those that were not there yet."""
+def record_messages(conn: Connection, batch: Iterable[Envelope], received_at: datetime, *,
+                    transitions: bool = True) -> list[Envelope]:
+    """Add messages to the timeline once each, in one statement; those that were not there yet.
+    `transitions=False` skips the report's transitions: for a message nothing can name as its
+    cause yet and that names none."""
     fresh = {m.id: m for m in batch}
     if not fresh:
         return []
@@ -56,7 +60,8 @@ def record_messages(conn: Connection, batch: Iterable[Envelope], received_at: da
     } for m in fresh.values()]
     added = set(conn.execute(_record_statement(conn.dialect.name), rows).scalars())
     recorded = [m for m in fresh.values() if m.id in added]
-    report_store.messages_recorded(conn, recorded)
+    if transitions:
+        report_store.messages_recorded(conn, recorded)
     return recorded
 
 
@@ -64,11 +69,6 @@ def record_messages(conn: Connection, batch: Iterable[Envelope], received_at: da
 def _record_statement(dialect: str) -> Any:
     upsert = pg_insert if dialect == "postgresql" else sqlite_insert
     return upsert(messages).on_conflict_do_nothing(index_elements=["id"]).returning(messages.c.id)
-
-
-def exists(conn: Connection, correlation_id: str) -> bool:
-    query = select(workflows.c.correlation_id).where(workflows.c.correlation_id == correlation_id)
-    return conn.execute(query).first() is not None
 
 
 def load(conn: Connection, correlation_id: str) -> lifecycle.Workflow | None:
@@ -114,7 +114,9 @@ def early_messages(conn: Connection, correlation_id: str) -> list[Envelope]:
     ]
 
 
-def insert_workflow(conn: Connection, wf: lifecycle.Workflow, extra: dict[str, Any]) -> None:
+def insert_workflow(conn: Connection, wf: lifecycle.Workflow, extra: dict[str, Any], *,
+                    early: bool = True) -> None:
+    """`early=False`: no message of this correlation ID was recorded before it."""
     conn.execute(insert(workflows).values(
         correlation_id=wf.correlation_id, flow=wf.flow, flow_version=wf.flow_version,
         status=wf.status, reason=wf.reason, started_at=wf.started_at, deadline=wf.deadline,
@@ -124,7 +126,7 @@ def insert_workflow(conn: Connection, wf: lifecycle.Workflow, extra: dict[str, A
     empty = lifecycle.Workflow(wf.correlation_id, wf.flow, wf.flow_version, wf.started_at,
                                wf.start_message_id)
     _save_children(conn, [(wf, empty)])
-    report_store.workflow_inserted(conn, wf)
+    report_store.workflow_inserted(conn, wf, early=early)
 
 
 def snapshot(wf: lifecycle.Workflow) -> lifecycle.Workflow:

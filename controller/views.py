@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -11,6 +12,7 @@ import orjson
 from sqlalchemy import Connection, and_, or_, select
 
 from config.flows import Catalog
+from contracts.flows import Flow
 from contracts.timefmt import format_ts, parse_ts
 from controller.errors import InvalidInput, NotFound
 from controller.tables import attributes, compensations, messages, steps, workflows
@@ -26,25 +28,28 @@ def workflow(conn: Connection, catalog: Catalog, cid: str, actor: str | None = N
     row = conn.execute(select(workflows).where(workflows.c.correlation_id == cid)).first()
     if row is None or (actor is not None and row.started_by != actor):
         raise NotFound(f"no workflow {cid}")
-    flow = catalog.get(row.flow, row.flow_version)
     step_rows = {s.name: s for s in conn.execute(select(steps).where(steps.c.correlation_id == cid))}
-    comp_rows = conn.execute(
-        select(compensations).where(compensations.c.correlation_id == cid)
-        .order_by(compensations.c.position)
-    )
+    comp_rows = conn.execute(select(compensations).where(compensations.c.correlation_id == cid))
     attrs = conn.execute(select(attributes.c.name, attributes.c.value)
                          .where(attributes.c.correlation_id == cid))
+    return render(catalog.get(row.flow, row.flow_version), row, row.started_by, row.input, step_rows,
+                  list(comp_rows), {a.name: a.value for a in attrs})
+
+
+def render(flow: Flow, wf: Any, started_by: str, input_: Any, step_states: Mapping[str, Any],
+           comps: Iterable[Any], attrs: dict[str, str]) -> dict[str, Any]:
+    """A workflow as clients see it, from its rows or from the lifecycle's objects alike."""
     return {
-        "correlation_id": row.correlation_id, "flow": row.flow, "flow_version": row.flow_version,
-        "status": row.status, "reason": row.reason, "started_at": _ts(row.started_at),
-        "deadline": _ts(row.deadline), "finished_at": _ts(row.finished_at),
-        "started_by": row.started_by, "input": row.input,
-        "search_attributes": {a.name: a.value for a in attrs},
-        "steps": [_step(s.name, s.kind, s.participant, step_rows.get(s.name)) for s in flow.steps],
+        "correlation_id": wf.correlation_id, "flow": wf.flow, "flow_version": wf.flow_version,
+        "status": wf.status, "reason": wf.reason, "started_at": _ts(wf.started_at),
+        "deadline": _ts(wf.deadline), "finished_at": _ts(wf.finished_at),
+        "started_by": started_by, "input": input_,
+        "search_attributes": attrs,
+        "steps": [_step(s.name, s.kind, s.participant, step_states.get(s.name)) for s in flow.steps],
         "compensations": [
             {"step": c.step, "command": c.command, "status": c.status, "attempts": c.attempts,
              "sent_at": _ts(c.sent_at), "finished_at": _ts(c.finished_at)}
-            for c in comp_rows
+            for c in sorted(comps, key=lambda c: c.position)
         ],
     }
 

@@ -59,6 +59,9 @@ class Options:
     max_deliveries: int = 5
     read_count: int = 100
     block_ms: int = 2000
+    # After a read that found less than a full batch, wait this long and read again: under load,
+    # fewer and larger batches (each costs a transaction), for at most this much added latency.
+    linger_ms: int = 0
     crash_points: Collection[str] = frozenset()
     redrive_window: float = 3600.0  # seconds of outbox re-published after Redis lost its data
     max_entry_bytes: int = 1_048_576  # a larger entry is dead-lettered unread
@@ -154,7 +157,11 @@ class Runtime:
                 self._relay_outbox()
             handled += self.reclaim()
             self._last_reclaim = time.monotonic()
-        return handled + self._process(self._read(">", block=self.options.block_ms))
+        entries = self._read(">", block=self.options.block_ms)
+        if entries and len(entries) < self.options.read_count and self.options.linger_ms:
+            time.sleep(self.options.linger_ms / 1000)
+            entries += self._read(">", count=self.options.read_count - len(entries))
+        return handled + self._process(entries)
 
     def _recover_lost_redis(self) -> None:
         if time.monotonic() - self._last_cleanup > 300:
@@ -178,11 +185,11 @@ class Runtime:
         if sent:
             log.warning("published outbox rows left unsent", participant=self.group, messages=sent)
 
-    def _read(self, start: str, block: int | None = None) -> list[_Entry]:
+    def _read(self, start: str, block: int | None = None, count: int | None = None) -> list[_Entry]:
         streams = {s: start for s in self.participant.streams(self.keys)}
         reply: Any = self.client.xreadgroup(
             self.group, self.consumer, streams,  # type: ignore[arg-type]
-            count=self.options.read_count, block=block,
+            count=count or self.options.read_count, block=block,
         )
         return [
             _Entry(_text(stream), _text(entry_id), fields or None)

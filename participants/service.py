@@ -43,7 +43,7 @@ def runtime_options(settings: Settings, *, relay_outbox: bool = True) -> Options
     return Options(
         relay_outbox=relay_outbox,
         visibility_timeout=settings.visibility_timeout, max_deliveries=settings.max_deliveries,
-        read_count=settings.read_count, block_ms=settings.block_ms,
+        read_count=settings.read_count, block_ms=settings.block_ms, linger_ms=settings.linger_ms,
         crash_points=settings.crash_points, redrive_window=settings.redrive_window,
     )
 

@@ -250,7 +250,7 @@ log "mypy"
 mypy || status=1
 # The whole suite runs on two pytest workers: most of its time is spent waiting on real
 # processes, so two at once roughly halve it. Arguments given replace this default.
-if [ "$#" = 0 ]; then set -- -n 2 --dist worksteal; fi
+if [ "$#" = 0 ]; then set -- -n 2 --dist worksteal --durations 15; fi
 log "pytest $*"
 rc=0
 python -m pytest "$@" || rc=$?
