@@ -11,7 +11,7 @@ from datetime import datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, text, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -33,10 +33,11 @@ def lock_many(conn: Connection, correlation_ids: Iterable[str]) -> None:
     SQLite: every write transaction already holds the database lock (BEGIN IMMEDIATE).
     """
     if conn.dialect.name == "postgresql":
-        conn.execute(text(
-            "SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(c, 0) AS k"
-            " FROM unnest(CAST(:cids AS text[])) AS c ORDER BY k) AS keys"
-        ), {"cids": sorted(set(correlation_ids))})
+        conn.execute(_LOCK, {"cids": sorted(set(correlation_ids))})
+
+
+_LOCK = text("SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(c, 0) AS k"
+             " FROM unnest(CAST(:cids AS text[])) AS c ORDER BY k) AS keys")
 
 
 def record_message(conn: Connection, message: Envelope, received_at: datetime, *,
@@ -78,9 +79,8 @@ def load(conn: Connection, correlation_id: str) -> lifecycle.Workflow | None:
 def load_many(conn: Connection, correlation_ids: Iterable[str]) -> dict[str, lifecycle.Workflow]:
     """The workflows of these correlation IDs that exist, each with its steps, compensations and
     the first event of each type it has seen: four queries, however many workflows."""
-    cids = sorted(set(correlation_ids))
     found: dict[str, lifecycle.Workflow] = {}
-    for row in conn.execute(select(workflows).where(workflows.c.correlation_id.in_(cids))):
+    for row in conn.execute(_LOAD[0], {"cids": sorted(set(correlation_ids))}):
         found[row.correlation_id] = lifecycle.Workflow(
             row.correlation_id, row.flow, row.flow_version, row.started_at, row.start_message_id,
             status=row.status, reason=row.reason, deadline=row.deadline, finished_at=row.finished_at,
@@ -88,41 +88,53 @@ def load_many(conn: Connection, correlation_ids: Iterable[str]) -> dict[str, lif
         )
     if not found:
         return found
-    cids = sorted(found)
-    for s in conn.execute(select(steps).where(steps.c.correlation_id.in_(cids))):
+    cids = {"cids": sorted(found)}
+    for s in conn.execute(_LOAD[1], cids):
         found[s.correlation_id].steps[s.name] = lifecycle.Step(**_fields(s, lifecycle.Step))
-    for c in conn.execute(select(compensations).where(compensations.c.correlation_id.in_(cids))):
+    for c in conn.execute(_LOAD[2], cids):
         found[c.correlation_id].compensations[c.step] = lifecycle.Compensation(
             **_fields(c, lifecycle.Compensation))
-    seen = select(messages.c.correlation_id, messages.c.type, messages.c.id, messages.c.data).where(
-        messages.c.correlation_id.in_(cids), messages.c.kind == EVENT
-    ).order_by(messages.c.seq)
-    for m in conn.execute(seen):
+    for m in conn.execute(_LOAD[3], cids):
         found[m.correlation_id].seen.setdefault(m.type, (m.id, m.data))
     return found
 
 
+def _in_batch(table: Table) -> Any:
+    return table.c.correlation_id.in_(bindparam("cids", expanding=True))
+
+
+# Built once: every batch of the tracker runs them.
+_LOAD = (
+    select(workflows).where(_in_batch(workflows)),
+    select(steps).where(_in_batch(steps)),
+    select(compensations).where(_in_batch(compensations)),
+    select(messages.c.correlation_id, messages.c.type, messages.c.id, messages.c.data)
+    .where(_in_batch(messages), messages.c.kind == EVENT).order_by(messages.c.seq),
+)
+
+
 def early_messages(conn: Connection, correlation_id: str) -> list[Envelope]:
     """Events recorded for a correlation ID before its workflow started, in arrival order."""
-    query = select(messages).where(
-        messages.c.correlation_id == correlation_id, messages.c.kind == EVENT
-    ).order_by(messages.c.seq)
     return [
         Envelope(m.id, m.kind, m.type, m.version, m.correlation_id, m.causation_id, m.occurred_at,
                  m.source, m.data)
-        for m in conn.execute(query)
+        for m in conn.execute(_EARLY, {"cid": correlation_id})
     ]
+
+
+_EARLY = select(messages).where(messages.c.correlation_id == bindparam("cid"),
+                                messages.c.kind == EVENT).order_by(messages.c.seq)
 
 
 def insert_workflow(conn: Connection, wf: lifecycle.Workflow, extra: dict[str, Any], *,
                     early: bool = True) -> None:
     """`early=False`: no message of this correlation ID was recorded before it."""
-    conn.execute(insert(workflows).values(
-        correlation_id=wf.correlation_id, flow=wf.flow, flow_version=wf.flow_version,
-        status=wf.status, reason=wf.reason, started_at=wf.started_at, deadline=wf.deadline,
-        finished_at=wf.finished_at, paused_at=wf.paused_at, next_due_at=lifecycle.next_due(wf),
-        start_message_id=wf.start_message_id, **extra,
-    ))
+    conn.execute(insert(workflows), {
+        "correlation_id": wf.correlation_id, "flow": wf.flow, "flow_version": wf.flow_version,
+        "status": wf.status, "reason": wf.reason, "started_at": wf.started_at, "deadline": wf.deadline,
+        "finished_at": wf.finished_at, "paused_at": wf.paused_at, "next_due_at": lifecycle.next_due(wf),
+        "start_message_id": wf.start_message_id, **extra,
+    })
     empty = lifecycle.Workflow(wf.correlation_id, wf.flow, wf.flow_version, wf.started_at,
                                wf.start_message_id)
     _save_children(conn, [(wf, empty)])

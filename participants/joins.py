@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from functools import cache
+from typing import Any
+
 import orjson
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -20,28 +23,37 @@ def arrive(conn: Connection, consumer: str, join_name: str, types: tuple[str, ..
     so two consumers receiving the two halves at once cannot both miss, or both see, the whole.
     """
     key = {"consumer": consumer, "join_name": join_name, "correlation_id": message.correlation_id}
-    upsert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    conn.execute(upsert(join_state).values(**key).on_conflict_do_nothing())
-    where = [join_state.c[k] == v for k, v in key.items()]
-    fired = conn.execute(select(join_state.c.fired_at).where(*where).with_for_update()).scalar_one()
-    arrived = _arrivals(conn, key)
+    conn.execute(_insert_state(conn.dialect.name), key)
+    fired = conn.execute(_FIRED, _where(key)).scalar_one()
+    arrived = {r.message_type: decode_fields(_loads(r.envelope)) for r in conn.execute(_ARRIVED, _where(key))}
     if message.type not in arrived:
         encoded = orjson.dumps(message.to_fields()).decode()
-        conn.execute(insert(join_arrival).values(**key, message_type=message.type, envelope=encoded))
+        conn.execute(_INSERT_ARRIVAL, {**key, "message_type": message.type, "envelope": encoded})
         arrived[message.type] = message
     if fired is not None or any(t not in arrived for t in types):
         return None
-    conn.execute(update(join_state).where(*where).values(fired_at=utcnow()))
+    conn.execute(_FIRE, {**_where(key), "fired_at": utcnow()})
     return {t: arrived[t] for t in types}
 
 
-def _arrivals(conn: Connection, key: dict[str, str]) -> dict[str, Envelope]:
-    rows = conn.execute(
-        select(join_arrival.c.message_type, join_arrival.c.envelope).where(
-            *[join_arrival.c[k] == v for k, v in key.items()]
-        )
-    )
-    return {r.message_type: decode_fields(_loads(r.envelope)) for r in rows}
+# Built once: every arrival runs them.
+@cache
+def _insert_state(dialect: str) -> Any:
+    return (pg_insert if dialect == "postgresql" else sqlite_insert)(join_state).on_conflict_do_nothing()
+
+
+def _where(key: dict[str, str]) -> dict[str, str]:
+    return {f"w_{k}": v for k, v in key.items()}
+
+
+def _matches(table: Table) -> list[Any]:
+    return [table.c[k] == bindparam(f"w_{k}") for k in ("consumer", "join_name", "correlation_id")]
+
+
+_FIRED = select(join_state.c.fired_at).where(*_matches(join_state)).with_for_update()
+_ARRIVED = select(join_arrival.c.message_type, join_arrival.c.envelope).where(*_matches(join_arrival))
+_INSERT_ARRIVAL = insert(join_arrival)
+_FIRE = update(join_state).where(*_matches(join_state))
 
 
 def _loads(text: str) -> dict[str, str]:

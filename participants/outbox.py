@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 
 from contracts.envelope import COMMAND, Envelope
 from contracts.streams import Keys
@@ -41,7 +41,7 @@ def enqueue(conn: Connection, keys: Keys, envelopes: Iterable[Envelope], now: da
     ]
     if not rows:
         return []
-    result = conn.execute(insert(outbox).returning(outbox.c.seq, sort_by_parameter_order=True), rows)
+    result = conn.execute(_ENQUEUE, rows)
     return [Pending(seq, r["stream"], r["fields"]) for seq, r in zip(result.scalars(), rows, strict=True)]
 
 
@@ -52,11 +52,8 @@ def publish(engine: Engine, client: redis.Redis, pending: Sequence[Pending],
     if not pending:
         return
     with engine.begin() as conn:
-        query = select(outbox.c.seq).where(
-            outbox.c.seq.in_([p.seq for p in pending]), outbox.c.sent_at.is_(None))
-        if engine.dialect.name == "postgresql":
-            query = query.with_for_update(skip_locked=True)
-        mine = set(conn.execute(query).scalars())
+        query = _MINE_PG if engine.dialect.name == "postgresql" else _MINE
+        mine = set(conn.execute(query, {"seqs": [p.seq for p in pending]}).scalars())
         rows = [p for p in pending if p.seq in mine]
         if not rows:
             return  # the relay got there first
@@ -121,4 +118,12 @@ def _send(conn: Connection, client: redis.Redis, rows: Sequence[Pending], who: s
         pipe.xadd(row.stream, row.fields)  # type: ignore[arg-type]
     pipe.execute()
     crash_point(f"{who}.after_xadd", crash_points)
-    conn.execute(update(outbox).where(outbox.c.seq.in_([p.seq for p in rows])).values(sent_at=utcnow()))
+    conn.execute(_MARK_SENT, {"seqs": [p.seq for p in rows], "sent_at": utcnow()})
+
+
+# Built once: every batch runs them.
+_ENQUEUE = insert(outbox).returning(outbox.c.seq, sort_by_parameter_order=True)
+_MINE = select(outbox.c.seq).where(outbox.c.seq.in_(bindparam("seqs", expanding=True)),
+                                   outbox.c.sent_at.is_(None))
+_MINE_PG = _MINE.with_for_update(skip_locked=True)  # a relay holding a row: it publishes it
+_MARK_SENT = update(outbox).where(outbox.c.seq.in_(bindparam("seqs", expanding=True)))

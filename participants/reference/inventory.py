@@ -19,6 +19,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
+    bindparam,
     insert,
     select,
     update,
@@ -83,13 +84,19 @@ def available(conn: Connection, product_id: str) -> int | None:
     return level
 
 
+# The statements of every order, built once (building one costs more than running it).
+# Conditional decrement: two consumers at once can never take more than there is.
+_TAKE = update(stock).where(
+    stock.c.product_id == bindparam("product"), stock.c.available >= bindparam("quantity")
+).values(available=stock.c.available - bindparam("quantity"))
+_ACTIVE = select(reservations.c.reservation_id, reservations.c.product_id, reservations.c.quantity).where(
+    reservations.c.correlation_id == bindparam("cid"), reservations.c.order_id == bindparam("order"),
+    reservations.c.status == RESERVED,
+).order_by(reservations.c.line)
+
+
 def _take(conn: Connection, product_id: str, quantity: int) -> None:
-    # Conditional decrement: two consumers at once can never take more than there is.
-    taken = conn.execute(
-        update(stock)
-        .where(stock.c.product_id == product_id, stock.c.available >= quantity)
-        .values(available=stock.c.available - quantity)
-    )
+    taken = conn.execute(_TAKE, {"product": product_id, "quantity": quantity})
     if taken.rowcount == 1:
         return
     level = available(conn, product_id)
@@ -99,12 +106,7 @@ def _take(conn: Connection, product_id: str, quantity: int) -> None:
 
 
 def _active(conn: Connection, msg: Envelope, order_id: str) -> list[dict[str, Any]]:
-    rows = conn.execute(
-        select(reservations.c.reservation_id, reservations.c.product_id, reservations.c.quantity)
-        .where(reservations.c.correlation_id == msg.correlation_id,
-               reservations.c.order_id == order_id, reservations.c.status == RESERVED)
-        .order_by(reservations.c.line)
-    )
+    rows = conn.execute(_ACTIVE, {"cid": msg.correlation_id, "order": order_id})
     return [dict(r._mapping) for r in rows]
 
 

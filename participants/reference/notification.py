@@ -8,9 +8,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import datetime
+from functools import cache
 from typing import Any
 
-from sqlalchemy import Column, Connection, DateTime, MetaData, String, Table, Text, select
+from sqlalchemy import Column, Connection, DateTime, MetaData, String, Table, Text, bindparam, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
@@ -54,13 +55,21 @@ def compose(msg: Envelope, now: datetime) -> dict[str, Any]:
     }
 
 
+# The statements of every order, built once (building one costs more than running it).
+@cache
+def _insert_message(dialect: str) -> Any:
+    upsert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return upsert(messages).on_conflict_do_nothing()
+
+
+_RECORDED = select(messages.c.notification_id).where(messages.c.order_id == bindparam("order"),
+                                                     messages.c.template == TEMPLATE)
+
+
 def record(conn: Connection, msg: Envelope, now: datetime) -> str:
     """Record the order's confirmation unless there is one; the id of the one recorded."""
-    upsert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-    conn.execute(upsert(messages).values(**compose(msg, now)).on_conflict_do_nothing())
-    found = conn.execute(select(messages.c.notification_id).where(
-        messages.c.order_id == msg.data["order_id"], messages.c.template == TEMPLATE))
-    notification_id: str = found.scalar_one()
+    conn.execute(_insert_message(conn.dialect.name), compose(msg, now))
+    notification_id: str = conn.execute(_RECORDED, {"order": msg.data["order_id"]}).scalar_one()
     return notification_id
 
 

@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterable
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -23,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     insert,
     select,
     update,
@@ -90,9 +92,27 @@ def money(amount_cents: int) -> str:
 
 def _add_accounts(conn: Connection, limits: dict[str, int]) -> None:
     # Only missing customers are inserted: a used balance is never reset, concurrent inserts are fine.
-    upsert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     rows = [{"customer_id": c, "credit_limit": lim, "used": 0} for c, lim in limits.items()]
-    conn.execute(upsert(accounts).on_conflict_do_nothing(index_elements=["customer_id"]), rows)
+    conn.execute(_insert_accounts(conn.dialect.name), rows)
+
+
+# The statements of every charge, built once (building one costs more than running it).
+@cache
+def _insert_accounts(dialect: str) -> Any:
+    upsert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return upsert(accounts).on_conflict_do_nothing(index_elements=["customer_id"])
+
+
+_CHARGE_OF = select(ledger).where(
+    ledger.c.kind == CHARGE, ledger.c.status == bindparam("status"),
+    ledger.c.correlation_id == bindparam("cid"), ledger.c.order_id == bindparam("order"),
+).order_by(ledger.c.created_at.desc()).limit(1)
+# Conditional: two consumers at once cannot overdraw the account.
+_DEBIT = update(accounts).where(
+    accounts.c.customer_id == bindparam("customer"),
+    accounts.c.used + bindparam("amount") <= accounts.c.credit_limit,
+).values(used=accounts.c.used + bindparam("amount"))
+_INSERT_LEDGER = insert(ledger)
 
 
 def seed(conn: Connection) -> None:
@@ -100,12 +120,8 @@ def seed(conn: Connection) -> None:
 
 
 def _charge_of(conn: Connection, msg: Envelope, status: str) -> Row[Any] | None:
-    return conn.execute(
-        select(ledger).where(ledger.c.kind == CHARGE, ledger.c.status == status,
-                             ledger.c.correlation_id == msg.correlation_id,
-                             ledger.c.order_id == msg.data["order_id"])
-        .order_by(ledger.c.created_at.desc()).limit(1)
-    ).first()
+    return conn.execute(_CHARGE_OF, {"status": status, "cid": msg.correlation_id,
+                                     "order": msg.data["order_id"]}).first()
 
 
 def charge(conn: Connection, msg: Envelope, now: datetime) -> dict[str, Any]:
@@ -121,11 +137,7 @@ def _new_charge(conn: Connection, msg: Envelope, now: datetime) -> dict[str, Any
     data = msg.data
     customer, amount = data["customer_id"], cents(data["total_amount"])
     _add_accounts(conn, {customer: DEFAULT_LIMIT})
-    taken = conn.execute(  # conditional: two consumers at once cannot overdraw the account
-        update(accounts)
-        .where(accounts.c.customer_id == customer, accounts.c.used + amount <= accounts.c.credit_limit)
-        .values(used=accounts.c.used + amount)
-    )
+    taken = conn.execute(_DEBIT, {"customer": customer, "amount": amount})
     if taken.rowcount != 1:
         raise Declined(_decline_reason(conn, customer, amount, data["currency"]))
     entry = {
@@ -134,7 +146,7 @@ def _new_charge(conn: Connection, msg: Envelope, now: datetime) -> dict[str, Any
         "order_id": data["order_id"], "customer_id": customer, "amount": amount,
         "currency": data["currency"], "created_at": now,
     }
-    conn.execute(insert(ledger).values(**entry))
+    conn.execute(_INSERT_LEDGER, entry)
     return entry
 
 

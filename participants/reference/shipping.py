@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -22,6 +23,7 @@ from sqlalchemy import (
     Row,
     String,
     Table,
+    bindparam,
     insert,
     select,
     update,
@@ -84,26 +86,35 @@ def units_of(reserved: Envelope) -> int:
     return sum(int(r["quantity"]) for r in reserved.data["reservations"])
 
 
+# The statements of every order, built once (building one costs more than running it).
+@cache
+def _insert_order(dialect: str) -> Any:
+    upsert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return upsert(orders).on_conflict_do_nothing()
+
+
+_UNITS = select(orders.c.units).where(orders.c.correlation_id == bindparam("cid"),
+                                      orders.c.order_id == bindparam("order"))
+_SHIPMENT_OF = select(shipments).where(
+    shipments.c.correlation_id == bindparam("cid"), shipments.c.order_id == bindparam("order"),
+    shipments.c.status == bindparam("status"),
+).order_by(shipments.c.created_at.desc()).limit(1)
+_INSERT_SHIPMENT = insert(shipments)
+
+
 def remember_units(conn: Connection, reserved: Envelope) -> None:
-    upsert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     row = {"correlation_id": reserved.correlation_id, "order_id": reserved.data["order_id"],
            "units": units_of(reserved)}
-    conn.execute(upsert(orders).values(**row).on_conflict_do_nothing())
+    conn.execute(_insert_order(conn.dialect.name), row)
 
 
 def known_units(conn: Connection, correlation_id: str, order_id: str) -> int | None:
-    found = conn.execute(select(orders.c.units).where(
-        orders.c.correlation_id == correlation_id, orders.c.order_id == order_id))
-    units: int | None = found.scalar_one_or_none()
+    units: int | None = conn.execute(_UNITS, {"cid": correlation_id, "order": order_id}).scalar_one_or_none()
     return units
 
 
 def _shipment_of(conn: Connection, correlation_id: str, order_id: str, status: str) -> Row[Any] | None:
-    return conn.execute(
-        select(shipments).where(shipments.c.correlation_id == correlation_id,
-                                shipments.c.order_id == order_id, shipments.c.status == status)
-        .order_by(shipments.c.created_at.desc()).limit(1)
-    ).first()
+    return conn.execute(_SHIPMENT_OF, {"cid": correlation_id, "order": order_id, "status": status}).first()
 
 
 def schedule(conn: Connection, correlation_id: str, order_id: str, units: int | None,
@@ -115,9 +126,9 @@ def schedule(conn: Connection, correlation_id: str, order_id: str, units: int | 
     if units is not None and units > PARCEL_LIMIT:
         raise OverParcelLimit(f"parcel limit exceeded: {units} units, at most {PARCEL_LIMIT}")
     shipment_id, estimated = f"shp_{uuid.uuid4().hex}", delivery_date(basis)
-    conn.execute(insert(shipments).values(
-        shipment_id=shipment_id, correlation_id=correlation_id, order_id=order_id, units=units,
-        status=SCHEDULED, estimated_delivery=estimated, created_at=now))
+    conn.execute(_INSERT_SHIPMENT, {
+        "shipment_id": shipment_id, "correlation_id": correlation_id, "order_id": order_id,
+        "units": units, "status": SCHEDULED, "estimated_delivery": estimated, "created_at": now})
     return _scheduled(order_id, shipment_id, estimated)
 
 
