@@ -161,7 +161,7 @@ def run(args: argparse.Namespace, pg_pid: int | None, redis_url: str, url: str,
 
     kick = api_kick if args.api else direct_kick
 
-    profiler = cProfile.Profile() if args.profile else None
+    profiler = cProfile.Profile(time.process_time) if args.profile else None  # CPU, not waits
     t0 = time.perf_counter()
     if profiler:
         profiler.enable()

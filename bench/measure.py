@@ -39,6 +39,14 @@ def _hwm_mb(pid: int) -> float:
     return 0.0
 
 
+def _rss_mb(pid: int) -> float:
+    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def _machine_busy() -> float:
     """CPU seconds the whole machine spent not idle, since boot."""
     t = psutil.cpu_times()
@@ -89,6 +97,11 @@ class Kinds:
         for kind in self.roots:
             for p in self._procs(kind):
                 self.peak_mb[kind] = max(self.peak_mb.get(kind, 0.0), _hwm_mb(p.pid))
+
+    def rss_now(self) -> dict[str, float]:
+        """Each kind's largest resident set now, in MB (a soak compares these over time)."""
+        return {k: round(max((_rss_mb(p.pid) for p in self._procs(k)), default=0.0), 1)
+                for k in self.roots}
 
     def counts(self) -> dict[str, int]:
         return {k: len(self._procs(k)) for k in self.roots}

@@ -84,6 +84,7 @@ class Settings:
     profile_mode: str = "cpu"
     baton_env: tuple[tuple[str, str], ...] = ()
     prefill: int = 0  # finished workflows put in Baton's PostgreSQL database before the run
+    rss_every: float = 0.0  # closed loop: sample each process kind's RSS this often (a soak)
 
 
 # -- scenarios -------------------------------------------------------------------------------
@@ -482,6 +483,49 @@ def _summarise(phase: Phase, watcher: Watcher, cpu: dict[str, float], me_cpu: fl
     }
 
 
+class RssSampler(threading.Thread):
+    """Every `every` seconds: workflows finished so far and each process kind's RSS (a soak)."""
+
+    def __init__(self, kinds: Kinds, watcher: Watcher, every: float) -> None:
+        super().__init__(daemon=True)
+        self.kinds, self.watcher, self.every = kinds, watcher, every
+        self.halt = threading.Event()
+        self.series: list[dict[str, Any]] = []
+        self.t0 = time.monotonic()
+
+    def run(self) -> None:
+        self.t0 = time.monotonic()
+        while True:
+            self.series.append({"t_s": round(time.monotonic() - self.t0), "finished": len(self.watcher.done),
+                                "rss_mb": self.kinds.rss_now()})
+            if self.halt.wait(self.every):
+                break
+        self.series.append({"t_s": round(time.monotonic() - self.t0), "finished": len(self.watcher.done),
+                            "rss_mb": self.kinds.rss_now()})
+
+
+def rss_table(results: list[dict[str, Any]]) -> str:
+    """For a soak: each kind's RSS at the window's start, its end and the largest in between."""
+    head = ["scenario", "process kind", "workflows finished", "RSS MB at start", "at end", "max",
+            "end vs start"]
+    rows = []
+    for r in results:
+        series = r.get("rss_series") or []
+        if len(series) < 2:
+            continue
+        first, last = series[0], series[-1]
+        for kind, start in first["rss_mb"].items():
+            end = last["rss_mb"].get(kind, 0.0)
+            top = max(s["rss_mb"].get(kind, 0.0) for s in series)
+            growth = f"{(end - start) / start * 100:+.1f} %" if start else "-"
+            rows.append([r["scenario"], kind, f"{last['finished'] - first['finished']:,}", f"{start:g}",
+                         f"{end:g}", f"{top:g}", growth])
+    if not rows:
+        return ""
+    return "\n".join("| " + " | ".join(map(str, row)) + " |"
+                     for row in [head, ["---"] * len(head), *rows])
+
+
 def _r(v: float | None) -> float | None:
     return None if v is None else round(v, 1)
 
@@ -521,9 +565,18 @@ def run_scenario(name: str, servers: Servers, cfg: Settings, with_open: bool) ->
             sc.kinds.window_start()
             me_cpu0 = sum(me.cpu_times()[:2])
 
-            def on_window(edge: str, mode: str = mode) -> None:
+            sampler = RssSampler(sc.kinds, watcher, cfg.rss_every)
+
+            def on_window(edge: str, mode: str = mode, sampler: RssSampler = sampler) -> None:
                 if edge == "start" and cfg.profile_dir and mode == "closed":
                     profilers.extend(start_profile(sc, cfg))
+                if mode == "closed" and cfg.rss_every:
+                    if edge == "start":
+                        sampler.start()
+                    else:
+                        sampler.halt.set()
+                        sampler.join(timeout=30)
+                        result["rss_series"] = sampler.series
 
             if mode == "closed":
                 phase = closed_loop(sc.kick, watcher, new_cid, window=cfg.window, threads=sc.kick_threads,
@@ -779,6 +832,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--open-all", action="store_true", help="open loop for every scenario in --quick")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir (process logs)")
     parser.add_argument("--show", type=Path, metavar="JSON", help="print the tables of an earlier run")
+    parser.add_argument("--rss-every", type=float, default=0.0, metavar="SECONDS",
+                        help="closed loop: sample each process kind's RSS this often (a soak)")
     parser.add_argument("--prefill", type=int, default=0, metavar="N",
                         help="baton-pg: N finished workflows in the database before the run")
     parser.add_argument("--pg-fast", action="store_true", help="PostgreSQL with fsync off (not durable)")
@@ -787,7 +842,8 @@ def main(argv: list[str] | None = None) -> int:
         earlier = json.loads(args.show.read_text())
         m = earlier["machine"]
         print(f"machine: {m['nproc']} x {m['cpu']}, {m['ram_gb']} GB RAM, Python {m['python']}")
-        print(table(earlier["results"]), kinds_table(earlier["results"]), sep="\n\n")
+        print(table(earlier["results"]), kinds_table(earlier["results"]), rss_table(earlier["results"]),
+              sep="\n\n")
         return 0
     # The load generator's threads mostly wait on sockets: hand the GIL over quickly, or each reply
     # waits up to the default 5 ms switch interval behind the watcher (a convoy that would cap the
@@ -806,7 +862,7 @@ def main(argv: list[str] | None = None) -> int:
         rate=args.rate, window=args.window, drain_timeout=6.0 if args.quick else 60.0,
         profile_dir=args.profile, profile_mode=args.profile_mode,
         baton_env=tuple((kv.split("=", 1)[0], kv.split("=", 1)[-1]) for kv in args.baton_env),
-        prefill=args.prefill,
+        prefill=args.prefill, rss_every=args.rss_every,
     )
     t0 = time.monotonic()
     global _SERVERS
@@ -840,6 +896,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results))
     print()
     print(kinds_table(results))
+    if cfg.rss_every:
+        print()
+        print(rss_table(results))
     print(f"\nresults: {path}  ({out['elapsed_s']} s)")
     return 1 if any(r.get("error") for r in results) else 0
 

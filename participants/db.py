@@ -5,8 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 from sqlalchemy import Engine, MetaData, create_engine, event, text
 from sqlalchemy.engine import make_url
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+# JSON columns through orjson: the standard library's json was 2 % of a kickoff's CPU.
+_JSON: dict[str, Any] = {"json_serializer": _dumps, "json_deserializer": orjson.loads}
 
 
 def make_engine(url: str, *, pool_size: int = 5) -> Engine:
@@ -15,10 +24,10 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         # Bounded waits: with the database down, callers fail fast (503) instead of hanging.
         return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
-                             pool_timeout=10, connect_args={"connect_timeout": 5})
+                             pool_timeout=10, connect_args={"connect_timeout": 5}, **_JSON)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"timeout": 30})
+    engine = create_engine(url, connect_args={"timeout": 30}, **_JSON)
     event.listen(engine, "connect", _sqlite_connect)
     event.listen(engine, "begin", _sqlite_begin)
     return engine

@@ -305,7 +305,7 @@ class Runtime:
                     raise
                 except Exception as exc:
                     raise _HandlerFailed(msg) from exc
-                log.info("handled", outcome="done", emitted=[e.type for e in out])
+                log.debug("handled", outcome="done", emitted=[e.type for e in out])
             emitted += out
         return emitted
 
@@ -347,7 +347,7 @@ class Runtime:
             except Exception as exc:  # the handler's failure: retried after the visibility timeout
                 log.warning("handler failed", outcome="failed", error=repr(exc)[:500])
                 return None
-            log.info("handled", outcome="done", emitted=[e.type for e in out])
+            log.debug("handled", outcome="done", emitted=[e.type for e in out])
             return out
 
     def _claim(self, conn: Connection, msg: Envelope, now: Any) -> bool:
