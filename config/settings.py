@@ -48,7 +48,7 @@ class Settings:
     max_deliveries: int = 5
     read_count: int = 100
     block_ms: int = 2000
-    linger_ms: int = 0
+    linger_ms: int = 20
     relay_interval: float = 1.0
     sweep_interval: float = 1.0
     redrive_window: float = 3600.0

@@ -59,8 +59,8 @@ class Options:
     max_deliveries: int = 5
     read_count: int = 100
     block_ms: int = 2000
-    # After a read that found less than a full batch, wait this long and read again: under load,
-    # fewer and larger batches (each costs a transaction), for at most this much added latency.
+    # A batch that is not full is handled no sooner than this after its read began (time blocked
+    # waiting counts): under load, fewer and larger batches, each costing one transaction.
     linger_ms: int = 0
     crash_points: Collection[str] = frozenset()
     redrive_window: float = 3600.0  # seconds of outbox re-published after Redis lost its data
@@ -157,10 +157,15 @@ class Runtime:
                 self._relay_outbox()
             handled += self.reclaim()
             self._last_reclaim = time.monotonic()
+        began = time.monotonic()
         entries = self._read(">", block=self.options.block_ms)
         if entries and len(entries) < self.options.read_count and self.options.linger_ms:
-            time.sleep(self.options.linger_ms / 1000)
-            entries += self._read(">", count=self.options.read_count - len(entries))
+            # Time spent blocked counts: an idle consumer handles a lone message at once, a busy
+            # one lets a batch fill for up to linger_ms.
+            rest = self.options.linger_ms / 1000 - (time.monotonic() - began)
+            if rest > 0:
+                time.sleep(rest)
+                entries += self._read(">", count=self.options.read_count - len(entries))
         return handled + self._process(entries)
 
     def _recover_lost_redis(self) -> None:

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -290,6 +291,25 @@ def test_an_entry_is_acknowledged_only_after_its_effects_commit(bench: Bench) ->
     finally:
         witness.close()
         witness.witness_engine.dispose()
+
+
+def test_a_busy_consumer_lingers_for_a_fuller_batch(bench: Bench) -> None:
+    """A read that finds a message waiting lets the batch fill for BATON_LINGER_MS: the message
+    sent 0.1 s later is handled in the same batch; without linger, on its own."""
+    def one_poll(linger_ms: int) -> int:
+        rt = bench.runtime(dataclasses.replace(PATIENT, linger_ms=linger_ms, block_ms=100))
+        before = len(bench.probe.calls)
+        bench.send(order())
+        late = threading.Timer(0.1, lambda: bench.send(order()))
+        late.start()
+        rt.poll()
+        in_first_batch = len(bench.probe.calls) - before
+        late.join()
+        poll_until(rt, lambda: len(bench.probe.calls) == before + 2, what="both handled")
+        return in_first_batch
+
+    assert one_poll(0) == 1
+    assert one_poll(600) == 2
 
 
 def test_a_failing_handler_is_retried_with_backoff_then_dead_lettered(bench: Bench) -> None:
