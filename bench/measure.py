@@ -31,18 +31,11 @@ def _cpu(proc: psutil.Process) -> float:
         return 0.0
 
 
-def _hwm_mb(pid: int) -> float:
+def _status_mb(pid: int, key: str) -> float:
+    """A memory figure of /proc/<pid>/status in MB: VmHWM (peak resident), VmRSS (resident now)."""
     with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
-def _rss_mb(pid: int) -> float:
-    with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{key}:"):
                 return int(line.split()[1]) / 1024
     return 0.0
 
@@ -96,11 +89,11 @@ class Kinds:
     def sample_rss(self) -> None:
         for kind in self.roots:
             for p in self._procs(kind):
-                self.peak_mb[kind] = max(self.peak_mb.get(kind, 0.0), _hwm_mb(p.pid))
+                self.peak_mb[kind] = max(self.peak_mb.get(kind, 0.0), _status_mb(p.pid, "VmHWM"))
 
     def rss_now(self) -> dict[str, float]:
         """Each kind's largest resident set now, in MB (a soak compares these over time)."""
-        return {k: round(max((_rss_mb(p.pid) for p in self._procs(k)), default=0.0), 1)
+        return {k: round(max((_status_mb(p.pid, "VmRSS") for p in self._procs(k)), default=0.0), 1)
                 for k in self.roots}
 
     def counts(self) -> dict[str, int]:

@@ -169,23 +169,23 @@ def _save_children(conn: Connection, changes: list[tuple[lifecycle.Workflow, lif
     new_comps: list[dict[str, Any]] = []
     changed_comps: list[dict[str, Any]] = []
     for wf, before in changes:
-        cid = wf.correlation_id
-        for name, step in wf.steps.items():
-            old = before.steps.get(name)
-            if old is None:
-                new_steps.append({"correlation_id": cid, **asdict(step)})
-            elif old != step:
-                changed_steps.append({"_cid": cid, "_name": name, **asdict(step)})
-        for name, comp in wf.compensations.items():
-            prev = before.compensations.get(name)
-            if prev is None:
-                new_comps.append({"correlation_id": cid, **asdict(comp)})
-            elif prev != comp:
-                changed_comps.append({"_cid": cid, "_name": name, **asdict(comp)})
+        _diff(wf.correlation_id, wf.steps, before.steps, new_steps, changed_steps)
+        _diff(wf.correlation_id, wf.compensations, before.compensations, new_comps, changed_comps)
     for statement, rows in ((insert(steps), new_steps), (_update_step(), changed_steps),
                             (insert(compensations), new_comps), (_update_compensation(), changed_comps)):
         if rows:
             conn.execute(statement, rows)
+
+
+def _diff(cid: str, current: dict[str, Any], previous: dict[str, Any], inserts: list[dict[str, Any]],
+          updates: list[dict[str, Any]]) -> None:
+    """The rows of `current` (steps or compensations by name) that are new or changed."""
+    for name, row in current.items():
+        old = previous.get(name)
+        if old is None:
+            inserts.append({"correlation_id": cid, **asdict(row)})
+        elif old != row:
+            updates.append({"_cid": cid, "_name": name, **asdict(row)})
 
 
 @cache
