@@ -293,6 +293,34 @@ def test_an_entry_is_acknowledged_only_after_its_effects_commit(bench: Bench) ->
         witness.witness_engine.dispose()
 
 
+def test_a_failing_batch_handler_is_redone_message_by_message(bench: Bench) -> None:
+    """A batch handler (as the tracker's) that fails on one message: the batch is rolled back and
+    redone one message at a time; the others commit and are acknowledged, the poison one stays
+    pending for its retry."""
+    sizes: list[int] = []
+    messages = [order() for _ in range(3)]
+    poison = messages[1].id
+
+    def batch(conn: sa.Connection, got: list[Envelope], now: Any) -> list[list[Envelope]]:
+        sizes.append(len(got))
+        for m in got:
+            conn.execute(insert(bench.probe.effects).values(message_id=m.id, kind="batch"))
+            if m.id == poison:
+                raise RuntimeError("poison")
+        return [[] for _ in got]
+
+    participant = Participant(NAME, metadata=bench.probe.metadata, batch=batch,
+                              batch_types=("order.placed",))
+    rt = Runtime(participant, bench.engine(), bench.client, bench.keys, PATIENT, consumer="c1")
+    rt.setup()
+    for m in messages:
+        bench.send(m)
+    rt.poll()
+    assert sizes == [3, 1, 1, 1]
+    assert bench.probe.effect_count(bench.engine(), "batch") == 2, "the good two, once each"
+    assert bench.pending(bench.keys.event_stream("order.placed")) == 1, "the poison one, for a retry"
+
+
 def test_a_busy_consumer_lingers_for_a_fuller_batch(bench: Bench) -> None:
     """A read that finds a message waiting lets the batch fill for BATON_LINGER_MS: the message
     sent 0.1 s later is handled in the same batch; without linger, on its own."""
