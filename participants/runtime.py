@@ -25,10 +25,10 @@ from typing import Any
 
 import redis
 import structlog
-from sqlalchemy import Connection, Engine, insert, text
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import OperationalError
 
 from contracts.envelope import COMMAND, EVENT, Envelope, decode_fields
 from contracts.streams import Keys
@@ -285,8 +285,9 @@ class Runtime:
             todo: list[Envelope] = []
             for entry in entries:
                 assert entry.message is not None
-                if _key(entry.message) in fresh:
-                    fresh.discard(_key(entry.message))  # a second copy in the batch is a duplicate
+                key = _key(entry.message)
+                if key in fresh:
+                    fresh.discard(key)  # a second copy in the batch is a duplicate
                     todo.append(entry.message)
                 else:
                     log.info("duplicate ignored", outcome="duplicate", message_id=entry.message.id,
@@ -356,13 +357,7 @@ class Runtime:
             return out
 
     def _claim(self, conn: Connection, msg: Envelope, now: Any) -> bool:
-        try:
-            with conn.begin_nested():
-                conn.execute(insert(processed).values(
-                    consumer=self.group, message_id=_key(msg), processed_at=now))
-        except IntegrityError:
-            return False
-        return True
+        return bool(self._claim_all(conn, [_key(msg)], now))
 
     def _dispatch(self, conn: Connection, msg: Envelope, now: Any) -> list[Envelope]:
         crash_point("runtime.in_handler", self.options.crash_points)
