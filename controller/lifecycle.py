@@ -121,7 +121,7 @@ def on_message(flow: Flow, wf: Workflow, message_type: str, message_id: str,
         elif message_type == step.failed_on:
             effects += _step_failed(flow, wf, step, data, now)
         if step.compensation and message_type == step.compensation.answer:
-            _compensation_done(wf, step.name, now)
+            effects += _compensation_done(wf, step.name, now)
         elif step.compensation and message_type == step.compensation.failed_answer:
             effects += _compensation_failed(flow, wf, step.name, now, answered=True)
     return effects + advance(flow, wf, now)
@@ -259,12 +259,21 @@ def _add_compensation(flow: Flow, wf: Workflow, step_name: str, first: bool = Fa
     )
 
 
-def _compensation_done(wf: Workflow, step_name: str, now: datetime) -> None:
+def _compensation_done(wf: Workflow, step_name: str, now: datetime) -> list[Effect]:
+    """A success answer. One that arrives after the compensation gave up (an attempt's success
+    outrunning an earlier attempt's `_failed`) still counts: the work was done. A workflow left
+    needing attention for nothing else goes back to compensating what remains."""
     comp = wf.compensations.get(step_name)
-    if comp is None or comp.status in (DONE, FAILED):
-        return
+    if comp is None or comp.status == DONE:
+        return []
+    gave_up = comp.status == FAILED
     comp.status, comp.finished_at, comp.next_attempt_at = DONE, now, None
     wf.steps[step_name].status = STEP_COMPENSATED
+    if gave_up and wf.status == NEEDS_ATTENTION and all(
+            c.status != FAILED for c in wf.compensations.values()):
+        wf.status = COMPENSATING
+        return [Announce(announce.COMPENSATING, wf.status, wf.reason)]
+    return []
 
 
 def _compensation_failed(flow: Flow, wf: Workflow, step_name: str, now: datetime,

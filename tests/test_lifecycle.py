@@ -383,6 +383,44 @@ def test_a_retried_compensation_answered_late_still_completes() -> None:
         lc.Announce(announce.COMPENSATED, lc.COMPENSATED, lc.STEP_FAILED)]
 
 
+
+def test_a_success_after_the_compensation_gave_up_resumes_it() -> None:
+    """The last attempt is sent; an earlier attempt's `_failed` arrives late and the
+    compensation gives up; then the last attempt's success arrives: the work was done."""
+    run, _ = begin()
+    run.send("inventory.reserved", at(1))
+    run.send("payment.charged", at(2))
+    refund = only_command(run.send("shipment.scheduling_failed", at(3)))
+    assert refund.type == "payment.refund"
+    comp = run.wf.compensations["charge_payment"]
+    while comp.attempts < run.flow.command_max_attempts:
+        due = comp.next_attempt_at
+        assert due is not None
+        only_command(run.tick(due))
+    late = comp.next_attempt_at - MS  # type: ignore[operator]
+    assert run.answer(refund, late, failed=True) == [
+        lc.Announce(announce.NEEDS_ATTENTION, lc.NEEDS_ATTENTION, lc.STEP_FAILED)]
+    effects = run.answer(refund, late + MS)
+    assert effects[0] == lc.Announce(announce.COMPENSATING, lc.COMPENSATING, lc.STEP_FAILED)
+    release = only_command(effects[1:])
+    assert (release.type, release.attempt) == ("inventory.release", 1)
+    assert (comp.status, run.step("charge_payment").status) == (lc.DONE, lc.STEP_COMPENSATED)
+    assert run.answer(release, late + 2 * MS) == [
+        lc.Announce(announce.COMPENSATED, lc.COMPENSATED, lc.STEP_FAILED)]
+
+
+def test_a_success_after_giving_up_keeps_needs_attention_while_another_failed() -> None:
+    run, release = compensating_with_release_sent()
+    comp = run.wf.compensations["reserve_inventory"]
+    while comp.attempts < run.flow.command_max_attempts:
+        only_command(run.tick(comp.next_attempt_at))  # type: ignore[arg-type]
+    run.tick(comp.next_attempt_at)  # type: ignore[arg-type]
+    assert run.wf.status == lc.NEEDS_ATTENTION
+    other = lc.Compensation("charge_payment", 5, "payment.refund", "c-2", status=lc.FAILED)
+    run.wf.compensations["charge_payment"] = other
+    assert run.answer(release, at(100_000)) == []
+    assert (run.wf.status, comp.status) == (lc.NEEDS_ATTENTION, lc.DONE)
+
 # -- late and duplicate events ---------------------------------------------------------------------
 
 
