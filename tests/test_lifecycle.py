@@ -397,7 +397,9 @@ def test_a_success_after_the_compensation_gave_up_resumes_it() -> None:
         due = comp.next_attempt_at
         assert due is not None
         only_command(run.tick(due))
-    late = comp.next_attempt_at - MS  # type: ignore[operator]
+    last_due = comp.next_attempt_at
+    assert last_due is not None
+    late = last_due - MS
     assert run.answer(refund, late, failed=True) == [
         lc.Announce(announce.NEEDS_ATTENTION, lc.NEEDS_ATTENTION, lc.STEP_FAILED)]
     effects = run.answer(refund, late + MS)
