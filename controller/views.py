@@ -148,9 +148,10 @@ def _conditions(f: Filters, now: datetime) -> list[Any]:
         c.append(workflows.c.started_at >= f.started_after)
     if f.started_before:
         c.append(workflows.c.started_at < f.started_before)
-    if f.overdue:
+    if f.overdue:  # past its own deadline, or a step past the step's
         c.append(workflows.c.status.in_(["running", "compensating"]))
-        c.append(workflows.c.deadline < now)
+        c.append(or_(workflows.c.deadline < now, workflows.c.correlation_id.in_(
+            select(steps.c.correlation_id).where(steps.c.status == "active", steps.c.deadline < now))))
     if f.stalled_step:
         c.append(workflows.c.correlation_id.in_(
             select(steps.c.correlation_id).where(steps.c.name == f.stalled_step,

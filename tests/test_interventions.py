@@ -31,7 +31,7 @@ from controller.sweeper import sweep_once
 from controller.tracker import build_tracker
 from participants.db import make_engine
 from participants.runtime import Options, Runtime
-from tests.system import report_facts_as_rebuilt
+from tests.system import report_facts_as_rebuilt, wait_until
 
 TOKENS = "olga:operator:t-olga,vic:viewer:t-vic,stan:starter:t-stan"
 OPERATOR, VIEWER, STARTER = "t-olga", "t-vic", "t-stan"
@@ -791,3 +791,69 @@ def test_the_audit_pages_with_a_cursor(baton: Baton) -> None:
     assert [a["reason"] for a in first["items"]] == ["r0", "r1"] and first["next_cursor"]
     rest = baton.get(f"/v1/workflows/{cid}/audit", limit=2, cursor=first["next_cursor"]).get_json()
     assert [a["reason"] for a in rest["items"]] == ["r2"] and rest["next_cursor"] is None
+
+
+# -- retrying an orchestrated step, a late success, finding what is late -----------------------------
+
+
+def price_change_input() -> dict[str, Any]:
+    return {"change_id": f"chg-{uuid.uuid4().hex[:8]}", "product_id": f"P-{uuid.uuid4().hex[:8]}",
+            "current_price": 10.0, "proposed_price": 11.0, "unit_cost": 6.0, "currency": "EUR"}
+
+
+def test_retry_of_a_command_step_resends_its_command_with_the_same_id(baton: Baton) -> None:
+    """price_change's `evaluate_rules` is orchestrated: the controller sent `price.evaluate`,
+    nobody answered; a retry sends the same command again, `attempt` 2, same cause."""
+    cid = baton.start("price_change", input=price_change_input())
+    stream = baton.keys.command_stream("pricing")
+    [first] = [e for e in baton.entries(stream) if e["correlation_id"] == cid]
+    assert (first["type"], first["attempt"]) == ("price.evaluate", 1)
+    response = baton.post(f"/v1/workflows/{cid}/retry", {"reason": "pricing was down"})
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json() == baton.workflow(cid)
+    sent = [e for e in baton.entries(stream) if e["correlation_id"] == cid]
+    assert [(e["id"], e["attempt"]) for e in sent] == [(first["id"], 1), (first["id"], 2)]
+    assert sent[1]["causation_id"] == first["causation_id"] and sent[1]["data"] == first["data"]
+    assert [(a["action"], a["actor"], a["reason"]) for a in baton.audit(cid)] == [
+        ("retry", "olga", "pricing was down")]
+
+
+def test_a_success_after_the_compensation_gave_up_resolves_it(baton: Baton) -> None:
+    """The tracker, the store and the lifecycle together: an answer that outran the give-up."""
+    cid = build(baton, "needs_attention", ORDER)
+    assert [c["status"] for c in baton.workflow(cid)["compensations"]] == ["failed"]
+    baton.emit("inventory.released", cid, source="inventory")
+    wf = baton.workflow(cid)
+    assert (wf["status"], wf["reason"]) == ("compensated", "step_failed")
+    assert [(c["step"], c["status"]) for c in wf["compensations"]] == [("reserve_inventory", "done")]
+    statuses = {s["name"]: s["status"] for s in wf["steps"]}
+    assert statuses["reserve_inventory"] == "compensated"
+
+
+def test_overdue_and_stalled_step_find_what_is_late(database_url: str, redis_url: str,
+                                                   tmp_path: Path) -> None:
+    hasty = GATED_FLOW.replace("gated_order", "hasty_gate").replace("sla_seconds: 120",
+                                                                    "sla_seconds: 1")
+    with open_baton(database_url, redis_url, tmp_path, {"hasty_gate": hasty}) as b:
+        late = b.start(sla_seconds=1)  # past its own deadline
+        gated = b.start("hasty_gate")
+        b.emit("inventory.reserved", gated)  # its approval step will be past the step's deadline
+        fine = b.start()
+        done = b.start(sla_seconds=1)
+        for t in ("inventory.reserved", "payment.charged", "shipment.scheduled"):
+            b.emit(t, done)
+        ours = {late, gated, fine, done}
+
+        def listed(**query: Any) -> set[str]:
+            response = b.get("/v1/workflows", **query)
+            assert response.status_code == 200, response.get_json()
+            return {w["correlation_id"] for w in response.get_json()["items"]} & ours
+
+        assert wait_until(lambda: listed(overdue="true") == {late, gated}, 10, "the deadlines")
+        assert listed(overdue="false") == ours
+        assert listed(stalled_step="manager_approval") == {gated}
+        assert listed(stalled_step="reserve_inventory") == set()
+        dry = b.post("/v1/workflows/actions", {"action": "pause", "reason": "look", "dry_run": True,
+                                               "filter": {"overdue": True}})
+        assert dry.status_code == 200, dry.get_json()
+        assert set(dry.get_json()["matched"]) & ours == {late, gated}
