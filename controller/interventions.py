@@ -59,7 +59,9 @@ def retry(flow: Flow, wf: lc.Workflow, now: datetime, step: str | None = None) -
         if s.kind == COMMAND_STEP:
             effects.append(lc.send_step_command(flow, wf, s, now))
         else:
-            effects += [_re_emit(wf, t) for t in s.reacts_to]
+            effects += [_re_emit(wf, t) for t in s.reacts_to if t in wf.seen]
+    if not effects:  # its triggers count as arrived only because the steps emitting them were skipped
+        raise NotApplicable(f"workflow {wf.correlation_id} has no trigger of its active step to re-emit")
     unique = {e.type if isinstance(e, lc.Emit) else id(e): e for e in effects}  # one per trigger
     return list(unique.values())
 
@@ -145,7 +147,7 @@ def _step(flow: Flow, wf: lc.Workflow, name: str) -> Any:
 
 def _re_emit(wf: lc.Workflow, message_type: str) -> lc.Emit:
     """The triggering event again, as a new message caused by the original (its causation kept)."""
-    original_id, data = wf.seen.get(message_type, (wf.start_message_id, {}))
+    original_id, data = wf.seen[message_type]
     return lc.Emit(message_type, data, original_id)
 
 

@@ -857,3 +857,29 @@ def test_overdue_and_stalled_step_find_what_is_late(database_url: str, redis_url
                                                "filter": {"overdue": True}})
         assert dry.status_code == 200, dry.get_json()
         assert set(dry.get_json()["matched"]) & ours == {late, gated}
+
+
+def test_retry_re_emits_only_triggers_that_arrived(baton: Baton) -> None:
+    """A step's trigger counts as arrived when the step emitting it was skipped; there is nothing
+    of it to re-emit: the retry re-emits what did arrive, or answers 409 when nothing did."""
+    cid = baton.start()
+    baton.emit("payment.charged", cid)
+    skip = {"reason": "done by hand"}
+    assert baton.post(f"/v1/workflows/{cid}/steps/reserve_inventory/skip", skip).status_code == 200
+    shipping = [s for s in baton.workflow(cid)["steps"] if s["name"] == "schedule_shipment"]
+    assert shipping[0]["status"] == "active"
+    before = baton.entries(baton.keys.event_stream("inventory.reserved"))
+    response = baton.post(f"/v1/workflows/{cid}/retry", {"reason": "nudge", "step": "schedule_shipment"})
+    assert response.status_code == 200, response.get_json()
+    assert baton.entries(baton.keys.event_stream("inventory.reserved")) == before
+    charged = [e for e in baton.entries(baton.keys.event_stream("payment.charged"))
+               if e["correlation_id"] == cid]
+    assert len(charged) == 2 and charged[1]["causation_id"] == charged[0]["id"]
+
+    other = baton.start()
+    for step in ("reserve_inventory", "charge_payment"):
+        assert baton.post(f"/v1/workflows/{other}/steps/{step}/skip", skip).status_code == 200
+    before_state = baton.state(other)
+    assert_problem(baton.post(f"/v1/workflows/{other}/retry",
+                              {"reason": "nudge", "step": "schedule_shipment"}), 409)
+    assert baton.state(other) == before_state
