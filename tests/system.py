@@ -21,7 +21,8 @@ from controller.procfile import ROOT, Processes
 BIN = Path(sys.executable).parent
 TOKENS = {"starter": "t-starter", "viewer": "t-viewer", "operator": "t-operator"}
 CONTROLLER = ("web", "tracker", "relay", "clock", "worker", "alerts")
-PARTICIPANTS = ("inventory", "payment", "shipping", "notification", "pricing", "catalog", "search")
+ORDER_PARTICIPANTS = ("inventory", "payment", "shipping", "notification")
+PARTICIPANTS = (*ORDER_PARTICIPANTS, "pricing", "catalog", "search")
 
 
 def free_port() -> int:
@@ -78,7 +79,9 @@ class System:
         self.base = f"http://127.0.0.1:{self.port}"
 
     def start(self, *names: str) -> None:
-        for name in names or (*CONTROLLER, *PARTICIPANTS):
+        """The named processes; by default the controller's and order_fulfillment's (each process
+        costs about a CPU second to start: a test starts what its flows need)."""
+        for name in names or (*CONTROLLER, *ORDER_PARTICIPANTS):
             self.procs.start(name)
         if "web" in (names or CONTROLLER):
             wait_until(self._ready, 60, "the API to be ready")

@@ -22,7 +22,7 @@ def test_the_throughput_harness_runs_quick_and_baton_loses_nothing(tmp_path: Pat
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
         [sys.executable, "-m", "bench.throughput", "--quick", "--only", "bare,baton-pg",
-         "--json", str(out)],
+         "--seconds", "1.5", "--open-seconds", "1.5", "--json", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
     )
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
