@@ -22,16 +22,30 @@ from participants.faults import crash_point
 log = structlog.get_logger("baton.sweeper")
 
 
-def sweep_once(services: Services, now: datetime, limit: int = 500) -> int:
-    """One pass; returns how many workflows it acted on."""
-    with services.engine.begin() as conn:
+def sweep_once(services: Services, now: datetime, limit: int = 500, chunk: int = 50) -> int:
+    """One pass over at most `limit` due workflows, `chunk` to a transaction: a burst of breaches
+    holds each workflow's lock (on SQLite, the database's write lock) for one chunk, not the whole
+    pass. Returns how many workflows it acted on."""
+    with services.engine.connect() as conn:
         due = conn.execute(
             select(workflows.c.correlation_id).where(workflows.c.next_due_at <= now)
             .order_by(workflows.c.next_due_at).limit(limit)
         ).scalars().all()
+    acted, sent = 0, 0
+    ordered = sorted(due)
+    for start in range(0, len(ordered), chunk):
+        done, messages = _sweep_chunk(services, ordered[start:start + chunk], now)
+        acted, sent = acted + done, sent + messages
+    if acted:
+        log.info("swept", workflows=acted, messages=sent)
+    return acted
+
+
+def _sweep_chunk(services: Services, cids: list[str], now: datetime) -> tuple[int, int]:
+    with services.engine.begin() as conn:
         sent: list[Envelope] = []
         acted = 0
-        for cid in sorted(due):
+        for cid in cids:
             if not _try_lock(conn, cid):
                 continue  # another sweeper or the tracker has it; it is re-read next pass if still due
             produced = _sweep_workflow(services, conn, cid, now)
@@ -42,9 +56,7 @@ def sweep_once(services: Services, now: datetime, limit: int = 500) -> int:
         pending = outbox.enqueue(conn, services.keys, sent, now)
     crash_point("sweeper.after_commit", services.settings.crash_points if pending else ())
     outbox.publish(services.engine, services.redis, pending, services.settings.crash_points)
-    if acted:
-        log.info("swept", workflows=acted, messages=len(sent))
-    return acted
+    return acted, len(sent)
 
 
 def _sweep_workflow(services: Services, conn: Connection, cid: str,

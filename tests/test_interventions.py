@@ -883,3 +883,14 @@ def test_retry_re_emits_only_triggers_that_arrived(baton: Baton) -> None:
     assert_problem(baton.post(f"/v1/workflows/{other}/retry",
                               {"reason": "nudge", "step": "schedule_shipment"}), 409)
     assert baton.state(other) == before_state
+
+
+def test_a_sweep_takes_its_due_workflows_a_chunk_to_a_transaction(baton: Baton) -> None:
+    cids = [baton.start() for _ in range(5)]
+    later = utcnow() + timedelta(hours=2)  # every one of them past its SLA
+    assert sweep_once(baton.services, later, chunk=2) >= 5  # three transactions, one pass
+    baton.drain()
+    for cid in cids:
+        wf = baton.workflow(cid)
+        assert (wf["status"], wf["reason"]) in {("compensating", "sla_breached"),
+                                                ("compensated", "sla_breached")}, wf
