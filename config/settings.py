@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 ROLES = ("starter", "viewer", "operator")
 
@@ -65,10 +67,35 @@ class Settings:
         return self.participant_database_url.replace("{name}", participant)
 
 
+# (backend, driver) pairs the engines are built for (participants/db.py): psycopg 3 for PostgreSQL.
+_DATABASES = {("sqlite", "pysqlite"): "sqlite", ("postgresql", "psycopg"): "postgresql+psycopg"}
+
+
+def _database_url(value: str) -> None:
+    """A SQLAlchemy URL Baton can open. The value is never echoed: it may hold a password."""
+    try:
+        url = make_url(value)
+    except (ArgumentError, ValueError) as exc:
+        raise ValidationError("not a SQLAlchemy URL such as sqlite:///path/baton.db or "
+                              "postgresql+psycopg://user:pw@host/db") from exc
+    try:
+        dialect = (url.get_backend_name(), url.get_driver_name())  # postgresql: the default driver
+    except ArgumentError:  # a dialect SQLAlchemy does not know
+        dialect = (url.get_backend_name(), "")
+    if dialect not in _DATABASES:
+        raise ValidationError(f"{url.drivername} is not supported; use one of "
+                              f"{', '.join(_DATABASES.values())}")
+
+
+def _participant_database_url(value: str) -> None:
+    """The same, with each `{name}` standing for a participant's name."""
+    _database_url(value.replace("{name}", "name"))
+
+
 # Environment variable -> (settings attribute, marshmallow field)
 _VARIABLES: dict[str, tuple[str, fields.Field]] = {
     "BATON_DATA_DIR": ("data_dir", fields.Str(validate=validate.Length(min=1))),
-    "DATABASE_URL": ("database_url", fields.Str(validate=validate.Length(min=1))),
+    "DATABASE_URL": ("database_url", fields.Str(validate=_database_url)),
     "REDIS_URL": ("redis_url", fields.Str(validate=validate.Regexp(r"^(redis|rediss|unix)://"))),
     "PORT": ("port", fields.Int(validate=validate.Range(min=1, max=65535))),
     "BATON_STREAM_PREFIX": (
@@ -76,7 +103,8 @@ _VARIABLES: dict[str, tuple[str, fields.Field]] = {
     "BATON_TOKENS": ("tokens", fields.Str()),
     "BATON_TOKENS_FILE": ("tokens_file", fields.Str()),
     "BATON_FLOWS_DIRS": ("flows_dirs", fields.Str()),
-    "BATON_PARTICIPANT_DATABASE_URL": ("participant_database_url", fields.Str()),
+    "BATON_PARTICIPANT_DATABASE_URL": (
+        "participant_database_url", fields.Str(validate=_participant_database_url)),
     "BATON_VISIBILITY_TIMEOUT": ("visibility_timeout", fields.Float(validate=validate.Range(min=0.05))),
     "BATON_MAX_DELIVERIES": ("max_deliveries", fields.Int(validate=validate.Range(min=1, max=1000))),
     "BATON_READ_COUNT": ("read_count", fields.Int(validate=validate.Range(min=1, max=10000))),
@@ -161,6 +189,9 @@ def _build(loaded: dict[str, Any]) -> Settings:
     if "tokens_file" in values:
         tokens += _read_tokens_file(values.pop("tokens_file"))
     flows_dirs = tuple(Path(p) for p in values.pop("flows_dirs", "").split(":") if p)
+    for directory in flows_dirs:
+        if not directory.is_dir():
+            raise SettingsError(f"BATON_FLOWS_DIRS: {directory} is not a directory")
     crash = frozenset(p for p in values.pop("crash_points", "").split(",") if p)
     values.setdefault("database_url", f"sqlite:///{data_dir}/baton.db")
     values.setdefault("participant_database_url", f"sqlite:///{data_dir}/participant-{{name}}.db")

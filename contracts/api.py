@@ -7,6 +7,7 @@ from typing import Any
 from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from contracts.envelope import CORRELATION_PATTERN
+from contracts.timefmt import Timestamp
 
 STATUSES = ["running", "paused", "completed", "compensating", "compensated", "needs_attention"]
 REASONS = ["step_failed", "sla_breached", "cancelled"]
@@ -32,8 +33,8 @@ class WorkflowFilter(Schema):
     flow = fields.Str(validate=validate.Length(min=1, max=64))
     status = fields.Str(validate=validate.OneOf(STATUSES))
     reason = fields.Str(validate=validate.OneOf(REASONS))
-    started_after = fields.AwareDateTime(default_timezone=None)
-    started_before = fields.AwareDateTime(default_timezone=None)
+    started_after = Timestamp()
+    started_before = Timestamp()
     overdue = fields.Bool()
     stalled_step = fields.Str(validate=validate.Length(min=1, max=64))
 
@@ -160,7 +161,7 @@ class SignalBody(InterventionBody):
 
 
 class DeadlineBody(InterventionBody):
-    deadline = fields.AwareDateTime(default_timezone=None)
+    deadline = Timestamp()
     extend_seconds = fields.Int(strict=True, validate=validate.Range(min=1, max=366 * 86400))
 
     @validates_schema

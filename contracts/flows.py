@@ -8,6 +8,7 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
 
+from contracts import lifecycle_events
 from contracts.envelope import COMMAND, NAME_PATTERN, TYPE_PATTERN
 from contracts.errors import FlowDefinitionError
 from contracts.payloads import Registry, failed_type
@@ -15,6 +16,8 @@ from contracts.payloads import Registry, failed_type
 EVENT_STEP, COMMAND_STEP, APPROVAL_STEP = "event", "command", "approval"
 _TYPE = validate.Regexp(TYPE_PATTERN, error="must be a message type such as payment.charged")
 _NAME = validate.Regexp(NAME_PATTERN, error="must be lower case letters, digits, _ or -")
+_LIFECYCLE = frozenset({lifecycle_events.COMPLETED, lifecycle_events.COMPENSATING,
+                        lifecycle_events.COMPENSATED, lifecycle_events.NEEDS_ATTENTION})
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,9 @@ def _check(flow: Flow, registry: Registry) -> dict[str, object]:
     unknown = [n for n in flow.completes_when if n not in names]
     if unknown:
         problems["completes_when"] = [f"no such step: {n}" for n in unknown]
+    for at, why in (*_check_outcomes(flow), *_check_reachable(flow)):
+        if at not in problems:  # a type already refused says enough about that field
+            problems[at] = [why]
     return problems
 
 
@@ -209,6 +215,54 @@ def _check_step(step: Step, at: str, registry: Registry, emitted: set[str]) -> d
         _check_type(registry, comp.command, COMMAND, f"{at}.compensation.command", problems)
         _check_type(registry, comp.answer, "event", f"{at}.compensation.answer", problems)
     return problems
+
+
+def _check_outcomes(flow: Flow) -> list[tuple[str, str]]:
+    """An event that reports a step's outcome must come from that step's participant (or, for an
+    approval, its signal) for that step alone: not the start event, not a lifecycle event of the
+    workflow, not what starts the step, not another step's outcome."""
+    problems: list[tuple[str, str]] = []
+    owner: dict[str, tuple[str, str]] = {}
+    for i, step in enumerate(flow.steps):
+        for name, t in _outcomes(step):
+            if t == flow.start_event:
+                why = f"{t} is the flow's start event, published when a workflow starts"
+            elif t in _LIFECYCLE:
+                why = f"{t} is announced by the controller about the workflow, not by {step.participant}"
+            elif t in step.reacts_to:
+                why = f"{t} is also what the step reacts to: what starts it would finish it"
+            elif t in owner:
+                why = f"{t} is already the {owner[t][1]} of step {owner[t][0]}: one event, one step"
+            else:
+                owner[t] = (step.name, name)
+                continue
+            problems.append((f"steps.{i}.{name}", why))
+    return problems
+
+
+def _outcomes(step: Step) -> list[tuple[str, str]]:
+    found = [("done_on", step.done_on)]
+    if step.failed_on:
+        found.append(("failed_on", step.failed_on))
+    if step.compensation:
+        found.append(("compensation.answer", step.compensation.answer))
+    return found
+
+
+def _check_reachable(flow: Flow) -> list[tuple[str, str]]:
+    """Steps that can never start: as the lifecycle does, a step starts once every event it
+    reacts to has arrived, from the start or from a step that started (one skipped by its `when`
+    releases those waiting on its done_on all the same)."""
+    arrived = {flow.start_event}
+    waiting = dict(enumerate(flow.steps))
+    while ready := [i for i, s in waiting.items() if set(s.reacts_to) <= arrived]:
+        for i in ready:
+            step = waiting.pop(i)
+            arrived |= {t for t in (step.done_on, step.failed_on) if t}
+    return [(f"steps.{i}.reacts_to",
+             "the step can never start: nothing that can run emits "
+             + ", ".join(t for t in step.reacts_to if t not in arrived))
+            for i, step in waiting.items()]
 
 
 def _check_type(registry: Registry, message_type: str, kind: str, at: str,

@@ -6,6 +6,8 @@ from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
+from contracts.timefmt import Timestamp
+
 _RFC3339 = ("RFC 3339 timestamp with an offset, e.g. 2026-11-22T10:00:00Z; taken in UTC. "
             "Workflows count when they started in [from, to).")
 
@@ -16,10 +18,10 @@ class SlaQuery(Schema):
 
     flow = fields.Str(validate=validate.Length(min=1, max=64),
                       metadata={"description": "Only this flow (default: every flow)."})
-    start = fields.AwareDateTime(data_key="from", default_timezone=None,
-                                 metadata={"description": "Start of the range, inclusive. " + _RFC3339})
-    end = fields.AwareDateTime(data_key="to", default_timezone=None,
-                               metadata={"description": "End of the range, exclusive. " + _RFC3339})
+    start = Timestamp(data_key="from",
+                      metadata={"description": "Start of the range, inclusive. " + _RFC3339})
+    end = Timestamp(data_key="to",
+                    metadata={"description": "End of the range, exclusive. " + _RFC3339})
     limit = fields.Int(load_default=20, validate=validate.Range(min=1, max=1000),
                        metadata={"description": "Rows of the breaches and slowest lists."})
 

@@ -20,6 +20,10 @@ class Keys:
     def dead_stream(self, participant: str) -> str:
         return f"{self.prefix}:dead:{participant}"
 
+    def last_errors(self, stream: str, group: str) -> str:
+        """A hash of the last handler error per pending entry id of one stream and group."""
+        return f"{self.prefix}:errors:{group}:{stream}"
+
     def dead_pattern(self) -> str:
         return f"{self.prefix}:dead:*"
 

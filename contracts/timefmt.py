@@ -1,8 +1,21 @@
-"""RFC 3339 UTC timestamps with milliseconds, the only time format on the wire."""
+"""RFC 3339 UTC timestamps with milliseconds, the only time format on the wire, and the one parser
+(and marshmallow field) that every timestamp read from outside goes through."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+from marshmallow import ValidationError, fields
+
+# RFC 3339 section 5.6 `date-time`, exactly: not the ISO 8601 variants that datetime.fromisoformat
+# also takes (basic format, week dates, hour-only times, comma fractions, a space for the T).
+_DATE_TIME = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
+)
+EXAMPLE = "2026-11-22T10:00:00.000Z"
 
 
 def utcnow() -> datetime:
@@ -20,10 +33,35 @@ def format_ts(moment: datetime) -> str:
 
 
 def parse_ts(text: str) -> datetime:
-    """Parse an RFC 3339 timestamp with an explicit offset into an aware UTC datetime."""
-    if "T" not in text and "t" not in text:
-        raise ValueError(f"{text!r} is not an RFC 3339 timestamp (no 'T' separator)")
-    moment = datetime.fromisoformat(text.replace("z", "Z"))
-    if moment.tzinfo is None:
-        raise ValueError(f"{text!r} has no UTC offset")
+    """Parse an RFC 3339 date-time (its offset is required) into an aware UTC datetime."""
+    match = _DATE_TIME.fullmatch(text)
+    if match is None:
+        raise ValueError(f"{text[:64]!r} is not an RFC 3339 date-time with an offset, such as {EXAMPLE}")
+    year, month, day, hour, minute, second = (int(match[i]) for i in range(1, 7))
+    micro = int((match[7] or "")[:6].ljust(6, "0"))  # beyond microseconds: cut, not rounded
+    try:
+        offset = timedelta()
+        if match[8]:
+            if int(match[9]) > 23 or int(match[10]) > 59:
+                raise ValueError("an offset is at most 23:59")
+            offset = timedelta(hours=int(match[9]), minutes=int(match[10]))
+            offset = -offset if match[8] == "-" else offset
+        moment = datetime(year, month, day, hour, minute, second, micro, tzinfo=timezone(offset))
+    except ValueError as exc:  # month 13, hour 25, February 30, an offset of 24 hours...
+        raise ValueError(f"{text!r} is not a valid date-time: {exc}") from exc  # short: it matched
     return moment.astimezone(UTC)
+
+
+class Timestamp(fields.AwareDateTime):
+    """An API field: RFC 3339 through `parse_ts`, documented as `date-time` like its base."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(default_timezone=None, **kwargs)
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        if not isinstance(value, str):
+            raise ValidationError(f"must be an RFC 3339 date-time string such as {EXAMPLE}")
+        try:
+            return parse_ts(value)
+        except ValueError as exc:
+            raise ValidationError(str(exc)) from exc

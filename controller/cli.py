@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -17,10 +17,15 @@ def _settings(process: str) -> Settings:
     try:
         settings = load_settings()
     except SettingsError as exc:
-        click.echo(f"baton: configuration error: {exc}", err=True)
-        sys.exit(2)
+        _configuration_error(exc)
     configure_logging(settings, process)
     return settings
+
+
+def _configuration_error(exc: SettingsError) -> NoReturn:
+    """The variable at fault and why, without a traceback; exit status 2."""
+    click.echo(f"baton: configuration error: {exc}", err=True)
+    sys.exit(2)
 
 
 @click.group()
@@ -135,7 +140,11 @@ def demo(orders: int) -> None:
     """Run the whole system on embedded defaults, drive orders through it, print the outcome."""
     from controller.demo import run_demo
 
-    sys.exit(run_demo(orders=orders))
+    try:
+        status = run_demo(orders=orders)
+    except SettingsError as exc:
+        _configuration_error(exc)
+    sys.exit(status)
 
 
 cli_client.register(main)

@@ -6,9 +6,11 @@ and only then are the entries acknowledged. If a handler fails, that transaction
 the batch handled again with each message in its own savepoint, so only the failing one is retried.
 Entries left pending by a dead or failing consumer are reclaimed after a visibility timeout that
 doubles with each delivery; after the last allowed delivery they go to the dead-letter stream, as do
-malformed entries, at once. Outbox rows that a crash or an outage left unpublished after their commit
-are published on the same schedule: when the entry is redelivered it is a duplicate and emits nothing
-again, so the runtime itself must send them.
+malformed entries, at once; the last handler error of an entry is kept in Redis until it is
+acknowledged, so that its dead letter says why, whichever consumer gives up on it. Outbox rows that
+a crash or an outage left unpublished after their commit are published on the same schedule: when
+the entry is redelivered it is a duplicate and emits nothing again, so the runtime itself must send
+them.
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class _Entry:
     raw: dict[bytes, bytes] | None
     deliveries: int = 1
     message: Envelope | None = None
+    error: str | None = None  # the handler's, when this delivery failed
 
 
 @dataclass
@@ -213,8 +216,7 @@ class Runtime:
                 if p["time_since_delivered"] < base_ms * min(2 ** (count - 1), 32):
                     continue
                 if count >= self.options.max_deliveries:
-                    reason = f"not acknowledged after {count} deliveries"
-                    self._dead_letter_by_id(stream, entry_id, reason, count)
+                    self._dead_letter_by_id(stream, entry_id, count)
                     continue
                 got: Any = self.client.xclaim(stream, self.group, self.consumer, base_ms, [entry_id])
                 claimed += [_Entry(stream, _text(i), f or None, count + 1) for i, f in got]
@@ -225,11 +227,19 @@ class Runtime:
             return 0
         good = [e for e in entries if self._decode(e)]
         done, pending = self._handle(good)
+        self._remember_failures(good)
         crash_point("runtime.before_publish", self.options.crash_points)
         outbox.publish(self.engine, self.client, pending, self.options.crash_points)
         crash_point("runtime.before_ack", self.options.crash_points)
         self._ack(done)
         return len(entries)
+
+    def _remember_failures(self, entries: list[_Entry]) -> None:
+        failures = [(e.stream, e.entry_id, e.error) for e in entries if e.error]
+        if failures:  # nothing to write, and no round trip, when every handler succeeded
+            # Outlives the longest backoff (each wait at most 32 visibility timeouts) with room to spare.
+            ttl = max(86400, int(32 * self.options.visibility_timeout * self.options.max_deliveries))
+            deadletter.remember(self.client, self.keys, self.group, failures, ttl)
 
     def _decode(self, entry: _Entry) -> bool:
         try:
@@ -274,6 +284,9 @@ class Runtime:
             msg = failed.message
             log.warning("handler failed", outcome="failed", error=repr(failed.__cause__)[:500],
                         correlation_id=msg.correlation_id, message_id=msg.id, type=msg.type)
+            for entry in entries:
+                if entry.message is not None and _key(entry.message) == _key(msg):
+                    entry.error = deadletter.describe(failed.__cause__)
             return self._handle_each(entries, now, skip=_key(msg))
         except Exception as exc:  # a batch handler's: which message is unknown
             log.info("a batch failed: again, message by message", error=repr(exc)[:300])
@@ -352,6 +365,7 @@ class Runtime:
                 raise
             except Exception as exc:  # the handler's failure: retried after the visibility timeout
                 log.warning("handler failed", outcome="failed", error=repr(exc)[:500])
+                entry.error = deadletter.describe(exc)
                 return None
             log.debug("handled", outcome="done", emitted=[e.type for e in out])
             return out
@@ -390,14 +404,19 @@ class Runtime:
         pipe = self.client.pipeline(transaction=False)
         for stream, ids in by_stream.items():
             pipe.xack(stream, self.group, *ids)
+            deadletter.forget(pipe, self.keys, self.group, stream, ids)  # same round trip
         pipe.execute()
 
-    def _dead_letter_by_id(self, stream: str, entry_id: str, reason: str, count: int) -> None:
+    def _dead_letter_by_id(self, stream: str, entry_id: str, count: int) -> None:
         found: Any = self.client.xrange(stream, entry_id, entry_id)
         raw = found[0][1] if found else None
+        reason = f"not acknowledged after {count} deliveries"
+        error = deadletter.last_error(self.client, self.keys, self.group, stream, entry_id)
+        if error:
+            reason += f"; last error: {error}"
         deadletter.send(self.client, self.keys, self.group, self.consumer, stream, entry_id, raw,
                         reason, count)
-        self.client.xack(stream, self.group, entry_id)
+        self._ack([_Entry(stream, entry_id, raw)])
         log.warning("dead-lettered", stream=stream, entry=entry_id, reason=reason)
 
 

@@ -7,12 +7,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from marshmallow import fields
+from marshmallow import Schema, ValidationError, fields
 
+from contracts.api import DeadlineBody, ListQuery
 from contracts.envelope import COMMAND, EVENT, Envelope, decode_fields, new_command, new_event
 from contracts.errors import InvalidMessage, UnknownMessageType, UnsupportedVersion
 from contracts.payloads import FailedPayload, Payload, Registry, failed_type
 from contracts.registry import default_registry
+from contracts.reports_api import SlaQuery
 
 AT = datetime(2026, 11, 22, 10, 0, 0, 123000, tzinfo=UTC)
 
@@ -96,6 +98,17 @@ def test_timestamps_are_normalised_to_utc_with_milliseconds() -> None:
     assert decoded.to_fields()["occurred_at"] == "2026-11-22T10:00:00.500Z"
 
 
+@pytest.mark.parametrize(("text", "moment"), [
+    ("2026-11-22T10:00:00Z", datetime(2026, 11, 22, 10, tzinfo=UTC)),
+    ("2026-11-22t10:00:00z", datetime(2026, 11, 22, 10, tzinfo=UTC)),
+    ("2026-11-22T10:00:00.1234567-05:30", datetime(2026, 11, 22, 15, 30, 0, 123456, tzinfo=UTC)),
+    ("2026-11-22T00:30:00+01:00", datetime(2026, 11, 21, 23, 30, tzinfo=UTC)),
+    ("2028-02-29T23:59:59.999-00:00", datetime(2028, 2, 29, 23, 59, 59, 999000, tzinfo=UTC)),
+])
+def test_every_form_of_rfc_3339_date_time_is_accepted(text: str, moment: datetime) -> None:
+    assert decode_fields(_event(occurred_at=text)).occurred_at == moment
+
+
 def test_an_event_never_carries_command_fields_even_if_sent_some() -> None:
     decoded = decode_fields(_event(target="payment", attempt="2", deadline="2026-11-22T10:00:00Z"))
     assert decoded.kind == EVENT
@@ -112,13 +125,37 @@ def test_unknown_extra_fields_are_tolerated() -> None:
 # -- rejections, each naming its field -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("value", [
-    "yesterday", "2026-11-22 10:00:00Z", "2026-13-01T10:00:00Z", "", "2026-11-22T25:00:00Z",
-])
+# ISO 8601 forms that datetime.fromisoformat takes and RFC 3339 does not, then impossible values.
+NOT_RFC_3339 = [
+    "20261122T100000Z", "2026-W47-1T10:00:00Z", "2026-11-22T10Z", "2026-11-22T10:00Z",
+    "2026-11-22T10:00:00,5Z", "2026-11-22 10:00:00Z", "2026-11-22T10:00:00+0100",
+    "2026-11-22T10:00:00+01", "2026-11-22T10:00:00.Z", "+2026-11-22T10:00:00Z", "2026-327T10:00:00Z",
+    "2026-11-22T10:00:00Z ", "\uff12\uff10\uff12\uff16-11-22T10:00:00Z",  # full-width digits
+    "yesterday", "", "2026-13-01T10:00:00Z", "2026-11-22T25:00:00Z", "2026-02-29T10:00:00Z",
+    "2026-11-22T10:00:60Z", "2026-11-22T10:00:00+24:00", "2026-11-22T10:00:00+01:60",
+]
+
+
+@pytest.mark.parametrize("value", NOT_RFC_3339)
 def test_a_bad_timestamp_is_rejected_naming_the_field(value: str) -> None:
     error = _rejected(_event(occurred_at=value))
     assert set(error.errors) == {"occurred_at"}
     assert "occurred_at" in str(error)
+    assert set(_rejected(_command(deadline=value)).errors) == {"deadline"}
+
+
+@pytest.mark.parametrize(("schema", "field", "key"), [
+    (ListQuery(), "started_after", "started_after"), (ListQuery(), "started_before", "started_before"),
+    (DeadlineBody(), "deadline", "deadline"), (SlaQuery(), "from", "start"), (SlaQuery(), "to", "end"),
+])
+def test_the_api_timestamps_are_as_strict_as_the_wire(schema: Schema, field: str, key: str) -> None:
+    extra = {"reason": "moved"} if isinstance(schema, DeadlineBody) else {}
+    loaded = schema.load({**extra, field: "2026-11-22t11:00:00.5+01:00"})
+    assert loaded[key] == datetime(2026, 11, 22, 10, 0, 0, 500000, tzinfo=UTC)
+    for value in NOT_RFC_3339:
+        with pytest.raises(ValidationError) as caught:
+            schema.load({**extra, field: value})
+        assert set(caught.value.messages_dict) == {field}, value
 
 
 def test_a_naive_timestamp_is_rejected() -> None:

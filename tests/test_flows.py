@@ -305,3 +305,71 @@ def test_a_bad_file_stops_the_whole_catalog(tmp_path: Path, registry: Registry) 
 def test_load_flow_names_the_source_it_was_given(registry: Registry) -> None:
     with pytest.raises(FlowDefinitionError, match="flow definition from-the-api is invalid"):
         load_flow(small_flow(version=-1), registry, "from-the-api")
+
+
+# -- a step with no way to finish ------------------------------------------------------------------
+
+
+def test_a_step_that_reacts_to_its_own_done_on(tmp_path: Path, registry: Registry) -> None:
+    document = small_flow()
+    document["steps"][1]["reacts_to"] = ["payment.charged"]
+    error = refused(write(tmp_path, "ouroboros.yaml", document), registry)
+    assert error.errors == {
+        "steps.1.done_on": [
+            "payment.charged is also what the step reacts to: what starts it would finish it"],
+        "steps.1.reacts_to": ["the step can never start: nothing that can run emits payment.charged"],
+    }
+
+
+def test_two_steps_each_waiting_for_the_other(tmp_path: Path, registry: Registry) -> None:
+    document = reference_document()  # the steps after them can never start either
+    document["steps"][0]["reacts_to"] = ["payment.charged"]
+    document["steps"][1]["reacts_to"] = ["inventory.reserved"]
+    error = refused(write(tmp_path, "deadlock.yaml", document), registry)
+    assert error.errors == {
+        "steps.0.reacts_to": ["the step can never start: nothing that can run emits payment.charged"],
+        "steps.1.reacts_to": ["the step can never start: nothing that can run emits inventory.reserved"],
+        "steps.2.reacts_to": ["the step can never start: nothing that can run emits "
+                              "inventory.reserved, payment.charged"],
+        "steps.3.reacts_to": ["the step can never start: nothing that can run emits payment.charged"],
+    }
+
+
+def test_reachability_does_not_depend_on_the_order_of_the_steps(registry: Registry) -> None:
+    document = reference_document()
+    document["steps"].reverse()
+    flow = load_flow(document, registry, "inline")
+    assert flow.steps[0].name == "send_confirmation"
+
+
+@pytest.mark.parametrize("field", ["done_on", "failed_on"])
+def test_an_outcome_that_is_the_start_event(tmp_path: Path, registry: Registry, field: str) -> None:
+    document = small_flow()
+    document["steps"][1][field] = "order.placed"
+    error = refused(write(tmp_path, "instant.yaml", document), registry)
+    assert error.errors == {
+        f"steps.1.{field}": ["order.placed is the flow's start event, published when a workflow starts"]}
+
+
+def test_an_outcome_that_is_a_lifecycle_event(tmp_path: Path, registry: Registry) -> None:
+    document = small_flow()
+    document["steps"][1]["done_on"] = "workflow.completed"
+    error = refused(write(tmp_path, "lifecycle.yaml", document), registry)
+    assert error.errors == {"steps.1.done_on": [
+        "workflow.completed is announced by the controller about the workflow, not by payment"]}
+
+
+def test_an_event_that_would_finish_two_steps(tmp_path: Path, registry: Registry) -> None:
+    document = small_flow()
+    document["steps"][1]["failed_on"] = "inventory.reservation_failed"
+    error = refused(write(tmp_path, "shared.yaml", document), registry)
+    assert error.errors == {"steps.1.failed_on": [
+        "inventory.reservation_failed is already the failed_on of step reserve: one event, one step"]}
+
+
+def test_a_step_done_and_failed_on_the_same_event(tmp_path: Path, registry: Registry) -> None:
+    document = small_flow()
+    document["steps"][1]["failed_on"] = "payment.charged"
+    error = refused(write(tmp_path, "both.yaml", document), registry)
+    assert error.errors == {"steps.1.failed_on": [
+        "payment.charged is already the done_on of step charge: one event, one step"]}

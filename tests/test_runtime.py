@@ -178,6 +178,11 @@ class Bench:
     def dead(self) -> list[dict[str, Any]]:
         return [f for _, f in self.entries(self.keys.dead_stream(NAME))]
 
+    def last_errors(self, stream: str) -> dict[str, str]:
+        """The handler errors kept for the pending entries of `stream`, by entry id."""
+        found: Any = self.client.hgetall(self.keys.last_errors(stream, NAME))
+        return {text(k): text(v) for k, v in found.items()}
+
     def pending(self, stream: str) -> int:
         info: Any = self.client.xpending(stream, NAME)
         return int(info["pending"])
@@ -283,8 +288,10 @@ def test_an_entry_is_acknowledged_only_after_its_effects_commit(bench: Bench) ->
         assert bench.pending(stream) == 1, "a failed handler's entry stays pending"
         assert bench.probe.effect_count(witness.witness_engine) == 0, "its effects were rolled back"
         assert bench.emitted("payment.charged") == []
+        assert list(bench.last_errors(stream).values()) == ["RuntimeError: the card service is down"]
         poll_until(rt, lambda: bench.pending(stream) == 0, what="the retry is acknowledged")
         assert len(bench.probe.calls) == 2
+        assert bench.last_errors(stream) == {}, "the acknowledgement forgets the error"
         assert witness.seen_at_ack and all(n == 1 for n in witness.seen_at_ack), (
             f"effects committed when XACK went out: {witness.seen_at_ack}")
         assert len(bench.emitted("payment.charged")) == 1
@@ -313,10 +320,11 @@ def test_a_failing_batch_handler_is_redone_message_by_message(bench: Bench) -> N
                               batch_types=("order.placed",))
     rt = Runtime(participant, bench.engine(), bench.client, bench.keys, PATIENT, consumer="c1")
     rt.setup()
-    for m in messages:
-        bench.send(m)
+    entry_ids = [bench.send(m) for m in messages]
     rt.poll()
     assert sizes == [3, 1, 1, 1]
+    stream = bench.keys.event_stream("order.placed")
+    assert bench.last_errors(stream) == {entry_ids[1]: "RuntimeError: poison"}
     assert bench.probe.effect_count(bench.engine(), "batch") == 2, "the good two, once each"
     assert bench.pending(bench.keys.event_stream("order.placed")) == 1, "the poison one, for a retry"
 
@@ -357,6 +365,8 @@ def test_a_failing_handler_is_retried_with_backoff_then_dead_lettered(bench: Ben
     assert gaps[1] >= 2 * base - slack, f"the second retry waits twice as long: {gaps}"
     dead = bench.dead()[0]
     assert "3 deliveries" in text(dead["dead_reason"])
+    assert "last error: RuntimeError: the card service is down" in text(dead["dead_reason"])
+    assert bench.last_errors(stream) == {}, "nothing is kept for a dead-lettered entry"
     assert text(dead["dead_stream"]) == stream
     assert text(dead["dead_entry_id"]) == entry_id
     for name, value in placed.to_fields().items():
@@ -369,6 +379,27 @@ def test_a_failing_handler_is_retried_with_backoff_then_dead_lettered(bench: Ben
     while time.monotonic() < deadline:
         rt.poll()
     assert len(bench.probe.calls) == calls, "a dead letter is not handled again"
+
+
+def test_the_dead_letter_says_why_the_handler_of_another_consumer_failed(bench: Bench) -> None:
+    """The consumer whose handler failed is not the one that gives up on the entry: the error
+    travels through Redis, not through the memory of either."""
+    bench.probe.fail_times = 1
+    once = dataclasses.replace(FAST, max_deliveries=1)
+    failing = bench.runtime(once, consumer="c1")
+    entry_id = bench.send(order())
+    failing.poll()
+    assert len(bench.probe.calls) == 1 and bench.dead() == []
+    other = bench.runtime(once, consumer="c2", client=redis.Redis.from_url(bench.redis_url))
+    try:
+        poll_until(other, lambda: len(bench.dead()) == 1, what="the entry is dead-lettered")
+    finally:
+        other.client.close()
+    dead = bench.dead()[0]
+    assert text(dead["dead_entry_id"]) == entry_id and text(dead["dead_consumer"]) == "c2"
+    assert text(dead["dead_reason"]) == ("not acknowledged after 1 deliveries; "
+                                         "last error: RuntimeError: the card service is down")
+    assert len(bench.probe.calls) == 1, "the entry was not handled again"
 
 
 # -- malformed entries ----------------------------------------------------------------------------

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,6 +47,8 @@ def test_variables_that_baton_does_not_own_are_ignored() -> None:
 
 
 def test_every_variable_is_parsed(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
     settings = load_settings({
         "BATON_DATA_DIR": str(tmp_path / "data"),
         "DATABASE_URL": "postgresql+psycopg://u@db/baton",
@@ -95,6 +100,64 @@ def test_the_data_dir_places_the_default_databases(tmp_path: Path) -> None:
 @pytest.mark.parametrize("url", ["redis://localhost:6379/0", "rediss://h:1/0", "unix:///tmp/redis.sock"])
 def test_redis_urls_of_every_scheme_are_accepted(url: str) -> None:
     assert load_settings({"REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize("url", [
+    "sqlite:///relative.db", "sqlite:////abs/baton.db", "sqlite://", "sqlite+pysqlite:///x.db",
+    "postgresql+psycopg://u:pw@db:5432/baton?connect_timeout=5",
+])
+def test_database_urls_of_every_supported_dialect_are_accepted(url: str) -> None:
+    assert load_settings({"DATABASE_URL": url}).database_url == url
+
+
+@pytest.mark.parametrize("name", ["DATABASE_URL", "BATON_PARTICIPANT_DATABASE_URL"])
+@pytest.mark.parametrize(("url", "why"), [
+    ("notaurl", "not a SQLAlchemy URL"),
+    ("postgresql+psycopg://u@db:port/baton", "not a SQLAlchemy URL"),
+    ("mysql://u@db/baton", "mysql is not supported; use one of sqlite, postgresql+psycopg"),
+    ("postgres://u@db/baton", "postgres is not supported"),
+    ("postgresql+psycopg2://u@db/baton", "postgresql+psycopg2 is not supported"),
+    ("sqlite+aiosqlite:///x.db", "sqlite+aiosqlite is not supported"),
+])
+def test_a_database_url_baton_cannot_open_is_refused(name: str, url: str, why: str) -> None:
+    message = refused({name: url})
+    assert message.startswith(f"{name}: ") and why in message, message
+
+
+def test_a_refused_database_url_is_not_echoed() -> None:
+    message = refused({"DATABASE_URL": "postgresql+psycopg://u:hunter2@db:5432x/baton"})
+    assert "hunter2" not in message, message
+
+
+def test_the_participant_database_url_may_name_the_participant(tmp_path: Path) -> None:
+    settings = load_settings({"BATON_PARTICIPANT_DATABASE_URL": f"sqlite:///{tmp_path}/{{name}}.db"})
+    assert settings.participant_db("payment") == f"sqlite:///{tmp_path}/payment.db"
+
+
+def test_a_flows_dir_that_does_not_exist_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "flows").mkdir()
+    (tmp_path / "a-file").write_text("", encoding="utf-8")
+    for missing in (tmp_path / "absent", tmp_path / "a-file"):
+        message = refused({"BATON_FLOWS_DIRS": f"{tmp_path / 'flows'}:{missing}"})
+        assert message == f"BATON_FLOWS_DIRS: {missing} is not a directory"
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("DATABASE_URL", "notaurl", "DATABASE_URL: not a SQLAlchemy URL"),
+    ("BATON_FLOWS_DIRS", "/no/such/flows", "BATON_FLOWS_DIRS: /no/such/flows is not a directory"),
+])
+def test_baton_migrate_exits_2_naming_the_variable(tmp_path: Path, name: str, value: str,
+                                                   says: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_") and k != "DATABASE_URL"}
+    root = Path(__file__).resolve().parent.parent  # this checkout's code, whatever is installed
+    env.update({"BATON_DATA_DIR": str(tmp_path), "PYTHONPATH": str(root), name: value})
+    baton = Path(sys.executable).parent / "baton"
+    done = subprocess.run([str(baton), "migrate"], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.startswith(f"baton: configuration error: {says}"), done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (tmp_path / "baton.db").exists(), "nothing was opened"
 
 
 def test_settings_are_frozen() -> None:
