@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 from tests.system import PARTICIPANTS, TOKENS, System, order_input, wait_until
 
 pytestmark = pytest.mark.slow
+FLOW_FILE = Path(__file__).parent.parent / "config" / "flows" / "order_fulfillment.yaml"
 
 
 SECRET = f"pw-{uuid.uuid4().hex}"  # the test server trusts loopback: any password connects
@@ -129,26 +130,60 @@ def test_sla_breach_compensates_and_a_late_shipment_is_cancelled(system: System)
 
 def test_an_orchestrated_link(tmp_path: Path, pg_database_url: str, pg_participant_url: str,
                               redis_url: str) -> None:
-    """order_fulfillment v2 with charge_payment switched to kind `command`."""
+    """order_fulfillment v2 with charge_payment switched to kind `command`: the controller's
+    command drives the step, is re-sent with the same id when unanswered, and charges once."""
     flows = tmp_path / "flows"
     flows.mkdir()
-    text = (Path(__file__).parent.parent / "config" / "flows" / "order_fulfillment.yaml").read_text()
-    text = text.replace("version: 1", "version: 2").replace(
+    text = FLOW_FILE.read_text().replace("version: 1", "version: 2").replace(
         "  - name: charge_payment\n    kind: event\n",
         "  - name: charge_payment\n    kind: command\n    command: payment.charge\n")
-    (flows / "order_fulfillment_v2.yaml").write_text(text)
+    (flows / "order_fulfillment_v2.yaml").write_text(text + "command_timeout_seconds: 1\n")
     system = System(tmp_path, pg_database_url, redis_url, pg_participant_url,
                     extra_env={"BATON_FLOWS_DIRS": str(flows)})
     try:
         system.start()
-        cid = system.start_order()
+        # Everything up: the payment participant reacts to order.placed as well (it does not know
+        # the flow); its charge is per order, so answering the command too charges nothing more.
+        cid = system.start_order(input=order_input(order_id="ord-both"))
         wf = system.wait_status(cid, "completed")
         assert wf["flow_version"] == 2
-        sent = system.commands("payment")
-        assert [c["type"] for c in sent] == ["payment.charge"]
-        assert sent[0]["correlation_id"] == cid and sent[0]["attempt"] == "1"
+        [command] = wait_until(lambda: [m for m in system.timeline(cid) if m["kind"] == "command"])
+        assert command["type"] == "payment.charge"
+        placed = next(m for m in system.timeline(cid) if m["type"] == "order.placed")
+        wait_until(lambda: {m["causation_id"] for m in system.timeline(cid) if m["type"] ==
+                            "payment.charged"} == {placed["id"], command["id"]}, 30, "both answers")
+        assert charges(system, "ord-both") == 1
+
+        # Payment down: the command goes unanswered and is sent again after its timeout.
+        system.procs.stop("payment")
+        cid = system.start_order(input=order_input(order_id="ord-command"))
+        sent = wait_until(lambda: (c := [e for e in system.commands("payment")
+                                         if e["correlation_id"] == cid])[1:] and c, 30, "a retry")
+        assert [(c["type"], c["attempt"]) for c in sent[:2]] == [("payment.charge", "1"),
+                                                                ("payment.charge", "2")]
+        assert sent[0]["id"] == sent[1]["id"]
+        assert sent[1]["occurred_at"] >= sent[0]["deadline"]  # re-sent once the first timed out
+        assert system.steps(system.workflow(cid))["charge_payment"] == "active"
+        # From here on payment takes charges by command only: its group on order.placed moves past
+        # this order, so the controller's command is the one way the charge can happen.
+        system.redis.xgroup_setid(system.keys.event_stream("order.placed"), "payment", "$")
+        system.procs.start("payment")
+        wf = system.wait_status(cid, "completed")
+        assert system.steps(wf)["charge_payment"] == "done"
+        timeline = system.timeline(cid)
+        charged = [m for m in timeline if m["type"] == "payment.charged"]
+        assert charged and all(m["causation_id"] == sent[0]["id"] for m in charged)
+        assert [m["id"] for m in timeline if m["kind"] == "command"] == [sent[0]["id"]]
+        assert charges(system, "ord-command") == 1
     finally:
         system.close_cleanly()
+
+
+def charges(system: System, order_id: str) -> int:
+    rows = system.query("payment", "SELECT count(*) FROM payment_ledger WHERE order_id = :o "
+                        "AND kind = 'charge'", o=order_id)
+    count: int = rows[0][0]
+    return count
 
 
 class _Hook(BaseHTTPRequestHandler):
