@@ -57,6 +57,7 @@ class Settings:
     max_body_bytes: int = 1_048_576
     max_backlog: int = 2_000  # kickoffs answer 429 while a consumer group is further behind
     alert_webhook: str | None = None
+    alert_retry_intervals: tuple[int, ...] = (1, 5, 15, 60, 300)  # seconds before each retry
     api_url: str = "http://127.0.0.1:8000"  # what the `baton` client commands talk to
     api_token: str | None = field(default=None, repr=False)  # a secret: never in logs
     log_level: str = "INFO"
@@ -92,6 +93,13 @@ def _participant_database_url(value: str) -> None:
     _database_url(value.replace("{name}", "name"))
 
 
+def _intervals(text: str) -> tuple[int, ...]:
+    """`1,5,15`: whole seconds, 1 to 20 of them."""
+    if not re.fullmatch(r"\d{1,6}(,\d{1,6}){0,19}", text):
+        raise ValidationError("must be 1 to 20 comma-separated whole seconds, e.g. 1,5,15")
+    return tuple(int(s) for s in text.split(","))
+
+
 # Environment variable -> (settings attribute, marshmallow field)
 _VARIABLES: dict[str, tuple[str, fields.Field]] = {
     "BATON_DATA_DIR": ("data_dir", fields.Str(validate=validate.Length(min=1))),
@@ -116,6 +124,7 @@ _VARIABLES: dict[str, tuple[str, fields.Field]] = {
     "BATON_MAX_BODY_BYTES": ("max_body_bytes", fields.Int(validate=validate.Range(min=1024))),
     "BATON_MAX_BACKLOG": ("max_backlog", fields.Int(validate=validate.Range(min=1))),
     "BATON_ALERT_WEBHOOK": ("alert_webhook", fields.Url(require_tld=False, schemes={"http", "https"})),
+    "BATON_ALERT_RETRY_INTERVALS": ("alert_retry_intervals", fields.Function(deserialize=_intervals)),
     "BATON_API_URL": ("api_url", fields.Url(require_tld=False, schemes={"http", "https"})),
     "BATON_API_TOKEN": ("api_token", fields.Str(validate=validate.Length(min=1))),
     "BATON_LOG_LEVEL": (

@@ -18,7 +18,6 @@ from contracts.streams import Keys
 from participants.participant import Context, Participant
 
 NAME = "alerts"
-RETRY_INTERVALS = [1, 5, 15, 60, 300]
 
 
 def alert_queue(client: redis.Redis, keys: Keys) -> Queue:
@@ -28,6 +27,7 @@ def alert_queue(client: redis.Redis, keys: Keys) -> Queue:
 def build_alerter(catalog: Catalog, registry: Registry, settings: Settings,
                   client: redis.Redis) -> Participant:
     queue = alert_queue(client, Keys(settings.stream_prefix))
+    intervals = list(settings.alert_retry_intervals)
     alerter = Participant(NAME, registry=registry)
 
     @alerter.on_event(lifecycle_events.NEEDS_ATTENTION)
@@ -36,8 +36,8 @@ def build_alerter(catalog: Catalog, registry: Registry, settings: Settings,
         url = flow.alert_webhook or settings.alert_webhook
         if url:
             queue.enqueue("controller.jobs.deliver_alert", message.correlation_id, url,
-                          job_id=f"alert-{message.id}", retry=Retry(max=len(RETRY_INTERVALS),
-                          interval=RETRY_INTERVALS), job_timeout=30, failure_ttl=7 * 86400)
+                          job_id=f"alert-{message.id}", retry=Retry(max=len(intervals), interval=intervals),
+                          job_timeout=30, failure_ttl=7 * 86400)
         return []
 
     return alerter

@@ -28,6 +28,7 @@ import pytest
 import redis
 from rq import Queue, Worker
 from rq.job import Job
+from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
 from config.flows import load_catalog
@@ -370,7 +371,8 @@ class _SlowHook(BaseHTTPRequestHandler):
 def test_kill_9_of_an_rq_worker_mid_alert_job(tmp_path: Path, make_system: MakeSystem) -> None:
     """Shipping fails; the release is applied, then the refund goes unanswered (payment is
     stopped): needs_attention. The RQ worker is killed while its job is posting the alert webhook.
-    The job is not lost: RQ finds it abandoned and retries it. The release applied once, no refund."""
+    The job is not lost: RQ finds it abandoned and retries it, and the restarted worker delivers
+    it. The release applied once, no refund."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _SlowHook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     flows = tmp_path / "flows"
@@ -394,6 +396,10 @@ def test_kill_9_of_an_rq_worker_mid_alert_job(tmp_path: Path, make_system: MakeS
             raise AssertionError(f"no webhook call; RQ queue lengths: {queued}") from None
         system.kill_tree("worker")  # mid-job: its work horse is waiting for the webhook's answer
         _SlowHook.release.set()
+        # The dead worker's scheduler held the lock on the alerts queue's scheduled jobs, for 61 s
+        # after its last refresh; the test stands in for that expiry, so that the restarted worker
+        # schedules the retry at once.
+        system.raw.delete(RQScheduler.get_locking_key(system.keys.rq_queue("alerts")))
         system.launch("worker")
 
         wf = system.workflow(cid)
@@ -415,8 +421,12 @@ def test_kill_9_of_an_rq_worker_mid_alert_job(tmp_path: Path, make_system: MakeS
         queue.started_job_registry.cleanup(timestamp=time.time() + 600)
         job.refresh()
         assert job.get_status() in ("scheduled", "queued") and job.retries_left == 4, job.get_status()
-        assert len(_SlowHook.arrived) == 1
-        assert _SlowHook.arrived[0]["workflow"]["correlation_id"] == cid
+        # The restarted worker runs it again, and this time the webhook gets the alert and answers.
+        wait_until(lambda: job.get_status(refresh=True) == "finished", 30, "the re-run to deliver")
+        assert len(_SlowHook.arrived) == 2
+        assert [a["workflow"]["correlation_id"] for a in _SlowHook.arrived] == [cid, cid]
+        assert _SlowHook.arrived[1]["workflow"]["status"] == "needs_attention"
+        assert job.return_value() == 204
     finally:
         _SlowHook.release.set()
         server.shutdown()

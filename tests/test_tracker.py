@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,13 +16,15 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, select
 
 from config.flows import Catalog, load_catalog
+from config.settings import Settings
 from contracts import lifecycle_events
 from contracts.envelope import Envelope, decode_fields, new_event
 from contracts.payloads import Registry
 from contracts.registry import default_registry
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
-from controller import lifecycle, migrate, store
+from controller import lifecycle, migrate, store, sweeper
+from controller.services import Services
 from controller.starting import StartRequest, start_workflow
 from controller.tables import messages
 from controller.tracker import build_tracker
@@ -470,3 +473,53 @@ def test_any_permutation_and_duplication_of_a_workflows_events_gives_the_same_fi
     order = rnd.sample(events, len(events))
     copies = [rnd.randrange(len(events)) for _ in range(rnd.randrange(5))]
     assert play_through(controller, order, copies) == play_through(controller, events, [])
+
+
+# -- lifecycle events: what others react to, without polling ---------------------------------------
+
+
+def test_lifecycle_events_carry_the_flow_the_correlation_id_and_the_reason(controller: Controller) -> None:
+    """completed; compensating then compensated; compensating then needs_attention (the release is
+    answered `inventory.release_failed` at every attempt: the sweeper re-sends it when due)."""
+    def announced(cid: str) -> dict[str, dict[str, Any]]:
+        found = {t: controller.announced(t, cid) for t in (
+            lifecycle_events.COMPLETED, lifecycle_events.COMPENSATING, lifecycle_events.COMPENSATED,
+            lifecycle_events.NEEDS_ATTENTION)}
+        assert all(e.source == "controller" and e.correlation_id == cid for es in found.values() for e in es)
+        return {t: es[0].data for t, es in found.items() if es}
+
+    def change(cid: str, status: str, reason: str | None) -> dict[str, Any]:
+        return {"flow": "order_fulfillment", "flow_version": 1, "correlation_id": cid,
+                "status": status, "reason": reason}
+
+    happy = controller.start()
+    controller.deliver(*(controller.event(t, happy) for t in HAPPY))
+    cid = happy.correlation_id
+    assert announced(cid) == {lifecycle_events.COMPLETED: change(cid, "completed", None)}
+
+    declined = controller.start()
+    controller.deliver(controller.event("inventory.reserved", declined),
+                       controller.event("payment.charge_failed", declined))
+    cid = declined.correlation_id
+    [release] = controller.commands_to("inventory", cid)
+    controller.answer(release, "inventory.released")
+    assert announced(cid) == {lifecycle_events.COMPENSATING: change(cid, "compensating", "step_failed"),
+                              lifecycle_events.COMPENSATED: change(cid, "compensated", "step_failed")}
+
+    stuck = controller.start()
+    controller.deliver(controller.event("inventory.reserved", stuck),
+                       controller.event("payment.charge_failed", stuck))
+    cid = stuck.correlation_id
+    services = Services(Settings(stream_prefix=controller.keys.prefix), controller.engine,
+                        controller.client, controller.catalog, controller.registry, controller.keys)
+    flow = controller.catalog.get("order_fulfillment", 1)
+    for attempt in range(1, flow.command_max_attempts + 1):
+        if attempt > 1:  # the next attempt is due after the backoff: a sweep an hour on sends it
+            assert sweeper.sweep_once(services, utcnow() + timedelta(hours=attempt)) == 1
+        release = controller.commands_to("inventory", cid)[-1]
+        assert release.attempt == attempt
+        controller.answer(release, "inventory.release_failed")
+    assert controller.state(cid)[:2] == ("needs_attention", "step_failed")
+    assert announced(cid) == {
+        lifecycle_events.COMPENSATING: change(cid, "compensating", "step_failed"),
+        lifecycle_events.NEEDS_ATTENTION: change(cid, "needs_attention", "step_failed")}
