@@ -1,6 +1,7 @@
-"""The `baton` client commands end to end: a real gunicorn serving the API on PostgreSQL and Redis,
-the real `baton` executable in a subprocess, configured only by BATON_API_URL and BATON_API_TOKEN.
-Human output is read as a person would; `--json` output is parsed."""
+"""The `baton` client commands end to end: the Procfile's gunicorn serving the API on PostgreSQL and
+Redis, with the tracker and the pricing participant moving workflows along, and the real `baton`
+executable in a subprocess, configured only by BATON_API_URL and BATON_API_TOKEN. Human output is
+read as a person would; `--json` output is parsed; outcomes are checked through the API."""
 
 from __future__ import annotations
 
@@ -15,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from tests.system import free_port, wait_until
+from controller.procfile import ROOT
+from tests.system import System, free_port
 from tests.test_interventions import order_input
 
 pytestmark = pytest.mark.slow
@@ -33,11 +34,12 @@ OPERATOR, VIEWER = "t-olga", "t-vic"
 class Server:
     url: str
     tmp: Path
+    system: System
 
     def baton(self, *args: str, token: str | None = OPERATOR, url: str | None = None,
               ok: bool = True) -> subprocess.CompletedProcess[str]:
         """Run `baton ARGS` as a user would; `ok` asserts it succeeded without a word on stderr."""
-        env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(self.tmp),
+        env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(self.tmp), "PYTHONPATH": str(ROOT),
                "BATON_API_URL": url or self.url}
         if token:
             env["BATON_API_TOKEN"] = token
@@ -77,41 +79,25 @@ def drop_schema(admin: Engine, schema: str) -> None:
 
 @pytest.fixture(scope="module")
 def server(_pg_admin: Engine, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """The Procfile's web line, the tracker and the pricing participant (so that a price change
+    reaches its approval step and a publish can be walked back); no clock: nothing breaches."""
     tmp = tmp_path_factory.mktemp("cli")
     schema, database_url = pg_schema(_pg_admin)
-    port = free_port()
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp), "DATABASE_URL": database_url,
-           "REDIS_URL": redis_url, "BATON_STREAM_PREFIX": f"cli{uuid.uuid4().hex[:8]}",
-           "BATON_TOKENS": TOKENS, "BATON_DATA_DIR": str(tmp / "data")}
-    migrated = subprocess.run([str(BIN / "baton"), "migrate"], env=env, capture_output=True,
-                              text=True, timeout=120, cwd=tmp)
-    assert migrated.returncode == 0, migrated.stderr
-    log = (tmp / "gunicorn.log").open("w")
-    web = subprocess.Popen([str(BIN / "gunicorn"), "-b", f"127.0.0.1:{port}", "--workers", "2",
-                            "controller.app:create_app()"],
-                           env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp)
-    url = f"http://127.0.0.1:{port}"
-
-    def ready() -> bool:
-        if web.poll() is not None:
-            raise AssertionError("gunicorn exited: " + (tmp / "gunicorn.log").read_text()[-3000:])
-        try:
-            return requests.get(f"{url}/readyz", timeout=2).ok
-        except requests.RequestException:
-            return False
-
+    participant_schema, participant_url = pg_schema(_pg_admin)
+    system = System(tmp, database_url, redis_url, participant_url, {"BATON_TOKENS": TOKENS})
+    system.http.headers["Authorization"] = f"Bearer {OPERATOR}"
     try:
-        wait_until(ready, 60, "gunicorn to serve the API")
-        yield Server(url, tmp)
+        migrated = subprocess.run([str(BIN / "baton"), "migrate"], env=system.procs.env,
+                                  capture_output=True, text=True, timeout=120, cwd=tmp)
+        assert migrated.returncode == 0, migrated.stderr
+        system.start("web", "tracker", "pricing")
+        yield Server(system.base, tmp, system)
     finally:
-        web.terminate()
         try:
-            web.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            web.kill()
-            web.wait()
-        log.close()
-        drop_schema(_pg_admin, schema)
+            system.close_cleanly()
+        finally:
+            drop_schema(_pg_admin, schema)
+            drop_schema(_pg_admin, participant_schema)
 
 
 def start(server: Server, **inputs: Any) -> dict[str, Any]:
