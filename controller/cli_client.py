@@ -1,4 +1,5 @@
-"""The `baton` commands that talk to the REST API: start, list, show, every intervention, flows."""
+"""The `baton` commands that talk to the REST API: start, list, show, every intervention, flows,
+and the probes (health, ready, metrics)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import SettingsError, load_settings
 from controller.client import ApiClient, ClientError
@@ -35,9 +37,13 @@ def api() -> Iterator[ApiClient]:
 
 def _emit(data: Any, json_out: bool, human: Callable[[Any], None]) -> None:
     if json_out:
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        _print_json(data)
     else:
         human(data)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _json_arg(value: str | None, name: str) -> Any:
@@ -73,7 +79,7 @@ def _summary(wf: dict[str, Any]) -> None:
 
 def register(main: click.Group) -> None:
     for command in (start, list_, show, timeline, audit, cancel, compensate, retry, skip, pause,
-                    resume, deadline, signal, bulk, flows):
+                    resume, deadline, signal, bulk, flows, health, ready, metrics):
         main.add_command(command)
 
 
@@ -293,3 +299,36 @@ def flows(name: str | None, json_out: bool) -> None:
                    ["flow", "version", "start event", "steps"])
     _emit(data, json_out, human)
 
+
+
+@click.command()
+@as_json
+def health(json_out: bool) -> None:
+    """Whether the API process is alive (`GET /healthz`); no token needed."""
+    with api() as client:
+        _emit(client.json("GET", "/healthz"), json_out, lambda d: click.echo(d["status"]))
+
+
+@click.command()
+@as_json
+def ready(json_out: bool) -> None:
+    """Whether the API can reach its database and Redis (`GET /readyz`): exits 1, naming what is
+    unreachable, when it cannot; no token needed."""
+    with api() as client:
+        _emit(client.json("GET", "/readyz"), json_out, lambda d: click.echo(d["status"]))
+
+
+@click.command()
+@as_json
+def metrics(json_out: bool) -> None:
+    """The Prometheus metrics (`GET /metrics`) as exposition text; with --json, a list of
+    families, each with its name, type, help and samples. No token needed."""
+    with api() as client:
+        text = client.call("GET", "/metrics").text
+    if not json_out:
+        click.echo(text, nl=False)
+        return
+    _print_json([{"name": f.name, "type": f.type, "help": f.documentation,
+                  "samples": [{"name": s.name, "labels": s.labels, "value": s.value}
+                              for s in f.samples]}
+                 for f in text_string_to_metric_families(text)])

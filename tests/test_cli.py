@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,9 +19,15 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from werkzeug.serving import make_server
 
+from config.settings import load_settings
+from contracts.streams import Keys
+from controller.app import create_app
 from controller.procfile import ROOT
+from controller.services import build_services
 from tests.system import System, free_port
+from tests.test_api import environment
 from tests.test_interventions import order_input
 
 pytestmark = pytest.mark.slow
@@ -145,6 +152,45 @@ def test_start_list_and_show_with_the_timeline_as_a_table(server: Server, tmp_pa
     full = server.json("show", cid)
     assert full["correlation_id"] == cid and full["input"] == data
     assert [m["type"] for m in full["timeline"]] == ["order.placed"]
+
+
+def test_health_ready_and_metrics_need_no_token(server: Server) -> None:
+    start(server)
+    assert server.baton("health", token=None).stdout == "ok\n"
+    assert server.json("health", token=None) == {"status": "ok"}
+    assert server.baton("ready", token=None).stdout == "ready\n"
+    assert server.json("ready", token=None) == {"status": "ready"}
+    text = server.baton("metrics", token=None).stdout
+    assert "# TYPE baton_workflows_started_total counter" in text
+    families = {f["name"]: f for f in server.json("metrics", token=None)}
+    started = families["baton_workflows_started"]
+    assert started["type"] == "counter" and started["help"] == "Workflows started"
+    sample = next(x for x in started["samples"] if x["labels"] == {"flow": "order_fulfillment"})
+    assert sample["name"] == "baton_workflows_started_total" and sample["value"] >= 1
+    assert f'baton_workflows_started_total{{flow="order_fulfillment"}} {sample["value"]}' in text
+
+
+def test_ready_exits_non_zero_naming_what_is_unreachable(server: Server, redis_url: str,
+                                                         tmp_path: Path) -> None:
+    """An API whose database is down: alive, not ready; `baton ready` says which dependency."""
+    dead = f"postgresql+psycopg://baton@127.0.0.1:{free_port()}/baton?connect_timeout=2"
+    settings = load_settings(environment(dead, redis_url, tmp_path, Keys(f"t{uuid.uuid4().hex[:8]}")))
+    services = build_services(settings)
+    web = make_server("127.0.0.1", 0, create_app(settings, services))
+    thread = threading.Thread(target=web.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{web.server_port}"
+    try:
+        assert server.baton("health", url=url, token=None).stdout == "ok\n"
+        message = server.fails("ready", url=url, token=None)
+        assert "503" in message and "database" in message and "redis" not in message
+        assert server.fails("ready", "--json", url=url, token=None) == message
+    finally:
+        web.shutdown()
+        thread.join(timeout=10)
+        services.close()
+    message = server.fails("ready", url=url)
+    assert url in message and "unreachable" in message.lower()
 
 
 # -- interventions ---------------------------------------------------------------------------------
