@@ -136,10 +136,10 @@ def list_(attr: tuple[str, ...], json_out: bool, **filters: Any) -> None:
 @click.argument("cid")
 @as_json
 def show(cid: str, json_out: bool) -> None:
-    """A workflow, its steps, compensations and timeline."""
+    """A workflow, its steps, compensations and its whole timeline (every page of it)."""
     with api() as client:
         wf = client.json("GET", f"/v1/workflows/{cid}")
-        items = client.json("GET", f"/v1/workflows/{cid}/timeline", params={"limit": 1000})["items"]
+        items = list(client.items(f"/v1/workflows/{cid}/timeline"))
     if json_out:
         _emit({**wf, "timeline": items}, True, _summary)
         return
@@ -159,20 +159,22 @@ def _timeline_table(items: list[dict[str, Any]]) -> None:
 @click.argument("cid")
 @as_json
 def timeline(cid: str, json_out: bool) -> None:
-    """Every message of a workflow, in the order the controller received it."""
+    """Every message of a workflow, in the order the controller received it: the whole history,
+    fetched page by page (--json: one {"items", "next_cursor": null} holding all of it)."""
     with api() as client:
-        page = client.json("GET", f"/v1/workflows/{cid}/timeline", params={"limit": 1000})
-    _emit(page, json_out, lambda p: _timeline_table(p["items"]))
+        items = list(client.items(f"/v1/workflows/{cid}/timeline"))
+    _emit({"items": items, "next_cursor": None}, json_out, lambda p: _timeline_table(p["items"]))
 
 
 @click.command()
 @click.argument("cid")
 @as_json
 def audit(cid: str, json_out: bool) -> None:
-    """Every intervention on a workflow: who, what, when, why, result."""
+    """Every intervention on a workflow: who, what, when, why, result; the whole trail, fetched
+    page by page (--json: one {"items", "next_cursor": null} holding all of it)."""
     with api() as client:
-        page = client.json("GET", f"/v1/workflows/{cid}/audit", params={"limit": 1000})
-    _emit(page, json_out, lambda p: _table(
+        items = list(client.items(f"/v1/workflows/{cid}/audit"))
+    _emit({"items": items, "next_cursor": None}, json_out, lambda p: _table(
         [[a["at"], a["actor"], a["action"], a["reason"], a["result"]] for a in p["items"]],
         ["at", "actor", "action", "reason", "result"]))
 

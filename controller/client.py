@@ -3,11 +3,13 @@ and HTTP errors translated into ClientError carrying the problem document."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import requests
 
 TIMEOUT = 15.0
+PAGE_SIZE = 1000  # the most a collection answers per request
 
 
 class ClientError(Exception):
@@ -47,6 +49,16 @@ class ApiClient:
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.call(method, path, **kwargs).json()
+
+    def items(self, path: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
+        """Every item of a collection (`{"items", "next_cursor"}`), following the cursor page by page."""
+        query = {**(params or {}), "limit": PAGE_SIZE}
+        while True:
+            page = self.json("GET", path, params=query)
+            yield from page["items"]
+            if not page["next_cursor"]:
+                return
+            query["cursor"] = page["next_cursor"]
 
     def start(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None

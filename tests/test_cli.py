@@ -18,15 +18,18 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 from werkzeug.serving import make_server
 
 from config.settings import load_settings
 from contracts.streams import Keys
+from controller import client
 from controller.app import create_app
+from controller.cli import main
 from controller.procfile import ROOT
 from controller.services import build_services
-from tests.system import System, free_port
+from tests.system import System, free_port, wait_until
 from tests.test_api import environment
 from tests.test_interventions import order_input
 
@@ -191,6 +194,32 @@ def test_ready_exits_non_zero_naming_what_is_unreachable(server: Server, redis_u
         services.close()
     message = server.fails("ready", url=url)
     assert url in message and "unreachable" in message.lower()
+
+
+def test_show_timeline_and_audit_read_every_page(server: Server, tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Histories longer than a page are read whole: here, a page of one item."""
+    cid = start(server)["correlation_id"]
+    for n in range(3):  # each re-emits order.placed
+        server.json("retry", cid, "--reason", f"nudge {n}")
+    wait_until(lambda: len(server.system.timeline(cid)) == 4, 30, "the re-emitted events")
+    whole = server.system.timeline(cid)
+    trail = server.system.http.get(f"{server.url}/v1/workflows/{cid}/audit", timeout=10).json()["items"]
+    assert len(trail) == 3
+    monkeypatch.setattr(client, "PAGE_SIZE", 1)
+    env = {"BATON_API_URL": server.url, "BATON_API_TOKEN": OPERATOR, "BATON_DATA_DIR": str(tmp_path)}
+
+    def run(*args: str) -> str:
+        result = CliRunner().invoke(main, list(args), env=env)
+        assert result.exit_code == 0, result.output
+        return result.output
+    assert json.loads(run("timeline", cid, "--json")) == {"items": whole, "next_cursor": None}
+    assert json.loads(run("audit", cid, "--json")) == {"items": trail, "next_cursor": None}
+    assert json.loads(run("show", cid, "--json"))["timeline"] == whole
+    table = run("timeline", cid).splitlines()
+    assert [line.split()[0] for line in table[2:]] == ["1", "2", "3", "4"]
+    assert [line.split()[5] for line in table[2:]] == ["#1"] * 4, "each re-emission caused by the first"
+    assert len(run("audit", cid).splitlines()) == 2 + 3
 
 
 # -- interventions ---------------------------------------------------------------------------------
