@@ -222,6 +222,16 @@ def test_show_timeline_and_audit_read_every_page(server: Server, tmp_path: Path,
     assert len(run("audit", cid).splitlines()) == 2 + 3
 
 
+def test_report_sla_takes_json_like_every_command(server: Server) -> None:
+    start(server)
+    found = server.json("report", "sla", "--flow", "order_fulfillment")
+    assert found["flow"] == "order_fulfillment"
+    assert [f["flow"] for f in found["flows"]] == ["order_fulfillment"] and found["flows"][0]["started"] >= 1
+    assert set(json.loads(server.baton("report", "sla", "--format", "json").stdout)) == set(found)
+    clash = server.baton("report", "sla", "--json", "--format", "csv", ok=False)
+    assert clash.returncode == 2 and "--json" in clash.stderr and "--format csv" in clash.stderr
+
+
 # -- interventions ---------------------------------------------------------------------------------
 
 
