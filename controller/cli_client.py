@@ -13,6 +13,7 @@ import click
 from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import SettingsError, load_settings
+from contracts.api import BULK_ACTIONS
 from controller.client import ApiClient, ClientError
 
 as_json = click.option("--json", "json_out", is_flag=True, help="Print the raw JSON answer.")
@@ -54,6 +55,17 @@ def _json_arg(value: str | None, name: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint=name) from None
+
+
+def _attributes(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`--attr name=value` options as a dict of search attributes."""
+    found = {}
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        if not name or not equals:
+            raise click.BadParameter(f"{pair!r} is not name=value", param_hint="--attr")
+        found[name] = value
+    return found
 
 
 def _table(rows: list[list[Any]], headers: list[str]) -> None:
@@ -118,9 +130,7 @@ def list_(attr: tuple[str, ...], json_out: bool, **filters: Any) -> None:
     """List workflows, newest first."""
     params = {k: v for k, v in filters.items() if v not in (None, False)}
     params = {("reason" if k == "reason_" else k): v for k, v in params.items()}
-    for pair in attr:
-        name, _, value = pair.partition("=")
-        params[name] = value
+    params.update(_attributes(attr))
     with api() as client:
         page = client.json("GET", "/v1/workflows", params=params)
 
@@ -256,25 +266,37 @@ def signal(cid: str, name: str, reason: str, step: str | None, data: str | None,
 
 
 @click.command()
-@click.argument("action")
+@click.argument("action", type=click.Choice(BULK_ACTIONS))
 @reason
 @click.option("--flow")
 @click.option("--status")
+@click.option("--workflow-reason", "reason_",
+              help="Only workflows that left running for this reason (step_failed, sla_breached, "
+                   "cancelled).")
 @click.option("--started-after")
 @click.option("--started-before")
 @click.option("--stalled-step")
 @click.option("--overdue", is_flag=True)
+@click.option("--attr", multiple=True, help="A search attribute: name=value (repeatable).")
 @click.option("--limit", type=int, default=100, show_default=True)
 @click.option("--extend", type=int, help="For the deadline action: seconds to add.")
+@click.option("--step", help="For the retry action: only this step.")
 @click.option("--dry-run", is_flag=True, help="List what would be touched; touch nothing.")
 @as_json
-def bulk(action: str, reason: str, limit: int, extend: int | None, dry_run: bool, json_out: bool,
-         **filters: Any) -> None:
-    """One intervention (ACTION) on every workflow matching the filters."""
+def bulk(action: str, reason: str, attr: tuple[str, ...], limit: int, extend: int | None,
+         step: str | None, dry_run: bool, json_out: bool, **filters: Any) -> None:
+    """One intervention (ACTION) on every workflow matching the filters, newest first, at most
+    --limit of them."""
+    chosen = {("reason" if k == "reason_" else k): v for k, v in filters.items()
+              if v not in (None, False)}
+    if attr:
+        chosen["attributes"] = _attributes(attr)
     body: dict[str, Any] = {"action": action, "reason": reason, "limit": limit, "dry_run": dry_run,
-                            "filter": {k: v for k, v in filters.items() if v not in (None, False)}}
+                            "filter": chosen}
     if extend is not None:
         body["extend_seconds"] = extend
+    if step:
+        body["step"] = step
     with api() as client:
         result = client.json("POST", "/v1/workflows/actions", json=body)
 

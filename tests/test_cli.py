@@ -270,6 +270,41 @@ def test_bulk_dry_run_lists_and_touches_nothing(server: Server) -> None:
     assert all(server.json("audit", c)["items"] == [] for c in cids)
 
 
+def test_bulk_acts_on_exactly_what_its_filters_match(server: Server) -> None:
+    customer = f"cust-{uuid.uuid4().hex[:6]}"
+    ours = [start(server, customer_id=customer)["correlation_id"] for _ in range(3)]
+    bystander = start(server)["correlation_id"]
+    server.json("cancel", ours[2], "--reason", "duplicate order")
+    mine = ("--attr", f"customer_id={customer}")
+
+    cancelled = server.json("bulk", "pause", "--reason", "r", *mine, "--workflow-reason", "cancelled",
+                            "--dry-run")
+    assert cancelled["matched"] == [ours[2]]
+    paused = server.json("bulk", "pause", "--reason", "maintenance", *mine, "--status", "running")
+    assert paused["dry_run"] is False and set(paused["matched"]) == set(ours[:2])
+    assert [(r["status"], r["detail"]) for r in paused["results"]] == [
+        (200, "applied: running -> paused")] * 2
+    assert [server.system.workflow(c)["status"] for c in ours[:2]] == ["paused", "paused"]
+    assert server.system.workflow(bystander)["status"] == "running"
+
+    human = server.baton("bulk", "resume", "--reason", "maintenance over", *mine, "--status", "paused")
+    assert human.stdout.splitlines()[0] == "touched 2 workflows"
+    assert [server.system.workflow(c)["status"] for c in ours[:2]] == ["running", "running"]
+    # --step reaches the API: schedule_shipment is not active yet, so nothing is retried
+    refused = server.json("bulk", "retry", "--reason", "r", *mine, "--status", "running",
+                          "--step", "schedule_shipment")
+    assert [r["status"] for r in refused["results"]] == [409, 409]
+    assert "schedule_shipment" in refused["results"][0]["detail"]
+    retried = server.json("bulk", "retry", "--reason", "nudge payment", *mine, "--status", "running",
+                          "--step", "charge_payment")
+    assert [r["status"] for r in retried["results"]] == [200, 200]
+    for cid in ours[:2]:
+        trail = server.json("audit", cid)["items"]
+        assert [(a["action"], a["reason"]) for a in trail] == [
+            ("pause", "maintenance"), ("resume", "maintenance over"), ("retry", "nudge payment")]
+        assert trail[-1]["details"] == {"step": "charge_payment"}
+
+
 # -- errors ----------------------------------------------------------------------------------------
 
 
@@ -317,3 +352,7 @@ def test_usage_errors_exit_2_without_calling_the_server(server: Server) -> None:
     assert missing_reason.returncode == 2 and "--reason" in missing_reason.stderr
     bad_json = server.baton("start", "order_fulfillment", "--input", "{not json", ok=False)
     assert bad_json.returncode == 2 and "--input" in bad_json.stderr
+    for bulk in (("bulk", "pause", "--reason", "r", "--attr", "customer_id"),
+                 ("bulk", "explode", "--reason", "r")):
+        refused = server.baton(*bulk, ok=False)
+        assert refused.returncode == 2 and bulk[-1] in refused.stderr
