@@ -31,6 +31,7 @@ from controller.procfile import ROOT
 from controller.services import build_services
 from tests.system import System, free_port, wait_until
 from tests.test_api import environment
+from tests.test_e2e_price_change import change
 from tests.test_interventions import order_input
 
 pytestmark = pytest.mark.slow
@@ -200,12 +201,15 @@ def test_show_timeline_and_audit_read_every_page(server: Server, tmp_path: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """Histories longer than a page are read whole: here, a page of one item."""
     cid = start(server)["correlation_id"]
-    for n in range(3):  # each re-emits order.placed
-        server.json("retry", cid, "--reason", f"nudge {n}")
+    for n in range(2):  # each re-emits order.placed
+        assert server.json("retry", cid, "--reason", f"nudge {n}")["status"] == "running"
+    one_step = server.baton("retry", cid, "--reason", "nudge 2", "--step", "charge_payment").stdout
+    assert one_step.startswith(cid) and "running" in one_step.splitlines()[0]
     wait_until(lambda: len(server.system.timeline(cid)) == 4, 30, "the re-emitted events")
     whole = server.system.timeline(cid)
     trail = server.system.http.get(f"{server.url}/v1/workflows/{cid}/audit", timeout=10).json()["items"]
-    assert len(trail) == 3
+    assert [(a["action"], a["details"]) for a in trail] == [
+        ("retry", {"step": None}), ("retry", {"step": None}), ("retry", {"step": "charge_payment"})]
     monkeypatch.setattr(client, "PAGE_SIZE", 1)
     env = {"BATON_API_URL": server.url, "BATON_API_TOKEN": OPERATOR, "BATON_DATA_DIR": str(tmp_path)}
 
@@ -254,6 +258,60 @@ def test_pause_resume_cancel_and_their_audit(server: Server) -> None:
     table = server.baton("audit", cid).stdout
     for word in ("olga", "pause", "customer called", "fraud suspected"):
         assert word in table
+
+
+def steps(wf: dict[str, Any]) -> dict[str, str]:
+    return {s["name"]: s["status"] for s in wf["steps"]}
+
+
+def test_skip_completes_a_workflow_whose_work_was_done_out_of_band(server: Server) -> None:
+    cid = start(server)["correlation_id"]
+    one = server.json("skip", cid, "reserve_inventory", "--reason", "reserved by hand")
+    assert one["status"] == "running" and steps(one)["reserve_inventory"] == "skipped"
+    human = server.baton("skip", cid, "schedule_shipment", "--reason", "sent by courier").stdout
+    assert human.splitlines()[0].split()[-1] == "completed"
+    wf = server.system.workflow(cid)
+    assert wf["status"] == "completed" and wf["finished_at"]
+    assert {k: steps(wf)[k] for k in ("reserve_inventory", "schedule_shipment")} == {
+        "reserve_inventory": "skipped", "schedule_shipment": "skipped"}
+    assert [(a["action"], a["details"], a["result"]) for a in server.json("audit", cid)["items"]] == [
+        ("skip", {"step": "reserve_inventory"}, "applied: running -> running"),
+        ("skip", {"step": "schedule_shipment"}, "applied: running -> completed")]
+    assert "409" in server.fails("skip", cid, "charge_payment", "--reason", "too late")
+
+
+def test_approvals_are_answered_and_a_publish_compensated_from_the_terminal(server: Server) -> None:
+    """price_change: a soft violation waits in its approval step; one is approved, published by the
+    pricing participant, then compensated (pricing reverts it); the other is rejected."""
+    def propose(**prices: Any) -> str:
+        cid: str = server.json("start", "price_change", "--input", json.dumps(change(**prices)))[
+            "correlation_id"]
+        return cid
+    approved, rejected = propose(current=10.0, proposed=12.5), propose(
+        current=10.0, proposed=11.5, competitor_price=10.0)
+    wait_until(lambda: all(steps(server.system.workflow(c))["approve"] == "active"
+                           for c in (approved, rejected)), 30, "both changes to wait for approval")
+
+    answer = server.json("signal", approved, "approve", "--reason", "checked with the category manager")
+    assert answer["status"] == "running" and steps(answer)["approve"] == "done"
+    wait_until(lambda: steps(server.system.workflow(approved))["publish_price"] == "done", 30,
+               "pricing to publish")
+    compensating = server.json("compensate", approved, "--reason", "wrong price list")
+    assert (compensating["status"], compensating["reason"]) in {
+        ("compensating", "cancelled"), ("compensated", "cancelled")}
+    wf = server.system.wait_status(approved, "compensated")
+    assert [(c["step"], c["command"], c["status"]) for c in wf["compensations"]] == [
+        ("publish_price", "price.revert", "done")]
+    assert [a["action"] for a in server.json("audit", approved)["items"]] == ["signal", "compensate"]
+
+    no = server.json("signal", rejected, "reject", "--reason", "too far above the competitor")
+    assert steps(no)["approve"] == "failed"
+    wf = server.system.wait_status(rejected, "compensated")
+    assert wf["reason"] == "step_failed" and steps(wf)["publish_price"] == "pending"
+    said = next(m for m in server.json("timeline", rejected)["items"] if m["type"] == "price.rejected")
+    assert said["data"]["reason"] == "too far above the competitor"
+    assert "price.rejected" in server.baton("timeline", rejected).stdout
+    assert "409" in server.fails("signal", rejected, "approve", "--reason", "changed my mind")
 
 
 def test_bulk_dry_run_lists_and_touches_nothing(server: Server) -> None:
