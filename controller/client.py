@@ -19,7 +19,8 @@ class ClientError(Exception):
         detail = problem.get("detail") or problem.get("title") or "request failed"
         errors = problem.get("errors")
         fields = "".join(f"\n  {k}: {'; '.join(map(str, v))}" for k, v in (errors or {}).items())
-        super().__init__(f"{status} {problem.get('title', '')}: {detail}{fields}")
+        status_ = f"{status} " if status else ""  # 0: no answer at all
+        super().__init__(f"{status_}{problem.get('title', '')}: {detail}{fields}")
 
 
 class ApiClient:
@@ -37,8 +38,12 @@ class ApiClient:
         try:
             response = self.session.request(method, f"{self.base}{path}", json=json, params=params,
                                             headers=headers, timeout=TIMEOUT)
+        except requests.Timeout as exc:
+            raise ClientError(0, {"title": "Unreachable", "detail": f"{self.base} did not answer "
+                                  f"within {TIMEOUT:g} s"}) from exc
         except requests.RequestException as exc:
-            raise ClientError(0, {"title": "Unreachable", "detail": f"{self.base}: {exc}"}) from exc
+            raise ClientError(0, {"title": "Unreachable", "detail": f"{self.base}: {_root(exc)} "
+                                  "(is BATON_API_URL right, and the API up?)"}) from exc
         if response.status_code >= 400:
             try:
                 problem = response.json()
@@ -68,3 +73,15 @@ class ApiClient:
     def intervene(self, cid: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.json("POST", f"/v1/workflows/{cid}/{action}", json=body)
         return result
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The innermost cause (`[Errno 111] Connection refused`), not urllib3's wrapping of it."""
+    for _ in range(8):  # a few wrappings deep; never follow a cycle
+        reason = getattr(exc, "reason", None)
+        inner = exc.__cause__ or (reason if isinstance(reason, BaseException) else None) or (
+            exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None)
+        if inner is None:
+            break
+        exc = inner
+    return exc

@@ -402,6 +402,8 @@ def test_an_unreachable_server_is_said_plainly(server: Server) -> None:
     started = time.monotonic()
     message = server.fails("list", url=url)
     assert url in message and "unreachable" in message.lower()
+    assert "Connection refused" in message and "BATON_API_URL" in message
+    assert "HTTPConnectionPool" not in message, "the cause, not urllib3's wrapping of it"
     assert time.monotonic() - started < 30
 
 
