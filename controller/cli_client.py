@@ -1,4 +1,5 @@
-"""The `baton` commands that talk to the REST API: start, list, show, every intervention, flows."""
+"""The `baton` commands that talk to the REST API: start, list, show, every intervention, flows,
+and the probes (health, ready, metrics)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import SettingsError, load_settings
+from contracts.api import BULK_ACTIONS
 from controller.client import ApiClient, ClientError
 
 as_json = click.option("--json", "json_out", is_flag=True, help="Print the raw JSON answer.")
@@ -35,9 +38,13 @@ def api() -> Iterator[ApiClient]:
 
 def _emit(data: Any, json_out: bool, human: Callable[[Any], None]) -> None:
     if json_out:
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        _print_json(data)
     else:
         human(data)
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
 def _json_arg(value: str | None, name: str) -> Any:
@@ -48,6 +55,17 @@ def _json_arg(value: str | None, name: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint=name) from None
+
+
+def _attributes(pairs: tuple[str, ...]) -> dict[str, str]:
+    """`--attr name=value` options as a dict of search attributes."""
+    found = {}
+    for pair in pairs:
+        name, equals, value = pair.partition("=")
+        if not name or not equals:
+            raise click.BadParameter(f"{pair!r} is not name=value", param_hint="--attr")
+        found[name] = value
+    return found
 
 
 def _table(rows: list[list[Any]], headers: list[str]) -> None:
@@ -73,7 +91,7 @@ def _summary(wf: dict[str, Any]) -> None:
 
 def register(main: click.Group) -> None:
     for command in (start, list_, show, timeline, audit, cancel, compensate, retry, skip, pause,
-                    resume, deadline, signal, bulk, flows):
+                    resume, deadline, signal, bulk, flows, health, ready, metrics):
         main.add_command(command)
 
 
@@ -112,9 +130,7 @@ def list_(attr: tuple[str, ...], json_out: bool, **filters: Any) -> None:
     """List workflows, newest first."""
     params = {k: v for k, v in filters.items() if v not in (None, False)}
     params = {("reason" if k == "reason_" else k): v for k, v in params.items()}
-    for pair in attr:
-        name, _, value = pair.partition("=")
-        params[name] = value
+    params.update(_attributes(attr))
     with api() as client:
         page = client.json("GET", "/v1/workflows", params=params)
 
@@ -130,10 +146,10 @@ def list_(attr: tuple[str, ...], json_out: bool, **filters: Any) -> None:
 @click.argument("cid")
 @as_json
 def show(cid: str, json_out: bool) -> None:
-    """A workflow, its steps, compensations and timeline."""
+    """A workflow, its steps, compensations and its whole timeline (every page of it)."""
     with api() as client:
         wf = client.json("GET", f"/v1/workflows/{cid}")
-        items = client.json("GET", f"/v1/workflows/{cid}/timeline", params={"limit": 1000})["items"]
+        items = list(client.items(f"/v1/workflows/{cid}/timeline"))
     if json_out:
         _emit({**wf, "timeline": items}, True, _summary)
         return
@@ -153,20 +169,22 @@ def _timeline_table(items: list[dict[str, Any]]) -> None:
 @click.argument("cid")
 @as_json
 def timeline(cid: str, json_out: bool) -> None:
-    """Every message of a workflow, in the order the controller received it."""
+    """Every message of a workflow, in the order the controller received it: the whole history,
+    fetched page by page (--json: one {"items", "next_cursor": null} holding all of it)."""
     with api() as client:
-        page = client.json("GET", f"/v1/workflows/{cid}/timeline", params={"limit": 1000})
-    _emit(page, json_out, lambda p: _timeline_table(p["items"]))
+        items = list(client.items(f"/v1/workflows/{cid}/timeline"))
+    _emit({"items": items, "next_cursor": None}, json_out, lambda p: _timeline_table(p["items"]))
 
 
 @click.command()
 @click.argument("cid")
 @as_json
 def audit(cid: str, json_out: bool) -> None:
-    """Every intervention on a workflow: who, what, when, why, result."""
+    """Every intervention on a workflow: who, what, when, why, result; the whole trail, fetched
+    page by page (--json: one {"items", "next_cursor": null} holding all of it)."""
     with api() as client:
-        page = client.json("GET", f"/v1/workflows/{cid}/audit", params={"limit": 1000})
-    _emit(page, json_out, lambda p: _table(
+        items = list(client.items(f"/v1/workflows/{cid}/audit"))
+    _emit({"items": items, "next_cursor": None}, json_out, lambda p: _table(
         [[a["at"], a["actor"], a["action"], a["reason"], a["result"]] for a in p["items"]],
         ["at", "actor", "action", "reason", "result"]))
 
@@ -248,25 +266,37 @@ def signal(cid: str, name: str, reason: str, step: str | None, data: str | None,
 
 
 @click.command()
-@click.argument("action")
+@click.argument("action", type=click.Choice(BULK_ACTIONS))
 @reason
 @click.option("--flow")
 @click.option("--status")
+@click.option("--workflow-reason", "reason_",
+              help="Only workflows that left running for this reason (step_failed, sla_breached, "
+                   "cancelled).")
 @click.option("--started-after")
 @click.option("--started-before")
 @click.option("--stalled-step")
 @click.option("--overdue", is_flag=True)
+@click.option("--attr", multiple=True, help="A search attribute: name=value (repeatable).")
 @click.option("--limit", type=int, default=100, show_default=True)
 @click.option("--extend", type=int, help="For the deadline action: seconds to add.")
+@click.option("--step", help="For the retry action: only this step.")
 @click.option("--dry-run", is_flag=True, help="List what would be touched; touch nothing.")
 @as_json
-def bulk(action: str, reason: str, limit: int, extend: int | None, dry_run: bool, json_out: bool,
-         **filters: Any) -> None:
-    """One intervention (ACTION) on every workflow matching the filters."""
+def bulk(action: str, reason: str, attr: tuple[str, ...], limit: int, extend: int | None,
+         step: str | None, dry_run: bool, json_out: bool, **filters: Any) -> None:
+    """One intervention (ACTION) on every workflow matching the filters, newest first, at most
+    --limit of them."""
+    chosen = {("reason" if k == "reason_" else k): v for k, v in filters.items()
+              if v not in (None, False)}
+    if attr:
+        chosen["attributes"] = _attributes(attr)
     body: dict[str, Any] = {"action": action, "reason": reason, "limit": limit, "dry_run": dry_run,
-                            "filter": {k: v for k, v in filters.items() if v not in (None, False)}}
+                            "filter": chosen}
     if extend is not None:
         body["extend_seconds"] = extend
+    if step:
+        body["step"] = step
     with api() as client:
         result = client.json("POST", "/v1/workflows/actions", json=body)
 
@@ -293,3 +323,36 @@ def flows(name: str | None, json_out: bool) -> None:
                    ["flow", "version", "start event", "steps"])
     _emit(data, json_out, human)
 
+
+
+@click.command()
+@as_json
+def health(json_out: bool) -> None:
+    """Whether the API process is alive (`GET /healthz`); no token needed."""
+    with api() as client:
+        _emit(client.json("GET", "/healthz"), json_out, lambda d: click.echo(d["status"]))
+
+
+@click.command()
+@as_json
+def ready(json_out: bool) -> None:
+    """Whether the API can reach its database and Redis (`GET /readyz`): exits 1, naming what is
+    unreachable, when it cannot; no token needed."""
+    with api() as client:
+        _emit(client.json("GET", "/readyz"), json_out, lambda d: click.echo(d["status"]))
+
+
+@click.command()
+@as_json
+def metrics(json_out: bool) -> None:
+    """The Prometheus metrics (`GET /metrics`) as exposition text; with --json, a list of
+    families, each with its name, type, help and samples. No token needed."""
+    with api() as client:
+        text = client.call("GET", "/metrics").text
+    if not json_out:
+        click.echo(text, nl=False)
+        return
+    _print_json([{"name": f.name, "type": f.type, "help": f.documentation,
+                  "samples": [{"name": s.name, "labels": s.labels, "value": s.value}
+                              for s in f.samples]}
+                 for f in text_string_to_metric_families(text)])

@@ -3,11 +3,13 @@ and HTTP errors translated into ClientError carrying the problem document."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import requests
 
 TIMEOUT = 15.0
+PAGE_SIZE = 1000  # the most a collection answers per request
 
 
 class ClientError(Exception):
@@ -17,7 +19,8 @@ class ClientError(Exception):
         detail = problem.get("detail") or problem.get("title") or "request failed"
         errors = problem.get("errors")
         fields = "".join(f"\n  {k}: {'; '.join(map(str, v))}" for k, v in (errors or {}).items())
-        super().__init__(f"{status} {problem.get('title', '')}: {detail}{fields}")
+        status_ = f"{status} " if status else ""  # 0: no answer at all
+        super().__init__(f"{status_}{problem.get('title', '')}: {detail}{fields}")
 
 
 class ApiClient:
@@ -35,8 +38,12 @@ class ApiClient:
         try:
             response = self.session.request(method, f"{self.base}{path}", json=json, params=params,
                                             headers=headers, timeout=TIMEOUT)
+        except requests.Timeout as exc:
+            raise ClientError(0, {"title": "Unreachable", "detail": f"{self.base} did not answer "
+                                  f"within {TIMEOUT:g} s"}) from exc
         except requests.RequestException as exc:
-            raise ClientError(0, {"title": "Unreachable", "detail": f"{self.base}: {exc}"}) from exc
+            raise ClientError(0, {"title": "Unreachable", "detail": f"{self.base}: {_root(exc)} "
+                                  "(is BATON_API_URL right, and the API up?)"}) from exc
         if response.status_code >= 400:
             try:
                 problem = response.json()
@@ -48,6 +55,16 @@ class ApiClient:
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self.call(method, path, **kwargs).json()
 
+    def items(self, path: str, params: dict[str, Any] | None = None) -> Iterator[Any]:
+        """Every item of a collection (`{"items", "next_cursor"}`), following the cursor page by page."""
+        query = {**(params or {}), "limit": PAGE_SIZE}
+        while True:
+            page = self.json("GET", path, params=query)
+            yield from page["items"]
+            if not page["next_cursor"]:
+                return
+            query["cursor"] = page["next_cursor"]
+
     def start(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
         result: dict[str, Any] = self.json("POST", "/v1/workflows", json=body, headers=headers)
@@ -56,3 +73,15 @@ class ApiClient:
     def intervene(self, cid: str, action: str, body: dict[str, Any]) -> dict[str, Any]:
         result: dict[str, Any] = self.json("POST", f"/v1/workflows/{cid}/{action}", json=body)
         return result
+
+
+def _root(exc: BaseException) -> BaseException:
+    """The innermost cause (`[Errno 111] Connection refused`), not urllib3's wrapping of it."""
+    for _ in range(8):  # a few wrappings deep; never follow a cycle
+        reason = getattr(exc, "reason", None)
+        inner = exc.__cause__ or (reason if isinstance(reason, BaseException) else None) or (
+            exc.args[0] if exc.args and isinstance(exc.args[0], BaseException) else None)
+        if inner is None:
+            break
+        exc = inner
+    return exc

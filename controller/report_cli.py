@@ -33,13 +33,17 @@ def report() -> None:
 @click.option("--to", "end", help="RFC 3339, exclusive.")
 @click.option("--limit", type=int, default=20, show_default=True,
               help="Rows of the breaches and slowest lists.")
-@click.option("--format", "fmt", type=click.Choice([*_MIME, "text"]), default="json",
-              show_default=True, help="text: the summary table.")
+@click.option("--format", "fmt", type=click.Choice([*_MIME, "text"]),
+              help="json (the default), csv, html, or text: the summary table.")
+@click.option("--json", "json_out", is_flag=True, help="Print the JSON report: --format json.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path),
               help="Write to this file (default: standard output).")
-def sla(flow: str | None, start: str | None, end: str | None, limit: int, fmt: str,
-        output: Path | None) -> None:
+def sla(flow: str | None, start: str | None, end: str | None, limit: int, fmt: str | None,
+        json_out: bool, output: Path | None) -> None:
     """Per flow, step and transition: outcomes, SLA met %, p50/p95/p99; breaches; slowest."""
+    if json_out and fmt not in (None, "json"):
+        raise click.UsageError(f"--json asks for JSON; --format {fmt} for something else")
+    fmt = fmt or "json"
     try:
         settings = load_settings()
     except SettingsError as exc:
