@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from typing import Any
 
-from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from contracts.envelope import CORRELATION_PATTERN
+from contracts.flows import Flow
 
 STATUSES = ["running", "paused", "completed", "compensating", "compensated", "needs_attention"]
 REASONS = ["step_failed", "sla_breached", "cancelled"]
@@ -39,10 +41,7 @@ class WorkflowFilter(Schema):
 
 
 class ListQuery(WorkflowFilter):
-    """Search attributes a flow declares (`order_id=...`) pass through to be checked by name."""
-
-    class Meta:
-        unknown = INCLUDE
+    """`list_query` adds the search attributes the loaded flows declare (`order_id=...`)."""
 
     limit = fields.Int(load_default=50, validate=validate.Range(min=1, max=500))
     cursor = fields.Str(validate=validate.Length(min=1, max=512))
@@ -172,17 +171,35 @@ class DeadlineBody(InterventionBody):
 BULK_ACTIONS = ["cancel", "compensate", "retry", "pause", "resume", "deadline"]
 
 
-class BulkFilter(WorkflowFilter):
-    attributes = fields.Dict(keys=fields.Str(), values=fields.Str())
-
-
 class BulkBody(InterventionBody):
+    """`bulk_body` adds `filter`: a WorkflowFilter with the flows' search attributes."""
+
     action = fields.Str(required=True, validate=validate.OneOf(BULK_ACTIONS))
-    filter = fields.Nested(BulkFilter, required=True)
     dry_run = fields.Bool(load_default=False)
     limit = fields.Int(load_default=100, validate=validate.Range(min=1, max=1000))
     extend_seconds = fields.Int(strict=True, validate=validate.Range(min=1, max=366 * 86400))
     step = fields.Str(validate=validate.Length(min=1, max=64))
+
+
+def list_query(flows: Iterable[Flow]) -> type[Schema]:
+    """ListQuery with an optional filter for each search attribute `flows` declare."""
+    return ListQuery.from_dict(_attributes(flows, ListQuery().fields), name="ListQuery")
+
+
+def bulk_body(flows: Iterable[Flow]) -> type[Schema]:
+    """BulkBody whose filter takes `attributes`: the search attributes `flows` declare."""
+    attributes = Schema.from_dict(_attributes(flows), name="SearchAttributes")
+    bulk_filter = WorkflowFilter.from_dict({"attributes": fields.Nested(attributes)},
+                                           name="BulkFilter")
+    return BulkBody.from_dict({"filter": fields.Nested(bulk_filter, required=True)},
+                              name="BulkBody")
+
+
+def _attributes(flows: Iterable[Flow], taken: Collection[str] = ()) -> dict[str, fields.Field]:
+    """One optional string per declared name; a name that is a filter already stays the filter."""
+    names = sorted({a for f in flows for a in f.search_attributes} - set(taken))
+    return {n: fields.Str(metadata={"description": "a search attribute the flows declare"})
+            for n in names}
 
 
 class BulkResult(Schema):

@@ -39,8 +39,8 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.extensions["baton_admission"] = Admission(services.redis, services.keys, settings.max_backlog)
     api = problems.ProblemApi(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}]})
-    api.register_blueprint(routes_workflows.blp)
-    api.register_blueprint(routes_interventions.blp)
+    api.register_blueprint(routes_workflows.blueprint(services.catalog))
+    api.register_blueprint(routes_interventions.blueprint(services.catalog))
     api.register_blueprint(routes_flows.blp)
     api.register_blueprint(routes_reports.blp)
     api.register_blueprint(routes_health.blp)

@@ -41,12 +41,13 @@ ALICE, SAM, VERA, OTTO = "t-alice", "t-sam", "t-vera", "t-otto"
 MAX_BODY = 8192
 PROBLEM = "application/problem+json"
 
-# A second flow, so that the `flow` filter has something to tell apart.
+# A second flow, so that the `flow` filter has something to tell apart; `currency` is a search
+# attribute no shipped flow declares.
 QUICK_FLOW = """
 name: quick_order
 version: 1
 start_event: order.placed
-search_attributes: [order_id]
+search_attributes: [order_id, currency]
 steps:
   - name: charge_payment
     participant: payment
@@ -515,6 +516,7 @@ def test_the_list_filters_by_flow_and_search_attributes(api: Api, five: list[dic
     order_id = five[3]["input"]["order_id"]
     assert cids(api.get("/v1/workflows", order_id=order_id)) == [ids[3]]
     assert cids(api.get("/v1/workflows", customer_id="cust-a", flow="order_fulfillment")) == [ids[0]]
+    assert cids(api.get("/v1/workflows", currency="EUR")) == [ids[2]]  # only quick_order's
 
 
 def test_the_list_filters_by_start_time(api: Api, five: list[dict[str, Any]]) -> None:
@@ -583,6 +585,23 @@ def test_a_bad_list_query_answers_422_naming_the_parameter(web: Api) -> None:
         assert set(problem["errors"]) == set(query), problem["errors"]
 
     each_case(BAD_QUERIES, check)
+
+
+def test_an_unknown_parameter_beside_a_search_attribute_is_named_alone(web: Api) -> None:
+    problem = assert_problem(web.get("/v1/workflows", colour="red", order_id="ord-1"), 422)
+    assert set(problem["errors"]) == {"colour"}, problem["errors"]
+
+
+def test_the_document_lists_every_declared_search_attribute_as_a_filter(web: Api) -> None:
+    """Built from the flows loaded: `currency` is there because quick_order declares it."""
+    spec = web.get("/v1/openapi.json").get_json()
+    declared = {a for f in web.services.catalog.flows.values() for a in f.search_attributes}
+    assert {"order_id", "customer_id", "currency"} <= declared
+    params = {p["name"]: p for p in spec["paths"]["/v1/workflows"]["get"]["parameters"]}
+    assert {n: (p["in"], p["schema"]["type"], p["required"]) for n, p in params.items()
+            if n in declared} == {n: ("query", "string", False) for n in declared}
+    bulk = spec["components"]["schemas"]["SearchAttributes"]  # a bulk action's filter.attributes
+    assert set(bulk["properties"]) == declared and bulk["additionalProperties"] is False
 
 
 def _b64(value: Any) -> str:
