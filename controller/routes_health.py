@@ -8,7 +8,7 @@ from marshmallow import Schema, fields
 from sqlalchemy import text
 
 from controller.auth import public
-from controller.problems import problem
+from controller.problems import may_answer, problem
 
 blp = Blueprint("health", __name__, description="Liveness and readiness")
 
@@ -20,6 +20,7 @@ class HealthOut(Schema):
 @blp.route("/healthz")
 @public
 @blp.response(200, HealthOut, description="The process is alive")
+@may_answer(blp)
 @blp.doc(security=[])
 def healthz() -> dict[str, str]:
     return {"status": "ok"}
@@ -28,7 +29,7 @@ def healthz() -> dict[str, str]:
 @blp.route("/readyz")
 @public
 @blp.response(200, HealthOut, description="The database and Redis are reachable")
-@blp.alt_response(503, response="SERVICE_UNAVAILABLE")
+@may_answer(blp, 503)
 @blp.doc(security=[])
 def readyz() -> dict[str, str] | Response:
     services = current_app.extensions["baton"]

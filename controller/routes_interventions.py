@@ -25,7 +25,11 @@ from controller import views
 from controller.auth import OPERATOR, READERS, current_actor, requires
 from controller.errors import ControllerError
 from controller.operator import Intervention, intervene
+from controller.problems import BODY, may_answer
 from controller.services import Services
+
+# An intervention's problems: the workflow (or its step) unknown; 409 when it does not apply.
+_INTERVENTION = (401, 403, 404, 409, *BODY, 503)
 
 
 def _services() -> Services:
@@ -51,6 +55,7 @@ def blueprint(catalog: Catalog) -> Blueprint:
     @requires(OPERATOR)
     @blp.arguments(InterventionBody)
     @blp.response(200, WorkflowOut)
+    @may_answer(blp, *_INTERVENTION)
     def cancel(body: dict[str, Any], cid: str) -> dict[str, Any]:
         """Stop the workflow and compensate what was done."""
         return _apply(cid, "cancel", body["reason"])
@@ -59,6 +64,7 @@ def blueprint(catalog: Catalog) -> Blueprint:
     @requires(OPERATOR)
     @blp.arguments(InterventionBody)
     @blp.response(200, WorkflowOut)
+    @may_answer(blp, *_INTERVENTION)
     def compensate(body: dict[str, Any], cid: str) -> dict[str, Any]:
         """Compensate now: a running, paused or needs_attention workflow."""
         return _apply(cid, "compensate", body["reason"])
@@ -67,6 +73,7 @@ def blueprint(catalog: Catalog) -> Blueprint:
     @requires(OPERATOR)
     @blp.arguments(RetryBody)
     @blp.response(200, WorkflowOut)
+    @may_answer(blp, *_INTERVENTION)
     def retry(body: dict[str, Any], cid: str) -> dict[str, Any]:
         """Re-send a stalled step's command or re-emit its triggering event; re-send a compensation."""
         return _apply(cid, "retry", body["reason"], step=body.get("step"))
@@ -75,6 +82,7 @@ def blueprint(catalog: Catalog) -> Blueprint:
     @requires(OPERATOR)
     @blp.arguments(InterventionBody)
     @blp.response(200, WorkflowOut)
+    @may_answer(blp, *_INTERVENTION)
     def skip(body: dict[str, Any], cid: str, step: str) -> dict[str, Any]:
         """Mark a step done without its event: its work was done out of band."""
         return _apply(cid, "skip", body["reason"], step=step)
@@ -83,6 +91,7 @@ def blueprint(catalog: Catalog) -> Blueprint:
     @requires(OPERATOR)
     @blp.arguments(InterventionBody)
     @blp.response(200, WorkflowOut)
+    @may_answer(blp, *_INTERVENTION)
     def pause(body: dict[str, Any], cid: str) -> dict[str, Any]:
         """Stop the SLA clock; the controller issues nothing for the workflow until it resumes."""
         return _apply(cid, "pause", body["reason"])
@@ -91,6 +100,7 @@ def blueprint(catalog: Catalog) -> Blueprint:
     @requires(OPERATOR)
     @blp.arguments(InterventionBody)
     @blp.response(200, WorkflowOut)
+    @may_answer(blp, *_INTERVENTION)
     def resume(body: dict[str, Any], cid: str) -> dict[str, Any]:
         return _apply(cid, "resume", body["reason"])
 
@@ -98,6 +108,7 @@ def blueprint(catalog: Catalog) -> Blueprint:
     @requires(OPERATOR)
     @blp.arguments(DeadlineBody)
     @blp.response(200, WorkflowOut)
+    @may_answer(blp, *_INTERVENTION)
     def deadline(body: dict[str, Any], cid: str) -> dict[str, Any]:
         """Move the whole workflow's deadline: to `deadline`, or by `extend_seconds`."""
         return _apply(cid, "deadline", body["reason"], deadline=body.get("deadline"),
@@ -107,6 +118,7 @@ def blueprint(catalog: Catalog) -> Blueprint:
     @requires(OPERATOR)
     @blp.arguments(SignalBody)
     @blp.response(200, WorkflowOut)
+    @may_answer(blp, *_INTERVENTION)
     def signal(body: dict[str, Any], cid: str, name: str) -> dict[str, Any]:
         """Answer an approval step: `approve` or `reject`."""
         return _apply(cid, "signal", body["reason"], name=name, step=body.get("step"),
@@ -116,6 +128,7 @@ def blueprint(catalog: Catalog) -> Blueprint:
     @requires(*READERS)
     @blp.arguments(PageQuery, location="query", unknown=RAISE)
     @blp.response(200, AuditPage)
+    @may_answer(blp, 401, 404, 503)
     def get_audit(query: dict[str, Any], cid: str) -> dict[str, Any]:
         return _audit(query, cid)
 
@@ -123,6 +136,7 @@ def blueprint(catalog: Catalog) -> Blueprint:
     @requires(OPERATOR)
     @blp.arguments(bulk_body(catalog.flows.values()))
     @blp.response(200, BulkOut)
+    @may_answer(blp, 401, 403, *BODY, 503)
     def bulk(body: dict[str, Any]) -> dict[str, Any]:
         """One intervention on every workflow matching `filter`, newest first, at most `limit`;
         `dry_run` lists them and touches nothing."""

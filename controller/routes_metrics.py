@@ -11,6 +11,7 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 
 from controller.auth import public
 from controller.metrics import build_registry
+from controller.problems import may_answer
 
 blp = Blueprint("metrics", __name__, description="Prometheus metrics")
 _EXTENSION = "baton_metrics"
@@ -25,6 +26,7 @@ def _registry(state: BlueprintSetupState) -> None:
 
 @blp.route("/metrics")
 @public
+@may_answer(blp)
 @blp.doc(security=[], responses={"200": {
     "description": "The Prometheus text format; OpenMetrics when the Accept header asks for it",
     "content": {CONTENT_TYPE_LATEST.split(";")[0]: _TEXT, OPENMETRICS.split(";")[0]: _TEXT}}})

@@ -13,6 +13,7 @@ from config.flows import Catalog
 from contracts.api import (
     ListQuery,
     PageQuery,
+    Problem,
     StartBody,
     TimelinePage,
     WorkflowOut,
@@ -23,6 +24,7 @@ from contracts.timefmt import utcnow
 from controller import views
 from controller.auth import OPERATOR, READERS, STARTER, current_actor, requires
 from controller.errors import InvalidInput
+from controller.problems import BODY, PROBLEM, may_answer
 from controller.services import Services
 from controller.starting import StartRequest, start_workflow
 from participants import outbox
@@ -41,8 +43,9 @@ def blueprint(catalog: Catalog) -> Blueprint:
     @blp.arguments(StartBody)
     @blp.response(201, WorkflowOut)
     @blp.alt_response(200, schema=WorkflowOut, description="The same Idempotency-Key and body again")
-    @blp.alt_response(429, description="The consumers are too far behind: retry after "
-                      "`Retry-After` seconds (BATON_MAX_BACKLOG)")
+    @blp.alt_response(429, schema=Problem, content_type=PROBLEM, description="The consumers "
+                      "are too far behind: retry after `Retry-After` seconds (BATON_MAX_BACKLOG)")
+    @may_answer(blp, 401, 403, 404, 409, *BODY, 503)
     def start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
         return _start(body)
 
@@ -50,12 +53,14 @@ def blueprint(catalog: Catalog) -> Blueprint:
     @requires(*READERS)
     @blp.arguments(list_query(catalog.flows.values()), location="query", unknown=RAISE)
     @blp.response(200, WorkflowPage)
+    @may_answer(blp, 401, 503)
     def list_workflows(query: dict[str, Any]) -> dict[str, Any]:
         return _list(query)
 
     @blp.route("/<cid>", methods=["GET"])
     @requires(*READERS)
     @blp.response(200, WorkflowOut)
+    @may_answer(blp, 401, 404, 503)
     def get_workflow(cid: str) -> dict[str, Any]:
         return _get(cid)
 
@@ -63,6 +68,7 @@ def blueprint(catalog: Catalog) -> Blueprint:
     @requires(*READERS)
     @blp.arguments(PageQuery, location="query", unknown=RAISE)
     @blp.response(200, TimelinePage)
+    @may_answer(blp, 401, 404, 503)
     def get_timeline(query: dict[str, Any], cid: str) -> dict[str, Any]:
         return _timeline(query, cid)
 

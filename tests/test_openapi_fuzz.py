@@ -1,6 +1,7 @@
 """The API fuzzed from its own OpenAPI document with schemathesis, in-process through the WSGI app:
 no response is a 500, and every response conforms to the document (documented status code, content
-type, body schema, headers); data the document calls invalid is rejected. Path parameters are drawn
+type, body schema, headers); data the document calls invalid is rejected. The document has no
+`default` response: each operation lists the problems it can answer, and only those. Path parameters are drawn
 from real workflows, steps and flows as often as from noise, so that answers other than 404 are met.
 """
 
@@ -45,6 +46,28 @@ REQUIRED = {
 }
 
 
+# The problems each operation can answer. 400: a NUL in the URL (any operation) or malformed JSON;
+# 401/403: the token and its role; 413/415: a body too large or not JSON; 503: the database down.
+INTERVENTION = {400, 401, 403, 404, 409, 413, 415, 422, 503}
+PROBLEMS = {
+    "POST /v1/workflows": {400, 401, 403, 404, 409, 413, 415, 422, 429, 503},
+    "GET /v1/workflows": {400, 401, 422, 503},
+    "GET /v1/workflows/{cid}": {400, 401, 404, 503},
+    "GET /v1/workflows/{cid}/timeline": {400, 401, 404, 422, 503},
+    **{f"POST /v1/workflows/{{cid}}/{action}": INTERVENTION for action in (
+        "cancel", "compensate", "retry", "steps/{step}/skip", "pause", "resume", "deadline",
+        "signals/{name}")},
+    "GET /v1/workflows/{cid}/audit": {400, 401, 404, 422, 503},
+    "POST /v1/workflows/actions": {400, 401, 403, 413, 415, 422, 503},
+    "GET /v1/flows": {400, 401},
+    "GET /v1/flows/{name}": {400, 401, 404},
+    "GET /v1/reports/sla": {400, 401, 403, 406, 422, 503},
+    "GET /healthz": {400},
+    "GET /readyz": {400, 503},
+    "GET /metrics": {400},
+}
+
+
 @dataclass
 class Fuzz:
     baton: Baton
@@ -75,6 +98,26 @@ def operations(fuzz: Fuzz) -> dict[str, Any]:
 
 def test_the_document_describes_every_operation_of_the_contract(fuzz: Fuzz) -> None:
     assert set(operations(fuzz)) >= REQUIRED, sorted(REQUIRED - set(operations(fuzz)))
+
+
+def test_each_operation_documents_the_problems_it_can_answer(fuzz: Fuzz) -> None:
+    spec = fuzz.baton.get("/v1/openapi.json").get_json()
+    documented, not_problems = {}, []
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            if method == "parameters":
+                continue
+            name = f"{method.upper()} {path}"
+            errors = {k: v for k, v in operation["responses"].items() if not k.startswith("2")}
+            documented[name] = {int(k) if k.isdigit() else k for k in errors}
+            for status, response in errors.items():
+                if "$ref" in response:
+                    response = spec["components"]["responses"][response["$ref"].split("/")[-1]]
+                if response.get("content") != {
+                        "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}:
+                    not_problems.append(f"{name} {status}")
+    assert documented == PROBLEMS
+    assert not_problems == []
 
 
 def negatable(api_operation: Any) -> bool:

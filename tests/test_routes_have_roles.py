@@ -255,3 +255,20 @@ def test_the_document_says_which_routes_need_a_token(matrix: Matrix) -> None:
         elif (operation.get("security") == []) != (declared_roles(matrix.app, rule) == ()):
             failures.append(f"{method} {rule.rule}: security {operation.get('security')}")
     assert not failures, "\n".join(failures)
+
+
+def test_the_document_lists_401_and_403_as_the_roles_declare(matrix: Matrix) -> None:
+    """401 wherever a token is needed; 403 only where some role may not call the route."""
+    spec = matrix.client.get("/v1/openapi.json").get_json()
+    wrong = {}
+    for method, rule in routes(matrix.app):
+        if rule.endpoint in LIBRARY_ENDPOINTS:
+            continue
+        roles = set(declared_roles(matrix.app, rule) or ())
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        responses = spec["paths"][path][method.lower()]["responses"]
+        found = {s for s in ("401", "403") if s in responses}
+        expected = ({"401"} if roles else set()) | ({"403"} if roles and roles != READERS else set())
+        if found != expected:
+            wrong[f"{method} {rule.rule}"] = (sorted(found), sorted(expected))
+    assert wrong == {}, "(documented, expected)"
