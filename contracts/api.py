@@ -146,7 +146,9 @@ class InterventionBody(Schema):
     class Meta:
         unknown = RAISE
 
-    reason = fields.Str(required=True, validate=validate.Length(min=1, max=2000))
+    reason = fields.Str(required=True, validate=[
+        validate.Length(min=1, max=2000),
+        validate.Regexp(r"\s*\S", error="must say something: not only blanks")])
 
 
 class RetryBody(InterventionBody):

@@ -242,6 +242,7 @@ BAD_BODIES: dict[str, tuple[dict[str, Any], str]] = {
     "limit-zero": ({"action": "cancel", "filter": {}, "limit": 0}, "limit"),
     "limit-too-big": ({"action": "cancel", "filter": {}, "limit": 100_000}, "limit"),
     "no-reason": ({"action": "cancel", "filter": {}, "reason": None}, "reason"),
+    "blank-reason": ({"action": "cancel", "filter": {}, "reason": " \t\n "}, "reason"),
     "no-action": ({"filter": {}}, "action"),
 }
 
@@ -269,4 +270,25 @@ def test_only_an_operator_may_act_in_bulk(baton: Baton) -> None:
         assert_problem(bulk(baton, token, action="cancel"), 403)
     assert_problem(bulk(baton, None, action="cancel"), 401)
     assert_problem(bulk(baton, "not-a-token", action="cancel"), 401)
+    assert baton.state(cid) == before
+
+
+# Every single intervention, with a body it would accept but for its reason.
+INTERVENTIONS: dict[str, dict[str, Any]] = {
+    "cancel": {}, "compensate": {}, "retry": {}, "steps/charge_payment/skip": {}, "pause": {},
+    "resume": {}, "deadline": {"extend_seconds": 60}, "signals/approve": {"data": {"channel": "ops"}},
+}
+
+
+def test_a_blank_reason_is_refused_by_every_intervention(baton: Baton) -> None:
+    """The audit keeps why: blanks say nothing, so they are a 422 naming `reason`."""
+    cid = baton.start()
+    before = baton.state(cid)
+    failures = []
+    for action, body in INTERVENTIONS.items():
+        for blank in ("", " ", "\t\n  "):
+            response = baton.post(f"/v1/workflows/{cid}/{action}", {"reason": blank, **body})
+            if response.status_code != 422 or "reason" not in response.get_json()["errors"]:
+                failures.append(f"{action} {blank!r}: {response.status_code}")
+    assert failures == []
     assert baton.state(cid) == before
