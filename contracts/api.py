@@ -167,7 +167,8 @@ class DeadlineBody(InterventionBody):
     @validates_schema
     def _one_of(self, data: dict[str, Any], **kwargs: Any) -> None:
         if ("deadline" in data) == ("extend_seconds" in data):
-            raise ValidationError("give exactly one of deadline or extend_seconds", "deadline")
+            message = ["give exactly one of deadline or extend_seconds"]
+            raise ValidationError({"deadline": message, "extend_seconds": message})
 
 
 BULK_ACTIONS = ["cancel", "compensate", "retry", "pause", "resume", "deadline"]
@@ -181,6 +182,19 @@ class BulkBody(InterventionBody):
     limit = fields.Int(load_default=100, validate=validate.Range(min=1, max=1000))
     extend_seconds = fields.Int(strict=True, validate=validate.Range(min=1, max=366 * 86400))
     step = fields.Str(validate=validate.Length(min=1, max=64))
+
+    @validates_schema
+    def _action_params(self, data: dict[str, Any], **kwargs: Any) -> None:
+        """`extend_seconds` is the deadline action's, required there; `step` is retry's."""
+        action, errors = data.get("action"), {}
+        if action == "deadline" and "extend_seconds" not in data:
+            errors["extend_seconds"] = ["required by action deadline"]
+        if action != "deadline" and "extend_seconds" in data:
+            errors["extend_seconds"] = ["only for action deadline"]
+        if action != "retry" and "step" in data:
+            errors["step"] = ["only for action retry"]
+        if errors:
+            raise ValidationError(errors)
 
 
 def list_query(flows: Iterable[Flow]) -> type[Schema]:

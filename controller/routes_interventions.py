@@ -178,7 +178,7 @@ def _bulk(body: dict[str, Any]) -> dict[str, Any]:
 
 def _bulk_params(body: dict[str, Any]) -> dict[str, Any]:
     if body["action"] == "deadline":
-        return {"extend_seconds": body.get("extend_seconds") or 0}
+        return {"extend_seconds": body["extend_seconds"]}
     if body["action"] == "retry":
         return {"step": body.get("step")}
     return {}

@@ -244,6 +244,13 @@ BAD_BODIES: dict[str, tuple[dict[str, Any], str]] = {
     "no-reason": ({"action": "cancel", "filter": {}, "reason": None}, "reason"),
     "blank-reason": ({"action": "cancel", "filter": {}, "reason": " \t\n "}, "reason"),
     "no-action": ({"filter": {}}, "action"),
+    "deadline-without-extension": ({"action": "deadline", "filter": {}}, "extend_seconds"),
+    "deadline-moved-to-a-time": ({"action": "deadline", "filter": {},
+                                  "deadline": "2030-01-01T00:00:00Z"}, "deadline"),
+    "extension-for-another-action": ({"action": "pause", "filter": {}, "extend_seconds": 60},
+                                     "extend_seconds"),
+    "step-for-another-action": ({"action": "cancel", "filter": {}, "step": "charge_payment"},
+                                "step"),
 }
 
 
@@ -291,4 +298,15 @@ def test_a_blank_reason_is_refused_by_every_intervention(baton: Baton) -> None:
             if response.status_code != 422 or "reason" not in response.get_json()["errors"]:
                 failures.append(f"{action} {blank!r}: {response.status_code}")
     assert failures == []
+    assert baton.state(cid) == before
+
+
+@pytest.mark.parametrize("body", [{}, {"deadline": "2030-01-01T00:00:00Z", "extend_seconds": 60}],
+                         ids=["neither", "both"])
+def test_a_single_deadline_takes_exactly_one_of_deadline_and_extend_seconds(
+        baton: Baton, body: dict[str, Any]) -> None:
+    cid = baton.start()
+    before = baton.state(cid)
+    problem = assert_problem(baton.post(f"/v1/workflows/{cid}/deadline", {"reason": "r", **body}), 422)
+    assert set(problem["errors"]) == {"deadline", "extend_seconds"}, problem
     assert baton.state(cid) == before
