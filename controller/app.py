@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.extensions["baton_admission"] = Admission(services.redis, services.keys, settings.max_backlog)
     api = problems.ProblemApi(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}]})
-    api.register_blueprint(routes_workflows.blueprint(services.catalog))
+    api.register_blueprint(routes_workflows.blueprint(services.catalog, services.registry))
     api.register_blueprint(routes_interventions.blueprint(services.catalog))
     api.register_blueprint(routes_flows.blp)
     api.register_blueprint(routes_reports.blp)

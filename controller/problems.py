@@ -85,7 +85,8 @@ class ProblemApi(Api):
         status = error.code or 500
         detail = data.get("message") or error.description or error.name
         if status == 422 and errors:
-            detail = "the request does not match its schema: " + ", ".join(map(str, errors))
+            names = flatten(errors) if isinstance(errors, dict) else map(str, errors)
+            detail = "the request does not match its schema: " + ", ".join(names)
         return problem(status, error.name, str(detail), errors, data.get("headers"))
 
 

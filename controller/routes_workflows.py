@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import structlog
@@ -14,33 +15,34 @@ from contracts.api import (
     ListQuery,
     PageQuery,
     Problem,
-    StartBody,
     TimelinePage,
     WorkflowOut,
     WorkflowPage,
     list_query,
+    start_body,
 )
+from contracts.payloads import Registry
 from contracts.timefmt import utcnow
 from controller import views
 from controller.auth import OPERATOR, READERS, STARTER, current_actor, requires
 from controller.errors import InvalidInput
 from controller.problems import BODY, PROBLEM, may_answer
 from controller.services import Services
-from controller.starting import StartRequest, start_workflow
+from controller.starting import StartRequest, input_errors, start_workflow
 from participants import outbox
 
 log = structlog.get_logger("baton.api")
 _FILTERS = set(ListQuery().fields)
 
 
-def blueprint(catalog: Catalog) -> Blueprint:
-    """The routes, their schemas completed from the loaded flows: the list filters by each search
-    attribute they declare."""
+def blueprint(catalog: Catalog, registry: Registry) -> Blueprint:
+    """The routes, their schemas completed from the loaded flows: a start's input is checked with
+    the rest of its body; the list filters by each search attribute they declare."""
     blp = Blueprint("workflows", __name__, url_prefix="/v1/workflows", description="Workflows")
 
     @blp.route("", methods=["POST"])
     @requires(STARTER, OPERATOR)
-    @blp.arguments(StartBody)
+    @blp.arguments(start_body(partial(input_errors, catalog, registry)))
     @blp.response(201, WorkflowOut)
     @blp.alt_response(200, schema=WorkflowOut, description="The same Idempotency-Key and body again")
     @blp.alt_response(429, schema=Problem, content_type=PROBLEM, description="The consumers "

@@ -305,6 +305,25 @@ def test_an_invalid_start_answers_422_naming_the_field(web: Api) -> None:
     assert web.get("/v1/workflows", OTTO).get_json()["items"] == []
 
 
+def test_one_422_names_every_bad_field_of_the_body_and_its_input_together(web: Api) -> None:
+    bad_item = {"product_id": "SKU-001", "quantity": 0, "unit_price": 5.0}
+    body = {"flow": "order_fulfillment", "sla_seconds": 0, "correlation_id": "a b", "colour": "red",
+            "input": order_input(currency="eur", items=[bad_item])}
+    problem = assert_problem(web.post("/v1/workflows", body), 422)
+    named = {"sla_seconds", "correlation_id", "colour", "input.currency", "input.items.0.quantity"}
+    assert set(problem["errors"]) == named, problem["errors"]
+    assert all(name in problem["detail"] for name in named), problem["detail"]
+    assert web.start_events() == [], "nothing was started"
+
+
+def test_an_unknown_flow_is_404_once_the_body_is_valid(web: Api) -> None:
+    """Its input cannot be checked without the flow: the body's own errors come first."""
+    bad_input = order_input(currency="eur")
+    assert_problem(web.start(flow="no_such_flow", input=bad_input), 404)
+    problem = assert_problem(web.start(flow="no_such_flow", input=bad_input, sla_seconds=0), 422)
+    assert set(problem["errors"]) == {"sla_seconds"}, problem["errors"]
+
+
 def test_a_body_that_is_not_an_object_answers_422(web: Api) -> None:
     def check(body: bytes) -> None:
         response = web.client.post("/v1/workflows", data=body,
