@@ -810,6 +810,15 @@ def test_the_openapi_document_describes_the_workflow_api(web: Api) -> None:
     assert {"/v1/workflows", "/v1/workflows/{cid}", "/v1/workflows/{cid}/timeline"} <= set(spec["paths"])
 
 
+def test_the_docs_page_shows_the_openapi_document(web: Api) -> None:
+    """Swagger UI, which the browser loads from a CDN, pointed at this server's document."""
+    response = web.client.get("/v1/docs")
+    assert (response.status_code, response.mimetype) == (200, "text/html")
+    page = response.get_data(as_text=True)
+    assert '"/v1/openapi.json"' in page
+    assert "SwaggerUIBundle(" in page
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
