@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
-from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from contracts.envelope import CORRELATION_PATTERN
+from contracts.flows import Flow
 from contracts.timefmt import Timestamp
 
 STATUSES = ["running", "paused", "completed", "compensating", "compensated", "needs_attention"]
@@ -14,6 +16,8 @@ REASONS = ["step_failed", "sla_breached", "cancelled"]
 
 
 class StartBody(Schema):
+    """`start_body` adds the check of `input` against the flow's own schema."""
+
     class Meta:
         unknown = RAISE
 
@@ -22,6 +26,23 @@ class StartBody(Schema):
     sla_seconds = fields.Int(strict=True, validate=validate.Range(min=1, max=366 * 86400))
     correlation_id = fields.Str(validate=validate.Regexp(
         CORRELATION_PATTERN, error="1 to 128 characters from [A-Za-z0-9._:-]"))
+
+
+# The errors of a flow's input, keyed `input.<field>`: none for a flow not loaded (a 404 later).
+InputErrors = Callable[[str, dict[str, Any]], dict[str, Any]]
+
+
+def start_body(input_errors: InputErrors) -> type[Schema]:
+    """StartBody checking `input` against the flow's schema even when other fields are wrong,
+    so that one 422 names every bad field, the body's and `input.*` alike."""
+    def check_input(schema: Schema, data: dict[str, Any], **kwargs: Any) -> None:
+        if "flow" in data and "input" in data:  # both valid as fields
+            errors = input_errors(data["flow"], data["input"])
+            if errors:
+                raise ValidationError(errors)
+
+    check = validates_schema(skip_on_field_errors=False)(check_input)
+    return type("StartBody", (StartBody,), {"_check_input": check})
 
 
 class WorkflowFilter(Schema):
@@ -40,10 +61,7 @@ class WorkflowFilter(Schema):
 
 
 class ListQuery(WorkflowFilter):
-    """Search attributes a flow declares (`order_id=...`) pass through to be checked by name."""
-
-    class Meta:
-        unknown = INCLUDE
+    """`list_query` adds the search attributes the loaded flows declare (`order_id=...`)."""
 
     limit = fields.Int(load_default=50, validate=validate.Range(min=1, max=500))
     cursor = fields.Str(validate=validate.Length(min=1, max=512))
@@ -148,7 +166,9 @@ class InterventionBody(Schema):
     class Meta:
         unknown = RAISE
 
-    reason = fields.Str(required=True, validate=validate.Length(min=1, max=2000))
+    reason = fields.Str(required=True, validate=[
+        validate.Length(min=1, max=2000),
+        validate.Regexp(r"\s*\S", error="must say something: not only blanks")])
 
 
 class RetryBody(InterventionBody):
@@ -167,23 +187,55 @@ class DeadlineBody(InterventionBody):
     @validates_schema
     def _one_of(self, data: dict[str, Any], **kwargs: Any) -> None:
         if ("deadline" in data) == ("extend_seconds" in data):
-            raise ValidationError("give exactly one of deadline or extend_seconds", "deadline")
+            message = ["give exactly one of deadline or extend_seconds"]
+            raise ValidationError({"deadline": message, "extend_seconds": message})
 
 
 BULK_ACTIONS = ["cancel", "compensate", "retry", "pause", "resume", "deadline"]
 
 
-class BulkFilter(WorkflowFilter):
-    attributes = fields.Dict(keys=fields.Str(), values=fields.Str())
-
-
 class BulkBody(InterventionBody):
+    """`bulk_body` adds `filter`: a WorkflowFilter with the flows' search attributes."""
+
     action = fields.Str(required=True, validate=validate.OneOf(BULK_ACTIONS))
-    filter = fields.Nested(BulkFilter, required=True)
     dry_run = fields.Bool(load_default=False)
     limit = fields.Int(load_default=100, validate=validate.Range(min=1, max=1000))
     extend_seconds = fields.Int(strict=True, validate=validate.Range(min=1, max=366 * 86400))
     step = fields.Str(validate=validate.Length(min=1, max=64))
+
+    @validates_schema
+    def _action_params(self, data: dict[str, Any], **kwargs: Any) -> None:
+        """`extend_seconds` is the deadline action's, required there; `step` is retry's."""
+        action, errors = data.get("action"), {}
+        if action == "deadline" and "extend_seconds" not in data:
+            errors["extend_seconds"] = ["required by action deadline"]
+        if action != "deadline" and "extend_seconds" in data:
+            errors["extend_seconds"] = ["only for action deadline"]
+        if action != "retry" and "step" in data:
+            errors["step"] = ["only for action retry"]
+        if errors:
+            raise ValidationError(errors)
+
+
+def list_query(flows: Iterable[Flow]) -> type[Schema]:
+    """ListQuery with an optional filter for each search attribute `flows` declare."""
+    return ListQuery.from_dict(_attributes(flows, ListQuery().fields), name="ListQuery")
+
+
+def bulk_body(flows: Iterable[Flow]) -> type[Schema]:
+    """BulkBody whose filter takes `attributes`: the search attributes `flows` declare."""
+    attributes = Schema.from_dict(_attributes(flows), name="SearchAttributes")
+    bulk_filter = WorkflowFilter.from_dict({"attributes": fields.Nested(attributes)},
+                                           name="BulkFilter")
+    return BulkBody.from_dict({"filter": fields.Nested(bulk_filter, required=True)},
+                              name="BulkBody")
+
+
+def _attributes(flows: Iterable[Flow], taken: Collection[str] = ()) -> dict[str, fields.Field]:
+    """One optional string per declared name; a name that is a filter already stays the filter."""
+    names = sorted({a for f in flows for a in f.search_attributes} - set(taken))
+    return {n: fields.Str(metadata={"description": "a search attribute the flows declare"})
+            for n in names}
 
 
 class BulkResult(Schema):

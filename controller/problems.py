@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import http
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import orjson
 import structlog
 from flask import Flask, Response
-from flask_smorest import Api
+from flask_smorest import Api, Blueprint
 from sqlalchemy.exc import DataError, OperationalError
 from werkzeug.exceptions import HTTPException
 
@@ -16,8 +17,13 @@ from contracts.api import Problem as ProblemSchema
 from controller.errors import ControllerError
 
 log = structlog.get_logger("baton.api")
+F = TypeVar("F", bound=Callable[..., Any])
 PROBLEM = "application/problem+json"
 _LOCATIONS = {"json", "query", "headers", "form", "path", "view_args"}
+# What every operation may answer, whatever it does: a NUL character in the URL is refused.
+ANY = (400,)
+# What an operation taking a JSON body may answer besides: malformed JSON is ANY's 400.
+BODY = (413, 415)
 
 
 def problem(status: int, title: str, detail: str, errors: Any = None,
@@ -28,6 +34,16 @@ def problem(status: int, title: str, detail: str, errors: Any = None,
     response = Response(status=status, mimetype=PROBLEM, headers=headers)
     response.set_data(_json(body))
     return response
+
+
+def may_answer(blp: Blueprint, *statuses: int) -> Callable[[F], F]:
+    """Document the problems an operation can answer, each an `application/problem+json`; 422
+    comes with `@blp.arguments`. Nothing else is documented: no `default` response."""
+    def decorate(view: F) -> F:
+        for status in sorted({*ANY, *statuses}):
+            view = blp.alt_response(status, response=http.HTTPStatus(status).name)(view)
+        return view
+    return decorate
 
 
 def flatten(errors: dict[Any, Any], prefix: str = "") -> dict[str, list[str]]:
@@ -48,9 +64,11 @@ def _json(body: dict[str, Any]) -> bytes:
 
 class ProblemApi(Api):
     """flask-smorest's Api, answering its own errors (422 from webargs, 404, 405...) as problems,
-    and documenting every error response as `application/problem+json`."""
+    and documenting every error response as `application/problem+json`, each operation only
+    those it can answer (`may_answer`)."""
 
     ERROR_SCHEMA = ProblemSchema
+    DEFAULT_ERROR_RESPONSE_NAME = None
 
     def _register_responses(self) -> None:
         for status in http.HTTPStatus:
@@ -58,10 +76,6 @@ class ProblemApi(Api):
             if not 100 <= status < 200 and status not in (204, 304):
                 response["content"] = {PROBLEM: {"schema": ProblemSchema}}
             self.spec.components.response(status.name, response, lazy=True)
-        self.spec.components.response("DEFAULT_ERROR", {
-            "description": "An RFC 9457 problem document",
-            "content": {PROBLEM: {"schema": ProblemSchema}},
-        }, lazy=True)
 
     def handle_http_exception(self, error: HTTPException) -> Response:
         data = getattr(error, "data", None) or {}
@@ -71,7 +85,8 @@ class ProblemApi(Api):
         status = error.code or 500
         detail = data.get("message") or error.description or error.name
         if status == 422 and errors:
-            detail = "the request does not match its schema: " + ", ".join(map(str, errors))
+            names = flatten(errors) if isinstance(errors, dict) else map(str, errors)
+            detail = "the request does not match its schema: " + ", ".join(names)
         return problem(status, error.name, str(detail), errors, data.get("headers"))
 
 

@@ -13,6 +13,7 @@ from contracts.flows import Flow
 from controller.auth import READERS, requires
 from controller.diagrams import mermaid
 from controller.errors import NotFound
+from controller.problems import may_answer
 
 blp = Blueprint("flows", __name__, url_prefix="/v1/flows", description="Flow definitions")
 
@@ -30,6 +31,7 @@ def _out(flow: Flow) -> dict[str, Any]:
 @blp.route("")
 @requires(*READERS)
 @blp.response(200, FlowList)
+@may_answer(blp, 401)
 def list_flows() -> dict[str, Any]:
     catalog = current_app.extensions["baton"].catalog
     return {"items": [_out(f) for f in catalog.all_latest()]}
@@ -38,6 +40,7 @@ def list_flows() -> dict[str, Any]:
 @blp.route("/<name>")
 @requires(*READERS)
 @blp.response(200, FlowOut)
+@may_answer(blp, 401, 404)
 def get_flow(name: str) -> dict[str, Any]:
     catalog = current_app.extensions["baton"].catalog
     try:

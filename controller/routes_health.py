@@ -2,24 +2,36 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Response, current_app
+from flask_smorest import Blueprint
+from marshmallow import Schema, fields
 from sqlalchemy import text
 
 from controller.auth import public
-from controller.problems import problem
+from controller.problems import may_answer, problem
 
-blp = Blueprint("health", __name__)
+blp = Blueprint("health", __name__, description="Liveness and readiness")
+
+
+class HealthOut(Schema):
+    status = fields.Str(metadata={"enum": ["ok", "ready"]})
 
 
 @blp.route("/healthz")
 @public
-def healthz() -> Response:
-    return jsonify(status="ok")
+@blp.response(200, HealthOut, description="The process is alive")
+@may_answer(blp)
+@blp.doc(security=[])
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
 
 
 @blp.route("/readyz")
 @public
-def readyz() -> Response:
+@blp.response(200, HealthOut, description="The database and Redis are reachable")
+@may_answer(blp, 503)
+@blp.doc(security=[])
+def readyz() -> dict[str, str] | Response:
     services = current_app.extensions["baton"]
     failures = {}
     try:
@@ -34,4 +46,4 @@ def readyz() -> Response:
     if failures:
         return problem(503, "Service Unavailable", "a dependency is unreachable", failures,
                        {"Retry-After": "5"})
-    return jsonify(status="ready")
+    return {"status": "ready"}

@@ -3,15 +3,19 @@ scrape time."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, request
+from flask import Response, current_app, request
 from flask.blueprints import BlueprintSetupState
-from prometheus_client.exposition import choose_encoder
+from flask_smorest import Blueprint
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, choose_encoder
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS
 
 from controller.auth import public
 from controller.metrics import build_registry
+from controller.problems import may_answer
 
-blp = Blueprint("metrics", __name__)
+blp = Blueprint("metrics", __name__, description="Prometheus metrics")
 _EXTENSION = "baton_metrics"
+_TEXT = {"schema": {"type": "string"}}
 
 
 @blp.record_once
@@ -22,6 +26,10 @@ def _registry(state: BlueprintSetupState) -> None:
 
 @blp.route("/metrics")
 @public
+@may_answer(blp)
+@blp.doc(security=[], responses={"200": {
+    "description": "The Prometheus text format; OpenMetrics when the Accept header asks for it",
+    "content": {CONTENT_TYPE_LATEST.split(";")[0]: _TEXT, OPENMETRICS.split(";")[0]: _TEXT}}})
 def metrics() -> Response:
     encode, content_type = choose_encoder(request.headers.get("Accept", ""))
     return Response(encode(current_app.extensions[_EXTENSION]), content_type=content_type)

@@ -12,7 +12,7 @@ from contracts.reports_api import SlaQuery, SlaReport
 from contracts.timefmt import utcnow
 from controller import report_csv, report_html
 from controller.auth import OPERATOR, VIEWER, requires
-from controller.problems import problem
+from controller.problems import may_answer, problem
 from controller.reports import ReportQuery, sla_report, step_order
 from controller.services import Services
 
@@ -29,8 +29,8 @@ _TEXT = {"schema": {"type": "string"}}
     "breaches and the slowest workflows. `Accept: text/csv` gives one table for a spreadsheet, "
     "`text/html` a page with charts."))
 @blp.doc(responses={"200": {"content": {JSON: {"schema": {"$ref": "#/components/schemas/SlaReport"}},
-                                         CSV: _TEXT, HTML: _TEXT}},
-                    "406": {"description": "Accept names none of JSON, CSV and HTML"}})
+                                         CSV: _TEXT, HTML: _TEXT}}})
+@may_answer(blp, 401, 403, 406, 503)
 def sla(query: dict[str, Any]) -> Any:
     accept = request.accept_mimetypes
     kind = accept.best_match((JSON, CSV, HTML)) if accept else JSON

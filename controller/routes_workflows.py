@@ -2,25 +2,79 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import structlog
 from flask import current_app, request
 from flask_smorest import Blueprint
-from marshmallow import INCLUDE, RAISE
+from marshmallow import RAISE
 
-from contracts.api import ListQuery, PageQuery, StartBody, TimelinePage, WorkflowOut, WorkflowPage
+from config.flows import Catalog
+from contracts.api import (
+    ListQuery,
+    PageQuery,
+    Problem,
+    TimelinePage,
+    WorkflowOut,
+    WorkflowPage,
+    list_query,
+    start_body,
+)
+from contracts.payloads import Registry
 from contracts.timefmt import utcnow
 from controller import views
 from controller.auth import OPERATOR, READERS, STARTER, current_actor, requires
 from controller.errors import InvalidInput
+from controller.problems import BODY, PROBLEM, may_answer
 from controller.services import Services
-from controller.starting import StartRequest, start_workflow
+from controller.starting import StartRequest, input_errors, start_workflow
 from participants import outbox
 
-blp = Blueprint("workflows", __name__, url_prefix="/v1/workflows", description="Workflows")
 log = structlog.get_logger("baton.api")
-_KNOWN_QUERY = set(ListQuery().fields)
+_FILTERS = set(ListQuery().fields)
+
+
+def blueprint(catalog: Catalog, registry: Registry) -> Blueprint:
+    """The routes, their schemas completed from the loaded flows: a start's input is checked with
+    the rest of its body; the list filters by each search attribute they declare."""
+    blp = Blueprint("workflows", __name__, url_prefix="/v1/workflows", description="Workflows")
+
+    @blp.route("", methods=["POST"])
+    @requires(STARTER, OPERATOR)
+    @blp.arguments(start_body(partial(input_errors, catalog, registry)))
+    @blp.response(201, WorkflowOut)
+    @blp.alt_response(200, schema=WorkflowOut, description="The same Idempotency-Key and body again")
+    @blp.alt_response(429, schema=Problem, content_type=PROBLEM, description="The consumers "
+                      "are too far behind: retry after `Retry-After` seconds (BATON_MAX_BACKLOG)")
+    @may_answer(blp, 401, 403, 404, 409, *BODY, 503)
+    def start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
+        return _start(body)
+
+    @blp.route("", methods=["GET"])
+    @requires(*READERS)
+    @blp.arguments(list_query(catalog.flows.values()), location="query", unknown=RAISE)
+    @blp.response(200, WorkflowPage)
+    @may_answer(blp, 401, 503)
+    def list_workflows(query: dict[str, Any]) -> dict[str, Any]:
+        return _list(query)
+
+    @blp.route("/<cid>", methods=["GET"])
+    @requires(*READERS)
+    @blp.response(200, WorkflowOut)
+    @may_answer(blp, 401, 404, 503)
+    def get_workflow(cid: str) -> dict[str, Any]:
+        return _get(cid)
+
+    @blp.route("/<cid>/timeline", methods=["GET"])
+    @requires(*READERS)
+    @blp.arguments(PageQuery, location="query", unknown=RAISE)
+    @blp.response(200, TimelinePage)
+    @may_answer(blp, 401, 404, 503)
+    def get_timeline(query: dict[str, Any], cid: str) -> dict[str, Any]:
+        return _timeline(query, cid)
+
+    return blp
 
 
 def _services() -> Services:
@@ -28,14 +82,7 @@ def _services() -> Services:
     return services
 
 
-@blp.route("", methods=["POST"])
-@requires(STARTER, OPERATOR)
-@blp.arguments(StartBody)
-@blp.response(201, WorkflowOut)
-@blp.alt_response(200, schema=WorkflowOut, description="The same Idempotency-Key and body again")
-@blp.alt_response(429, description="The consumers are too far behind: retry after `Retry-After` "
-                  "seconds (BATON_MAX_BACKLOG)")
-def start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
+def _start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     services, actor = _services(), current_actor()
     current_app.extensions["baton_admission"].check()
     key = request.headers.get("Idempotency-Key")
@@ -61,22 +108,14 @@ def start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     return body_out, 201 if started.created else 200, location
 
 
-@blp.route("", methods=["GET"])
-@requires(*READERS)
-@blp.arguments(ListQuery, location="query", unknown=INCLUDE)
-@blp.response(200, WorkflowPage)
-def list_workflows(query: dict[str, Any]) -> dict[str, Any]:
+def _list(query: dict[str, Any]) -> dict[str, Any]:
+    """Whatever in `query` is not a filter is a search attribute (the schema let only those in)."""
     services, actor = _services(), current_actor()
-    declared = {a for f in services.catalog.flows.values() for a in f.search_attributes}
-    extra = {k: v for k, v in query.items() if k not in _KNOWN_QUERY}
-    unknown = sorted(k for k in extra if k not in declared)
-    if unknown:
-        raise InvalidInput("unknown query parameters",
-                           {k: ["not a filter nor a declared search attribute"] for k in unknown})
+    attributes = {k: v for k, v in query.items() if k not in _FILTERS}
     filters = views.Filters(
         flow=query.get("flow"), status=query.get("status"), reason=query.get("reason"),
         started_after=query.get("started_after"), started_before=query.get("started_before"),
-        overdue=bool(query.get("overdue")), attributes=tuple(sorted(extra.items())),
+        overdue=bool(query.get("overdue")), attributes=tuple(sorted(attributes.items())),
         started_by=actor.name if actor.only_own else None, stalled_step=query.get("stalled_step"),
     )
     with services.engine.connect() as conn:
@@ -84,20 +123,13 @@ def list_workflows(query: dict[str, Any]) -> dict[str, Any]:
                                     query.get("cursor"), utcnow())
 
 
-@blp.route("/<cid>", methods=["GET"])
-@requires(*READERS)
-@blp.response(200, WorkflowOut)
-def get_workflow(cid: str) -> dict[str, Any]:
+def _get(cid: str) -> dict[str, Any]:
     services, actor = _services(), current_actor()
     with services.engine.connect() as conn:
         return views.workflow(conn, services.catalog, cid, actor.name if actor.only_own else None)
 
 
-@blp.route("/<cid>/timeline", methods=["GET"])
-@requires(*READERS)
-@blp.arguments(PageQuery, location="query", unknown=RAISE)
-@blp.response(200, TimelinePage)
-def get_timeline(query: dict[str, Any], cid: str) -> dict[str, Any]:
+def _timeline(query: dict[str, Any], cid: str) -> dict[str, Any]:
     services, actor = _services(), current_actor()
     with services.engine.connect() as conn:
         views.workflow(conn, services.catalog, cid, actor.name if actor.only_own else None)

@@ -109,6 +109,19 @@ def _flow(catalog: Catalog, name: str) -> Flow:
         raise NotFound(f"no flow named {name!r}; known: {', '.join(catalog.names())}") from None
 
 
+def input_errors(catalog: Catalog, registry: Registry, flow_name: str,
+                 data: dict[str, Any]) -> dict[str, Any]:
+    """What is wrong with `data` as the input of the flow, keyed `input.<field>`; nothing for a
+    flow not loaded (start_workflow answers that 404)."""
+    try:
+        _validate_input(registry, catalog.latest(flow_name), data)
+    except KeyError:
+        return {}
+    except InvalidInput as exc:
+        return exc.errors or {}
+    return {}
+
+
 def _validate_input(registry: Registry, flow: Flow, data: dict[str, Any]) -> dict[str, Any]:
     try:
         return registry.validate(flow.start_event, registry.latest(flow.start_event), data)

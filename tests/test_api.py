@@ -41,12 +41,13 @@ ALICE, SAM, VERA, OTTO = "t-alice", "t-sam", "t-vera", "t-otto"
 MAX_BODY = 8192
 PROBLEM = "application/problem+json"
 
-# A second flow, so that the `flow` filter has something to tell apart.
+# A second flow, so that the `flow` filter has something to tell apart; `currency` is a search
+# attribute no shipped flow declares.
 QUICK_FLOW = """
 name: quick_order
 version: 1
 start_event: order.placed
-search_attributes: [order_id]
+search_attributes: [order_id, currency]
 steps:
   - name: charge_payment
     participant: payment
@@ -304,6 +305,25 @@ def test_an_invalid_start_answers_422_naming_the_field(web: Api) -> None:
     assert web.get("/v1/workflows", OTTO).get_json()["items"] == []
 
 
+def test_one_422_names_every_bad_field_of_the_body_and_its_input_together(web: Api) -> None:
+    bad_item = {"product_id": "SKU-001", "quantity": 0, "unit_price": 5.0}
+    body = {"flow": "order_fulfillment", "sla_seconds": 0, "correlation_id": "a b", "colour": "red",
+            "input": order_input(currency="eur", items=[bad_item])}
+    problem = assert_problem(web.post("/v1/workflows", body), 422)
+    named = {"sla_seconds", "correlation_id", "colour", "input.currency", "input.items.0.quantity"}
+    assert set(problem["errors"]) == named, problem["errors"]
+    assert all(name in problem["detail"] for name in named), problem["detail"]
+    assert web.start_events() == [], "nothing was started"
+
+
+def test_an_unknown_flow_is_404_once_the_body_is_valid(web: Api) -> None:
+    """Its input cannot be checked without the flow: the body's own errors come first."""
+    bad_input = order_input(currency="eur")
+    assert_problem(web.start(flow="no_such_flow", input=bad_input), 404)
+    problem = assert_problem(web.start(flow="no_such_flow", input=bad_input, sla_seconds=0), 422)
+    assert set(problem["errors"]) == {"sla_seconds"}, problem["errors"]
+
+
 def test_a_body_that_is_not_an_object_answers_422(web: Api) -> None:
     def check(body: bytes) -> None:
         response = web.client.post("/v1/workflows", data=body,
@@ -515,6 +535,7 @@ def test_the_list_filters_by_flow_and_search_attributes(api: Api, five: list[dic
     order_id = five[3]["input"]["order_id"]
     assert cids(api.get("/v1/workflows", order_id=order_id)) == [ids[3]]
     assert cids(api.get("/v1/workflows", customer_id="cust-a", flow="order_fulfillment")) == [ids[0]]
+    assert cids(api.get("/v1/workflows", currency="EUR")) == [ids[2]]  # only quick_order's
 
 
 def test_the_list_filters_by_start_time(api: Api, five: list[dict[str, Any]]) -> None:
@@ -583,6 +604,23 @@ def test_a_bad_list_query_answers_422_naming_the_parameter(web: Api) -> None:
         assert set(problem["errors"]) == set(query), problem["errors"]
 
     each_case(BAD_QUERIES, check)
+
+
+def test_an_unknown_parameter_beside_a_search_attribute_is_named_alone(web: Api) -> None:
+    problem = assert_problem(web.get("/v1/workflows", colour="red", order_id="ord-1"), 422)
+    assert set(problem["errors"]) == {"colour"}, problem["errors"]
+
+
+def test_the_document_lists_every_declared_search_attribute_as_a_filter(web: Api) -> None:
+    """Built from the flows loaded: `currency` is there because quick_order declares it."""
+    spec = web.get("/v1/openapi.json").get_json()
+    declared = {a for f in web.services.catalog.flows.values() for a in f.search_attributes}
+    assert {"order_id", "customer_id", "currency"} <= declared
+    params = {p["name"]: p for p in spec["paths"]["/v1/workflows"]["get"]["parameters"]}
+    assert {n: (p["in"], p["schema"]["type"], p["required"]) for n, p in params.items()
+            if n in declared} == {n: ("query", "string", False) for n in declared}
+    bulk = spec["components"]["schemas"]["SearchAttributes"]  # a bulk action's filter.attributes
+    assert set(bulk["properties"]) == declared and bulk["additionalProperties"] is False
 
 
 def _b64(value: Any) -> str:
@@ -770,6 +808,15 @@ def test_the_openapi_document_describes_the_workflow_api(web: Api) -> None:
     spec = web.client.get("/v1/openapi.json").get_json()
     assert spec["openapi"].startswith("3.")
     assert {"/v1/workflows", "/v1/workflows/{cid}", "/v1/workflows/{cid}/timeline"} <= set(spec["paths"])
+
+
+def test_the_docs_page_shows_the_openapi_document(web: Api) -> None:
+    """Swagger UI, which the browser loads from a CDN, pointed at this server's document."""
+    response = web.client.get("/v1/docs")
+    assert (response.status_code, response.mimetype) == (200, "text/html")
+    page = response.get_data(as_text=True)
+    assert '"/v1/openapi.json"' in page
+    assert "SwaggerUIBundle(" in page
 
 
 def _closed_port() -> int:

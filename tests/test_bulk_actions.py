@@ -230,6 +230,10 @@ BAD_BODIES: dict[str, tuple[dict[str, Any], str]] = {
     "unknown-action": ({"action": "explode", "filter": {}}, "action"),
     "skip-is-not-a-bulk-action": ({"action": "skip", "filter": {}}, "action"),
     "unknown-filter-field": ({"action": "cancel", "filter": {"colour": "red"}}, "filter.colour"),
+    "undeclared-attribute": ({"action": "cancel", "filter": {"attributes": {"colour": "red"}}},
+                             "filter.attributes.colour"),
+    "attribute-not-a-string": ({"action": "cancel", "filter": {"attributes": {"order_id": 7}}},
+                               "filter.attributes.order_id"),
     "bad-status": ({"action": "cancel", "filter": {"status": "sleeping"}}, "filter.status"),
     "bad-time": ({"action": "cancel", "filter": {"started_before": "yesterday"}},
                  "filter.started_before"),
@@ -238,7 +242,15 @@ BAD_BODIES: dict[str, tuple[dict[str, Any], str]] = {
     "limit-zero": ({"action": "cancel", "filter": {}, "limit": 0}, "limit"),
     "limit-too-big": ({"action": "cancel", "filter": {}, "limit": 100_000}, "limit"),
     "no-reason": ({"action": "cancel", "filter": {}, "reason": None}, "reason"),
+    "blank-reason": ({"action": "cancel", "filter": {}, "reason": " \t\n "}, "reason"),
     "no-action": ({"filter": {}}, "action"),
+    "deadline-without-extension": ({"action": "deadline", "filter": {}}, "extend_seconds"),
+    "deadline-moved-to-a-time": ({"action": "deadline", "filter": {},
+                                  "deadline": "2030-01-01T00:00:00Z"}, "deadline"),
+    "extension-for-another-action": ({"action": "pause", "filter": {}, "extend_seconds": 60},
+                                     "extend_seconds"),
+    "step-for-another-action": ({"action": "cancel", "filter": {}, "step": "charge_payment"},
+                                "step"),
 }
 
 
@@ -265,4 +277,36 @@ def test_only_an_operator_may_act_in_bulk(baton: Baton) -> None:
         assert_problem(bulk(baton, token, action="cancel"), 403)
     assert_problem(bulk(baton, None, action="cancel"), 401)
     assert_problem(bulk(baton, "not-a-token", action="cancel"), 401)
+    assert baton.state(cid) == before
+
+
+# Every single intervention, with a body it would accept but for its reason.
+INTERVENTIONS: dict[str, dict[str, Any]] = {
+    "cancel": {}, "compensate": {}, "retry": {}, "steps/charge_payment/skip": {}, "pause": {},
+    "resume": {}, "deadline": {"extend_seconds": 60}, "signals/approve": {"data": {"channel": "ops"}},
+}
+
+
+def test_a_blank_reason_is_refused_by_every_intervention(baton: Baton) -> None:
+    """The audit keeps why: blanks say nothing, so they are a 422 naming `reason`."""
+    cid = baton.start()
+    before = baton.state(cid)
+    failures = []
+    for action, body in INTERVENTIONS.items():
+        for blank in ("", " ", "\t\n  "):
+            response = baton.post(f"/v1/workflows/{cid}/{action}", {"reason": blank, **body})
+            if response.status_code != 422 or "reason" not in response.get_json()["errors"]:
+                failures.append(f"{action} {blank!r}: {response.status_code}")
+    assert failures == []
+    assert baton.state(cid) == before
+
+
+@pytest.mark.parametrize("body", [{}, {"deadline": "2030-01-01T00:00:00Z", "extend_seconds": 60}],
+                         ids=["neither", "both"])
+def test_a_single_deadline_takes_exactly_one_of_deadline_and_extend_seconds(
+        baton: Baton, body: dict[str, Any]) -> None:
+    cid = baton.start()
+    before = baton.state(cid)
+    problem = assert_problem(baton.post(f"/v1/workflows/{cid}/deadline", {"reason": "r", **body}), 422)
+    assert set(problem["errors"]) == {"deadline", "extend_seconds"}, problem
     assert baton.state(cid) == before

@@ -163,3 +163,10 @@ def test_openmetrics_when_the_scraper_asks_for_it(baton: Baton) -> None:
     assert response.status_code == 200
     assert response.content_type.startswith("application/openmetrics-text")
     assert response.get_data(as_text=True).endswith("# EOF\n")
+
+
+def test_the_openapi_document_describes_both_formats_with_no_token(baton: Baton) -> None:
+    operation = baton.http.get("/v1/openapi.json").get_json()["paths"]["/metrics"]["get"]
+    assert set(operation["responses"]["200"]["content"]) == {
+        "text/plain", "application/openmetrics-text"}
+    assert operation["security"] == [], "public, like /healthz"

@@ -238,3 +238,37 @@ def test_public_routes_answer_without_a_token(matrix: Matrix) -> None:
     for path in ("/healthz", "/readyz", "/metrics", "/v1/openapi.json"):
         assert matrix.client.get(path).status_code == 200, path
 
+
+def test_the_document_says_which_routes_need_a_token(matrix: Matrix) -> None:
+    """Every route but the library's is in the OpenAPI document; public ones override the
+    document's bearer requirement with `security: []`, the others inherit it."""
+    spec = matrix.client.get("/v1/openapi.json").get_json()
+    assert spec["security"] == [{"bearer": []}]
+    failures = []
+    for method, rule in routes(matrix.app):
+        if rule.endpoint in LIBRARY_ENDPOINTS:
+            continue
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        operation = spec["paths"].get(path, {}).get(method.lower())
+        if operation is None:
+            failures.append(f"{method} {rule.rule} is not in the document")
+        elif (operation.get("security") == []) != (declared_roles(matrix.app, rule) == ()):
+            failures.append(f"{method} {rule.rule}: security {operation.get('security')}")
+    assert not failures, "\n".join(failures)
+
+
+def test_the_document_lists_401_and_403_as_the_roles_declare(matrix: Matrix) -> None:
+    """401 wherever a token is needed; 403 only where some role may not call the route."""
+    spec = matrix.client.get("/v1/openapi.json").get_json()
+    wrong = {}
+    for method, rule in routes(matrix.app):
+        if rule.endpoint in LIBRARY_ENDPOINTS:
+            continue
+        roles = set(declared_roles(matrix.app, rule) or ())
+        path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+        responses = spec["paths"][path][method.lower()]["responses"]
+        found = {s for s in ("401", "403") if s in responses}
+        expected = ({"401"} if roles else set()) | ({"403"} if roles and roles != READERS else set())
+        if found != expected:
+            wrong[f"{method} {rule.rule}"] = (sorted(found), sorted(expected))
+    assert wrong == {}, "(documented, expected)"
