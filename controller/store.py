@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from dataclasses import asdict
+from dataclasses import fields, replace
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -142,7 +142,11 @@ def insert_workflow(conn: Connection, wf: lifecycle.Workflow, extra: dict[str, A
 
 
 def snapshot(wf: lifecycle.Workflow) -> lifecycle.Workflow:
-    return copy.deepcopy(wf)
+    """A copy to diff against after the lifecycle ran: each step and compensation copied, their
+    values shared (the lifecycle replaces a result or a payload, never changes one in place)."""
+    return replace(wf, steps={n: copy.copy(s) for n, s in wf.steps.items()},
+                   compensations={n: copy.copy(c) for n, c in wf.compensations.items()},
+                   seen=dict(wf.seen))
 
 
 def save(conn: Connection, wf: lifecycle.Workflow, before: lifecycle.Workflow) -> None:
@@ -183,9 +187,18 @@ def _diff(cid: str, current: dict[str, Any], previous: dict[str, Any], inserts: 
     for name, row in current.items():
         old = previous.get(name)
         if old is None:
-            inserts.append({"correlation_id": cid, **asdict(row)})
+            inserts.append({"correlation_id": cid, **_columns(row)})
         elif old != row:
-            updates.append({"_cid": cid, "_name": name, **asdict(row)})
+            updates.append({"_cid": cid, "_name": name, **_columns(row)})
+
+
+def _columns(row: lifecycle.Step | lifecycle.Compensation) -> dict[str, Any]:
+    """A step's or a compensation's fields as a row (not `asdict`: it deep-copies the result)."""
+    return {name: getattr(row, name) for name in _NAMES[type(row)]}
+
+
+_NAMES: dict[type, tuple[str, ...]] = {
+    cls: tuple(f.name for f in fields(cls)) for cls in (lifecycle.Step, lifecycle.Compensation)}
 
 
 @cache
