@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import structlog
 from sqlalchemy import Connection, insert
 
 from contracts.envelope import EVENT, Envelope
@@ -64,7 +65,8 @@ def intervene(services: Services, cid: str, request: Intervention, now: datetime
         result = f"applied: {before.status} -> {wf.status}"
         _audit(conn, cid, request, now, result)
         pending = outbox.enqueue(conn, services.keys, sent, now)
-    outbox.publish(services.engine, services.redis, pending, services.settings.crash_points)
+    with structlog.contextvars.bound_contextvars(correlation_id=cid):
+        outbox.publish_or_leave(services.engine, services.redis, pending, services.settings.crash_points)
     return result
 
 

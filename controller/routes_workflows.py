@@ -31,7 +31,6 @@ from controller.services import Services
 from controller.starting import StartRequest, input_errors, start_workflow
 from participants import outbox
 
-log = structlog.get_logger("baton.api")
 _FILTERS = set(ListQuery().fields)
 
 
@@ -94,12 +93,9 @@ def _start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
                        correlation_id=body.get("correlation_id"), idempotency_key=key)
     started = start_workflow(services.engine, services.catalog, services.registry, services.keys,
                              req, utcnow())
-    try:
-        outbox.publish(services.engine, services.redis, started.pending,
-                       services.settings.crash_points)
-    except Exception as exc:  # committed: the relay publishes it; the client need not wait
-        log.warning("publish after commit failed; the relay will send it", error=repr(exc)[:200],
-                    correlation_id=started.correlation_id)
+    with structlog.contextvars.bound_contextvars(correlation_id=started.correlation_id):
+        outbox.publish_or_leave(services.engine, services.redis, started.pending,
+                                services.settings.crash_points)
     body_out = started.view
     if body_out is None:  # a replay: as stored
         with services.engine.connect() as conn:

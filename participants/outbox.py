@@ -12,7 +12,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import redis
+import structlog
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from contracts.envelope import COMMAND, Envelope
 from contracts.streams import Keys
@@ -20,6 +22,7 @@ from contracts.timefmt import utcnow
 from participants.faults import crash_point
 from participants.tables import outbox
 
+log = structlog.get_logger("baton.outbox")
 
 @dataclass(frozen=True)
 class Pending:
@@ -58,6 +61,19 @@ def publish(engine: Engine, client: redis.Redis, pending: Sequence[Pending],
         if not rows:
             return  # the relay got there first
         _send(conn, client, rows, "outbox", crash_points)
+
+
+def publish_or_leave(engine: Engine, client: redis.Redis, pending: Sequence[Pending],
+                     crash_points: Collection[str] = ()) -> bool:
+    """`publish` for a caller whose change is committed and must answer now (the API): when Redis
+    or the database fails, the rows stay unsent for the relay and the caller is not failed."""
+    try:
+        publish(engine, client, pending, crash_points)
+    except (redis.RedisError, SQLAlchemyError) as exc:
+        log.warning("publish after commit failed; the relay will send it", error=repr(exc)[:200],
+                    messages=len(pending))
+        return False
+    return True
 
 
 def republish_since(engine: Engine, client: redis.Redis, since: datetime, batch: int = 1000) -> int:

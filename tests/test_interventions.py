@@ -894,3 +894,27 @@ def test_a_sweep_takes_its_due_workflows_a_chunk_to_a_transaction(baton: Baton) 
         wf = baton.workflow(cid)
         assert (wf["status"], wf["reason"]) in {("compensating", "sla_breached"),
                                                 ("compensated", "sla_breached")}, wf
+
+
+def test_an_intervention_while_redis_is_gone_answers_and_leaves_its_commands_to_the_relay(
+        baton: Baton) -> None:
+    """The change is committed with its outbox rows; a failed publish is the relay's to finish,
+    not a 500 for a change that happened."""
+    from participants import outbox
+    from tests.system import free_port
+
+    cid = build(baton, "running", ORDER)
+    live = baton.services.redis
+    baton.services.redis = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
+    try:
+        response = baton.post(f"/v1/workflows/{cid}/cancel", {"reason": "stop it"})
+    finally:
+        baton.services.redis.close()
+        baton.services.redis = live
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["status"] == "compensating"
+    stream = baton.keys.command_stream("inventory")
+    assert baton.entries(stream) == []
+    assert outbox.relay_once(baton.services.engine, live, grace=timedelta(0)) >= 1
+    [release] = [e for e in baton.entries(stream) if e["correlation_id"] == cid]
+    assert (release["type"], release["attempt"]) == ("inventory.release", 1)
