@@ -2,6 +2,11 @@
 
 The writer publishes its own rows right after its commit, so no one waits for a poll; the relay
 publishes what a crash left behind. A row may be published twice (at least once); consumers dedupe by `id`.
+
+Two ways to publish: `publish` locks the rows and marks them sent in a transaction of its own (the
+API's kickoff, the sweeper, interventions); `send` only XADDs, and the writer marks the rows sent
+later with `mark_sent`, in the transaction of its next batch (the consumers' runtime: one commit
+per batch instead of two).
 """
 
 from __future__ import annotations
@@ -76,6 +81,18 @@ def publish_or_leave(engine: Engine, client: redis.Redis, pending: Sequence[Pend
     return True
 
 
+def send(client: redis.Redis, pending: Sequence[Pending], crash_points: Collection[str] = ()) -> None:
+    """XADD the rows in one round trip, without marking them: the caller marks them with
+    `mark_sent` before the relay's grace is out (else the relay sends them again)."""
+    if pending:
+        _xadd(client, pending, "outbox", crash_points)
+
+
+def mark_sent(conn: Connection, seqs: Sequence[int]) -> None:
+    if seqs:
+        conn.execute(_MARK_SENT, {"seqs": list(seqs), "sent_at": utcnow()})
+
+
 def republish_since(engine: Engine, client: redis.Redis, since: datetime, batch: int = 1000) -> int:
     """After Redis lost its data: publish again every row sent since `since`, with the same ids."""
     published, after = 0, 0
@@ -128,13 +145,17 @@ def _send(conn: Connection, client: redis.Redis, rows: Sequence[Pending], who: s
           crash_points: Collection[str]) -> None:
     """XADD the rows in one round trip, then mark them sent in the caller's transaction; the
     crash points `<who>.before_xadd` and `<who>.after_xadd` bracket the XADD."""
+    _xadd(client, rows, who, crash_points)
+    mark_sent(conn, [p.seq for p in rows])
+
+
+def _xadd(client: redis.Redis, rows: Sequence[Pending], who: str, crash_points: Collection[str]) -> None:
     crash_point(f"{who}.before_xadd", crash_points)
     pipe = client.pipeline(transaction=False)
     for row in rows:
         pipe.xadd(row.stream, row.fields)  # type: ignore[arg-type]
     pipe.execute()
     crash_point(f"{who}.after_xadd", crash_points)
-    conn.execute(_MARK_SENT, {"seqs": [p.seq for p in rows], "sent_at": utcnow()})
 
 
 # Built once: every batch runs them.

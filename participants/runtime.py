@@ -2,7 +2,9 @@
 
 A batch read with XREADGROUP is handled in one database transaction: the processed-id rows (one
 statement), the handlers' effects and their outbox rows commit together; then the outbox is published
-and only then are the entries acknowledged. If a handler fails, that transaction is rolled back and
+and only then are the entries acknowledged. The published rows are marked sent in the next batch's
+transaction (or in one of their own before the consumer blocks on an empty stream): one commit per
+batch. If a handler fails, that transaction is rolled back and
 the batch handled again with each message in its own savepoint, so only the failing one is retried.
 Entries left pending by a dead or failing consumer are reclaimed after a visibility timeout that
 doubles with each delivery; after the last allowed delivery they go to the dead-letter stream, as do
@@ -93,6 +95,7 @@ class Runtime:
     _last_reclaim: float = 0.0
     _last_cleanup: float = 0.0
     _epoch: epoch.Watch = field(default_factory=epoch.Watch)
+    _unmarked: list[int] = field(default_factory=list)  # outbox rows published, not yet marked sent
 
     @property
     def group(self) -> str:
@@ -137,6 +140,10 @@ class Runtime:
                     raise
                 self.setup()  # a group vanished: Redis restarted empty, or someone deleted it
                 self._recover_lost_redis()
+        try:
+            self._mark_sent()
+        except (OperationalError, redis.RedisError) as exc:  # the relay sends them again: dedupe
+            log.warning("published rows left unmarked", rows=len(self._unmarked), error=str(exc)[:200])
         log.info("participant stopped", participant=self.group)
 
     def _wait_for_database(self, stop: threading.Event) -> bool:
@@ -161,7 +168,10 @@ class Runtime:
             handled += self.reclaim()
             self._last_reclaim = time.monotonic()
         began = time.monotonic()
-        entries = self._read(">", block=self.options.block_ms)
+        entries = self._read(">") if self._unmarked else []
+        if not entries:
+            self._mark_sent()  # never block with rows published but not marked
+            entries = self._read(">", block=self.options.block_ms)
         if entries and len(entries) < self.options.read_count and self.options.linger_ms:
             # Time spent blocked counts: an idle consumer handles a lone message at once, a busy
             # one lets a batch fill for up to linger_ms.
@@ -188,6 +198,7 @@ class Runtime:
         between its commit and its XADD). Rows younger than a visibility timeout are left to
         their writer; a row being published by its writer is locked and skipped."""
         grace = timedelta(seconds=self.options.visibility_timeout)
+        self._mark_sent()  # not its own rows again
         sent = outbox.relay_once(self.engine, self.client, grace=grace,
                                  crash_points=self.options.crash_points)
         if sent:
@@ -229,10 +240,17 @@ class Runtime:
         done, pending = self._handle(good)
         self._remember_failures(good)
         crash_point("runtime.before_publish", self.options.crash_points)
-        outbox.publish(self.engine, self.client, pending, self.options.crash_points)
+        outbox.send(self.client, pending, self.options.crash_points)
+        self._unmarked += [p.seq for p in pending]
         crash_point("runtime.before_ack", self.options.crash_points)
         self._ack(done)
         return len(entries)
+
+    def _mark_sent(self) -> None:
+        if self._unmarked:
+            with self.engine.begin() as conn:
+                outbox.mark_sent(conn, self._unmarked)
+            self._unmarked = []
 
     def _remember_failures(self, entries: list[_Entry]) -> None:
         failures = [(e.stream, e.entry_id, e.error) for e in entries if e.error]
@@ -293,7 +311,9 @@ class Runtime:
             return self._handle_each(entries, now)
 
     def _handle_batch(self, entries: list[_Entry], now: Any) -> tuple[list[_Entry], list[outbox.Pending]]:
+        marking = self._unmarked
         with self.engine.begin() as conn:
+            outbox.mark_sent(conn, marking)  # the previous batch's, in this batch's commit
             fresh = self._claim_all(conn, [_key(e.message) for e in entries if e.message], now)
             todo: list[Envelope] = []
             for entry in entries:
@@ -307,6 +327,7 @@ class Runtime:
                              correlation_id=entry.message.correlation_id, type=entry.message.type)
             emitted = self._dispatch_all(conn, todo, now)
             pending = outbox.enqueue(conn, self.keys, emitted, now)
+        self._unmarked = self._unmarked[len(marking):]
         return entries, pending
 
     def _dispatch_all(self, conn: Connection, todo: list[Envelope], now: Any) -> list[Envelope]:
@@ -339,7 +360,9 @@ class Runtime:
                      skip: str | None = None) -> tuple[list[_Entry], list[outbox.Pending]]:
         done: list[_Entry] = []
         emitted: list[Envelope] = []
+        marking = self._unmarked
         with self.engine.begin() as conn:
+            outbox.mark_sent(conn, marking)
             for entry in entries:
                 if entry.message is not None and _key(entry.message) == skip:
                     continue
@@ -348,6 +371,7 @@ class Runtime:
                     done.append(entry)
                     emitted += result
             pending = outbox.enqueue(conn, self.keys, emitted, now)
+        self._unmarked = self._unmarked[len(marking):]
         return done, pending
 
     def _handle_one(self, conn: Connection, entry: _Entry, now: Any) -> list[Envelope] | None:

@@ -507,15 +507,15 @@ def test_an_event_committed_but_never_published_is_published_by_the_runtime(
     (Found by the chaos run: participants' outboxes, in their own databases, had no relay.)"""
     from participants import runtime as runtime_module
 
-    real_publish = runtime_module.outbox.publish
+    real_send = runtime_module.outbox.send
     calls = itertools.count()
 
-    def publish_fails_once(*args: Any, **kwargs: Any) -> None:
+    def send_fails_once(*args: Any, **kwargs: Any) -> None:
         if next(calls) == 0:
             raise redis.ConnectionError("Redis went away after the commit")
-        real_publish(*args, **kwargs)
+        real_send(*args, **kwargs)
 
-    monkeypatch.setattr(runtime_module.outbox, "publish", publish_fails_once)
+    monkeypatch.setattr(runtime_module.outbox, "send", send_fails_once)
     rt = bench.runtime()
     placed = order()
     bench.send(placed)
@@ -733,3 +733,32 @@ def test_a_participant_killed_in_its_handler_is_reclaimed_and_charges_once(
     assert answer.correlation_id == placed.correlation_id
     assert answer.causation_id == placed.id
     assert len(charges()) == 1
+
+
+def test_published_rows_are_marked_sent_with_the_next_batch_or_before_blocking(bench: Bench) -> None:
+    """One commit per batch: what a batch published is marked sent in the next batch's
+    transaction; a consumer that finds its streams empty marks it before it blocks, so the relay
+    (which waits out a grace period) never sends it again."""
+    from sqlalchemy import select
+
+    from participants.tables import outbox
+
+    rt = bench.runtime(PATIENT)
+
+    def unmarked() -> list[str]:
+        with rt.engine.connect() as conn:
+            rows = conn.execute(select(outbox.c.message_id).where(outbox.c.sent_at.is_(None)))
+            return sorted(rows.scalars())
+
+    bench.send(order())
+    assert rt.poll() == 1
+    [charged] = [e.id for e in bench.emitted("payment.charged")]
+    assert unmarked() == [charged]  # published, not yet marked
+    assert rt.poll() == 1  # the probe's join reads that payment.charged back: a batch
+    assert unmarked() == []  # marked in that batch's commit
+    bench.send(refund_command())
+    assert rt.poll() == 1
+    [refunded] = [e.id for e in bench.emitted("payment.refunded")]
+    assert unmarked() == [refunded]
+    assert rt.poll() == 0
+    assert unmarked() == []  # marked before blocking on the empty streams
