@@ -33,7 +33,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         API_TITLE="Baton", API_VERSION="v1", OPENAPI_VERSION="3.1.0",
         OPENAPI_URL_PREFIX="/v1", OPENAPI_JSON_PATH="openapi.json",
         OPENAPI_SWAGGER_UI_PATH="docs",
-        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist/",
+        OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.17.14/",
     )
     app.extensions["baton"] = services
     app.extensions["baton_admission"] = Admission(services.redis, services.keys, settings.max_backlog)

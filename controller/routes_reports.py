@@ -19,17 +19,18 @@ from controller.services import Services
 blp = Blueprint("reports", __name__, url_prefix="/v1/reports", description="SLA reports")
 JSON, CSV, HTML = "application/json", "text/csv", "text/html"
 _TEXT = {"schema": {"type": "string"}}
+_DESCRIPTION = (
+    "Per flow, step and transition: outcomes, SLA met % and p50/p95/p99/max durations; the "
+    "breaches and the slowest workflows. `Accept: text/csv` gives one table for a spreadsheet, "
+    "`text/html` a page with charts.")
 
 
 @blp.route("/sla", methods=["GET"])
 @requires(VIEWER, OPERATOR)
 @blp.arguments(SlaQuery, location="query", unknown=RAISE)
-@blp.response(200, SlaReport, description=(
-    "Per flow, step and transition: outcomes, SLA met % and p50/p95/p99/max durations; the "
-    "breaches and the slowest workflows. `Accept: text/csv` gives one table for a spreadsheet, "
-    "`text/html` a page with charts."))
-@blp.doc(responses={"200": {"content": {JSON: {"schema": {"$ref": "#/components/schemas/SlaReport"}},
-                                         CSV: _TEXT, HTML: _TEXT}}})
+@blp.response(200, SlaReport, description=_DESCRIPTION)
+@blp.doc(responses={"200": {"description": _DESCRIPTION, "content": {
+    JSON: {"schema": {"$ref": "#/components/schemas/SlaReport"}}, CSV: _TEXT, HTML: _TEXT}}})
 @may_answer(blp, 401, 403, 406, 503)
 def sla(query: dict[str, Any]) -> Any:
     accept = request.accept_mimetypes
