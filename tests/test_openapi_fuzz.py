@@ -120,6 +120,20 @@ def test_each_operation_documents_the_problems_it_can_answer(fuzz: Fuzz) -> None
     assert not_problems == []
 
 
+def test_every_response_has_a_description(fuzz: Fuzz) -> None:
+    """OpenAPI requires one on each response object, a success as much as a problem."""
+    spec = fuzz.baton.get("/v1/openapi.json").get_json()
+    undescribed = []
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            for status, response in operation.get("responses", {}).items() if method != "parameters" else ():
+                if "$ref" in response:
+                    response = spec["components"]["responses"][response["$ref"].split("/")[-1]]
+                if not response.get("description"):
+                    undescribed.append(f"{method.upper()} {path} {status}")
+    assert undescribed == []
+
+
 def negatable(api_operation: Any) -> bool:
     """Negative mode needs something to make invalid: a parameter, a body or the bearer token
     (`/healthz` has none of them)."""
