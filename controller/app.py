@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
+
 from flask import Flask, Response, request
 
 from config.logging import configure_logging
-from config.settings import Settings, load_settings
+from config.settings import Settings, SettingsError, load_settings
+from contracts.errors import FlowDefinitionError
 from controller import (
     problems,
     routes_flows,
@@ -20,13 +23,21 @@ from controller.body_limit import BodyLimit
 from controller.services import Services, build_services
 
 _JSON_TYPES = ("application/json",)
+_APP_LOAD_ERROR = 4  # gunicorn's: its master stops instead of starting another worker
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
-    settings = settings or load_settings()
+    """With no arguments (gunicorn's `controller.app:create_app()`), from the environment: a bad
+    variable or flow file stops the worker with its message, not a traceback."""
     if services is None:
+        try:
+            settings = settings or load_settings()
+            services = build_services(settings)
+        except (SettingsError, FlowDefinitionError) as exc:
+            print(f"baton web: configuration error: {exc}", file=sys.stderr, flush=True)
+            sys.exit(_APP_LOAD_ERROR)
         configure_logging(settings, "web")
-        services = build_services(settings)
+    settings = settings or services.settings
     app = Flask("baton")
     app.config.update(
         MAX_CONTENT_LENGTH=settings.max_body_bytes,

@@ -10,6 +10,7 @@ import click
 
 from config.logging import configure_logging
 from config.settings import Settings, SettingsError, load_settings
+from contracts.errors import FlowDefinitionError
 from controller import cli_client, report_cli
 
 
@@ -22,7 +23,7 @@ def _settings(process: str) -> Settings:
     return settings
 
 
-def _configuration_error(exc: SettingsError) -> NoReturn:
+def _configuration_error(exc: SettingsError | FlowDefinitionError) -> NoReturn:
     """The variable at fault and why, without a traceback; exit status 2."""
     click.echo(f"baton: configuration error: {exc}", err=True)
     sys.exit(2)
@@ -55,7 +56,10 @@ def _controller_process(name: str, body: Callable[[Any, Any], None]) -> None:
 
     settings = _settings(name)
     stop = stop_on_signals()
-    services = build_services(settings)
+    try:
+        services = build_services(settings)
+    except FlowDefinitionError as exc:  # BATON_FLOWS_DIRS holds a flow that cannot be loaded
+        _configuration_error(exc)
     try:
         migrations.upgrade(services.engine)
         body(services, stop)

@@ -160,6 +160,31 @@ def test_baton_migrate_exits_2_naming_the_variable(tmp_path: Path, name: str, va
     assert not (tmp_path / "baton.db").exists(), "nothing was opened"
 
 
+def test_a_bad_flow_file_or_variable_stops_the_tracker_and_the_web_with_a_message(tmp_path: Path) -> None:
+    """The processes that load flows (the controller's, gunicorn's app) say what is wrong and
+    stop, without a traceback."""
+    flows = tmp_path / "flows"
+    flows.mkdir()
+    (flows / "broken.yaml").write_text("name: broken\nversion: 1\nsteps: []\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_") and k != "DATABASE_URL"}
+    root = Path(__file__).resolve().parent.parent
+    env.update({"BATON_DATA_DIR": str(tmp_path), "PYTHONPATH": str(root),
+                "BATON_FLOWS_DIRS": str(flows), "REDIS_URL": "redis://127.0.0.1:1/0"})
+    bin_dir = Path(sys.executable).parent
+    tracker = subprocess.run([str(bin_dir / "baton"), "tracker"], env=env, capture_output=True,
+                             text=True, timeout=60, check=False)
+    assert tracker.returncode == 2, (tracker.stdout, tracker.stderr)
+    assert tracker.stderr.startswith(f"baton: configuration error: flow definition {flows / 'broken.yaml'}")
+    assert "start_event" in tracker.stderr and "Traceback" not in tracker.stderr
+    env.update({"DATABASE_URL": "notaurl", "BATON_FLOWS_DIRS": ""})
+    web = subprocess.run([str(bin_dir / "gunicorn"), "--workers", "1", "--bind", "127.0.0.1:0",
+                          "controller.app:create_app()"], env=env, capture_output=True, text=True,
+                         timeout=60, check=False, cwd=root)
+    assert web.returncode != 0
+    assert "baton web: configuration error: DATABASE_URL: not a SQLAlchemy URL" in web.stderr, web.stderr
+    assert "Traceback" not in web.stderr, web.stderr
+
+
 def test_settings_are_frozen() -> None:
     settings = load_settings({})
     with pytest.raises(AttributeError):
