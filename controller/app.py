@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import sys
 
 from flask import Flask, Response, request
@@ -22,7 +21,6 @@ from controller import (
 from controller.admission import Admission
 from controller.body_limit import BodyLimit
 from controller.services import Services, build_services
-from participants import outbox
 
 _JSON_TYPES = ("application/json",)
 _APP_LOAD_ERROR = 4  # gunicorn's: its master stops instead of starting another worker
@@ -49,8 +47,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         OPENAPI_SWAGGER_UI_URL="https://cdn.jsdelivr.net/npm/swagger-ui-dist@5.17.14/",
     )
     app.extensions["baton"] = services
-    marker = app.extensions["baton_marker"] = outbox.Marker(services.engine)
-    atexit.register(marker.flush)  # what this worker published last, marked as it stops
     app.extensions["baton_admission"] = Admission(services.redis, services.keys, settings.max_backlog)
     api = problems.ProblemApi(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}]})

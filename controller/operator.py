@@ -41,10 +41,8 @@ class Intervention:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def intervene(services: Services, cid: str, request: Intervention, now: datetime,
-              marker: outbox.Marker | None = None) -> str:
-    """Apply it; returns the audit's result line. NotFound, or Conflict when it does not apply.
-    `marker`: the API's, which marks the published messages sent in the background."""
+def intervene(services: Services, cid: str, request: Intervention, now: datetime) -> str:
+    """Apply it; returns the audit's result line. NotFound, or Conflict when it does not apply."""
     with services.engine.begin() as conn:
         store.lock(conn, cid)
         wf = store.load(conn, cid)
@@ -68,8 +66,7 @@ def intervene(services: Services, cid: str, request: Intervention, now: datetime
         _audit(conn, cid, request, now, result)
         pending = outbox.enqueue(conn, services.keys, sent, now)
     with structlog.contextvars.bound_contextvars(correlation_id=cid):
-        outbox.publish_or_leave(services.engine, services.redis, pending,
-                                services.settings.crash_points, marker)
+        outbox.publish_or_leave(services.engine, services.redis, pending, services.settings.crash_points)
     return result
 
 

@@ -40,7 +40,7 @@ def _services() -> Services:
 def _apply(cid: str, action: str, reason: str, **params: Any) -> dict[str, Any]:
     services = _services()
     request = Intervention(action, current_actor().name, reason, params)
-    intervene(services, cid, request, utcnow(), current_app.extensions["baton_marker"])
+    intervene(services, cid, request, utcnow())
     with services.engine.connect() as conn:
         return views.workflow(conn, services.catalog, cid)
 
@@ -169,7 +169,7 @@ def _bulk(body: dict[str, Any]) -> dict[str, Any]:
     for cid in matched:
         try:
             request = Intervention(body["action"], current_actor().name, body["reason"], params)
-            detail = intervene(services, cid, request, utcnow(), current_app.extensions["baton_marker"])
+            detail = intervene(services, cid, request, utcnow())
             results.append({"correlation_id": cid, "status": 200, "detail": detail})
         except ControllerError as exc:
             results.append({"correlation_id": cid, "status": exc.status, "detail": exc.detail})

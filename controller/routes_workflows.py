@@ -95,7 +95,7 @@ def _start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
                              req, utcnow())
     with structlog.contextvars.bound_contextvars(correlation_id=started.correlation_id):
         outbox.publish_or_leave(services.engine, services.redis, started.pending,
-                                services.settings.crash_points, current_app.extensions["baton_marker"])
+                                services.settings.crash_points)
     body_out = started.view
     if body_out is None:  # a replay: as stored
         with services.engine.connect() as conn:

@@ -11,8 +11,6 @@ per batch instead of two).
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -71,16 +69,11 @@ def publish(engine: Engine, client: redis.Redis, pending: Sequence[Pending],
 
 
 def publish_or_leave(engine: Engine, client: redis.Redis, pending: Sequence[Pending],
-                     crash_points: Collection[str] = (), marker: Marker | None = None) -> bool:
+                     crash_points: Collection[str] = ()) -> bool:
     """`publish` for a caller whose change is committed and must answer now (the API): when Redis
-    or the database fails, the rows stay unsent for the relay and the caller is not failed. With
-    a `marker`, the rows are XADDed at once and marked sent by it, in the background."""
+    or the database fails, the rows stay unsent for the relay and the caller is not failed."""
     try:
-        if marker is None:
-            publish(engine, client, pending, crash_points)
-        else:
-            send(client, pending, crash_points)
-            marker.add(p.seq for p in pending)
+        publish(engine, client, pending, crash_points)
     except (redis.RedisError, SQLAlchemyError) as exc:
         log.warning("publish after commit failed; the relay will send it", error=repr(exc)[:200],
                     messages=len(pending))
@@ -98,48 +91,6 @@ def send(client: redis.Redis, pending: Sequence[Pending], crash_points: Collecti
 def mark_sent(conn: Connection, seqs: Sequence[int]) -> None:
     if seqs:
         conn.execute(_MARK_SENT, {"seqs": list(seqs), "sent_at": utcnow()})
-
-
-class Marker:
-    """Marks published rows sent in the background: every `interval` seconds, one transaction for
-    all that its callers published since, instead of one per publish (the API's requests). Its
-    thread runs while there is something to mark; a row it has not marked yet when the relay's
-    grace runs out (a crash) is sent again, with the same id."""
-
-    def __init__(self, engine: Engine, interval: float = 0.2) -> None:
-        self.engine, self.interval = engine, interval
-        self._lock = threading.Lock()
-        self._seqs: list[int] = []
-        self._thread: threading.Thread | None = None
-
-    def add(self, seqs: Iterable[int]) -> None:
-        with self._lock:
-            self._seqs.extend(seqs)
-            if self._seqs and self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="outbox-marker", daemon=True)
-                self._thread.start()
-
-    def flush(self) -> None:
-        with self._lock:
-            seqs, self._seqs = self._seqs, []
-        if not seqs:
-            return
-        try:
-            with self.engine.begin() as conn:
-                mark_sent(conn, seqs)
-        except SQLAlchemyError as exc:  # again at the next tick; the relay may send them first
-            log.warning("could not mark published rows sent", error=repr(exc)[:200], rows=len(seqs))
-            with self._lock:
-                self._seqs[:0] = seqs
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.interval)
-            self.flush()
-            with self._lock:
-                if not self._seqs:
-                    self._thread = None
-                    return
 
 
 def republish_since(engine: Engine, client: redis.Redis, since: datetime, batch: int = 1000) -> int:

@@ -101,27 +101,6 @@ def test_publish_sends_what_was_enqueued_and_marks_it_sent(bench: Bench) -> None
     assert len(bench.entries(bench.keys.event_stream("order.placed"))) == 1
 
 
-def test_a_marker_marks_what_was_sent_in_the_background(bench: Bench) -> None:
-    """The API's way: XADD at once, the rows marked sent by a background thread, one
-    transaction per tick for every request's rows; the relay finds nothing to send again."""
-    marker = outbox.Marker(bench.engine, interval=0.05)
-    first, second = placed(), placed()
-    for message in (first, second):  # two requests
-        assert outbox.publish_or_leave(bench.engine, bench.client, bench.enqueue([message]),
-                                       marker=marker)
-    stream = bench.keys.event_stream("order.placed")
-    assert [e["id"] for e in bench.entries(stream)] == [first.id, second.id]  # sent at once
-    wait_for(lambda: all(r.sent_at is not None for r in bench.rows()), 10, "the marker")
-    assert outbox.relay_once(bench.engine, bench.client, grace=timedelta(0)) == 0
-    third = placed()
-    pending = bench.enqueue([third])
-    outbox.send(bench.client, pending)
-    marker.add(p.seq for p in pending)
-    marker.flush()  # what a stopping worker does (atexit)
-    assert all(r.sent_at is not None for r in bench.rows())
-    assert len(bench.entries(stream)) == 3
-
-
 def test_a_rolled_back_transaction_enqueues_nothing(bench: Bench) -> None:
     with pytest.raises(RuntimeError), bench.engine.begin() as conn:
         outbox.enqueue(conn, bench.keys, [placed()], utcnow())
