@@ -278,6 +278,9 @@ def explain(engine: Engine, statement: str, parameters: Any) -> tuple[str, float
 RESET = [  # undo what the sweeps did (they change nothing else), so that the same 1,000 are due again
     "DELETE FROM workflow_compensations",
     "DELETE FROM workflow_messages WHERE kind = 'command'",
+    # the report's facts of those commands' transitions (the workflows' own facts are upserted)
+    "DELETE FROM report_facts WHERE kind = 't' AND to_type IN "
+    "('inventory.release', 'payment.refund', 'shipment.cancel')",
     "DELETE FROM baton_outbox",
     "UPDATE workflows SET status = 'running', reason = NULL, next_due_at = (SELECT s.deadline "
     "FROM workflow_steps s WHERE s.correlation_id = workflows.correlation_id "
