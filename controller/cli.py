@@ -53,6 +53,7 @@ def _controller_process(name: str, body: Callable[[Any, Any], None]) -> None:
     from controller import migrate as migrations
     from controller.services import build_services
     from participants.service import stop_on_signals
+    from participants.startup import until_reachable
 
     settings = _settings(name)
     stop = stop_on_signals()
@@ -61,8 +62,8 @@ def _controller_process(name: str, body: Callable[[Any, Any], None]) -> None:
     except FlowDefinitionError as exc:  # BATON_FLOWS_DIRS holds a flow that cannot be loaded
         _configuration_error(exc)
     try:
-        migrations.upgrade(services.engine)
-        body(services, stop)
+        if until_reachable(lambda: migrations.upgrade(services.engine), stop, "the database"):
+            body(services, stop)
     finally:
         services.close()
 

@@ -41,6 +41,7 @@ from participants import deadletter, epoch, joins, outbox
 from participants.db import create_tables
 from participants.faults import crash_point
 from participants.participant import Context, Participant
+from participants.startup import until_reachable
 from participants.tables import metadata as runtime_metadata
 from participants.tables import processed
 
@@ -116,9 +117,8 @@ class Runtime:
                     raise
 
     def run(self, stop: threading.Event) -> None:
-        self.setup()
-        self._epoch.changed(self.client, self.keys)  # remember the epoch this process starts in
-        self._process(self._read("0"))  # what this consumer name left pending, if anything
+        if not until_reachable(self._start, stop, "the database and Redis"):
+            return
         log.info("participant started", participant=self.group, consumer=self.consumer)
         resume = False
         while not stop.is_set():
@@ -145,6 +145,11 @@ class Runtime:
         except (OperationalError, redis.RedisError) as exc:  # the relay sends them again: dedupe
             log.warning("published rows left unmarked", rows=len(self._unmarked), error=str(exc)[:200])
         log.info("participant stopped", participant=self.group)
+
+    def _start(self) -> None:
+        self.setup()
+        self._epoch.changed(self.client, self.keys)  # remember the epoch this process starts in
+        self._process(self._read("0"))  # what this consumer name left pending, if anything
 
     def _wait_for_database(self, stop: threading.Event) -> bool:
         """Block until a trivial query succeeds (True) or `stop` is set (False)."""
