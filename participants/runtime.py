@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
 
@@ -191,12 +191,16 @@ class Runtime:
             cutoff = utcnow() - timedelta(seconds=self.options.redrive_window)
             outbox.delete_sent_before(self.engine, cutoff)
             self._last_cleanup = time.monotonic()
-        if not self._epoch.changed(self.client, self.keys):
-            return
-        self.setup()
-        since = utcnow() - timedelta(seconds=self.options.redrive_window)
-        count = outbox.republish_since(self.engine, self.client, since)
-        log.warning("Redis lost its data: groups re-created, outbox re-published", messages=count)
+        change = self._epoch.changed(self.client, self.keys)
+        if change == epoch.RESTARTED:  # from its AOF: the last writes before it stopped may be gone
+            since = datetime.fromtimestamp(self._epoch.at_risk_since, UTC)
+            count = outbox.republish_since(self.engine, self.client, since)
+            log.warning("Redis restarted: outbox rows of the last moments re-published", messages=count)
+        elif change == epoch.LOST:
+            self.setup()
+            since = utcnow() - timedelta(seconds=self.options.redrive_window)
+            count = outbox.republish_since(self.engine, self.client, since)
+            log.warning("Redis lost its data: groups re-created, outbox re-published", messages=count)
 
     def _relay_outbox(self) -> None:
         """Publish what this participant committed but never sent (killed, or Redis went away,

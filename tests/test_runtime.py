@@ -762,3 +762,42 @@ def test_published_rows_are_marked_sent_with_the_next_batch_or_before_blocking(b
     assert unmarked() == [refunded]
     assert rt.poll() == 0
     assert unmarked() == []  # marked before blocking on the empty streams
+
+
+def test_after_redis_restarts_from_its_aof_the_last_moments_are_published_again(
+        database_url: str, tmp_path: Path) -> None:
+    """With `appendfsync everysec`, a Redis that crashes loses the last second of writes, and the
+    epoch marker, being older, survives: the restart itself (a new run id) is the sign. The
+    runtime publishes again what it sent just before, with the same ids. The lost write is
+    simulated by deleting the entry before a clean restart on the same files."""
+    from urllib.parse import urlparse
+
+    from config.redis_server import start_server, stop_server
+
+    binary = os.environ.get("BATON_TEST_REDIS_SERVER")
+    data = tmp_path / "redis"
+    url = start_server(data, appendonly=True, binary=binary)
+    port = urlparse(url).port
+    client = redis.Redis.from_url(url)
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    bench = Bench(database_url, url, client, keys, Probe())
+    try:
+        rt = bench.runtime()
+        bench.send(order())
+        drain(rt)
+        [charged] = bench.entries(keys.event_stream("payment.charged"))
+        client.xdel(keys.event_stream("payment.charged"), charged[0])  # the write the crash lost
+        client.close()
+        stop_server(data)
+        start_server(data, port=port, appendonly=True, binary=binary)
+        time.sleep(FAST.visibility_timeout)  # the check runs every half visibility timeout
+        poll_until(rt, lambda: len(bench.entries(keys.event_stream("payment.charged"))) == 1,
+                   what="the lost event published again")
+        [again] = bench.entries(keys.event_stream("payment.charged"))
+        assert again[1]["id"] == charged[1]["id"]
+        assert bench.entries(keys.event_stream("order.placed"))  # the rest of the data survived
+    finally:
+        client.close()
+        for engine in bench.engines:
+            engine.dispose()
+        stop_server(data)
