@@ -13,7 +13,7 @@ import orjson
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates_schema
 
 from contracts.errors import InvalidMessage
-from contracts.timefmt import format_ts, parse_ts, utcnow
+from contracts.timefmt import Timestamp, format_ts, utcnow
 
 TYPE_PATTERN = r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+\Z"
 NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,63}\Z"
@@ -103,18 +103,6 @@ def new_command(
     )
 
 
-class _Timestamp(fields.Field):
-    """RFC 3339 with an explicit offset, normalised to UTC."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
-        if not isinstance(value, str):
-            raise ValidationError("must be an RFC 3339 timestamp string")
-        try:
-            return parse_ts(value)
-        except ValueError as exc:
-            raise ValidationError(f"not an RFC 3339 UTC timestamp: {exc}") from exc
-
-
 class _JsonObject(fields.Field):
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> dict:
         if not isinstance(value, str):
@@ -157,13 +145,13 @@ class EnvelopeSchema(Schema):
     version = _IntString(required=True)
     correlation_id = fields.Str(required=True, validate=validate.Regexp(CORRELATION_PATTERN))
     causation_id = fields.Str(required=True, validate=validate.Length(min=1, max=128))
-    occurred_at = _Timestamp(required=True)
+    occurred_at = Timestamp(required=True)
     source = fields.Str(required=True, validate=validate.Length(min=1, max=64))
     data = _JsonObject(required=True)
     traceparent = fields.Str(load_default=None, validate=validate.Length(max=256))
     target = fields.Str(load_default=None, validate=validate.Regexp(NAME_PATTERN))
     attempt = _IntString(load_default=None)
-    deadline = _Timestamp(load_default=None)
+    deadline = Timestamp(load_default=None)
 
     @validates_schema
     def _command_fields(self, data: dict[str, Any], **kwargs: Any) -> None:

@@ -68,6 +68,11 @@ def _attributes(pairs: tuple[str, ...]) -> dict[str, str]:
     return found
 
 
+def _given(filters: dict[str, Any]) -> dict[str, Any]:
+    """The filter options given, named as the API names them (`reason_` is `reason`)."""
+    return {("reason" if k == "reason_" else k): v for k, v in filters.items() if v not in (None, False)}
+
+
 def _table(rows: list[list[Any]], headers: list[str]) -> None:
     cells = [headers, *[["" if c is None else str(c) for c in r] for r in rows]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
@@ -128,9 +133,7 @@ def start(flow: str, input_: str, sla_seconds: int | None, correlation_id: str |
 @as_json
 def list_(attr: tuple[str, ...], json_out: bool, **filters: Any) -> None:
     """List workflows, newest first."""
-    params = {k: v for k, v in filters.items() if v not in (None, False)}
-    params = {("reason" if k == "reason_" else k): v for k, v in params.items()}
-    params.update(_attributes(attr))
+    params = {**_given(filters), **_attributes(attr)}
     with api() as client:
         page = client.json("GET", "/v1/workflows", params=params)
 
@@ -287,8 +290,7 @@ def bulk(action: str, reason: str, attr: tuple[str, ...], limit: int, extend: in
          step: str | None, dry_run: bool, json_out: bool, **filters: Any) -> None:
     """One intervention (ACTION) on every workflow matching the filters, newest first, at most
     --limit of them."""
-    chosen = {("reason" if k == "reason_" else k): v for k, v in filters.items()
-              if v not in (None, False)}
+    chosen: dict[str, Any] = _given(filters)
     if attr:
         chosen["attributes"] = _attributes(attr)
     body: dict[str, Any] = {"action": action, "reason": reason, "limit": limit, "dry_run": dry_run,
@@ -322,7 +324,6 @@ def flows(name: str | None, json_out: bool) -> None:
             _table([[f["name"], f["version"], f["start_event"], len(f["steps"])] for f in d["items"]],
                    ["flow", "version", "start event", "steps"])
     _emit(data, json_out, human)
-
 
 
 @click.command()

@@ -154,12 +154,7 @@ def _audit(query: dict[str, Any], cid: str) -> dict[str, Any]:
 
 def _bulk(body: dict[str, Any]) -> dict[str, Any]:
     services, f = _services(), body["filter"]
-    filters = views.Filters(
-        flow=f.get("flow"), status=f.get("status"), reason=f.get("reason"),
-        started_after=f.get("started_after"), started_before=f.get("started_before"),
-        overdue=bool(f.get("overdue")), stalled_step=f.get("stalled_step"),
-        attributes=tuple(sorted((f.get("attributes") or {}).items())),
-    )
+    filters = views.Filters.of(f, f.get("attributes") or {})
     with services.engine.connect() as conn:
         matched = views.matching(conn, filters, body["limit"], utcnow())
     if body["dry_run"]:

@@ -108,12 +108,7 @@ def _list(query: dict[str, Any]) -> dict[str, Any]:
     """Whatever in `query` is not a filter is a search attribute (the schema let only those in)."""
     services, actor = _services(), current_actor()
     attributes = {k: v for k, v in query.items() if k not in _FILTERS}
-    filters = views.Filters(
-        flow=query.get("flow"), status=query.get("status"), reason=query.get("reason"),
-        started_after=query.get("started_after"), started_before=query.get("started_before"),
-        overdue=bool(query.get("overdue")), attributes=tuple(sorted(attributes.items())),
-        started_by=actor.name if actor.only_own else None, stalled_step=query.get("stalled_step"),
-    )
+    filters = views.Filters.of(query, attributes, actor.name if actor.only_own else None)
     with services.engine.connect() as conn:
         return views.list_workflows(conn, services.catalog, filters, query["limit"],
                                     query.get("cursor"), utcnow())

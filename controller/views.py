@@ -112,6 +112,17 @@ class Filters:
     started_by: str | None = None
     stalled_step: str | None = None  # that step active past its deadline
 
+    @classmethod
+    def of(cls, given: dict[str, Any], attributes: dict[str, str],
+           started_by: str | None = None) -> Filters:
+        """From a validated filter (a listing's query, a bulk action's `filter`)."""
+        return cls(
+            flow=given.get("flow"), status=given.get("status"), reason=given.get("reason"),
+            started_after=given.get("started_after"), started_before=given.get("started_before"),
+            overdue=bool(given.get("overdue")), stalled_step=given.get("stalled_step"),
+            attributes=tuple(sorted(attributes.items())), started_by=started_by,
+        )
+
 
 def matching(conn: Connection, filters: Filters, limit: int, now: datetime) -> list[str]:
     """Correlation IDs matching `filters`, newest first: what a bulk action touches."""

@@ -29,6 +29,7 @@ from participants.tables import outbox
 
 log = structlog.get_logger("baton.outbox")
 
+
 @dataclass(frozen=True)
 class Pending:
     seq: int
@@ -69,7 +70,7 @@ def publish(engine: Engine, client: redis.Redis, pending: Sequence[Pending],
 
 
 def publish_or_leave(engine: Engine, client: redis.Redis, pending: Sequence[Pending],
-                     crash_points: Collection[str] = ()) -> bool:
+                     crash_points: Collection[str] = ()) -> None:
     """`publish` for a caller whose change is committed and must answer now (the API): when Redis
     or the database fails, the rows stay unsent for the relay and the caller is not failed."""
     try:
@@ -77,8 +78,6 @@ def publish_or_leave(engine: Engine, client: redis.Redis, pending: Sequence[Pend
     except (redis.RedisError, SQLAlchemyError) as exc:
         log.warning("publish after commit failed; the relay will send it", error=repr(exc)[:200],
                     messages=len(pending))
-        return False
-    return True
 
 
 def send(client: redis.Redis, pending: Sequence[Pending], crash_points: Collection[str] = ()) -> None:

@@ -142,7 +142,7 @@ class Runtime:
                 self._recover_lost_redis()
         try:
             self._mark_sent()
-        except (OperationalError, redis.RedisError) as exc:  # the relay sends them again: dedupe
+        except OperationalError as exc:  # the relay sends them again: consumers dedupe
             log.warning("published rows left unmarked", rows=len(self._unmarked), error=str(exc)[:200])
         log.info("participant stopped", participant=self.group)
 
@@ -320,9 +320,8 @@ class Runtime:
             return self._handle_each(entries, now)
 
     def _handle_batch(self, entries: list[_Entry], now: Any) -> tuple[list[_Entry], list[outbox.Pending]]:
-        marking = self._unmarked
         with self.engine.begin() as conn:
-            outbox.mark_sent(conn, marking)  # the previous batch's, in this batch's commit
+            outbox.mark_sent(conn, self._unmarked)  # the previous batch's, in this batch's commit
             fresh = self._claim_all(conn, [_key(e.message) for e in entries if e.message], now)
             todo: list[Envelope] = []
             for entry in entries:
@@ -336,7 +335,7 @@ class Runtime:
                              correlation_id=entry.message.correlation_id, type=entry.message.type)
             emitted = self._dispatch_all(conn, todo, now)
             pending = outbox.enqueue(conn, self.keys, emitted, now)
-        self._unmarked = self._unmarked[len(marking):]
+        self._unmarked = []
         return entries, pending
 
     def _dispatch_all(self, conn: Connection, todo: list[Envelope], now: Any) -> list[Envelope]:
@@ -369,9 +368,8 @@ class Runtime:
                      skip: str | None = None) -> tuple[list[_Entry], list[outbox.Pending]]:
         done: list[_Entry] = []
         emitted: list[Envelope] = []
-        marking = self._unmarked
         with self.engine.begin() as conn:
-            outbox.mark_sent(conn, marking)
+            outbox.mark_sent(conn, self._unmarked)
             for entry in entries:
                 if entry.message is not None and _key(entry.message) == skip:
                     continue
@@ -380,7 +378,7 @@ class Runtime:
                     done.append(entry)
                     emitted += result
             pending = outbox.enqueue(conn, self.keys, emitted, now)
-        self._unmarked = self._unmarked[len(marking):]
+        self._unmarked = []
         return done, pending
 
     def _handle_one(self, conn: Connection, entry: _Entry, now: Any) -> list[Envelope] | None:
