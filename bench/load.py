@@ -114,9 +114,11 @@ def _kick_one(kick: Kick, phase: Phase, cid: str) -> bool:
 
 
 def closed_loop(kick: Kick, watcher: Watcher, new_cid: Callable[[], str], *, window: int, threads: int,
-                warmup: float, duration: float, on_window: Callable[[str], None]) -> Phase:
-    """Keep `window` workflows in flight for warmup + duration seconds; on_window("start"/"end")
-    brackets the measured part (CPU sampling)."""
+                warmup: float, duration: float, on_window: Callable[[str], None],
+                workflows: int = 0) -> Phase:
+    """Keep `window` workflows in flight for warmup + duration seconds, or until `workflows` have
+    finished in the measured part when it is given (a soak); on_window("start"/"end") brackets
+    the measured part (CPU sampling)."""
     phase = Phase("closed")
     slots = threading.Semaphore(window)
     watcher.on_finish = slots.release
@@ -138,7 +140,12 @@ def closed_loop(kick: Kick, watcher: Watcher, new_cid: Callable[[], str], *, win
     time.sleep(warmup)
     phase.t0 = time.perf_counter()
     on_window("start")
-    time.sleep(duration)
+    done_at_start = len(watcher.done)
+    deadline = phase.t0 + duration
+    while time.perf_counter() < deadline:
+        if workflows and len(watcher.done) - done_at_start >= workflows:
+            break
+        time.sleep(min(1.0, max(0.0, deadline - time.perf_counter())))
     phase.t1 = time.perf_counter()
     on_window("end")
     stop.set()

@@ -85,6 +85,7 @@ class Settings:
     baton_env: tuple[tuple[str, str], ...] = ()
     prefill: int = 0  # finished workflows put in Baton's PostgreSQL database before the run
     rss_every: float = 0.0  # closed loop: sample each process kind's RSS this often (a soak)
+    workflows: int = 0  # closed loop: stop once this many have finished (a soak; --seconds bounds it)
 
 
 # -- scenarios -------------------------------------------------------------------------------
@@ -580,7 +581,8 @@ def run_scenario(name: str, servers: Servers, cfg: Settings, with_open: bool) ->
 
             if mode == "closed":
                 phase = closed_loop(sc.kick, watcher, new_cid, window=cfg.window, threads=sc.kick_threads,
-                                    warmup=cfg.warmup, duration=cfg.closed_seconds, on_window=on_window)
+                                    warmup=cfg.warmup, duration=cfg.closed_seconds, on_window=on_window,
+                                    workflows=cfg.workflows)
             else:
                 assert rate is not None
                 phase = open_loop(sc.kick, watcher, new_cid, rate=rate, threads=max(16, sc.kick_threads),
@@ -836,6 +838,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="closed loop: sample each process kind's RSS this often (a soak)")
     parser.add_argument("--prefill", type=int, default=0, metavar="N",
                         help="baton-pg: N finished workflows in the database before the run")
+    parser.add_argument("--workflows", type=int, default=0, metavar="N",
+                        help="closed loop: stop once N workflows have finished (a soak; --seconds bounds it)")
     parser.add_argument("--pg-fast", action="store_true", help="PostgreSQL with fsync off (not durable)")
     args = parser.parse_args(argv)
     if args.show:
@@ -862,7 +866,7 @@ def main(argv: list[str] | None = None) -> int:
         rate=args.rate, window=args.window, drain_timeout=6.0 if args.quick else 60.0,
         profile_dir=args.profile, profile_mode=args.profile_mode,
         baton_env=tuple((kv.split("=", 1)[0], kv.split("=", 1)[-1]) for kv in args.baton_env),
-        prefill=args.prefill, rss_every=args.rss_every,
+        prefill=args.prefill, rss_every=args.rss_every, workflows=args.workflows,
     )
     t0 = time.monotonic()
     global _SERVERS
@@ -885,7 +889,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"baton_env": dict(cfg.baton_env), "closed_s": cfg.closed_seconds,
                      "open_s": cfg.open_seconds, "rate": cfg.rate,
                      "window": cfg.window, "warmup_s": cfg.warmup, "pg_durable": not args.pg_fast,
-                     "prefill": cfg.prefill},
+                     "prefill": cfg.prefill, "workflows": cfg.workflows},
         "machine": info, "results": results, "elapsed_s": round(time.monotonic() - t0, 1),
     }
     path = args.json or ROOT / "bench" / "results" / f"throughput-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
