@@ -19,12 +19,12 @@ def arrive(conn: Connection, consumer: str, join_name: str, types: tuple[str, ..
            message: Envelope) -> dict[str, Envelope] | None:
     """Record `message`; return the complete set the first time it is complete, else None.
 
-    The state row is locked first (FOR UPDATE on PostgreSQL; SQLite's write lock is database-wide),
-    so two consumers receiving the two halves at once cannot both miss, or both see, the whole.
+    The state row is created or locked first, in one statement (an upsert that rewrites nothing
+    locks the row on PostgreSQL; SQLite's write lock is database-wide), so two consumers receiving
+    the two halves at once cannot both miss, or both see, the whole.
     """
     key = {"consumer": consumer, "join_name": join_name, "correlation_id": message.correlation_id}
-    conn.execute(_insert_state(conn.dialect.name), key)
-    fired = conn.execute(_FIRED, _where(key)).scalar_one()
+    fired = conn.execute(_lock_state(conn.dialect.name), key).scalar_one()
     arrived = {r.message_type: decode_fields(_loads(r.envelope)) for r in conn.execute(_ARRIVED, _where(key))}
     if message.type not in arrived:
         encoded = orjson.dumps(message.to_fields()).decode()
@@ -38,8 +38,14 @@ def arrive(conn: Connection, consumer: str, join_name: str, types: tuple[str, ..
 
 # Built once: every arrival runs them.
 @cache
-def _insert_state(dialect: str) -> Any:
-    return (pg_insert if dialect == "postgresql" else sqlite_insert)(join_state).on_conflict_do_nothing()
+def _lock_state(dialect: str) -> Any:
+    """Insert the state row, or touch the one there (keeping its `fired_at`): either way it is
+    locked, and its `fired_at` returned."""
+    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(join_state)
+    return stmt.on_conflict_do_update(
+        index_elements=[join_state.c.consumer, join_state.c.join_name, join_state.c.correlation_id],
+        set_={"fired_at": join_state.c.fired_at},
+    ).returning(join_state.c.fired_at)
 
 
 def _where(key: dict[str, str]) -> dict[str, str]:
@@ -50,7 +56,6 @@ def _matches(table: Table) -> list[Any]:
     return [table.c[k] == bindparam(f"w_{k}") for k in ("consumer", "join_name", "correlation_id")]
 
 
-_FIRED = select(join_state.c.fired_at).where(*_matches(join_state)).with_for_update()
 _ARRIVED = select(join_arrival.c.message_type, join_arrival.c.envelope).where(*_matches(join_arrival))
 _INSERT_ARRIVAL = insert(join_arrival)
 _FIRE = update(join_state).where(*_matches(join_state))
