@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from prometheus_client.parser import text_string_to_metric_families
 
 from config.settings import SettingsError, load_settings
 from contracts.api import BULK_ACTIONS
@@ -348,6 +347,8 @@ def ready(json_out: bool) -> None:
 def metrics(json_out: bool) -> None:
     """The Prometheus metrics (`GET /metrics`) as exposition text; with --json, a list of
     families, each with its name, type, help and samples. No token needed."""
+    from prometheus_client.parser import text_string_to_metric_families  # only this command
+
     with api() as client:
         text = client.call("GET", "/metrics").text
     if not json_out:

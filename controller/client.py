@@ -4,9 +4,10 @@ and HTTP errors translated into ClientError carrying the problem document."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import requests
+if TYPE_CHECKING:
+    import requests
 
 TIMEOUT = 15.0
 PAGE_SIZE = 1000  # the most a collection answers per request
@@ -25,6 +26,10 @@ class ClientError(Exception):
 
 class ApiClient:
     def __init__(self, base_url: str, token: str | None) -> None:
+        # Imported here: every process loads this module with the `baton` command, and only the
+        # client commands need requests (a sixth of a process's start).
+        import requests
+
         self.base = base_url.rstrip("/")
         self.session = requests.Session()
         if token:
@@ -35,6 +40,8 @@ class ApiClient:
 
     def call(self, method: str, path: str, *, json: Any = None, params: Any = None,
              headers: dict[str, str] | None = None) -> requests.Response:
+        import requests
+
         try:
             response = self.session.request(method, f"{self.base}{path}", json=json, params=params,
                                             headers=headers, timeout=TIMEOUT)
