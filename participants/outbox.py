@@ -3,10 +3,10 @@
 The writer publishes its own rows right after its commit, so no one waits for a poll; the relay
 publishes what a crash left behind. A row may be published twice (at least once); consumers dedupe by `id`.
 
-Two ways to publish: `publish` locks the rows and marks them sent in a transaction of its own (the
-API's kickoff, the sweeper, interventions); `send` only XADDs, and the writer marks the rows sent
-later with `mark_sent`, in the transaction of its next batch (the consumers' runtime: one commit
-per batch instead of two).
+Two ways to publish: `publish` claims the rows (marks them sent, which locks them) and XADDs them
+in a transaction of its own (the API's kickoff, the sweeper, interventions); `send` only XADDs,
+and the writer marks the rows sent later with `mark_sent`, in the transaction of its next batch
+(the consumers' runtime: one commit per batch instead of two).
 """
 
 from __future__ import annotations
@@ -56,17 +56,17 @@ def enqueue(conn: Connection, keys: Keys, envelopes: Iterable[Envelope], now: da
 
 def publish(engine: Engine, client: redis.Redis, pending: Sequence[Pending],
             crash_points: Collection[str] = ()) -> None:
-    """XADD the rows in one round trip and mark them sent, holding their locks meanwhile: a
-    relay skips locked rows and sent ones, so a slow writer's rows are never published twice."""
+    """Claim the rows still unsent (one UPDATE … RETURNING, whose row locks the relay skips) and
+    XADD them in one round trip before the commit: a slow writer's rows are never published
+    twice, and a crash before the commit leaves them unsent for the relay. A row the relay holds
+    is waited for, then found sent."""
     if not pending:
         return
     with engine.begin() as conn:
-        query = _MINE_PG if engine.dialect.name == "postgresql" else _MINE
-        mine = set(conn.execute(query, {"seqs": [p.seq for p in pending]}).scalars())
+        mine = set(conn.execute(_CLAIM, {"seqs": [p.seq for p in pending], "now": utcnow()}).scalars())
         rows = [p for p in pending if p.seq in mine]
-        if not rows:
-            return  # the relay got there first
-        _send(conn, client, rows, "outbox", crash_points)
+        if rows:  # else the relay got there first
+            _xadd(client, rows, "outbox", crash_points)
 
 
 def publish_or_leave(engine: Engine, client: redis.Redis, pending: Sequence[Pending],
@@ -159,7 +159,7 @@ def _xadd(client: redis.Redis, rows: Sequence[Pending], who: str, crash_points: 
 
 # Built once: every batch runs them.
 _ENQUEUE = insert(outbox).returning(outbox.c.seq, sort_by_parameter_order=True)
-_MINE = select(outbox.c.seq).where(outbox.c.seq.in_(bindparam("seqs", expanding=True)),
-                                   outbox.c.sent_at.is_(None))
-_MINE_PG = _MINE.with_for_update(skip_locked=True)  # a relay holding a row: it publishes it
+_CLAIM = (update(outbox)
+          .where(outbox.c.seq.in_(bindparam("seqs", expanding=True)), outbox.c.sent_at.is_(None))
+          .values(sent_at=bindparam("now")).returning(outbox.c.seq))
 _MARK_SENT = update(outbox).where(outbox.c.seq.in_(bindparam("seqs", expanding=True)))
