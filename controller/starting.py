@@ -69,11 +69,13 @@ def _start(conn: Connection, flow: Flow, registry: Registry, keys: Keys, request
     if replay:
         return replay
     cid = request.correlation_id or str(uuid.uuid4())
-    store.lock(conn, cid)  # an ID taken already fails the insert below: IntegrityError
+    early: list[Envelope] = []
+    if request.correlation_id:  # a new UUID names nothing yet: no early message, no one to wait for
+        store.lock(conn, cid)  # an ID taken already fails the insert below: IntegrityError
+        early = store.early_messages(conn, cid)
     start_event = new_event(flow.start_event, data, correlation_id=cid, source=CONTROLLER,
                             version=registry.latest(flow.start_event))
     wf, changes = lifecycle.start(flow, cid, start_event.id, data, now, request.sla_seconds)
-    early = store.early_messages(conn, cid)
     for message in early:
         changes += lifecycle.on_message(flow, wf, message.type, message.id, message.data, now)
     store.insert_workflow(conn, wf, {
