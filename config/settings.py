@@ -54,6 +54,7 @@ class Settings:
     relay_interval: float = 1.0
     sweep_interval: float = 1.0
     redrive_window: float = 3600.0
+    stream_retention: float = 3600.0  # an event stream no consumer group reads keeps this much
     max_body_bytes: int = 1_048_576
     max_backlog: int = 2_000  # kickoffs answer 429 while a consumer group is further behind
     alert_webhook: str | None = None
@@ -121,6 +122,7 @@ _VARIABLES: dict[str, tuple[str, fields.Field]] = {
     "BATON_RELAY_INTERVAL": ("relay_interval", fields.Float(validate=validate.Range(min=0.01))),
     "BATON_SWEEP_INTERVAL": ("sweep_interval", fields.Float(validate=validate.Range(min=0.01))),
     "BATON_REDRIVE_WINDOW": ("redrive_window", fields.Float(validate=validate.Range(min=1))),
+    "BATON_STREAM_RETENTION": ("stream_retention", fields.Float(validate=validate.Range(min=1))),
     "BATON_MAX_BODY_BYTES": ("max_body_bytes", fields.Int(validate=validate.Range(min=1024))),
     "BATON_MAX_BACKLOG": ("max_backlog", fields.Int(validate=validate.Range(min=1))),
     "BATON_ALERT_WEBHOOK": ("alert_webhook", fields.Url(require_tld=False, schemes={"http", "https"})),

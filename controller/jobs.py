@@ -35,9 +35,10 @@ def sweep() -> int:
 
 
 def trim_streams() -> int:
-    """Bound Redis memory: drop stream entries every consumer group is done with."""
+    """Bound Redis memory: drop stream entries every consumer group is done with, and those of
+    event streams no group reads once older than BATON_STREAM_RETENTION."""
     services = _services()
-    removed = trimming.trim_all(services.redis, services.keys)
+    removed = trimming.trim_all(services.redis, services.keys, services.settings.stream_retention)
     if removed:
         log.info("streams trimmed", entries=removed)
     return removed

@@ -1,5 +1,7 @@
 """Keeps Redis memory bounded: trims each stream with MINID up to what every consumer group has
-read and acknowledged, never past the oldest pending entry. The SQL database is the record."""
+read and acknowledged, never past the oldest pending entry. An event stream that no group reads
+(`workflow.completed` for plain XREAD subscribers, say) keeps its last `retention` seconds. The
+SQL database is the record."""
 
 from __future__ import annotations
 
@@ -28,12 +30,15 @@ def safe_trim_id(client: redis.Redis, stream: str) -> str | None:
     return f"{low[0]}-{low[1]}"
 
 
-def trim_all(client: redis.Redis, keys: Keys) -> int:
-    """Trim every event and command stream; returns the number of entries removed."""
+def trim_all(client: redis.Redis, keys: Keys, retention: float) -> int:
+    """Trim every event and command stream; returns the number of entries removed. A command
+    stream without a group is kept whole: its participant has not started yet, and is owed it."""
+    seconds, micros = client.time()  # stream ids count the server's milliseconds
+    by_age = f"{seconds * 1000 + micros // 1000 - int(retention * 1000)}-0"
     removed = 0
-    for pattern in (keys.event_pattern(), keys.command_pattern()):
+    for pattern, unread in ((keys.event_pattern(), by_age), (keys.command_pattern(), None)):
         for stream in client.scan_iter(match=pattern, count=500, _type="STREAM"):
-            minid = safe_trim_id(client, stream)
+            minid = safe_trim_id(client, stream) or unread
             if minid is not None:
                 removed += int(client.xtrim(stream, minid=minid, approximate=False))
     return removed
