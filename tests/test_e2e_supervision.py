@@ -394,6 +394,11 @@ def test_kill_9_of_an_rq_worker_mid_alert_job(tmp_path: Path, make_system: MakeS
         except AssertionError:
             queued = {q: system.raw.llen(f"rq:queue:{system.keys.rq_queue(q)}") for q in ("sweeps", "alerts")}
             raise AssertionError(f"no webhook call; RQ queue lengths: {queued}") from None
+        queue = Queue(system.keys.rq_queue("alerts"), connection=system.raw,
+                      serializer=JSONSerializer)
+        [job_id] = wait_until(lambda: queue.started_job_registry.get_job_ids(), 10, "the job")
+        job = Job.fetch(job_id, connection=system.raw, serializer=JSONSerializer)
+        left = job.retries_left  # of the attempt about to be killed
         system.kill_tree("worker")  # mid-job: its work horse is waiting for the webhook's answer
         _SlowHook.release.set()
         # The dead worker's scheduler held the lock on the alerts queue's scheduled jobs, for 61 s
@@ -413,14 +418,13 @@ def test_kill_9_of_an_rq_worker_mid_alert_job(tmp_path: Path, make_system: MakeS
 
         # The killed job is still STARTED in RQ's registry of jobs in progress. RQ's maintenance
         # retries it once its heartbeat expires (about 90 s); the test moves the clock forward.
-        queue = Queue(system.keys.rq_queue("alerts"), connection=system.raw,
-                      serializer=JSONSerializer)
-        [job_id] = wait_until(lambda: queue.started_job_registry.get_job_ids(), 10, "the job")
-        job = Job.fetch(job_id, connection=system.raw, serializer=JSONSerializer)
-        assert job.get_status() == "started" and job.retries_left == 5
-        queue.started_job_registry.cleanup(timestamp=time.time() + 600)
+        # (Once in a while the restarted worker has found it abandoned and retried it already.)
         job.refresh()
-        assert job.get_status() in ("scheduled", "queued") and job.retries_left == 4, job.get_status()
+        assert left is not None
+        if job.retries_left == left:
+            queue.started_job_registry.cleanup(timestamp=time.time() + 600)
+            job.refresh()
+        assert job.retries_left == left - 1, "the killed attempt retried, once"
         # The restarted worker runs it again, and this time the webhook gets the alert and answers.
         wait_until(lambda: job.get_status(refresh=True) == "finished", 30, "the re-run to deliver")
         assert len(_SlowHook.arrived) == 2
