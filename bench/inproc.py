@@ -26,18 +26,20 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 import redis
 import structlog
-from sqlalchemy import event, func, select
+from sqlalchemy import Engine, event, func, select
 
 from bench.servers import make_servers
 from bench.throughput import TOKEN, order
-from config.flows import load_catalog
+from config.flows import Catalog, load_catalog
 from config.settings import load_settings
+from contracts.payloads import Registry
 from contracts.registry import default_registry
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
@@ -123,33 +125,53 @@ def main(argv: list[str] | None = None) -> int:
         servers.close()
 
 
+@dataclass
+class InProcess:
+    """The controller's database and the tracker's and four participants' runtimes, all in this
+    process, on one Redis: what `run` measures, and `bench.tracemem` watches."""
+
+    engine: Engine
+    registry: Registry
+    catalog: Catalog
+    keys: Keys
+    client: redis.Redis
+    runtimes: dict[str, Runtime]
+
+    @classmethod
+    def start(cls, redis_url: str, url: str, purl: dict[str, str], read_count: int = 100) -> InProcess:
+        engine = make_engine(url)
+        migrate.upgrade(engine)
+        registry = default_registry()
+        catalog = load_catalog(registry)
+        keys = Keys("bench")
+        client = redis.Redis.from_url(redis_url)
+        opts = Options(relay_outbox=False, read_count=read_count, block_ms=1)
+        runtimes = {"tracker": Runtime(build_tracker(catalog, registry), engine, client, keys, opts)}
+        for p in PARTICIPANTS:
+            runtimes[p] = Runtime(build(p), make_engine(purl[p]), client, keys, opts)
+        for rt in runtimes.values():
+            rt.setup()
+        return cls(engine, registry, catalog, keys, client, runtimes)
+
+    def kick(self, cid: str) -> None:
+        """Start a workflow as the API does, without HTTP: record it, then publish."""
+        req = StartRequest(flow="order_fulfillment", input=order(cid), actor="bench", correlation_id=cid)
+        started = start_workflow(self.engine, self.catalog, self.registry, self.keys, req, utcnow())
+        outbox.publish(self.engine, self.client, started.pending)
+
+
 def run(args: argparse.Namespace, pg_pid: int | None, redis_url: str, url: str,
         purl: dict[str, str]) -> int:
-    engine = make_engine(url)
-    migrate.upgrade(engine)
-    registry = default_registry()
-    catalog = load_catalog(registry)
-    keys = Keys("bench")
-    client = redis.Redis.from_url(redis_url)
-    opts = Options(relay_outbox=False, read_count=args.read_count, block_ms=1)
-    runtimes = {"tracker": Runtime(build_tracker(catalog, registry), engine, client, keys, opts)}
-    for p in PARTICIPANTS:
-        runtimes[p] = Runtime(build(p), make_engine(purl[p]), client, keys, opts)
-    for rt in runtimes.values():
-        rt.setup()
+    system = InProcess.start(redis_url, url, purl, args.read_count)
+    engine, client, keys, runtimes = system.engine, system.client, system.keys, system.runtimes
     clock = Clock(pg_pid)
     for e in {engine, *(rt.engine for rt in runtimes.values())}:
         event.listen(e, "before_cursor_execute", clock.count)
 
-    def direct_kick(cid: str) -> None:
-        req = StartRequest(flow="order_fulfillment", input=order(cid), actor="bench", correlation_id=cid)
-        started = start_workflow(engine, catalog, registry, keys, req, utcnow())
-        outbox.publish(engine, client, started.pending)
-
     if args.api:
         settings = load_settings({"REDIS_URL": redis_url, "DATABASE_URL": url, "BATON_STREAM_PREFIX":
                                   keys.prefix, "BATON_TOKENS": f"bench:starter:{TOKEN}"})
-        services = Services(settings, engine, client, catalog, registry, keys)
+        services = Services(settings, engine, client, system.catalog, system.registry, keys)
         web = create_app(settings, services).test_client()
 
         def api_kick(cid: str) -> None:
@@ -159,7 +181,7 @@ def run(args: argparse.Namespace, pg_pid: int | None, redis_url: str, url: str,
             if resp.status_code != 201:
                 raise RuntimeError(f"POST /v1/workflows answered {resp.status_code}: {resp.data[:300]!r}")
 
-    kick = api_kick if args.api else direct_kick
+    kick = api_kick if args.api else system.kick
 
     profiler = cProfile.Profile(time.process_time) if args.profile else None  # CPU, not waits
     t0 = time.perf_counter()

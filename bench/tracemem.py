@@ -20,23 +20,10 @@ import sys
 import tracemalloc
 import uuid
 
-import redis
 import structlog
 
-from bench.inproc import PARTICIPANTS
+from bench.inproc import PARTICIPANTS, InProcess
 from bench.servers import make_servers
-from bench.throughput import order
-from config.flows import load_catalog
-from contracts.registry import default_registry
-from contracts.streams import Keys
-from contracts.timefmt import utcnow
-from controller import migrate
-from controller.starting import StartRequest, start_workflow
-from controller.tracker import build_tracker
-from participants import outbox
-from participants.db import make_engine
-from participants.reference import build
-from participants.runtime import Options, Runtime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,29 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         redis_url = servers.start_redis()
         servers.start_postgres(stat_statements=False)
-        engine = make_engine(servers.create_db("baton"))
-        migrate.upgrade(engine)
-        registry = default_registry()
-        catalog = load_catalog(registry)
-        keys = Keys("bench")
-        client = redis.Redis.from_url(redis_url)
-        opts = Options(relay_outbox=False, read_count=100, block_ms=1)
-        runtimes = [Runtime(build_tracker(catalog, registry), engine, client, keys, opts)]
-        runtimes += [Runtime(build(p), make_engine(servers.create_db(f"p_{p}")), client, keys, opts)
-                     for p in PARTICIPANTS]
-        for rt in runtimes:
-            rt.setup()
+        system = InProcess.start(redis_url, servers.create_db("baton"),
+                                 {p: servers.create_db(f"p_{p}") for p in PARTICIPANTS})
 
         def run(n: int) -> None:
             for begun in range(0, n, 100):
                 for _ in range(min(100, n - begun)):
-                    cid = f"m-{uuid.uuid4().hex[:20]}"
-                    req = StartRequest(flow="order_fulfillment", input=order(cid), actor="bench",
-                                       correlation_id=cid)
-                    started = start_workflow(engine, catalog, registry, keys, req, utcnow())
-                    outbox.publish(engine, client, started.pending)
+                    system.kick(f"m-{uuid.uuid4().hex[:20]}")
                 for _ in range(6):  # enough polls for each stage to take the batch in turn
-                    for rt in runtimes:
+                    for rt in system.runtimes.values():
                         rt.poll()
 
         run(args.warm)
