@@ -36,9 +36,9 @@ import sqlalchemy as sa
 
 from bench import reconcile
 from bench.servers import Servers, free_port, make_servers
-from config import redis_server
 from contracts.streams import Keys
-from controller.procfile import Processes, descendants
+from controller.cli.procfile import Processes, descendants
+from participants.runtime import redis_server
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "t-chaos-operator"

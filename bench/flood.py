@@ -31,7 +31,7 @@ import redis
 import requests
 
 from bench.chaos import MIX, TOKEN, Chaos, Config
-from controller.admission import measure
+from controller.api.admission import measure
 
 ALLOWED = {200, 201, 429, 503}
 

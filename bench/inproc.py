@@ -43,16 +43,16 @@ from contracts.payloads import Registry
 from contracts.registry import default_registry
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
-from controller import migrate
-from controller.app import create_app
-from controller.services import Services
-from controller.starting import StartRequest, start_workflow
-from controller.tables import workflows
-from controller.tracker import build_tracker
-from participants import outbox
-from participants.db import make_engine
+from controller.api.app import create_app
+from controller.db import migrate
+from controller.db.tables import workflows
+from controller.service.bootstrap import Services
+from controller.service.start import StartRequest, start_workflow
+from controller.service.track import build_tracker
 from participants.reference import build
-from participants.runtime import Options, Runtime
+from participants.runtime import outbox
+from participants.runtime.db import make_engine
+from participants.runtime.loop import Options, Runtime
 
 PARTICIPANTS = ("inventory", "payment", "shipping", "notification")
 

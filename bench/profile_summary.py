@@ -27,7 +27,7 @@ CATEGORIES: list[tuple[str, re.Pattern[str]]] = [
     ("sqlalchemy core (compile, execute, results)", re.compile(r"sqlalchemy/")),
     ("http server (gunicorn, werkzeug, flask)", re.compile(r"gunicorn/|werkzeug/|flask/|flask_smorest/")),
     ("deepcopy", re.compile(r"copy\.py")),
-    ("baton lifecycle (pure)", re.compile(r"controller/lifecycle\.py")),
+    ("baton lifecycle (pure)", re.compile(r"controller/domain/lifecycle\.py")),
     ("baton code", re.compile(r"(controller|participants|contracts|config)/")),
 ]
 FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*):(?P<line>\d+)\)$")

@@ -24,9 +24,11 @@ from sqlalchemy import Connection, Engine, text
 
 from bench import report_fill
 from contracts.timefmt import utcnow
-from controller import migrate, report_lists, reports
-from controller.report_outcomes import Scope
-from participants.db import make_engine
+from controller.db import migrate
+from controller.reporting import lists as report_lists
+from controller.reporting import sla as reports
+from controller.reporting.outcomes import Scope
+from participants.runtime.db import make_engine
 
 FLOW = "order_fulfillment"
 STEPS = ("reserve_inventory", "charge_payment", "schedule_shipment", "send_confirmation")

@@ -10,8 +10,8 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from controller import report_store
-from controller.tables import FLAGS, report_facts
+from controller.db.tables import FLAGS, report_facts
+from controller.reporting import store as report_store
 
 _COLUMNS = ("correlation_id, item, flow, kind, name, to_type, participant, started_at, hour, "
             "duration_ms, bucket, " + ", ".join(FLAGS))

@@ -29,8 +29,11 @@ from config.flows import load_catalog
 from contracts.envelope import new_event
 from contracts.registry import default_registry
 from contracts.timefmt import utcnow
-from controller import lifecycle, migrate, report_store, store, tracker
-from participants.db import make_engine
+from controller.db import migrate, store
+from controller.domain import lifecycle
+from controller.reporting import store as report_store
+from controller.service import track as tracker
+from participants.runtime.db import make_engine
 
 EVENTS = (("inventory.reserved", "inventory", 0), ("payment.charged", "payment", 0),
           ("shipment.scheduled", "shipping", 1), ("notification.sent", "notification", 2))

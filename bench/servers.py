@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from config import redis_server
+from participants.runtime import redis_server
 
 HOST = "127.0.0.1"
 

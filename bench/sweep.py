@@ -47,15 +47,16 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy import Engine, event, text
 
-from config import redis_server
 from config.flows import load_catalog
 from config.logging import configure_logging
 from config.settings import Settings
 from contracts.registry import default_registry
 from contracts.streams import Keys
-from controller import migrate, sweeper
-from controller.services import Services
-from participants.db import make_engine
+from controller.db import migrate
+from controller.service import sweep as sweeper
+from controller.service.bootstrap import Services
+from participants.runtime import redis_server
+from participants.runtime.db import make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 README = Path(__file__).resolve().parent / "README.md"

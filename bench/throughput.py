@@ -50,8 +50,8 @@ from bench import report as report_bench
 from bench.load import Phase, Watcher, closed_loop, open_loop, percentile
 from bench.measure import Kinds
 from bench.servers import Servers, free_port, make_servers, pg_bin
-from controller.procfile import Processes, procfile_lines
-from participants.db import make_engine
+from controller.cli.procfile import Processes, procfile_lines
+from participants.runtime.db import make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent

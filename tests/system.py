@@ -16,7 +16,7 @@ import requests
 import sqlalchemy as sa
 
 from contracts.streams import Keys
-from controller.procfile import ROOT, Processes
+from controller.cli.procfile import ROOT, Processes
 
 BIN = Path(sys.executable).parent
 TOKENS = {"starter": "t-starter", "viewer": "t-viewer", "operator": "t-operator"}
@@ -168,8 +168,8 @@ def report_facts_as_rebuilt(engine: sa.Engine) -> None:
     is what `report_store.rebuild` computes from the base tables (rolled back)."""
     from sqlalchemy import select
 
-    from controller import report_store
-    from controller.tables import report_deltas, report_facts, report_rollup
+    from controller.db.tables import report_deltas, report_facts, report_rollup
+    from controller.reporting import store as report_store
 
     def facts(conn: sa.Connection) -> list[tuple[Any, ...]]:
         order = (report_facts.c.correlation_id, report_facts.c.kind, report_facts.c.item)

@@ -27,12 +27,12 @@ from contracts.envelope import new_event
 from contracts.registry import default_registry
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
-from controller import migrate
-from controller.alerts import alert_queue, build_alerter
-from controller.procfile import ROOT, Processes
-from controller.starting import StartRequest, start_workflow
-from participants.db import make_engine
-from participants.runtime import Options, Runtime
+from controller.cli.procfile import ROOT, Processes
+from controller.db import migrate
+from controller.processes.alerts import alert_queue, build_alerter
+from controller.service.start import StartRequest, start_workflow
+from participants.runtime.db import make_engine
+from participants.runtime.loop import Options, Runtime
 from tests.system import order_input, wait_until
 
 INTERVALS = "1,1"  # two retries, a second apart: three POSTs at most

@@ -28,13 +28,13 @@ from config.settings import load_settings
 from contracts.envelope import Envelope, decode_fields, new_event
 from contracts.streams import Keys
 from contracts.timefmt import format_ts, parse_ts, utcnow
-from controller import migrate
-from controller.app import create_app
-from controller.services import Services, build_services
-from controller.tracker import build_tracker
-from participants.db import make_engine
+from controller.api.app import create_app
+from controller.db import migrate
+from controller.service.bootstrap import Services, build_services
+from controller.service.track import build_tracker
 from participants.reference import build
-from participants.runtime import Options, Runtime
+from participants.runtime.db import make_engine
+from participants.runtime.loop import Options, Runtime
 
 TOKENS = "alice:starter:t-alice,sam:starter:t-sam,vera:viewer:t-vera,otto:operator:t-otto"
 ALICE, SAM, VERA, OTTO = "t-alice", "t-sam", "t-vera", "t-otto"

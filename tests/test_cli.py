@@ -24,11 +24,11 @@ from werkzeug.serving import make_server
 
 from config.settings import load_settings
 from contracts.streams import Keys
-from controller import client
-from controller.app import create_app
-from controller.cli import main
-from controller.procfile import ROOT
-from controller.services import build_services
+from controller.api.app import create_app
+from controller.cli import client
+from controller.cli.main import main
+from controller.cli.procfile import ROOT
+from controller.service.bootstrap import build_services
 from tests.system import System, free_port, wait_until
 from tests.test_api import environment
 from tests.test_e2e_price_change import change

@@ -19,12 +19,12 @@ from structlog.testing import capture_logs
 from bench.servers import Servers, make_servers
 from config.settings import load_settings
 from contracts.streams import Keys
-from controller import migrate
-from controller.app import create_app
-from controller.services import build_services
-from participants.db import make_engine
+from controller.api.app import create_app
+from controller.db import migrate
+from controller.service.bootstrap import build_services
 from participants.reference import build
-from participants.runtime import Options, Runtime
+from participants.runtime.db import make_engine
+from participants.runtime.loop import Options, Runtime
 from tests.system import wait_until
 from tests.test_api import ALICE, VERA, assert_problem, auth, environment, order_input
 from tests.test_runtime import order, stream_of

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.procfile import ROOT
+from controller.cli.procfile import ROOT
 
 pytestmark = pytest.mark.slow
 

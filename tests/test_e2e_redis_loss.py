@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from config.redis_server import start_server, stop_server
+from participants.runtime.redis_server import start_server, stop_server
 from tests.system import System, order_input, wait_until
 
 pytestmark = pytest.mark.slow

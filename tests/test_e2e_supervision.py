@@ -35,11 +35,12 @@ from config.flows import load_catalog
 from config.settings import Settings
 from contracts.registry import default_registry
 from contracts.streams import Keys
-from controller import migrate, sweeper
-from controller.procfile import descendants
-from controller.services import Services
-from participants import outbox
-from participants.db import make_engine
+from controller.cli.procfile import descendants
+from controller.db import migrate
+from controller.service import sweep as sweeper
+from controller.service.bootstrap import Services
+from participants.runtime import outbox
+from participants.runtime.db import make_engine
 from tests.system import System, order_input, wait_until
 
 pytestmark = pytest.mark.slow

@@ -24,13 +24,13 @@ from config.settings import load_settings
 from contracts.envelope import decode_fields, new_event
 from contracts.streams import Keys
 from contracts.timefmt import format_ts, parse_ts, utcnow
-from controller import migrate
-from controller.app import create_app
-from controller.services import Services, build_services
-from controller.sweeper import sweep_once
-from controller.tracker import build_tracker
-from participants.db import make_engine
-from participants.runtime import Options, Runtime
+from controller.api.app import create_app
+from controller.db import migrate
+from controller.service.bootstrap import Services, build_services
+from controller.service.sweep import sweep_once
+from controller.service.track import build_tracker
+from participants.runtime.db import make_engine
+from participants.runtime.loop import Options, Runtime
 from tests.system import report_facts_as_rebuilt, wait_until
 
 TOKENS = "olga:operator:t-olga,vic:viewer:t-vic,stan:starter:t-stan"
@@ -900,7 +900,7 @@ def test_an_intervention_while_redis_is_gone_answers_and_leaves_its_commands_to_
         baton: Baton) -> None:
     """The change is committed with its outbox rows; a failed publish is the relay's to finish,
     not a 500 for a change that happened."""
-    from participants import outbox
+    from participants.runtime import outbox
     from tests.system import free_port
 
     cid = build(baton, "running", ORDER)

@@ -19,7 +19,7 @@ from config.flows import SHIPPED, load_catalog
 from contracts import lifecycle_events as announce
 from contracts.flows import Flow, load_flow
 from contracts.registry import default_registry
-from controller import lifecycle as lc
+from controller.domain import lifecycle as lc
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 MS = timedelta(milliseconds=1)

@@ -19,13 +19,13 @@ from config.settings import load_settings
 from contracts.envelope import new_event
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
-from controller import migrate
-from controller.app import create_app
-from controller.metrics import BatonCollector
-from controller.services import Services, build_services
-from controller.tracker import build_tracker
-from participants.runtime import Options, Runtime
-from participants.tables import outbox
+from controller.api.app import create_app
+from controller.db import migrate
+from controller.reporting.metrics import BatonCollector
+from controller.service.bootstrap import Services, build_services
+from controller.service.track import build_tracker
+from participants.runtime.loop import Options, Runtime
+from participants.runtime.tables import outbox
 
 FLOW = "order_fulfillment"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

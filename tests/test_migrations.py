@@ -6,10 +6,10 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from controller import migrate
-from controller.tables import metadata as controller_metadata
-from participants.db import make_engine
-from participants.tables import metadata as runtime_metadata
+from controller.db import migrate
+from controller.db.tables import metadata as controller_metadata
+from participants.runtime.db import make_engine
+from participants.runtime.tables import metadata as runtime_metadata
 
 
 def test_the_migrated_schema_is_the_declared_one(database_url: str) -> None:

@@ -24,13 +24,13 @@ from sqlalchemy import Engine, select
 from contracts.envelope import Envelope, decode_fields, new_command, new_event
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
-from controller import migrate
-from controller.tables import workflows
-from participants import outbox
-from participants.db import make_engine
+from controller.db import migrate
+from controller.db.tables import workflows
 from participants.reference import build, payment
-from participants.runtime import Options, Runtime
-from participants.tables import outbox as outbox_table
+from participants.runtime import outbox
+from participants.runtime.db import make_engine
+from participants.runtime.loop import Options, Runtime
+from participants.runtime.tables import outbox as outbox_table
 
 ORDER = {"order_id": "ord-1", "customer_id": "cust-gold",
          "items": [{"product_id": "SKU-001", "quantity": 2, "unit_price": 5.0}],
@@ -195,9 +195,9 @@ import sys
 import orjson
 from config.settings import load_settings
 from contracts.timefmt import utcnow
-from controller.services import build_services
-from controller.starting import StartRequest, start_workflow
-from participants import outbox
+from controller.service.bootstrap import build_services
+from controller.service.start import StartRequest, start_workflow
+from participants.runtime import outbox
 
 services = build_services(load_settings())
 request = StartRequest(flow="order_fulfillment", input=orjson.loads(sys.argv[1]), actor="alice")

@@ -25,14 +25,14 @@ from contracts.flows import APPROVAL_STEP, COMMAND_STEP, EVENT_STEP
 from contracts.registry import default_registry
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
-from controller import migrate
-from controller.app import create_app
-from controller.services import Services, build_services
-from controller.tracker import build_tracker
-from participants.db import make_engine
+from controller.api.app import create_app
+from controller.db import migrate
+from controller.service.bootstrap import Services, build_services
+from controller.service.track import build_tracker
 from participants.reference import NAMES, build, catalog, pricing, search
 from participants.reference.pricing import Proposal, evaluate
-from participants.runtime import Options, Runtime
+from participants.runtime.db import make_engine
+from participants.runtime.loop import Options, Runtime
 
 OPERATOR, STARTER = "t-olga", "t-stan"
 TOKENS = f"olga:operator:{OPERATOR},stan:starter:{STARTER}"

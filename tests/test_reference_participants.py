@@ -17,10 +17,10 @@ from sqlalchemy import Engine, select
 from contracts.envelope import COMMAND, Envelope, decode_fields, new_command, new_event
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
-from participants.db import make_engine
-from participants.participant import Participant
 from participants.reference import NAMES, build, inventory, notification, payment, shipping
-from participants.runtime import Options, Runtime
+from participants.runtime.db import make_engine
+from participants.runtime.loop import Options, Runtime
+from participants.runtime.participant import Participant
 
 FRIDAY = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)  # + 3 business days = Wednesday 2026-11-25
 

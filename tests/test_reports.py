@@ -25,14 +25,18 @@ from werkzeug.serving import make_server
 
 from config.settings import load_settings
 from contracts.timefmt import format_ts
-from controller import migrate, report_csv, report_html, report_store, report_text, store
-from controller.app import create_app
-from controller.cli import main
-from controller.report_cli import write_demo_report
-from controller.report_csv import COLUMNS
-from controller.reports import ReportQuery, sla_report
-from controller.services import build_services
-from controller.tables import compensations, messages, steps, workflows
+from controller.api.app import create_app
+from controller.cli.main import main
+from controller.cli.report import write_demo_report
+from controller.db import migrate, store
+from controller.db.tables import compensations, messages, steps, workflows
+from controller.reporting import render_csv as report_csv
+from controller.reporting import render_html as report_html
+from controller.reporting import render_text as report_text
+from controller.reporting import store as report_store
+from controller.reporting.render_csv import COLUMNS
+from controller.reporting.sla import ReportQuery, sla_report
+from controller.service.bootstrap import build_services
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=2)
@@ -141,7 +145,7 @@ def known_data(data: Data, still_open: bool = True) -> dict[str, str]:
 
 @pytest.fixture
 def engine(database_url: str) -> Iterator[Engine]:
-    from participants.db import make_engine
+    from participants.runtime.db import make_engine
 
     engine = make_engine(database_url)
     migrate.upgrade(engine)

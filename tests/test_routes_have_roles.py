@@ -22,11 +22,11 @@ from werkzeug.routing import Rule
 
 from config.settings import load_settings
 from contracts.streams import Keys
-from controller import migrate
-from controller.app import create_app
-from controller.auth import OPERATOR, ROLE_ATTR, STARTER, VIEWER, public, requires
-from controller.services import Services, build_services
-from participants.db import make_engine
+from controller.api.app import create_app
+from controller.api.auth import OPERATOR, ROLE_ATTR, STARTER, VIEWER, public, requires
+from controller.db import migrate
+from controller.service.bootstrap import Services, build_services
+from participants.runtime.db import make_engine
 
 # Endpoints the libraries add: flask's static files, flask-smorest's OpenAPI document and its UIs.
 LIBRARY_ENDPOINTS = frozenset({

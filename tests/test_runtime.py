@@ -27,10 +27,10 @@ from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, func, i
 from contracts.envelope import Envelope, decode_fields, new_command, new_event
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
-from participants.db import make_engine
-from participants.participant import Context, Participant
 from participants.reference import payment
-from participants.runtime import Options, Runtime
+from participants.runtime.db import make_engine
+from participants.runtime.loop import Options, Runtime
+from participants.runtime.participant import Context, Participant
 
 NAME = "probe"
 FAST = Options(visibility_timeout=0.2, max_deliveries=3, block_ms=1)
@@ -505,7 +505,7 @@ def test_an_event_committed_but_never_published_is_published_by_the_runtime(
     """Redis goes away (or the process dies) between the commit and the XADD: the redelivered entry
     is a duplicate and emits nothing, so the runtime publishes the committed row itself, once.
     (Found by the chaos run: participants' outboxes, in their own databases, had no relay.)"""
-    from participants import runtime as runtime_module
+    from participants.runtime import loop as runtime_module
 
     real_send = runtime_module.outbox.send
     calls = itertools.count()
@@ -741,7 +741,7 @@ def test_published_rows_are_marked_sent_with_the_next_batch_or_before_blocking(b
     (which waits out a grace period) never sends it again."""
     from sqlalchemy import select
 
-    from participants.tables import outbox
+    from participants.runtime.tables import outbox
 
     rt = bench.runtime(PATIENT)
 
@@ -772,7 +772,7 @@ def test_after_redis_restarts_from_its_aof_the_last_moments_are_published_again(
     simulated by deleting the entry before a clean restart on the same files."""
     from urllib.parse import urlparse
 
-    from config.redis_server import start_server, stop_server
+    from participants.runtime.redis_server import start_server, stop_server
 
     binary = os.environ.get("BATON_TEST_REDIS_SERVER")
     data = tmp_path / "redis"

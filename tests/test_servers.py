@@ -1,4 +1,4 @@
-"""The test servers and fixtures work, and so does config/redis_server.py."""
+"""The test servers and fixtures work, and so does participants/runtime/redis_server.py."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import redis
 import sqlalchemy as sa
 
-from config import redis_server
+from participants.runtime import redis_server
 
 
 def test_redis_client_pings_and_roundtrips_a_stream(redis_client: redis.Redis) -> None:
@@ -76,7 +76,7 @@ def test_pg_schemas_are_isolated(pg_database_url: str) -> None:
         base.dispose()
 
 
-# -- config/redis_server.py ----------------------------------------------------------------
+# -- participants/runtime/redis_server.py ----------------------------------------------------------------
 
 
 def _binary() -> str | None:

@@ -178,7 +178,7 @@ def test_a_bad_flow_file_or_variable_stops_the_tracker_and_the_web_with_a_messag
     assert "start_event" in tracker.stderr and "Traceback" not in tracker.stderr
     env.update({"DATABASE_URL": "notaurl", "BATON_FLOWS_DIRS": ""})
     web = subprocess.run([str(bin_dir / "gunicorn"), "--workers", "1", "--bind", "127.0.0.1:0",
-                          "controller.app:create_app()"], env=env, capture_output=True, text=True,
+                          "controller.api.app:create_app()"], env=env, capture_output=True, text=True,
                          timeout=60, check=False, cwd=root)
     assert web.returncode != 0
     assert "baton web: configuration error: DATABASE_URL: not a SQLAlchemy URL" in web.stderr, web.stderr

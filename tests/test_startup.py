@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from config.redis_server import start_server, stop_server
 from contracts.envelope import decode_fields, new_event
 from contracts.streams import Keys
-from controller.procfile import ROOT
+from controller.cli.procfile import ROOT
+from participants.runtime.redis_server import start_server, stop_server
 from tests.system import free_port, order_input, wait_until
 
 pytestmark = pytest.mark.slow

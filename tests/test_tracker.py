@@ -23,15 +23,17 @@ from contracts.payloads import Registry
 from contracts.registry import default_registry
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
-from controller import lifecycle, migrate, store, sweeper
-from controller.services import Services
-from controller.starting import StartRequest, start_workflow
-from controller.tables import messages
-from controller.tracker import build_tracker
-from participants import outbox
-from participants.db import make_engine
-from participants.runtime import Options, Runtime
-from participants.tables import outbox as outbox_table
+from controller.db import migrate, store
+from controller.db.tables import messages
+from controller.domain import lifecycle
+from controller.service import sweep as sweeper
+from controller.service.bootstrap import Services
+from controller.service.start import StartRequest, start_workflow
+from controller.service.track import build_tracker
+from participants.runtime import outbox
+from participants.runtime.db import make_engine
+from participants.runtime.loop import Options, Runtime
+from participants.runtime.tables import outbox as outbox_table
 from tests.system import report_facts_as_rebuilt
 
 State = tuple[str, str | None, dict[str, str], dict[str, str]]

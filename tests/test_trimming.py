@@ -8,7 +8,7 @@ from typing import Any
 import redis
 
 from contracts.streams import Keys
-from controller.trimming import trim_all
+from controller.processes.trimming import trim_all
 
 
 def test_trims_to_the_oldest_entry_a_group_still_needs(redis_client: redis.Redis) -> None:

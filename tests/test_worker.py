@@ -14,9 +14,9 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from config.redis_server import start_server, stop_server
 from contracts.streams import Keys
-from controller.procfile import ROOT, Processes
+from controller.cli.procfile import ROOT, Processes
+from participants.runtime.redis_server import start_server, stop_server
 from tests.system import wait_until
 
 BIN = str(Path(sys.executable).parent)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from participants.participant import Participant
 from participants.reference import catalog, inventory, notification, payment, pricing, search, shipping
+from participants.runtime.participant import Participant
 
 NAMES = ("inventory", "payment", "shipping", "notification", "pricing", "catalog", "search")
 REFERENCE: dict[str, Callable[[], Participant]] = {

@@ -29,8 +29,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import Envelope
-from participants.participant import Context, Participant
 from participants.reference.pricing import amount, cents
+from participants.runtime.participant import Context, Participant
 
 # Rules: a product is listed in PRODUCTS, or on first sight; either way, an id starting with
 # DISCONTINUED_PREFIX is discontinued. A price is applied only when its `revision` is newer than the

@@ -28,7 +28,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import Envelope
-from participants.participant import Context, Participant
+from participants.runtime.participant import Context, Participant
 
 # Rules: the catalog is CATALOG. An order fails as a whole (`inventory.reservation_failed`, or
 # `inventory.reserve_failed` for the command) when a product is unknown ("unknown product SKU-404")

@@ -16,7 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import Envelope
-from participants.participant import Context, Participant
+from participants.runtime.participant import Context, Participant
 
 # Rules: the recipient is `<customer_id>@customers.example` when `payment.charged` names the customer
 # (the reference payment adds `customer_id`; a payload without it is accepted, the recipient stays

@@ -33,7 +33,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import Envelope
-from participants.participant import Context, Participant
+from participants.runtime.participant import Context, Participant
 
 # Rules: a charge succeeds when used credit + the order's total_amount stays within the customer's
 # credit limit (no currency conversion: a limit counts in the order's currency); otherwise

@@ -37,7 +37,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import Envelope
-from participants.participant import Context, Participant
+from participants.runtime.participant import Context, Participant
 
 # Rules, on amounts in cents, a limit itself being allowed:
 # - hard `margin_floor`: the proposed price is below unit_cost x 1.05;

@@ -27,8 +27,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import Envelope
-from participants.participant import Context, Participant
 from participants.reference.pricing import amount, cents
+from participants.runtime.participant import Context, Participant
 
 # Rules: every product is indexed, on first sight. A price is indexed only when its `revision` is
 # newer than the indexed one, so events arriving late, twice or out of order leave the newest

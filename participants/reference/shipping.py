@@ -32,7 +32,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import Envelope
-from participants.participant import Context, Participant
+from participants.runtime.participant import Context, Participant
 
 # Rules: one parcel carries at most PARCEL_LIMIT units in total across the order's reservations;
 # more fails with `shipment.scheduling_failed` ("parcel limit exceeded: 101 units, at most 100").

@@ -1,0 +1,160 @@
+"""The `baton` command: the processes of the Procfile, the demo, and (later) an API client."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import click
+
+from config.logging import configure_logging
+from config.settings import Settings, SettingsError, load_settings
+from contracts.errors import FlowDefinitionError
+from controller.cli import api_commands as cli_client
+from controller.cli import report as report_cli
+
+
+def _settings(process: str) -> Settings:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        _configuration_error(exc)
+    configure_logging(settings, process)
+    return settings
+
+
+def _configuration_error(exc: SettingsError | FlowDefinitionError) -> NoReturn:
+    """The variable at fault and why, without a traceback; exit status 2."""
+    click.echo(f"baton: configuration error: {exc}", err=True)
+    sys.exit(2)
+
+
+@click.group()
+def main() -> None:
+    """Baton: a front controller for event-driven workflows over Redis Streams."""
+
+
+@main.command()
+def migrate() -> None:
+    """Bring the database schema up to date (the Procfile's release line)."""
+    from controller.db import migrate as migrations
+    from participants.runtime.db import make_engine
+
+    settings = _settings("release")
+    engine = make_engine(settings.database_url)
+    try:
+        migrations.upgrade(engine)
+    finally:
+        engine.dispose()
+    click.echo("database is up to date")
+
+
+def _controller_process(name: str, body: Callable[[Any, Any], None]) -> None:
+    from controller.db import migrate as migrations
+    from controller.service.bootstrap import build_services
+    from participants.runtime.service import stop_on_signals
+    from participants.runtime.startup import until_reachable
+
+    settings = _settings(name)
+    stop = stop_on_signals()
+    try:
+        services = build_services(settings)
+    except FlowDefinitionError as exc:  # BATON_FLOWS_DIRS holds a flow that cannot be loaded
+        _configuration_error(exc)
+    try:
+        if until_reachable(lambda: migrations.upgrade(services.engine), stop, "the database"):
+            body(services, stop)
+    finally:
+        services.close()
+
+
+@main.command()
+def tracker() -> None:
+    """Read every event stream of every loaded flow and move workflows along."""
+    from controller.service.track import build_tracker
+    from participants.runtime.loop import Runtime
+    from participants.runtime.service import runtime_options
+
+    def body(services: Any, stop: Any) -> None:
+        participant = build_tracker(services.catalog, services.registry)
+        Runtime(participant, services.engine, services.redis, services.keys,
+                runtime_options(services.settings, relay_outbox=False)).run(stop)
+
+    _controller_process("tracker", body)
+
+
+@main.command()
+def relay() -> None:
+    """Publish outbox rows that a crash left unsent."""
+    from controller.processes.relay import run_relay
+
+    _controller_process("relay", run_relay)
+
+
+@main.command()
+def clock() -> None:
+    """Queue an SLA sweep on the RQ workers every BATON_SWEEP_INTERVAL seconds."""
+    from controller.processes.clock import run_clock
+
+    _controller_process("clock", run_clock)
+
+
+@main.command()
+def worker() -> None:
+    """Run an RQ worker for sweeps and alert webhooks (JSON serializer, retries, scheduler)."""
+    from controller.processes.worker import run_worker
+
+    _controller_process("worker", run_worker)
+
+
+@main.command()
+def alerts() -> None:
+    """Queue the alert webhook of every workflow that needs attention."""
+    from controller.processes.alerts import build_alerter
+    from participants.runtime.loop import Runtime
+    from participants.runtime.service import runtime_options
+
+    def body(services: Any, stop: Any) -> None:
+        alerter = build_alerter(services.catalog, services.registry, services.settings,
+                                services.redis)
+        Runtime(alerter, services.engine, services.redis, services.keys,
+                runtime_options(services.settings, relay_outbox=False)).run(stop)
+
+    _controller_process("alerts", body)
+
+
+@main.command()
+@click.argument("name")
+def participant(name: str) -> None:
+    """Run one reference participant (inventory, payment, shipping, notification)."""
+    from participants import reference
+    from participants.runtime.service import run_participant
+
+    settings = _settings(name)
+    try:
+        built = reference.build(name)
+    except KeyError:
+        raise click.BadParameter(f"no reference participant {name!r}; known: "
+                                 f"{', '.join(reference.NAMES)}") from None
+    run_participant(built, settings, settings.participant_db(name))
+
+
+@main.command()
+@click.option("--orders", default=60, show_default=True, help="How many orders to place.")
+def demo(orders: int) -> None:
+    """Run the whole system on embedded defaults, drive orders through it, print the outcome."""
+    from controller.cli.demo import run_demo
+
+    try:
+        status = run_demo(orders=orders)
+    except SettingsError as exc:
+        _configuration_error(exc)
+    sys.exit(status)
+
+
+cli_client.register(main)
+main.add_command(report_cli.report)
+
+if __name__ == "__main__":
+    main()

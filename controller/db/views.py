@@ -1,0 +1,197 @@
+"""Read models for the API: a workflow as clients see it, its timeline, and filtered listings."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import Connection, and_, or_, select
+
+from config.flows import Catalog
+from contracts.flows import Flow
+from contracts.timefmt import format_ts, parse_ts
+from controller.db.tables import attributes, compensations, messages, steps, workflows
+from controller.db.tables import audit as audit_table
+from controller.domain.errors import InvalidInput, NotFound
+
+
+def _ts(value: datetime | None) -> str | None:
+    return format_ts(value) if value else None
+
+
+def workflow(conn: Connection, catalog: Catalog, cid: str, actor: str | None = None) -> dict[str, Any]:
+    """`actor` set: a starter, who sees only what it started (404 otherwise)."""
+    row = conn.execute(select(workflows).where(workflows.c.correlation_id == cid)).first()
+    if row is None or (actor is not None and row.started_by != actor):
+        raise NotFound(f"no workflow {cid}")
+    step_rows = {s.name: s for s in conn.execute(select(steps).where(steps.c.correlation_id == cid))}
+    comp_rows = conn.execute(select(compensations).where(compensations.c.correlation_id == cid))
+    attrs = conn.execute(select(attributes.c.name, attributes.c.value)
+                         .where(attributes.c.correlation_id == cid))
+    return render(catalog.get(row.flow, row.flow_version), row, row.started_by, row.input, step_rows,
+                  list(comp_rows), {a.name: a.value for a in attrs})
+
+
+def render(flow: Flow, wf: Any, started_by: str, input_: Any, step_states: Mapping[str, Any],
+           comps: Iterable[Any], attrs: dict[str, str]) -> dict[str, Any]:
+    """A workflow as clients see it, from its rows or from the lifecycle's objects alike."""
+    return {
+        "correlation_id": wf.correlation_id, "flow": wf.flow, "flow_version": wf.flow_version,
+        "status": wf.status, "reason": wf.reason, "started_at": _ts(wf.started_at),
+        "deadline": _ts(wf.deadline), "finished_at": _ts(wf.finished_at),
+        "started_by": started_by, "input": input_,
+        "search_attributes": attrs,
+        "steps": [_step(s.name, s.kind, s.participant, step_states.get(s.name)) for s in flow.steps],
+        "compensations": [
+            {"step": c.step, "command": c.command, "status": c.status, "attempts": c.attempts,
+             "sent_at": _ts(c.sent_at), "finished_at": _ts(c.finished_at)}
+            for c in sorted(comps, key=lambda c: c.position)
+        ],
+    }
+
+
+def _step(name: str, kind: str, participant: str, row: Any) -> dict[str, Any]:
+    return {
+        "name": name, "kind": kind, "participant": participant,
+        "status": row.status if row else "pending",
+        "started_at": _ts(row.started_at) if row else None,
+        "finished_at": _ts(row.finished_at) if row else None,
+        "deadline": _ts(row.deadline) if row else None,
+        "attempts": row.attempts if row else 0,
+    }
+
+
+def timeline(conn: Connection, cid: str, limit: int, cursor: str | None) -> dict[str, Any]:
+    after = _seq_cursor(cursor)
+    rows = conn.execute(
+        select(messages).where(messages.c.correlation_id == cid, messages.c.seq > after)
+        .order_by(messages.c.seq).limit(limit + 1)
+    ).all()
+    items = [
+        {"id": m.id, "kind": m.kind, "type": m.type, "version": m.version, "source": m.source,
+         "causation_id": m.causation_id, "target": m.target, "occurred_at": _ts(m.occurred_at),
+         "received_at": _ts(m.received_at), "data": m.data}
+        for m in rows[:limit]
+    ]
+    more = len(rows) > limit
+    return {"items": items, "next_cursor": _encode_cursor([rows[limit - 1].seq]) if more else None}
+
+
+def _seq_cursor(cursor: str | None) -> int:
+    if not cursor:
+        return 0
+    value = _decode_cursor(cursor)[0]
+    if not isinstance(value, int) or not 0 <= value < 2**63:
+        raise InvalidInput("cursor is not one this server issued", {"cursor": ["invalid"]})
+    return value
+
+
+def audit(conn: Connection, cid: str, limit: int, cursor: str | None) -> dict[str, Any]:
+    rows = conn.execute(select(audit_table).where(audit_table.c.correlation_id == cid,
+                                                  audit_table.c.seq > _seq_cursor(cursor))
+                        .order_by(audit_table.c.seq).limit(limit + 1)).all()
+    items = [{"actor": r.actor, "action": r.action, "reason": r.reason, "at": _ts(r.at),
+              "result": r.result, "details": r.details} for r in rows[:limit]]
+    more = len(rows) > limit
+    return {"items": items, "next_cursor": _encode_cursor([rows[limit - 1].seq]) if more else None}
+
+
+@dataclass(frozen=True)
+class Filters:
+    flow: str | None = None
+    status: str | None = None
+    reason: str | None = None
+    started_after: datetime | None = None
+    started_before: datetime | None = None
+    overdue: bool = False
+    attributes: tuple[tuple[str, str], ...] = ()
+    started_by: str | None = None
+    stalled_step: str | None = None  # that step active past its deadline
+
+    @classmethod
+    def of(cls, given: dict[str, Any], attributes: dict[str, str],
+           started_by: str | None = None) -> Filters:
+        """From a validated filter (a listing's query, a bulk action's `filter`)."""
+        return cls(
+            flow=given.get("flow"), status=given.get("status"), reason=given.get("reason"),
+            started_after=given.get("started_after"), started_before=given.get("started_before"),
+            overdue=bool(given.get("overdue")), stalled_step=given.get("stalled_step"),
+            attributes=tuple(sorted(attributes.items())), started_by=started_by,
+        )
+
+
+def matching(conn: Connection, filters: Filters, limit: int, now: datetime) -> list[str]:
+    """Correlation IDs matching `filters`, newest first: what a bulk action touches."""
+    query = select(workflows.c.correlation_id).where(*_conditions(filters, now))
+    query = query.order_by(workflows.c.started_at.desc(), workflows.c.correlation_id.desc())
+    return list(conn.execute(query.limit(limit)).scalars())
+
+
+def list_workflows(conn: Connection, catalog: Catalog, filters: Filters, limit: int,
+                   cursor: str | None, now: datetime) -> dict[str, Any]:
+    query = select(workflows.c.correlation_id, workflows.c.started_at)
+    query = query.where(*_conditions(filters, now))
+    if cursor:
+        started, cid = _cursor_position(cursor)
+        moment = started
+        query = query.where(or_(workflows.c.started_at < moment,
+                                and_(workflows.c.started_at == moment, workflows.c.correlation_id < cid)))
+    query = query.order_by(workflows.c.started_at.desc(), workflows.c.correlation_id.desc())
+    rows = conn.execute(query.limit(limit + 1)).all()
+    items = [workflow(conn, catalog, r.correlation_id) for r in rows[:limit]]
+    last = rows[limit - 1] if len(rows) > limit else None
+    return {"items": items,
+            "next_cursor": _encode_cursor([format_ts(last.started_at), last.correlation_id])
+            if last else None}
+
+
+def _conditions(f: Filters, now: datetime) -> list[Any]:
+    c: list[Any] = []
+    for column, value in ((workflows.c.flow, f.flow), (workflows.c.status, f.status),
+                          (workflows.c.reason, f.reason), (workflows.c.started_by, f.started_by)):
+        if value is not None:
+            c.append(column == value)
+    if f.started_after:
+        c.append(workflows.c.started_at >= f.started_after)
+    if f.started_before:
+        c.append(workflows.c.started_at < f.started_before)
+    if f.overdue:  # past its own deadline, or a step past the step's
+        c.append(workflows.c.status.in_(["running", "compensating"]))
+        c.append(or_(workflows.c.deadline < now, workflows.c.correlation_id.in_(
+            select(steps.c.correlation_id).where(steps.c.status == "active", steps.c.deadline < now))))
+    if f.stalled_step:
+        c.append(workflows.c.correlation_id.in_(
+            select(steps.c.correlation_id).where(steps.c.name == f.stalled_step,
+                                                 steps.c.status == "active", steps.c.deadline < now)))
+    for name, value in f.attributes:
+        c.append(workflows.c.correlation_id.in_(
+            select(attributes.c.correlation_id).where(attributes.c.name == name,
+                                                      attributes.c.value == value)))
+    return c
+
+
+def _cursor_position(cursor: str) -> tuple[datetime, str]:
+    parts = _decode_cursor(cursor)
+    try:
+        started, cid = parts
+        return parse_ts(str(started)), str(cid)
+    except ValueError as exc:
+        raise InvalidInput("cursor is not one this server issued", {"cursor": ["invalid"]}) from exc
+
+
+def _encode_cursor(parts: list[Any]) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps(parts)).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> list[Any]:
+    try:
+        parts = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if not isinstance(parts, list) or not parts:
+            raise ValueError("not a list")
+        return parts
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        raise InvalidInput("cursor is not one this server issued", {"cursor": ["invalid"]}) from exc

@@ -1,0 +1,168 @@
+"""Operator interventions on a workflow, pure like the lifecycle: each checks that it applies to the
+workflow's state (NotApplicable otherwise, and nothing changes), mutates, and returns effects."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+from contracts.flows import APPROVAL_STEP, COMMAND_STEP, Flow
+from controller.domain import lifecycle as lc
+
+
+class NotApplicable(Exception):
+    """The intervention does not apply to the workflow's state; the message says why."""
+
+
+class UnknownStep(Exception):
+    """The flow has no step of that name."""
+
+
+def _require(wf: lc.Workflow, action: str, *statuses: str) -> None:
+    if wf.status not in statuses:
+        raise NotApplicable(f"workflow {wf.correlation_id} is {wf.status}; {action} applies only "
+                            f"to {' or '.join(statuses)}")
+
+
+def cancel(flow: Flow, wf: lc.Workflow, now: datetime) -> list[lc.Effect]:
+    _require(wf, "cancel", lc.RUNNING, lc.PAUSED)
+    wf.paused_at = None
+    effects = lc.begin_compensation(flow, wf, lc.CANCELLED, now)
+    return effects + lc.advance(flow, wf, now)
+
+
+def compensate(flow: Flow, wf: lc.Workflow, now: datetime) -> list[lc.Effect]:
+    """Compensate now: a running or paused workflow, or one whose compensation gave up."""
+    _require(wf, "compensate", lc.RUNNING, lc.PAUSED, lc.NEEDS_ATTENTION)
+    if wf.status == lc.NEEDS_ATTENTION:
+        return _resend_failed_compensations(flow, wf, now)
+    wf.paused_at = None
+    effects = lc.begin_compensation(flow, wf, wf.reason or lc.CANCELLED, now)
+    return effects + lc.advance(flow, wf, now)
+
+
+def retry(flow: Flow, wf: lc.Workflow, now: datetime, step: str | None = None) -> list[lc.Effect]:
+    """Re-issue what is stuck: an active step's command or triggering events, or failed
+    compensations of a workflow that needs attention."""
+    _require(wf, "retry", lc.RUNNING, lc.NEEDS_ATTENTION, lc.COMPENSATING)
+    if wf.status == lc.NEEDS_ATTENTION:
+        return _resend_failed_compensations(flow, wf, now)
+    if wf.status == lc.COMPENSATING:
+        return _resend_sent_compensation(flow, wf, now)
+    active = [s for s in flow.steps if wf.steps[s.name].status == lc.ACTIVE
+              and s.kind != APPROVAL_STEP and (step is None or s.name == step)]
+    if not active:
+        raise NotApplicable(f"workflow {wf.correlation_id} has no active step"
+                            + (f" named {step}" if step else "") + " to retry")
+    effects: list[lc.Effect] = []
+    for s in active:
+        if s.kind == COMMAND_STEP:
+            effects.append(lc.send_step_command(flow, wf, s, now))
+        else:
+            effects += [_re_emit(wf, t) for t in s.reacts_to if t in wf.seen]
+    if not effects:  # its triggers count as arrived only because the steps emitting them were skipped
+        raise NotApplicable(f"workflow {wf.correlation_id} has no trigger of its active step to re-emit")
+    unique = {e.type if isinstance(e, lc.Emit) else id(e): e for e in effects}  # one per trigger
+    return list(unique.values())
+
+
+def skip(flow: Flow, wf: lc.Workflow, step: str, now: datetime) -> list[lc.Effect]:
+    """The participant did the work out of band: the step is done without its event."""
+    _require(wf, "skip", lc.RUNNING, lc.PAUSED)
+    _step(flow, wf, step)
+    state = wf.steps[step]
+    if state.status not in (lc.PENDING, lc.ACTIVE):
+        raise NotApplicable(f"step {step} of workflow {wf.correlation_id} is {state.status}; "
+                            "skip applies only to a pending or active step")
+    state.status, state.finished_at, state.next_attempt_at = lc.SKIPPED, now, None
+    return lc.advance(flow, wf, now)  # what waited for its event may go on: see lc.arrived
+
+
+def pause(flow: Flow, wf: lc.Workflow, now: datetime) -> list[lc.Effect]:
+    _require(wf, "pause", lc.RUNNING)
+    wf.status, wf.paused_at = lc.PAUSED, now
+    return []
+
+
+def resume(flow: Flow, wf: lc.Workflow, now: datetime) -> list[lc.Effect]:
+    """The clock restarts where it stopped: every deadline moves by the time spent paused."""
+    _require(wf, "resume", lc.PAUSED)
+    paused_for = now - (wf.paused_at or now)
+    wf.status, wf.paused_at = lc.RUNNING, None
+    wf.deadline = wf.deadline + paused_for if wf.deadline else None
+    for state in wf.steps.values():
+        if state.status == lc.ACTIVE:
+            state.deadline = state.deadline + paused_for if state.deadline else None
+            if state.next_attempt_at:
+                state.next_attempt_at += paused_for
+    failed = [s for s in flow.steps if wf.steps[s.name].status == lc.FAILED]
+    if failed:  # a failure that arrived while paused
+        return lc.begin_compensation(flow, wf, lc.STEP_FAILED, now) + lc.advance(flow, wf, now)
+    return lc.advance(flow, wf, now)
+
+
+def move_deadline(flow: Flow, wf: lc.Workflow, now: datetime, deadline: datetime | None = None,
+                  extend_seconds: int | None = None) -> list[lc.Effect]:
+    _require(wf, "deadline", lc.RUNNING, lc.PAUSED)
+    if deadline is None:
+        deadline = (wf.deadline or now) + timedelta(seconds=extend_seconds or 0)
+    wf.deadline = deadline
+    return []
+
+
+def signal(flow: Flow, wf: lc.Workflow, name: str, now: datetime, step: str | None = None,
+           data: dict[str, Any] | None = None, why: str | None = None) -> list[lc.Effect]:
+    """Answer an approval step: `approve` emits its done event, `reject` its failed event."""
+    _require(wf, f"signal {name}", lc.RUNNING)
+    waiting = [s for s in flow.steps if s.kind == APPROVAL_STEP
+               and wf.steps[s.name].status == lc.ACTIVE and (step is None or s.name == step)]
+    if not waiting:
+        raise NotApplicable(f"workflow {wf.correlation_id} has no approval step waiting"
+                            + (f" named {step}" if step else ""))
+    target = waiting[0]
+    if name == "approve":
+        outcome = target.done_on
+    elif name == "reject" and target.failed_on:
+        outcome = target.failed_on
+    else:
+        raise NotApplicable(f"step {target.name} accepts the signals approve and reject, not {name}")
+    # the operator may add to the outcome, never change whose it is; a rejection says why
+    payload = {**(data or {}), **_start_data(flow, wf)}
+    if name == "reject" and why:
+        payload.setdefault("reason", why)
+    message_id = lc.command_id(wf.correlation_id, f"signal:{target.name}")
+    return [lc.Emit(outcome, payload, wf.start_message_id, message_id)]
+
+
+def _start_data(flow: Flow, wf: lc.Workflow) -> dict[str, Any]:
+    return dict(wf.seen.get(flow.start_event, ("", {}))[1])
+
+
+def _step(flow: Flow, wf: lc.Workflow, name: str) -> Any:
+    try:
+        return flow.step(name)
+    except KeyError:
+        raise UnknownStep(f"flow {flow.name} v{flow.version} has no step {name!r}") from None
+
+
+def _re_emit(wf: lc.Workflow, message_type: str) -> lc.Emit:
+    """The triggering event again, as a new message caused by the original (its causation kept)."""
+    original_id, data = wf.seen[message_type]
+    return lc.Emit(message_type, data, original_id)
+
+
+def _resend_failed_compensations(flow: Flow, wf: lc.Workflow, now: datetime) -> list[lc.Effect]:
+    failed = [c for c in wf.compensations.values() if c.status == lc.FAILED]
+    if not failed:
+        raise NotApplicable(f"workflow {wf.correlation_id} has no failed compensation")
+    for comp in failed:
+        comp.status = lc.PENDING
+    wf.status = lc.COMPENSATING
+    return [lc.Announce("workflow.compensating", wf.status, wf.reason), *lc.advance(flow, wf, now)]
+
+
+def _resend_sent_compensation(flow: Flow, wf: lc.Workflow, now: datetime) -> list[lc.Effect]:
+    sent = [c for c in wf.compensations.values() if c.status == lc.SENT]
+    if not sent:
+        raise NotApplicable(f"workflow {wf.correlation_id} has no compensation waiting for an answer")
+    return [lc.send_compensation(flow, wf, c, now) for c in sent]

@@ -1,0 +1,43 @@
+"""The alerter: a consumer of `workflow.needs_attention` that queues the flow's webhook as an RQ job.
+
+The job id is the event's id, so a redelivered event does not queue a second delivery.
+"""
+
+from __future__ import annotations
+
+import redis
+from rq import Queue, Retry
+from rq.serializers import JSONSerializer
+
+from config.flows import Catalog
+from config.settings import Settings
+from contracts import lifecycle_events
+from contracts.envelope import Envelope
+from contracts.payloads import Registry
+from contracts.streams import Keys
+from participants.runtime.participant import Context, Participant
+
+NAME = "alerts"
+
+
+def alert_queue(client: redis.Redis, keys: Keys) -> Queue:
+    return Queue(keys.rq_queue("alerts"), connection=client, serializer=JSONSerializer)
+
+
+def build_alerter(catalog: Catalog, registry: Registry, settings: Settings,
+                  client: redis.Redis) -> Participant:
+    queue = alert_queue(client, Keys(settings.stream_prefix))
+    intervals = list(settings.alert_retry_intervals)
+    alerter = Participant(NAME, registry=registry)
+
+    @alerter.on_event(lifecycle_events.NEEDS_ATTENTION)
+    def needs_attention(message: Envelope, ctx: Context) -> list[Envelope]:
+        flow = catalog.get(message.data["flow"], message.data["flow_version"])
+        url = flow.alert_webhook or settings.alert_webhook
+        if url:
+            queue.enqueue("controller.processes.jobs.deliver_alert", message.correlation_id, url,
+                          job_id=f"alert-{message.id}", retry=Retry(max=len(intervals), interval=intervals),
+                          job_timeout=30, failure_ttl=7 * 86400)
+        return []
+
+    return alerter

@@ -1,0 +1,62 @@
+"""The `worker` process: an RQ worker for sweeps and alert webhooks that outlives a Redis outage.
+
+RQ's work loop quits on an unexpected Redis error (a restart, a timeout) and would leave the
+process idle or gone; here it is started again once Redis answers, until SIGTERM. RQ installs its
+own SIGTERM handler while it works (a warm shutdown: the job at hand finishes); it also sets our
+stop event, so that a stop is never mistaken for a failure.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from typing import Any
+
+import redis
+import structlog
+from rq import Worker
+from rq.serializers import JSONSerializer
+
+from controller.service.bootstrap import Services
+
+log = structlog.get_logger("baton.worker")
+
+
+class _Worker(Worker):
+    def __init__(self, *args: Any, stop: threading.Event, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stop_event = stop
+
+    def request_stop(self, signum: Any, frame: Any) -> None:
+        self._stop_event.set()
+        super().request_stop(signum, frame)
+
+
+def run_worker(services: Services, stop: threading.Event) -> None:
+    # alerts first: they are rare, and a steady stream of sweeps must not starve them
+    queues = [services.keys.rq_queue("alerts"), services.keys.rq_queue("sweeps")]
+    while not stop.is_set():
+        try:
+            _Worker(queues, connection=services.redis, serializer=JSONSerializer,
+                    maintenance_interval=30, stop=stop).work(with_scheduler=True,
+                                                              logging_level="WARNING")
+        except redis.RedisError as exc:  # raised before or after its loop (birth, teardown)
+            log.warning("RQ worker failed", error=repr(exc)[:200])
+        _handle_signals(stop)  # RQ's handlers belong to the worker that just ended
+        if not stop.is_set():
+            log.warning("RQ worker loop ended; starting another once Redis answers")
+            _wait_for_redis(services.redis, stop)
+
+
+def _handle_signals(stop: threading.Event) -> None:
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+
+
+def _wait_for_redis(client: redis.Redis, stop: threading.Event) -> None:
+    while not stop.wait(1.0):
+        try:
+            client.ping()
+            return
+        except redis.RedisError:
+            continue

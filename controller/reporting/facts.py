@@ -1,0 +1,187 @@
+"""What each workflow, step and transition contributes to the SLA report, as plain values.
+
+A fact holds what its entity's state alone decides (no clock): its outcome flags and duration.
+What only the clock decides (a running workflow or an unanswered step past its deadline) is the
+report's live part, counted from the base tables. The rules are `report_outcomes`' SQL, here for
+one workflow in memory: the store writes a fact whenever it changes, with the rollup's delta.
+
+Durations are whole milliseconds (the wire's precision). The bucket of a duration is its upper
+bound, inclusive: the value itself below 100 ms, else rounded up to two significant digits
+(at most 10 % wide), 0 for any non-positive one; every bound of `reports.BUCKETS` is a bucket's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from controller.db.tables import FLAGS
+from controller.domain import lifecycle as lc
+
+WORKFLOW, STEP, TRANSITION = "w", "s", "t"
+UNTIMED = -1
+TERMINAL = (lc.COMPLETED, lc.COMPENSATED, lc.NEEDS_ATTENTION)
+IN_FLIGHT = (lc.RUNNING, lc.PAUSED, lc.COMPENSATING)
+STEP_COMPLETED = (lc.DONE, lc.STEP_COMPENSATED)
+_MS = timedelta(milliseconds=1)
+
+
+@dataclass(frozen=True)
+class Fact:
+    correlation_id: str
+    kind: str
+    item: str
+    flow: str
+    name: str
+    to_type: str
+    participant: str
+    started_at: datetime
+    duration_ms: int | None
+    flags: tuple[int, ...]  # in the order of `tables.FLAGS`
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.kind, self.item
+
+    @property
+    def subject(self) -> tuple[str, str, str, str, str]:
+        return self.flow, self.kind, self.name, self.to_type, self.participant
+
+    @property
+    def hour(self) -> int:
+        return hour_of(self.started_at)
+
+    @property
+    def bucket(self) -> int:
+        return UNTIMED if self.duration_ms is None else bucket_of(self.duration_ms)
+
+    def row(self) -> dict[str, object]:
+        """As a row of `report_facts`."""
+        return {"correlation_id": self.correlation_id, "item": self.item, "flow": self.flow,
+                "kind": self.kind, "name": self.name, "to_type": self.to_type,
+                "participant": self.participant, "started_at": self.started_at,
+                "hour": self.hour, "duration_ms": self.duration_ms, "bucket": self.bucket,
+                **dict(zip(FLAGS, self.flags, strict=True))}
+
+
+def hour_of(moment: datetime) -> int:
+    return int(moment.timestamp()) // 3600
+
+
+def bucket_of(ms: int) -> int:
+    if ms <= 0:
+        return 0
+    if ms < 100:
+        return ms
+    scale = 10 ** (len(str(ms)) - 2)
+    return -(-ms // scale) * scale
+
+
+def milliseconds(start: datetime, end: datetime) -> int:
+    return round((end - start) / _MS)
+
+
+def of_workflow(wf: lc.Workflow) -> dict[tuple[str, str], Fact]:
+    """The facts of a workflow and of each of its steps, by (kind, item)."""
+    facts = [_workflow(wf), *(_step(wf, s) for s in wf.steps.values())]
+    return {f.key: f for f in facts}
+
+
+def transition(wf_flow: str, started_at: datetime, correlation_id: str, cause_type: str,
+               cause_at: datetime, effect_id: str, effect_type: str, source: str,
+               effect_at: datetime) -> Fact:
+    """A message (the effect) and the message it names as its cause."""
+    return Fact(correlation_id, TRANSITION, effect_id, wf_flow, cause_type, effect_type, source,
+                started_at, milliseconds(cause_at, effect_at), _flags())
+
+
+def _flags(**set_: bool) -> tuple[int, ...]:
+    return tuple(int(set_.get(name, False)) for name in FLAGS)
+
+
+def _workflow(wf: lc.Workflow) -> Fact:
+    done = wf.status == lc.COMPLETED
+    late = done and _after(wf.finished_at, wf.deadline)
+    flags = _flags(
+        started=True, completed=done, compensated=wf.status == lc.COMPENSATED,
+        needs_attention=wf.status == lc.NEEDS_ATTENTION, in_flight=wf.status in IN_FLIGHT,
+        breached=wf.reason == lc.SLA_BREACHED or late,
+        sla_met=done and (wf.deadline is None or _at_or_before(wf.finished_at, wf.deadline)),
+        sla_judged=wf.status in TERMINAL,
+    )
+    timed = done and wf.finished_at is not None
+    d = milliseconds(wf.started_at, wf.finished_at) if timed and wf.finished_at else None
+    return Fact(wf.correlation_id, WORKFLOW, "", wf.flow, "", "", "", wf.started_at, d, flags)
+
+
+def _step(wf: lc.Workflow, s: lc.Step) -> Fact:
+    completed = s.status in STEP_COMPLETED
+    breached = _step_breached(wf, s)
+    flags = _flags(
+        started=s.started_at is not None, completed=completed,
+        compensated=s.status == lc.STEP_COMPENSATED, failed=s.status == lc.FAILED,
+        needs_attention=_compensation_failed(wf, s.name), breached=breached,
+        sla_met=completed and s.finished_at is not None
+        and (s.deadline is None or s.finished_at <= s.deadline),
+        sla_judged=s.finished_at is not None or breached,
+    )
+    d = None
+    if completed and s.started_at is not None and s.finished_at is not None:
+        d = milliseconds(s.started_at, s.finished_at)
+    return Fact(wf.correlation_id, STEP, s.name, wf.flow, s.name, "", "", wf.started_at, d, flags)
+
+
+def _step_breached(wf: lc.Workflow, s: lc.Step) -> bool:
+    """Ended after its deadline, or never ended and the workflow stopped waiting for it after
+    that deadline (unless a failure or cancellation stopped it). While the workflow still waits,
+    only the clock can tell: `stopped_waiting` is None and the report counts it live."""
+    if s.started_at is None or s.deadline is None:
+        return False
+    if s.finished_at is not None:
+        return s.finished_at > s.deadline
+    stop = stopped_waiting(wf)
+    return waited(wf) and stop is not None and stop > s.deadline
+
+
+def stopped_waiting(wf: lc.Workflow) -> datetime | None:
+    """Its first compensation command, else its end; None while it still waits."""
+    sent = [c.sent_at for c in wf.compensations.values() if c.sent_at is not None]
+    return min(sent) if sent else wf.finished_at
+
+
+def waited(wf: lc.Workflow) -> bool:
+    return wf.reason is None or wf.reason == lc.SLA_BREACHED
+
+
+def _compensation_failed(wf: lc.Workflow, step: str) -> bool:
+    comp = wf.compensations.get(step)
+    return comp is not None and comp.status == lc.FAILED
+
+
+def _after(a: datetime | None, b: datetime | None) -> bool:
+    return a is not None and b is not None and a > b
+
+
+def _at_or_before(a: datetime | None, b: datetime) -> bool:
+    return a is not None and a <= b
+
+
+Delta = dict[tuple[object, ...], list[int]]
+
+
+def deltas(removed: Iterable[Fact], added: Iterable[Fact]) -> Delta:
+    """The rollup's change, by (subject..., hour, bucket): [rows, n, *FLAGS]; zero sums dropped."""
+    found: Delta = {}
+    for sign, facts in ((-1, removed), (1, added)):
+        for f in facts:
+            sums = found.setdefault((*f.subject, f.hour, f.bucket), [0] * (2 + len(FLAGS)))
+            for i, v in enumerate(_counts(f)):
+                sums[i] += sign * v
+    return {k: v for k, v in found.items() if any(v)}
+
+
+def _counts(f: Fact) -> Iterator[int]:
+    yield 1
+    yield int(f.duration_ms is not None)
+    yield from f.flags

@@ -1,0 +1,39 @@
+"""The composition root: builds every adapter a controller process needs from settings, once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from sqlalchemy import Engine
+
+from config.flows import Catalog, load_catalog
+from config.settings import Settings
+from contracts.payloads import Registry
+from contracts.registry import default_registry
+from contracts.streams import Keys
+from participants.runtime.db import make_engine
+from participants.runtime.service import redis_client
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    redis: redis.Redis
+    catalog: Catalog
+    registry: Registry
+    keys: Keys
+
+    def close(self) -> None:
+        self.redis.close()
+        self.engine.dispose()
+
+
+def build_services(settings: Settings) -> Services:
+    registry = default_registry()
+    catalog = load_catalog(registry, settings.flows_dirs)
+    return Services(
+        settings=settings, engine=make_engine(settings.database_url), redis=redis_client(settings),
+        catalog=catalog, registry=registry, keys=Keys(settings.stream_prefix),
+    )
