@@ -12,14 +12,13 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, insert, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import EVENT, Envelope
 from controller.db.tables import compensations, messages, steps, workflows
 from controller.domain import lifecycle
 from controller.reporting import facts as rf
 from controller.reporting import store as report_store
+from participants.runtime.db import upsert
 
 
 def lock(conn: Connection, correlation_id: str) -> None:
@@ -69,8 +68,7 @@ def record_messages(conn: Connection, batch: Iterable[Envelope], received_at: da
 
 @cache
 def _record_statement(dialect: str) -> Any:
-    upsert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return upsert(messages).on_conflict_do_nothing(index_elements=["id"]).returning(messages.c.id)
+    return upsert(dialect, messages).on_conflict_do_nothing(index_elements=["id"]).returning(messages.c.id)
 
 
 def load(conn: Connection, correlation_id: str) -> lifecycle.Workflow | None:

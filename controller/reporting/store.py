@@ -13,8 +13,6 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, Select, bindparam, delete, insert, or_, select, text, true
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import Envelope
 from controller.db.tables import (
@@ -27,6 +25,7 @@ from controller.db.tables import (
 )
 from controller.domain import lifecycle
 from controller.reporting import facts as rf
+from participants.runtime.db import upsert
 
 _SUBJECT = ("flow", "kind", "name", "to_type", "participant")
 _SUMS = ("rows", "n", *FLAGS)
@@ -124,7 +123,7 @@ def _upsert_facts(conn: Connection, facts: Iterable[rf.Fact]) -> None:
 
 @cache
 def _upsert(dialect: str) -> Any:
-    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(report_facts)
+    stmt = upsert(dialect, report_facts)
     keys = ("correlation_id", "kind", "item")
     return stmt.on_conflict_do_update(
         index_elements=list(keys),

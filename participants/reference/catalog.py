@@ -25,11 +25,10 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import Envelope
 from participants.reference.pricing import amount, cents
+from participants.runtime.db import upsert
 from participants.runtime.participant import Context, Participant
 
 # Rules: a product is listed in PRODUCTS, or on first sight; either way, an id starting with
@@ -71,9 +70,8 @@ def status_of(product_id: str) -> str:
 
 
 def _list(conn: Connection, statuses: dict[str, str]) -> None:
-    upsert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     rows = [{"product_id": p, "status": s, "revision": 0} for p, s in statuses.items()]
-    conn.execute(upsert(products).on_conflict_do_nothing(index_elements=["product_id"]), rows)
+    conn.execute(upsert(conn, products).on_conflict_do_nothing(index_elements=["product_id"]), rows)
 
 
 def seed(conn: Connection) -> None:

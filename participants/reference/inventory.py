@@ -24,10 +24,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import Envelope
+from participants.runtime.db import upsert
 from participants.runtime.participant import Context, Participant
 
 # Rules: the catalog is CATALOG. An order fails as a whole (`inventory.reservation_failed`, or
@@ -72,9 +71,8 @@ class Shortage(Exception):
 
 def seed(conn: Connection) -> None:
     """Insert the products of CATALOG that are missing; safe when several processes start at once."""
-    upsert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     rows = [{"product_id": p, "available": q} for p, q in CATALOG.items()]
-    conn.execute(upsert(stock).on_conflict_do_nothing(index_elements=["product_id"]), rows)
+    conn.execute(upsert(conn, stock).on_conflict_do_nothing(index_elements=["product_id"]), rows)
 
 
 def available(conn: Connection, product_id: str) -> int | None:

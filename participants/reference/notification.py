@@ -12,10 +12,9 @@ from functools import cache
 from typing import Any
 
 from sqlalchemy import Column, Connection, DateTime, MetaData, String, Table, Text, bindparam, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import Envelope
+from participants.runtime.db import upsert
 from participants.runtime.participant import Context, Participant
 
 # Rules: the recipient is `<customer_id>@customers.example` when `payment.charged` names the customer
@@ -58,8 +57,7 @@ def compose(msg: Envelope, now: datetime) -> dict[str, Any]:
 # The statements of every order, built once (building one costs more than running it).
 @cache
 def _insert_message(dialect: str) -> Any:
-    upsert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return upsert(messages).on_conflict_do_nothing()
+    return upsert(dialect, messages).on_conflict_do_nothing()
 
 
 _RECORDED = select(messages.c.notification_id).where(messages.c.order_id == bindparam("order"),

@@ -29,10 +29,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import Envelope
+from participants.runtime.db import upsert
 from participants.runtime.participant import Context, Participant
 
 # Rules: a charge succeeds when used credit + the order's total_amount stays within the customer's
@@ -99,8 +98,7 @@ def _add_accounts(conn: Connection, limits: dict[str, int]) -> None:
 # The statements of every charge, built once (building one costs more than running it).
 @cache
 def _insert_accounts(dialect: str) -> Any:
-    upsert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return upsert(accounts).on_conflict_do_nothing(index_elements=["customer_id"])
+    return upsert(dialect, accounts).on_conflict_do_nothing(index_elements=["customer_id"])
 
 
 _CHARGE_OF = select(ledger).where(

@@ -33,10 +33,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import Envelope
+from participants.runtime.db import upsert
 from participants.runtime.participant import Context, Participant
 
 # Rules, on amounts in cents, a limit itself being allowed:
@@ -182,15 +181,11 @@ def evaluate(p: Proposal, listed: tuple[int, str] | None = None) -> tuple[str, l
 # -- state -----------------------------------------------------------------------------------------
 
 
-def _upsert(conn: Connection) -> Any:
-    return pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
-
-
 def seed(conn: Connection) -> None:
     """Insert the products of PRICE_LIST that are missing; safe when several processes start at once."""
     rows = [{"product_id": p, "price": price, "currency": cur, "revision": 1}
             for p, (price, cur) in PRICE_LIST.items()]
-    conn.execute(_upsert(conn)(prices).on_conflict_do_nothing(index_elements=["product_id"]), rows)
+    conn.execute(upsert(conn, prices).on_conflict_do_nothing(index_elements=["product_id"]), rows)
 
 
 def listed_price(conn: Connection, product_id: str) -> tuple[int, str] | None:
@@ -211,7 +206,7 @@ def evaluate_change(conn: Connection, msg: Envelope, now: datetime) -> dict[str,
     if row is None:
         proposal = Proposal.of(data)
         verdict, violations = evaluate(proposal, listed_price(conn, data["product_id"]))
-        conn.execute(_upsert(conn)(changes).values(
+        conn.execute(upsert(conn, changes).values(
             correlation_id=msg.correlation_id, change_id=data["change_id"],
             product_id=data["product_id"], currency=proposal.currency,
             current_price=proposal.current, proposed_price=proposal.proposed,
@@ -227,7 +222,7 @@ def evaluate_change(conn: Connection, msg: Envelope, now: datetime) -> dict[str,
 
 def _locked_price(conn: Connection, change: Row[Any]) -> Row[Any]:
     """The product's price row, locked; a product new to the list enters it at current_price."""
-    conn.execute(_upsert(conn)(prices).values(
+    conn.execute(upsert(conn, prices).values(
         product_id=change.product_id, price=change.current_price, currency=change.currency,
         revision=0,
     ).on_conflict_do_nothing(index_elements=["product_id"]))

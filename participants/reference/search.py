@@ -23,11 +23,10 @@ from sqlalchemy import (
     Table,
     select,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import Envelope
 from participants.reference.pricing import amount, cents
+from participants.runtime.db import upsert
 from participants.runtime.participant import Context, Participant
 
 # Rules: every product is indexed, on first sight. A price is indexed only when its `revision` is
@@ -55,11 +54,10 @@ def indexed(conn: Connection, product_id: str) -> Row[Any] | None:
 def reindex(conn: Connection, msg: Envelope, now: datetime) -> Row[Any]:
     """Index the event's price if it is newer than the indexed one; the entry as it now stands."""
     data = msg.data
-    upsert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
     row = {"product_id": data["product_id"], "price": cents(data["price"]),
            "currency": data["currency"], "revision": data["revision"],
            "change_id": data["change_id"], "indexed_at": now}
-    statement = upsert(index).values(**row)
+    statement = upsert(conn, index).values(**row)
     conn.execute(statement.on_conflict_do_update(
         index_elements=["product_id"],
         set_={k: statement.excluded[k] for k in row if k != "product_id"},

@@ -28,10 +28,9 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import Envelope
+from participants.runtime.db import upsert
 from participants.runtime.participant import Context, Participant
 
 # Rules: one parcel carries at most PARCEL_LIMIT units in total across the order's reservations;
@@ -89,8 +88,7 @@ def units_of(reserved: Envelope) -> int:
 # The statements of every order, built once (building one costs more than running it).
 @cache
 def _insert_order(dialect: str) -> Any:
-    upsert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return upsert(orders).on_conflict_do_nothing()
+    return upsert(dialect, orders).on_conflict_do_nothing()
 
 
 _UNITS = select(orders.c.units).where(orders.c.correlation_id == bindparam("cid"),

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from sqlalchemy import Engine, MetaData, create_engine, event, text
+from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
 
@@ -47,6 +48,13 @@ def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_begin(conn: Any) -> None:
     # IMMEDIATE takes the write lock up front: no deadlock when a reader later wants to write.
     conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def upsert(dialect: str | Connection, table: Table) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT of `table` that takes `on_conflict_do_nothing` / `on_conflict_do_update`, for the
+    dialect named (or the connection's): PostgreSQL's and SQLite's share that API."""
+    name = dialect if isinstance(dialect, str) else dialect.dialect.name
+    return postgresql.insert(table) if name == "postgresql" else sqlite.insert(table)
 
 
 def is_postgres(engine: Engine) -> bool:

@@ -7,11 +7,10 @@ from typing import Any
 
 import orjson
 from sqlalchemy import Connection, Table, bindparam, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from contracts.envelope import Envelope, decode_fields
 from contracts.timefmt import utcnow
+from participants.runtime.db import upsert
 from participants.runtime.tables import join_arrival, join_state
 
 
@@ -41,7 +40,7 @@ def arrive(conn: Connection, consumer: str, join_name: str, types: tuple[str, ..
 def _lock_state(dialect: str) -> Any:
     """Insert the state row, or touch the one there (keeping its `fired_at`): either way it is
     locked, and its `fired_at` returned."""
-    stmt = (pg_insert if dialect == "postgresql" else sqlite_insert)(join_state)
+    stmt = upsert(dialect, join_state)
     return stmt.on_conflict_do_update(
         index_elements=[join_state.c.consumer, join_state.c.join_name, join_state.c.correlation_id],
         set_={"fired_at": join_state.c.fired_at},

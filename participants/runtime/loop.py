@@ -30,15 +30,13 @@ from typing import Any
 import redis
 import structlog
 from sqlalchemy import Connection, Engine, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import OperationalError
 
 from contracts.envelope import COMMAND, EVENT, Envelope, decode_fields
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
 from participants.runtime import deadletter, epoch, joins, outbox
-from participants.runtime.db import create_tables
+from participants.runtime.db import create_tables, upsert
 from participants.runtime.faults import crash_point
 from participants.runtime.participant import Context, Participant
 from participants.runtime.startup import until_reachable
@@ -459,8 +457,7 @@ def _key(msg: Envelope) -> str:
 
 @cache
 def _claim_statement(dialect: str) -> Any:
-    upsert = pg_insert if dialect == "postgresql" else sqlite_insert
-    return upsert(processed).on_conflict_do_nothing().returning(processed.c.message_id)
+    return upsert(dialect, processed).on_conflict_do_nothing().returning(processed.c.message_id)
 
 
 def _text(value: Any) -> str:
