@@ -3,7 +3,7 @@
 The end-to-end harness (`bench.throughput`) runs 14 processes on a shared machine, where wall time
 says little. This runs the same code paths single-threaded in this process, against a private Redis
 (AOF) and PostgreSQL (or SQLite): it starts `n` workflows of `order_fulfillment` the way the API
-does (`start_workflow`, then the writer's outbox publish), then polls the tracker's and the four
+does (`start_workflow`, which publishes after its commit), then polls the tracker's and the four
 participants' runtimes in turn until every workflow is `completed`. CPU time is taken around
 each component's calls, so the table says how many CPU milliseconds each spends per workflow, in
 this process (Python) and, on PostgreSQL, in the server's backends.
@@ -38,7 +38,7 @@ from sqlalchemy import Engine, event, func, select
 from bench.servers import make_servers
 from bench.throughput import TOKEN, order
 from config.flows import Catalog, load_catalog
-from config.settings import load_settings
+from config.settings import Settings, load_settings
 from contracts.payloads import Registry
 from contracts.registry import default_registry
 from contracts.streams import Keys
@@ -50,7 +50,6 @@ from controller.service.bootstrap import Services
 from controller.service.start import StartRequest, start_workflow
 from controller.service.track import build_tracker
 from participants.reference import build
-from participants.runtime import outbox
 from participants.runtime.db import make_engine
 from participants.runtime.loop import Options, Runtime
 
@@ -156,8 +155,11 @@ class InProcess:
     def kick(self, cid: str) -> None:
         """Start a workflow as the API does, without HTTP: record it, then publish."""
         req = StartRequest(flow="order_fulfillment", input=order(cid), actor="bench", correlation_id=cid)
-        started = start_workflow(self.engine, self.catalog, self.registry, self.keys, req, utcnow())
-        outbox.publish(self.engine, self.client, started.pending)
+        start_workflow(self.services(), req, utcnow())
+
+    def services(self) -> Services:
+        return Services(Settings(stream_prefix=self.keys.prefix), self.engine, self.client,
+                        self.catalog, self.registry, self.keys)
 
 
 def run(args: argparse.Namespace, pg_pid: int | None, redis_url: str, url: str,

@@ -29,10 +29,11 @@ from config.flows import load_catalog
 from contracts.envelope import new_event
 from contracts.registry import default_registry
 from contracts.timefmt import utcnow
-from controller.db import migrate, store
+from controller.db import migrate
 from controller.domain import lifecycle
 from controller.reporting import store as report_store
 from controller.service import track as tracker
+from controller.service.unit_of_work import UnitOfWork
 from participants.runtime.db import make_engine
 
 EVENTS = (("inventory.reserved", "inventory", 0), ("payment.charged", "payment", 0),
@@ -45,10 +46,12 @@ def one_workflow(engine: Engine, catalog: Any, registry: Any) -> None:
     data = {"order_id": cid, "customer_id": "c-1", "amount": 10.0, "currency": "EUR", "items": []}
     start = new_event(flow.start_event, data, correlation_id=cid, source="controller")
     with engine.begin() as conn:
-        store.lock(conn, cid)
+        uow = UnitOfWork(conn, catalog, registry, now)
+        uow.lock([cid])
         wf, _ = lifecycle.start(flow, cid, start.id, data, now)
-        store.insert_workflow(conn, wf, {"started_by": "bench", "input": data})
-        store.record_message(conn, start, now)
+        uow.add(wf, {"started_by": "bench", "input": data}, {}, early=True)
+        uow.emit(start)
+        uow.flush()
     causes = [start.id]
     for i, (message_type, source, cause) in enumerate(EVENTS):
         message = new_event(message_type, {}, correlation_id=cid, source=source,

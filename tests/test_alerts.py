@@ -21,7 +21,7 @@ from rq.serializers import JSONSerializer
 from sqlalchemy import Engine
 
 from config.flows import load_catalog
-from config.settings import SettingsError, load_settings
+from config.settings import Settings, SettingsError, load_settings
 from contracts import lifecycle_events
 from contracts.envelope import new_event
 from contracts.registry import default_registry
@@ -30,6 +30,7 @@ from contracts.timefmt import utcnow
 from controller.cli.procfile import ROOT, Processes
 from controller.db import migrate
 from controller.processes.alerts import alert_queue, build_alerter
+from controller.service.bootstrap import Services
 from controller.service.start import StartRequest, start_workflow
 from participants.runtime.db import make_engine
 from participants.runtime.loop import Options, Runtime
@@ -102,7 +103,8 @@ def alerting(tmp_path: Path, pg_database_url: str, redis_url: str) -> Iterator[A
         migrate.upgrade(engine)
         request = StartRequest("order_fulfillment", order_input(), actor="test",
                                correlation_id=f"wf-{uuid.uuid4().hex[:12]}")
-        started = start_workflow(engine, _CATALOG, _REGISTRY, keys, request, utcnow())
+        started = start_workflow(Services(Settings(stream_prefix=keys.prefix), engine, client, _CATALOG,
+                                          _REGISTRY, keys), request, utcnow())
         procs.start("worker")
         yield Alerting(engine, client, keys, f"http://127.0.0.1:{server.server_port}",
                        started.correlation_id)

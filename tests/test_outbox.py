@@ -192,19 +192,20 @@ BATON = Path(sys.executable).with_name("baton")
 # The start endpoint's "commit, then publish", killed in between.
 START_THEN_CRASH = """
 import sys
+import uuid
+from dataclasses import replace
 import orjson
 from config.settings import load_settings
 from contracts.timefmt import utcnow
 from controller.service.bootstrap import build_services
 from controller.service.start import StartRequest, start_workflow
-from participants.runtime import outbox
 
-services = build_services(load_settings())
-request = StartRequest(flow="order_fulfillment", input=orjson.loads(sys.argv[1]), actor="alice")
-started = start_workflow(services.engine, services.catalog, services.registry, services.keys,
-                         request, utcnow())
-print(started.correlation_id, flush=True)
-outbox.publish(services.engine, services.redis, started.pending, crash_points={"outbox.before_xadd"})
+cid = f"wf-{uuid.uuid4().hex[:12]}"
+print(cid, flush=True)
+settings = replace(load_settings(), crash_points=frozenset({"outbox.before_xadd"}))
+request = StartRequest(flow="order_fulfillment", input=orjson.loads(sys.argv[1]), actor="alice",
+                       correlation_id=cid)
+start_workflow(build_services(settings), request, utcnow())
 print("published", flush=True)
 """
 

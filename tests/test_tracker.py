@@ -30,7 +30,6 @@ from controller.service import sweep as sweeper
 from controller.service.bootstrap import Services
 from controller.service.start import StartRequest, start_workflow
 from controller.service.track import build_tracker
-from participants.runtime import outbox
 from participants.runtime.db import make_engine
 from participants.runtime.loop import Options, Runtime
 from participants.runtime.tables import outbox as outbox_table
@@ -75,13 +74,16 @@ class Controller:
         """Start a workflow, publish its outbox rows, let the tracker see them; the start event."""
         request = StartRequest("order_fulfillment", order_input(), actor="test",
                                correlation_id=cid or f"wf-{uuid.uuid4().hex[:12]}")
-        started = start_workflow(self.engine, self.catalog, self.registry, self.keys, request, utcnow())
+        started = start_workflow(self.services(), request, utcnow())
         assert started.created
-        outbox.publish(self.engine, self.client, started.pending)
-        start = decode_fields(started.pending[0].fields)
+        start = started.messages[0]
         assert start.type == "order.placed" and start.correlation_id == started.correlation_id
         self.handle_next()
         return start
+
+    def services(self) -> Services:
+        return Services(Settings(stream_prefix=self.keys.prefix), self.engine, self.client,
+                        self.catalog, self.registry, self.keys)
 
     def event(self, message_type: str, start: Envelope) -> Envelope:
         """A participant's event about the workflow `start` began, caused by its start event."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-import structlog
 from flask import current_app, request
 from flask_smorest import Blueprint
 from marshmallow import RAISE
@@ -29,7 +28,6 @@ from controller.db import views
 from controller.domain.errors import InvalidInput
 from controller.service.bootstrap import Services
 from controller.service.start import StartRequest, input_errors, start_workflow
-from participants.runtime import outbox
 
 _FILTERS = set(ListQuery().fields)
 
@@ -91,11 +89,7 @@ def _start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     req = StartRequest(flow=body["flow"], input=body["input"], actor=actor.name,
                        sla_seconds=body.get("sla_seconds"),
                        correlation_id=body.get("correlation_id"), idempotency_key=key)
-    started = start_workflow(services.engine, services.catalog, services.registry, services.keys,
-                             req, utcnow())
-    with structlog.contextvars.bound_contextvars(correlation_id=started.correlation_id):
-        outbox.publish_or_leave(services.engine, services.redis, started.pending,
-                                services.settings.crash_points)
+    started = start_workflow(services, req, utcnow())
     body_out = started.view
     if body_out is None:  # a replay: as stored
         with services.engine.connect() as conn:

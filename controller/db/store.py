@@ -1,12 +1,12 @@
 """Loading and saving workflows: the SQL side of the pure lifecycle, and the per-workflow lock.
 
-Every write also keeps the SLA report's facts in step, in the same transaction (`report_store`)."""
+Loads and saves only: what else a write implies (the report's facts, the outbox) is the unit of
+work's (`controller/service/unit_of_work.py`), which is the one caller of the writes here."""
 
 from __future__ import annotations
 
-import copy
-from collections.abc import Iterable
-from dataclasses import fields, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import fields
 from datetime import datetime
 from functools import cache
 from typing import Any
@@ -14,43 +14,37 @@ from typing import Any
 from sqlalchemy import Connection, Table, bindparam, insert, select, text, update
 
 from contracts.envelope import EVENT, Envelope
-from controller.db.tables import compensations, messages, steps, workflows
+from controller.db.tables import attributes, audit, compensations, messages, steps, workflows
 from controller.domain import lifecycle
-from controller.reporting import facts as rf
-from controller.reporting import store as report_store
 from participants.runtime.db import upsert
 
 
-def lock(conn: Connection, correlation_id: str) -> None:
-    lock_many(conn, [correlation_id])
-
-
-def lock_many(conn: Connection, correlation_ids: Iterable[str]) -> None:
-    """Serialise every writer of these workflows (tracker, sweeper, API) until the transaction ends.
+def lock_many(conn: Connection, correlation_ids: Iterable[str], *, wait: bool = True) -> set[str]:
+    """Serialise every writer of these workflows (tracker, sweeper, API) until the transaction
+    ends; the correlation IDs locked. `wait=False` takes only the locks no one holds (a sweep
+    leaves a busy workflow to its next pass).
 
     PostgreSQL: transaction-scoped advisory locks, which also cover a workflow not inserted yet,
-    taken in one statement in the order of their keys, so two batches cannot wait on each other.
+    taken in one statement in the order of their keys, so two writers cannot wait on each other.
     SQLite: every write transaction already holds the database lock (BEGIN IMMEDIATE).
     """
-    if conn.dialect.name == "postgresql":
-        conn.execute(_LOCK, {"cids": sorted(set(correlation_ids))})
+    cids = sorted(set(correlation_ids))
+    if conn.dialect.name != "postgresql" or not cids:
+        return set(cids)
+    if wait:
+        conn.execute(_LOCK, {"cids": cids})
+        return set(cids)
+    return set(conn.execute(_TRY_LOCK, {"cids": cids}).scalars())
 
 
-_LOCK = text("SELECT pg_advisory_xact_lock(k) FROM (SELECT DISTINCT hashtextextended(c, 0) AS k"
-             " FROM unnest(CAST(:cids AS text[])) AS c ORDER BY k) AS keys")
+_KEYS = ("(SELECT DISTINCT c, hashtextextended(c, 0) AS k FROM unnest(CAST(:cids AS text[])) AS c"
+         " ORDER BY k) AS keys")
+_LOCK = text(f"SELECT pg_advisory_xact_lock(k) FROM {_KEYS}")
+_TRY_LOCK = text(f"SELECT c FROM {_KEYS} WHERE pg_try_advisory_xact_lock(k)")
 
 
-def record_message(conn: Connection, message: Envelope, received_at: datetime, *,
-                   transitions: bool = True) -> bool:
-    """Add a message to the timeline once; False when it was there already."""
-    return bool(record_messages(conn, [message], received_at, transitions=transitions))
-
-
-def record_messages(conn: Connection, batch: Iterable[Envelope], received_at: datetime, *,
-                    transitions: bool = True) -> list[Envelope]:
-    """Add messages to the timeline once each, in one statement; those that were not there yet.
-    `transitions=False` skips the report's transitions: for a message nothing can name as its
-    cause yet and that names none."""
+def record_messages(conn: Connection, batch: Iterable[Envelope], received_at: datetime) -> list[Envelope]:
+    """Add messages to the timeline once each, in one statement; those that were not there yet."""
     fresh = {m.id: m for m in batch}
     if not fresh:
         return []
@@ -60,10 +54,7 @@ def record_messages(conn: Connection, batch: Iterable[Envelope], received_at: da
         "occurred_at": m.occurred_at, "received_at": received_at, "target": m.target, "data": m.data,
     } for m in fresh.values()]
     added = set(conn.execute(_record_statement(conn.dialect.name), rows).scalars())
-    recorded = [m for m in fresh.values() if m.id in added]
-    if transitions:
-        report_store.messages_recorded(conn, recorded)
-    return recorded
+    return [m for m in fresh.values() if m.id in added]
 
 
 @cache
@@ -125,45 +116,55 @@ _EARLY = select(messages).where(messages.c.correlation_id == bindparam("cid"),
                                 messages.c.kind == EVENT).order_by(messages.c.seq)
 
 
-def insert_workflow(conn: Connection, wf: lifecycle.Workflow, extra: dict[str, Any], *,
-                    early: bool = True) -> None:
-    """`early=False`: no message of this correlation ID was recorded before it."""
-    conn.execute(insert(workflows), {
-        "correlation_id": wf.correlation_id, "flow": wf.flow, "flow_version": wf.flow_version,
-        "status": wf.status, "reason": wf.reason, "started_at": wf.started_at, "deadline": wf.deadline,
-        "finished_at": wf.finished_at, "paused_at": wf.paused_at, "next_due_at": lifecycle.next_due(wf),
-        "start_message_id": wf.start_message_id, **extra,
-    })
-    empty = lifecycle.Workflow(wf.correlation_id, wf.flow, wf.flow_version, wf.started_at,
-                               wf.start_message_id)
-    _save_children(conn, [(wf, empty)])
-    report_store.workflow_inserted(conn, wf, early=early)
+def started_with_key(conn: Connection, actor: str, idempotency_key: str) -> tuple[str, str] | None:
+    """The correlation ID and request hash of the workflow `actor` started with this key."""
+    row = conn.execute(select(workflows.c.correlation_id, workflows.c.request_hash).where(
+        workflows.c.started_by == actor, workflows.c.idempotency_key == idempotency_key)).first()
+    return None if row is None else (row.correlation_id, row.request_hash)
 
 
-def snapshot(wf: lifecycle.Workflow) -> lifecycle.Workflow:
-    """A copy to diff against after the lifecycle ran: each step and compensation copied, their
-    values shared (the lifecycle replaces a result or a payload, never changes one in place)."""
-    return replace(wf, steps={n: copy.copy(s) for n, s in wf.steps.items()},
-                   compensations={n: copy.copy(c) for n, c in wf.compensations.items()},
-                   seen=dict(wf.seen))
+def insert_workflows(conn: Connection, new: list[tuple[lifecycle.Workflow, dict[str, Any]]],
+                     attrs: Mapping[str, Mapping[str, str]]) -> None:
+    """New workflows, each with its extra columns (who started it, its input, ...), their steps
+    and compensations, and the search attributes of each (by correlation ID)."""
+    if not new:
+        return
+    conn.execute(insert(workflows), [{**_workflow_row(wf), "correlation_id": wf.correlation_id,
+                                      "flow": wf.flow, "flow_version": wf.flow_version,
+                                      "started_at": wf.started_at,
+                                      "start_message_id": wf.start_message_id, **extra}
+                                     for wf, extra in new])
+    _save_children(conn, [(wf, _empty(wf)) for wf, _ in new])
+    rows = [{"correlation_id": cid, "name": name, "value": value}
+            for cid, found in attrs.items() for name, value in found.items()]
+    if rows:
+        conn.execute(attributes.insert(), rows)
 
 
-def save(conn: Connection, wf: lifecycle.Workflow, before: lifecycle.Workflow) -> None:
-    """Write what changed since `before` (a snapshot taken at load)."""
-    save_many(conn, [(wf, before)])
+def _empty(wf: lifecycle.Workflow) -> lifecycle.Workflow:
+    return lifecycle.Workflow(wf.correlation_id, wf.flow, wf.flow_version, wf.started_at,
+                              wf.start_message_id)
 
 
 def save_many(conn: Connection, changes: list[tuple[lifecycle.Workflow, lifecycle.Workflow]]) -> None:
-    """Write what changed in each workflow since its snapshot: one statement per kind of row."""
-    if not changes:
-        return
-    conn.execute(_update_workflow(), [{
-        "_cid": wf.correlation_id, "status": wf.status, "reason": wf.reason, "deadline": wf.deadline,
-        "finished_at": wf.finished_at, "paused_at": wf.paused_at, "next_due_at": lifecycle.next_due(wf),
-    } for wf, _ in changes])
+    """Write what changed in each workflow since its snapshot (`before`, taken at load): one
+    statement per kind of row, and no UPDATE of a workflow row that did not change."""
+    rows = [{"_cid": wf.correlation_id, **_workflow_row(wf)} for wf, before in changes
+            if _workflow_row(wf) != _workflow_row(before)]
+    if rows:
+        conn.execute(_update_workflow(), rows)
     _save_children(conn, changes)
-    report_store.workflows_saved(conn, [(rf.of_workflow(before), rf.of_workflow(wf))
-                                        for wf, before in changes])
+
+
+def _workflow_row(wf: lifecycle.Workflow) -> dict[str, Any]:
+    return {"status": wf.status, "reason": wf.reason, "deadline": wf.deadline,
+            "finished_at": wf.finished_at, "paused_at": wf.paused_at,
+            "next_due_at": lifecycle.next_due(wf)}
+
+
+def insert_audit(conn: Connection, row: dict[str, Any]) -> None:
+    """An operator's intervention: who, what, when, why and its result."""
+    conn.execute(insert(audit).values(**row))
 
 
 def _save_children(conn: Connection, changes: list[tuple[lifecycle.Workflow, lifecycle.Workflow]]) -> None:

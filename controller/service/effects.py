@@ -1,35 +1,22 @@
-"""Turns the lifecycle's effects into messages: commands and lifecycle events, sent via the outbox."""
+"""Turns the lifecycle's effects into messages: commands, emitted events, lifecycle announcements."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import datetime
-
-from sqlalchemy import Connection
 
 from contracts.envelope import Envelope, new_command, new_event
 from contracts.payloads import Registry
 from contracts.streams import CONTROLLER
-from controller.db import store
 from controller.domain import lifecycle
 
 
-def to_messages(conn: Connection, registry: Registry, wf: lifecycle.Workflow,
-                effects: list[lifecycle.Effect], now: datetime) -> list[Envelope]:
-    """The envelopes to enqueue; each command is also put on the workflow's timeline."""
-    out: list[Envelope] = []
-    for effect in effects:
-        if isinstance(effect, lifecycle.Command):
-            message = _command(registry, wf, effect)
-            store.record_message(conn, message, now)
-            out.append(message)
-        elif isinstance(effect, lifecycle.Announce):
-            out.append(_announce(registry, wf, effect))
-        else:
-            message = _emit(registry, wf, effect)
-            store.record_message(conn, message, now)
-            out.append(message)
-    return out
+def message_for(registry: Registry, wf: lifecycle.Workflow, effect: lifecycle.Effect) -> Envelope:
+    """The envelope of one effect, its payload checked against the registry."""
+    if isinstance(effect, lifecycle.Command):
+        return _command(registry, wf, effect)
+    if isinstance(effect, lifecycle.Announce):
+        return _announce(registry, wf, effect)
+    return _emit(registry, wf, effect)
 
 
 def _command(registry: Registry, wf: lifecycle.Workflow, cmd: lifecycle.Command) -> Envelope:

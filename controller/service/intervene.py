@@ -1,5 +1,5 @@
-"""Carrying out an operator's intervention: under the workflow's lock, with its audit row and its
-messages in the same transaction as the change; a refusal (409) changes nothing."""
+"""Carrying out an operator's intervention in one unit of work: under the workflow's lock, with its
+audit row and its messages in the same transaction as the change; a refusal (409) changes nothing."""
 
 from __future__ import annotations
 
@@ -8,19 +8,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import structlog
-from sqlalchemy import Connection, insert
-
-from contracts.envelope import EVENT, Envelope
+from contracts.envelope import EVENT
 from contracts.errors import InvalidMessage
 from contracts.flows import Flow
-from controller.db import store
-from controller.db.tables import audit
 from controller.domain import interventions, lifecycle
 from controller.domain.errors import Conflict, InvalidInput, NotFound
-from controller.service import effects
 from controller.service.bootstrap import Services
-from participants.runtime import outbox
+from controller.service.unit_of_work import UnitOfWork, unit_of_work
 
 Action = Callable[..., list[lifecycle.Effect]]
 ACTIONS: dict[str, Action] = {
@@ -45,13 +39,11 @@ class Intervention:
 
 def intervene(services: Services, cid: str, request: Intervention, now: datetime) -> str:
     """Apply it; returns the audit's result line. NotFound, or Conflict when it does not apply."""
-    with services.engine.begin() as conn:
-        store.lock(conn, cid)
-        wf = store.load(conn, cid)
+    with unit_of_work(services, now, "operator") as uow:
+        wf = uow.load([cid]).get(cid)
         if wf is None:
             raise NotFound(f"no workflow {cid}")
-        flow = services.catalog.get(wf.flow, wf.flow_version)
-        before = store.snapshot(wf)
+        flow = uow.flow(wf)
         try:
             changes = ACTIONS[request.action](flow, wf, now=now, **request.params)
         except interventions.NotApplicable as exc:
@@ -59,38 +51,26 @@ def intervene(services: Services, cid: str, request: Intervention, now: datetime
         except interventions.UnknownStep as exc:
             raise NotFound(str(exc)) from None
         try:
-            sent = _carry_out(services, conn, flow, wf, changes, now)
+            _carry_out(uow, flow, wf, changes)
         except InvalidMessage as exc:  # e.g. an approval whose outcome event lacks a field
             raise InvalidInput("the message this intervention emits would be invalid",
                                exc.errors) from None
-        store.save(conn, wf, before)
-        result = f"applied: {before.status} -> {wf.status}"
-        _audit(conn, cid, request, now, result)
-        pending = outbox.enqueue(conn, services.keys, sent, now)
-    with structlog.contextvars.bound_contextvars(correlation_id=cid):
-        outbox.publish_or_leave(services.engine, services.redis, pending, services.settings.crash_points)
+        result = f"applied: {uow.before(wf).status} -> {wf.status}"
+        uow.audit({"correlation_id": cid, "actor": request.actor, "action": request.action,
+                   "reason": request.reason, "at": now, "result": result,
+                   "details": _jsonable(request.params)})
     return result
 
 
-def _carry_out(services: Services, conn: Connection, flow: Flow, wf: lifecycle.Workflow,
-               changes: list[lifecycle.Effect], now: datetime) -> list[Envelope]:
-    """Messages for the effects; an outcome the controller emits itself (an approval) is applied
-    to the workflow at once, as the tracker would on receiving it."""
-    sent = effects.to_messages(conn, services.registry, wf, changes, now)
+def _carry_out(uow: UnitOfWork, flow: Flow, wf: lifecycle.Workflow,
+               changes: list[lifecycle.Effect]) -> None:
+    """An outcome the controller emits itself (an approval) is applied to the workflow at once,
+    as the tracker would on receiving it."""
     outcomes = {t for s in flow.steps for t in (s.done_on, s.failed_on) if t}
-    for message in [m for m in sent if m.kind == EVENT and m.type in outcomes]:
-        more = lifecycle.on_message(flow, wf, message.type, message.id, message.data, now)
-        sent += effects.to_messages(conn, services.registry, wf, more, now)
-    return sent
-
-
-def _audit(conn: Connection, cid: str, request: Intervention, now: datetime, result: str) -> None:
-    conn.execute(insert(audit).values(
-        correlation_id=cid, actor=request.actor, action=request.action, reason=request.reason,
-        at=now, result=result, details=_jsonable(request.params),
-    ))
+    for message in uow.apply(wf, changes):
+        if message.kind == EVENT and message.type in outcomes:
+            uow.apply(wf, lifecycle.on_message(flow, wf, message.type, message.id, message.data, uow.now))
 
 
 def _jsonable(params: dict[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in params.items()}
-

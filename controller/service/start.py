@@ -1,15 +1,15 @@
-"""Starting a workflow: record it and its start event in one transaction (the outbox), idempotently."""
+"""Starting a workflow: record it and its start event in one unit of work (the outbox), idempotently."""
 
 from __future__ import annotations
 
 import hashlib
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
 from config.flows import Catalog
@@ -17,13 +17,12 @@ from contracts.envelope import Envelope, new_event
 from contracts.errors import InvalidMessage
 from contracts.flows import Flow
 from contracts.payloads import Registry
-from contracts.streams import CONTROLLER, Keys
+from contracts.streams import CONTROLLER
 from controller.db import store, views
-from controller.db.tables import attributes, workflows
 from controller.domain import lifecycle
 from controller.domain.errors import Conflict, InvalidInput, NotFound
-from controller.service import effects
-from participants.runtime import outbox
+from controller.service.bootstrap import Services
+from controller.service.unit_of_work import UnitOfWork, unit_of_work
 
 
 @dataclass(frozen=True)
@@ -45,65 +44,58 @@ class StartRequest:
 class Started:
     correlation_id: str
     created: bool
-    pending: list[outbox.Pending]
+    messages: list[Envelope] = field(default_factory=list)  # published (or left to the relay)
     view: dict[str, Any] | None = None  # the new workflow as the API shows it: no need to read it back
 
 
-def start_workflow(engine: Engine, catalog: Catalog, registry: Registry, keys: Keys,
-                   request: StartRequest, now: datetime) -> Started:
-    flow = _flow(catalog, request.flow)
-    data = _validate_input(registry, flow, request.input)
+def start_workflow(services: Services, request: StartRequest, now: datetime) -> Started:
+    flow = _flow(services.catalog, request.flow)
+    data = _validate_input(services.registry, flow, request.input)
     try:
-        with engine.begin() as conn:
-            return _start(conn, flow, registry, keys, request, data, now)
+        with unit_of_work(services, now, "api") as uow:
+            return _start(uow, flow, request, data)
     except IntegrityError:
         # A concurrent request with the same key or ID won the race: answer as if it came first.
-        with engine.begin() as conn:
+        with services.engine.begin() as conn:
             replay = _replay(conn, request)
         if replay:
             return replay
         raise Conflict(f"workflow {request.correlation_id} already exists") from None
 
 
-def _start(conn: Connection, flow: Flow, registry: Registry, keys: Keys, request: StartRequest,
-           data: dict[str, Any], now: datetime) -> Started:
-    replay = _replay(conn, request)
+def _start(uow: UnitOfWork, flow: Flow, request: StartRequest, data: dict[str, Any]) -> Started:
+    replay = _replay(uow.conn, request)
     if replay:
         return replay
-    cid = request.correlation_id or str(uuid.uuid4())
+    cid, now = request.correlation_id or str(uuid.uuid4()), uow.now
     early: list[Envelope] = []
     if request.correlation_id:  # a new UUID names nothing yet: no early message, no one to wait for
-        store.lock(conn, cid)  # an ID taken already fails the insert below: IntegrityError
-        early = store.early_messages(conn, cid)
+        uow.lock([cid])  # an ID taken already fails the insert: IntegrityError
+        early = store.early_messages(uow.conn, cid)
     start_event = new_event(flow.start_event, data, correlation_id=cid, source=CONTROLLER,
-                            version=registry.latest(flow.start_event))
+                            version=uow.registry.latest(flow.start_event))
     wf, changes = lifecycle.start(flow, cid, start_event.id, data, now, request.sla_seconds)
     for message in early:
         changes += lifecycle.on_message(flow, wf, message.type, message.id, message.data, now)
-    store.insert_workflow(conn, wf, {
-        "started_by": request.actor, "idempotency_key": request.idempotency_key,
-        "request_hash": request.fingerprint(), "input": data,
-    }, early=bool(early))
-    attrs = _insert_attributes(conn, flow, cid, data)
-    store.record_message(conn, start_event, now, transitions=False)  # a new id: nothing names it yet
-    sent: list[Envelope] = [start_event, *effects.to_messages(conn, registry, wf, changes, now)]
+    attrs = _attributes(flow, data)
+    uow.add(wf, {"started_by": request.actor, "idempotency_key": request.idempotency_key,
+                 "request_hash": request.fingerprint(), "input": data}, attrs, early=bool(early))
+    uow.emit(start_event, traced=False)  # a new id: nothing names it yet
+    uow.apply(wf, changes)
     view = views.render(flow, wf, request.actor, data, wf.steps, wf.compensations.values(), attrs)
-    return Started(cid, True, outbox.enqueue(conn, keys, sent, now), view)
+    return Started(cid, True, uow.messages, view)
 
 
 def _replay(conn: Connection, request: StartRequest) -> Started | None:
     """The same Idempotency-Key: the same workflow if the body matches, 409 if it does not."""
     if not request.idempotency_key:
         return None
-    row = conn.execute(select(workflows.c.correlation_id, workflows.c.request_hash).where(
-        workflows.c.started_by == request.actor,
-        workflows.c.idempotency_key == request.idempotency_key,
-    )).first()
-    if row is None:
+    found = store.started_with_key(conn, request.actor, request.idempotency_key)
+    if found is None:
         return None
-    if row.request_hash != request.fingerprint():
+    if found[1] != request.fingerprint():
         raise Conflict(f"Idempotency-Key {request.idempotency_key!r} was used with another body")
-    return Started(row.correlation_id, False, [])
+    return Started(found[0], False)
 
 
 def _flow(catalog: Catalog, name: str) -> Flow:
@@ -134,9 +126,5 @@ def _validate_input(registry: Registry, flow: Flow, data: dict[str, Any]) -> dic
         raise InvalidInput(f"input does not match the schema of {flow.start_event}", errors) from exc
 
 
-def _insert_attributes(conn: Connection, flow: Flow, cid: str, data: dict[str, Any]) -> dict[str, str]:
-    found = {name: str(data[name])[:255] for name in flow.search_attributes if data.get(name) is not None}
-    if found:
-        conn.execute(attributes.insert(), [
-            {"correlation_id": cid, "name": name, "value": value} for name, value in found.items()])
-    return found
+def _attributes(flow: Flow, data: dict[str, Any]) -> dict[str, str]:
+    return {name: str(data[name])[:255] for name in flow.search_attributes if data.get(name) is not None}

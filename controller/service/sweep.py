@@ -1,8 +1,8 @@
 """The SLA sweep: finds workflows whose next deadline or retry is due and lets the lifecycle act.
 
 Its cost grows with the number of workflows due, not in flight: `next_due_at` is indexed (partially,
-on the rows that owe something). Several sweeps may run at once: each workflow is taken under its
-advisory lock with try-lock semantics and re-read, so nothing is issued twice.
+on the rows that owe something). Several sweeps may run at once: each takes only the workflow
+locks no one holds and re-reads what it got, so nothing is issued twice.
 """
 
 from __future__ import annotations
@@ -10,16 +10,12 @@ from __future__ import annotations
 from datetime import datetime
 
 import structlog
-from sqlalchemy import Connection, select, text
+from sqlalchemy import select
 
-from contracts.envelope import Envelope
-from controller.db import store
 from controller.db.tables import workflows
 from controller.domain import lifecycle
-from controller.service import effects
 from controller.service.bootstrap import Services
-from participants.runtime import outbox
-from participants.runtime.faults import crash_point
+from controller.service.unit_of_work import unit_of_work
 
 log = structlog.get_logger("baton.sweeper")
 
@@ -44,44 +40,17 @@ def sweep_once(services: Services, now: datetime, limit: int = 500, chunk: int =
 
 
 def _sweep_chunk(services: Services, cids: list[str], now: datetime) -> tuple[int, int]:
-    with services.engine.begin() as conn:
-        sent: list[Envelope] = []
-        acted = 0
-        for cid in cids:
-            if not _try_lock(conn, cid):
-                continue  # another sweeper or the tracker has it; it is re-read next pass if still due
-            produced = _sweep_workflow(services, conn, cid, now)
-            if produced is not None:
-                acted += 1
-                sent += produced
-        crash_point("sweeper.before_commit", services.settings.crash_points if sent else ())
-        pending = outbox.enqueue(conn, services.keys, sent, now)
-    crash_point("sweeper.after_commit", services.settings.crash_points if pending else ())
-    outbox.publish(services.engine, services.redis, pending, services.settings.crash_points)
-    return acted, len(sent)
-
-
-def _sweep_workflow(services: Services, conn: Connection, cid: str,
-                    now: datetime) -> list[Envelope] | None:
-    wf = store.load(conn, cid)
-    if wf is None:
-        return None
-    due = lifecycle.next_due(wf)
-    if due is None or due > now:
-        return None  # someone acted on it since the query
-    flow = services.catalog.get(wf.flow, wf.flow_version)
-    before = store.snapshot(wf)
-    with structlog.contextvars.bound_contextvars(correlation_id=cid):
-        changes = lifecycle.on_time(flow, wf, now)
-        store.save(conn, wf, before)
-        if wf.status != before.status:
-            log.info("workflow changed by the clock", status=wf.status, reason=wf.reason)
-    return effects.to_messages(conn, services.registry, wf, changes, now)
-
-
-def _try_lock(conn: Connection, cid: str) -> bool:
-    if conn.dialect.name != "postgresql":
-        return True  # SQLite: this transaction already holds the database's write lock
-    got = conn.execute(text("SELECT pg_try_advisory_xact_lock(hashtextextended(:cid, 0))"),
-                       {"cid": cid}).scalar_one()
-    return bool(got)
+    """A workflow another sweeper or the tracker holds is left: the next pass re-reads it."""
+    acted = 0
+    with unit_of_work(services, now, "sweeper") as uow:
+        for cid, wf in sorted(uow.load(cids, wait=False).items()):
+            due = lifecycle.next_due(wf)
+            if due is None or due > now:
+                continue  # someone acted on it since the query
+            with structlog.contextvars.bound_contextvars(correlation_id=cid):
+                uow.apply(wf, lifecycle.on_time(uow.flow(wf), wf, now))
+                if wf.status != uow.before(wf).status:
+                    log.info("workflow changed by the clock", status=wf.status, reason=wf.reason)
+            acted += 1
+        sent = len(uow.messages)
+    return acted, sent
