@@ -9,10 +9,11 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from contracts.envelope import CORRELATION_PATTERN
 from contracts.flows import Flow
+from contracts.statuses import Reason, WorkflowStatus
 from contracts.timefmt import Timestamp
 
-STATUSES = ["running", "paused", "completed", "compensating", "compensated", "needs_attention"]
-REASONS = ["step_failed", "sla_breached", "cancelled"]
+STATUSES = [s.value for s in WorkflowStatus]
+REASONS = [r.value for r in Reason]
 
 
 class StartBody(Schema):

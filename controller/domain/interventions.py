@@ -8,6 +8,7 @@ from typing import Any
 
 from contracts.flows import APPROVAL_STEP, COMMAND_STEP, Flow
 from controller.domain import lifecycle as lc
+from controller.domain.statuses import CompensationStatus, Reason, StepStatus, WorkflowStatus
 
 
 class NotApplicable(Exception):
@@ -25,31 +26,31 @@ def _require(wf: lc.Workflow, action: str, *statuses: str) -> None:
 
 
 def cancel(flow: Flow, wf: lc.Workflow, now: datetime) -> list[lc.Effect]:
-    _require(wf, "cancel", lc.RUNNING, lc.PAUSED)
+    _require(wf, "cancel", WorkflowStatus.RUNNING, WorkflowStatus.PAUSED)
     wf.paused_at = None
-    effects = lc.begin_compensation(flow, wf, lc.CANCELLED, now)
+    effects = lc.begin_compensation(flow, wf, Reason.CANCELLED, now)
     return effects + lc.advance(flow, wf, now)
 
 
 def compensate(flow: Flow, wf: lc.Workflow, now: datetime) -> list[lc.Effect]:
     """Compensate now: a running or paused workflow, or one whose compensation gave up."""
-    _require(wf, "compensate", lc.RUNNING, lc.PAUSED, lc.NEEDS_ATTENTION)
-    if wf.status == lc.NEEDS_ATTENTION:
+    _require(wf, "compensate", WorkflowStatus.RUNNING, WorkflowStatus.PAUSED, WorkflowStatus.NEEDS_ATTENTION)
+    if wf.status == WorkflowStatus.NEEDS_ATTENTION:
         return _resend_failed_compensations(flow, wf, now)
     wf.paused_at = None
-    effects = lc.begin_compensation(flow, wf, wf.reason or lc.CANCELLED, now)
+    effects = lc.begin_compensation(flow, wf, wf.reason or Reason.CANCELLED, now)
     return effects + lc.advance(flow, wf, now)
 
 
 def retry(flow: Flow, wf: lc.Workflow, now: datetime, step: str | None = None) -> list[lc.Effect]:
     """Re-issue what is stuck: an active step's command or triggering events, or failed
     compensations of a workflow that needs attention."""
-    _require(wf, "retry", lc.RUNNING, lc.NEEDS_ATTENTION, lc.COMPENSATING)
-    if wf.status == lc.NEEDS_ATTENTION:
+    _require(wf, "retry", WorkflowStatus.RUNNING, WorkflowStatus.NEEDS_ATTENTION, WorkflowStatus.COMPENSATING)
+    if wf.status == WorkflowStatus.NEEDS_ATTENTION:
         return _resend_failed_compensations(flow, wf, now)
-    if wf.status == lc.COMPENSATING:
+    if wf.status == WorkflowStatus.COMPENSATING:
         return _resend_sent_compensation(flow, wf, now)
-    active = [s for s in flow.steps if wf.steps[s.name].status == lc.ACTIVE
+    active = [s for s in flow.steps if wf.steps[s.name].status == StepStatus.ACTIVE
               and s.kind != APPROVAL_STEP and (step is None or s.name == step)]
     if not active:
         raise NotApplicable(f"workflow {wf.correlation_id} has no active step"
@@ -68,42 +69,42 @@ def retry(flow: Flow, wf: lc.Workflow, now: datetime, step: str | None = None) -
 
 def skip(flow: Flow, wf: lc.Workflow, step: str, now: datetime) -> list[lc.Effect]:
     """The participant did the work out of band: the step is done without its event."""
-    _require(wf, "skip", lc.RUNNING, lc.PAUSED)
+    _require(wf, "skip", WorkflowStatus.RUNNING, WorkflowStatus.PAUSED)
     _step(flow, wf, step)
     state = wf.steps[step]
-    if state.status not in (lc.PENDING, lc.ACTIVE):
+    if state.status not in (StepStatus.PENDING, StepStatus.ACTIVE):
         raise NotApplicable(f"step {step} of workflow {wf.correlation_id} is {state.status}; "
                             "skip applies only to a pending or active step")
-    state.status, state.finished_at, state.next_attempt_at = lc.SKIPPED, now, None
+    state.status, state.finished_at, state.next_attempt_at = StepStatus.SKIPPED, now, None
     return lc.advance(flow, wf, now)  # what waited for its event may go on: see lc.arrived
 
 
 def pause(flow: Flow, wf: lc.Workflow, now: datetime) -> list[lc.Effect]:
-    _require(wf, "pause", lc.RUNNING)
-    wf.status, wf.paused_at = lc.PAUSED, now
+    _require(wf, "pause", WorkflowStatus.RUNNING)
+    wf.status, wf.paused_at = WorkflowStatus.PAUSED, now
     return []
 
 
 def resume(flow: Flow, wf: lc.Workflow, now: datetime) -> list[lc.Effect]:
     """The clock restarts where it stopped: every deadline moves by the time spent paused."""
-    _require(wf, "resume", lc.PAUSED)
+    _require(wf, "resume", WorkflowStatus.PAUSED)
     paused_for = now - (wf.paused_at or now)
-    wf.status, wf.paused_at = lc.RUNNING, None
+    wf.status, wf.paused_at = WorkflowStatus.RUNNING, None
     wf.deadline = wf.deadline + paused_for if wf.deadline else None
     for state in wf.steps.values():
-        if state.status == lc.ACTIVE:
+        if state.status == StepStatus.ACTIVE:
             state.deadline = state.deadline + paused_for if state.deadline else None
             if state.next_attempt_at:
                 state.next_attempt_at += paused_for
-    failed = [s for s in flow.steps if wf.steps[s.name].status == lc.FAILED]
+    failed = [s for s in flow.steps if wf.steps[s.name].status == StepStatus.FAILED]
     if failed:  # a failure that arrived while paused
-        return lc.begin_compensation(flow, wf, lc.STEP_FAILED, now) + lc.advance(flow, wf, now)
+        return lc.begin_compensation(flow, wf, Reason.STEP_FAILED, now) + lc.advance(flow, wf, now)
     return lc.advance(flow, wf, now)
 
 
 def move_deadline(flow: Flow, wf: lc.Workflow, now: datetime, deadline: datetime | None = None,
                   extend_seconds: int | None = None) -> list[lc.Effect]:
-    _require(wf, "deadline", lc.RUNNING, lc.PAUSED)
+    _require(wf, "deadline", WorkflowStatus.RUNNING, WorkflowStatus.PAUSED)
     if deadline is None:
         deadline = (wf.deadline or now) + timedelta(seconds=extend_seconds or 0)
     wf.deadline = deadline
@@ -113,9 +114,9 @@ def move_deadline(flow: Flow, wf: lc.Workflow, now: datetime, deadline: datetime
 def signal(flow: Flow, wf: lc.Workflow, name: str, now: datetime, step: str | None = None,
            data: dict[str, Any] | None = None, why: str | None = None) -> list[lc.Effect]:
     """Answer an approval step: `approve` emits its done event, `reject` its failed event."""
-    _require(wf, f"signal {name}", lc.RUNNING)
+    _require(wf, f"signal {name}", WorkflowStatus.RUNNING)
     waiting = [s for s in flow.steps if s.kind == APPROVAL_STEP
-               and wf.steps[s.name].status == lc.ACTIVE and (step is None or s.name == step)]
+               and wf.steps[s.name].status == StepStatus.ACTIVE and (step is None or s.name == step)]
     if not waiting:
         raise NotApplicable(f"workflow {wf.correlation_id} has no approval step waiting"
                             + (f" named {step}" if step else ""))
@@ -152,17 +153,17 @@ def _re_emit(wf: lc.Workflow, message_type: str) -> lc.Emit:
 
 
 def _resend_failed_compensations(flow: Flow, wf: lc.Workflow, now: datetime) -> list[lc.Effect]:
-    failed = [c for c in wf.compensations.values() if c.status == lc.FAILED]
+    failed = [c for c in wf.compensations.values() if c.status == CompensationStatus.FAILED]
     if not failed:
         raise NotApplicable(f"workflow {wf.correlation_id} has no failed compensation")
     for comp in failed:
-        comp.status = lc.PENDING
-    wf.status = lc.COMPENSATING
+        comp.status = CompensationStatus.PENDING
+    wf.status = WorkflowStatus.COMPENSATING
     return [lc.Announce("workflow.compensating", wf.status, wf.reason), *lc.advance(flow, wf, now)]
 
 
 def _resend_sent_compensation(flow: Flow, wf: lc.Workflow, now: datetime) -> list[lc.Effect]:
-    sent = [c for c in wf.compensations.values() if c.status == lc.SENT]
+    sent = [c for c in wf.compensations.values() if c.status == CompensationStatus.SENT]
     if not sent:
         raise NotApplicable(f"workflow {wf.correlation_id} has no compensation waiting for an answer")
     return [lc.send_compensation(flow, wf, c, now) for c in sent]
