@@ -3,7 +3,6 @@ messages in the same transaction as the change; a refusal (409) changes nothing.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -21,18 +20,6 @@ from controller.domain.errors import Conflict, InvalidInput, NotFound
 from controller.service import effects
 from controller.service.bootstrap import Services
 from participants.runtime import outbox
-
-Action = Callable[..., list[lifecycle.Effect]]
-ACTIONS: dict[str, Action] = {
-    "cancel": interventions.cancel,
-    "compensate": interventions.compensate,
-    "retry": interventions.retry,
-    "skip": interventions.skip,
-    "pause": interventions.pause,
-    "resume": interventions.resume,
-    "deadline": interventions.move_deadline,
-    "signal": interventions.signal,
-}
 
 
 @dataclass(frozen=True)
@@ -53,7 +40,7 @@ def intervene(services: Services, cid: str, request: Intervention, now: datetime
         flow = services.catalog.get(wf.flow, wf.flow_version)
         before = store.snapshot(wf)
         try:
-            changes = ACTIONS[request.action](flow, wf, now=now, **request.params)
+            changes = interventions.ACTIONS[request.action].decide(flow, wf, now=now, **request.params)
         except interventions.NotApplicable as exc:
             raise Conflict(str(exc)) from None
         except interventions.UnknownStep as exc:
