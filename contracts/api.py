@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from contracts.envelope import CORRELATION_PATTERN
 from contracts.flows import Flow
+from contracts.statuses import Reason, WorkflowStatus
 from contracts.timefmt import Timestamp
 
-STATUSES = ["running", "paused", "completed", "compensating", "compensated", "needs_attention"]
-REASONS = ["step_failed", "sla_breached", "cancelled"]
+STATUSES = [s.value for s in WorkflowStatus]
+REASONS = [r.value for r in Reason]
 
 
 class StartBody(Schema):
@@ -191,30 +192,19 @@ class DeadlineBody(InterventionBody):
             raise ValidationError({"deadline": message, "extend_seconds": message})
 
 
-BULK_ACTIONS = ["cancel", "compensate", "retry", "pause", "resume", "deadline"]
-
-
 class BulkBody(InterventionBody):
-    """`bulk_body` adds `filter`: a WorkflowFilter with the flows' search attributes."""
+    """`bulk_body` adds `action`, one of the bulk actions, and `filter`: a WorkflowFilter with the
+    flows' search attributes."""
 
-    action = fields.Str(required=True, validate=validate.OneOf(BULK_ACTIONS))
+    action = fields.Str(required=True)
     dry_run = fields.Bool(load_default=False)
     limit = fields.Int(load_default=100, validate=validate.Range(min=1, max=1000))
     extend_seconds = fields.Int(strict=True, validate=validate.Range(min=1, max=366 * 86400))
     step = fields.Str(validate=validate.Length(min=1, max=64))
 
-    @validates_schema
-    def _action_params(self, data: dict[str, Any], **kwargs: Any) -> None:
-        """`extend_seconds` is the deadline action's, required there; `step` is retry's."""
-        action, errors = data.get("action"), {}
-        if action == "deadline" and "extend_seconds" not in data:
-            errors["extend_seconds"] = ["required by action deadline"]
-        if action != "deadline" and "extend_seconds" in data:
-            errors["extend_seconds"] = ["only for action deadline"]
-        if action != "retry" and "step" in data:
-            errors["step"] = ["only for action retry"]
-        if errors:
-            raise ValidationError(errors)
+
+# The bulk actions, each with the fields of the body it takes, True where it requires the field.
+BulkActions = Mapping[str, Mapping[str, bool]]
 
 
 def list_query(flows: Iterable[Flow]) -> type[Schema]:
@@ -222,13 +212,29 @@ def list_query(flows: Iterable[Flow]) -> type[Schema]:
     return ListQuery.from_dict(_attributes(flows, ListQuery().fields), name="ListQuery")
 
 
-def bulk_body(flows: Iterable[Flow]) -> type[Schema]:
-    """BulkBody whose filter takes `attributes`: the search attributes `flows` declare."""
+def bulk_body(flows: Iterable[Flow], actions: BulkActions) -> type[Schema]:
+    """BulkBody whose `action` is one of `actions`, each field of the body an action takes only
+    with that action, and whose filter takes `attributes`: the search attributes `flows` declare."""
     attributes = Schema.from_dict(_attributes(flows), name="SearchAttributes")
     bulk_filter = WorkflowFilter.from_dict({"attributes": fields.Nested(attributes)},
                                            name="BulkFilter")
-    return BulkBody.from_dict({"filter": fields.Nested(bulk_filter, required=True)},
-                              name="BulkBody")
+    owned = [f for f in BulkBody().fields if any(f in p for p in actions.values())]
+
+    def check_params(schema: Schema, data: dict[str, Any], **kwargs: Any) -> None:
+        action, errors = data.get("action"), {}
+        for name in owned:  # e.g. `extend_seconds`: the deadline action's, required there
+            owners = [a for a, params in actions.items() if name in params]
+            if action in owners and actions[action][name] and name not in data:
+                errors[name] = [f"required by action {action}"]
+            if action not in owners and name in data:
+                errors[name] = [f"only for action {' or '.join(owners)}"]
+        if errors:
+            raise ValidationError(errors)
+
+    return type("BulkBody", (BulkBody,), {
+        "action": fields.Str(required=True, validate=validate.OneOf(list(actions))),
+        "filter": fields.Nested(bulk_filter, required=True),
+        "_check_params": validates_schema(check_params)})
 
 
 def _attributes(flows: Iterable[Flow], taken: Collection[str] = ()) -> dict[str, fields.Field]:

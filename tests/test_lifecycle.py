@@ -20,6 +20,7 @@ from contracts import lifecycle_events as announce
 from contracts.flows import Flow, load_flow
 from contracts.registry import default_registry
 from controller.domain import lifecycle as lc
+from controller.domain.statuses import CompensationStatus, Reason, StepStatus, WorkflowStatus
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
 MS = timedelta(milliseconds=1)
@@ -111,25 +112,25 @@ def only_command(effects: list[lc.Effect]) -> lc.Command:
 def test_the_happy_path_of_order_fulfillment() -> None:
     run, effects = begin()
     assert effects == []  # event steps: the controller only watches
-    assert run.wf.status == lc.RUNNING and run.wf.deadline == at(300)
+    assert run.wf.status == WorkflowStatus.RUNNING and run.wf.deadline == at(300)
     assert run.statuses() == {"reserve_inventory": "active", "charge_payment": "active",
                               "schedule_shipment": "pending", "send_confirmation": "pending"}
     assert run.step("reserve_inventory").deadline == at(60)
     assert run.step("reserve_inventory").started_at == T0
 
     assert run.send("inventory.reserved", at(5)) == []
-    assert run.step("reserve_inventory").status == lc.DONE
+    assert run.step("reserve_inventory").status == StepStatus.DONE
     assert run.step("reserve_inventory").finished_at == at(5)
-    assert run.step("schedule_shipment").status == lc.PENDING  # the join waits for both
+    assert run.step("schedule_shipment").status == StepStatus.PENDING  # the join waits for both
 
     assert run.send("payment.charged", at(10)) == []
     shipment = run.step("schedule_shipment")
-    assert (shipment.status, shipment.started_at, shipment.deadline) == (lc.ACTIVE, at(10), at(70))
-    assert run.step("send_confirmation").status == lc.ACTIVE
+    assert (shipment.status, shipment.started_at, shipment.deadline) == (StepStatus.ACTIVE, at(10), at(70))
+    assert run.step("send_confirmation").status == StepStatus.ACTIVE
 
     effects = run.send("shipment.scheduled", at(20))
-    assert effects == [lc.Announce(announce.COMPLETED, lc.COMPLETED, None)]
-    assert (run.wf.status, run.wf.reason, run.wf.finished_at) == (lc.COMPLETED, None, at(20))
+    assert effects == [lc.Announce(announce.COMPLETED, WorkflowStatus.COMPLETED, None)]
+    assert (run.wf.status, run.wf.reason, run.wf.finished_at) == (WorkflowStatus.COMPLETED, None, at(20))
     assert run.step("schedule_shipment").result == {
         "id": run.ids["shipment.scheduled"], "data": DATA["shipment.scheduled"]}
     assert lc.next_due(run.wf) is None
@@ -137,17 +138,17 @@ def test_the_happy_path_of_order_fulfillment() -> None:
 
     assert run.send("notification.sent", at(25)) == []  # not required, still recorded
     assert run.statuses() == dict.fromkeys(
-        ["reserve_inventory", "charge_payment", "schedule_shipment", "send_confirmation"], lc.DONE)
-    assert run.wf.status == lc.COMPLETED and run.wf.compensations == {}
+        ["reserve_inventory", "charge_payment", "schedule_shipment", "send_confirmation"], StepStatus.DONE)
+    assert run.wf.status == WorkflowStatus.COMPLETED and run.wf.compensations == {}
 
 
 def test_the_join_needs_both_halves_in_either_order() -> None:
     run, _ = begin()
     run.send("payment.charged", at(1))
-    assert run.step("schedule_shipment").status == lc.PENDING
-    assert run.step("send_confirmation").status == lc.ACTIVE  # reacts to payment.charged alone
+    assert run.step("schedule_shipment").status == StepStatus.PENDING
+    assert run.step("send_confirmation").status == StepStatus.ACTIVE  # reacts to payment.charged alone
     run.send("inventory.reserved", at(2))
-    assert run.step("schedule_shipment").status == lc.ACTIVE
+    assert run.step("schedule_shipment").status == StepStatus.ACTIVE
     assert run.step("schedule_shipment").deadline == at(62)
 
 
@@ -185,17 +186,18 @@ def test_a_failed_step_compensates_what_was_done_in_reverse_order(
     for i, message_type in enumerate(done, 1):
         assert commands(run.send(message_type, at(i))) == []
     effects = run.send(failure, at(10))
-    assert effects[0] == lc.Announce(announce.COMPENSATING, lc.COMPENSATING, lc.STEP_FAILED)
-    assert (run.wf.status, run.wf.reason) == (lc.COMPENSATING, lc.STEP_FAILED)
+    assert effects[0] == lc.Announce(announce.COMPENSATING, WorkflowStatus.COMPENSATING, Reason.STEP_FAILED)
+    assert (run.wf.status, run.wf.reason) == (WorkflowStatus.COMPENSATING, Reason.STEP_FAILED)
     assert compensate_to_the_end(run, effects, 10) == expected_commands
-    if run.wf.status == lc.COMPENSATING:  # charge_payment still at work: waited for
-        assert run.step("charge_payment").status == lc.ACTIVE
+    if run.wf.status == WorkflowStatus.COMPENSATING:  # charge_payment still at work: waited for
+        assert run.step("charge_payment").status == StepStatus.ACTIVE
         assert run.tick(at(10 + run.flow.command_timeout_seconds)) == [
-            lc.Announce(announce.COMPENSATED, lc.COMPENSATED, lc.STEP_FAILED)]
-    assert (run.wf.status, run.wf.reason) == (lc.COMPENSATED, lc.STEP_FAILED)
+            lc.Announce(announce.COMPENSATED, WorkflowStatus.COMPENSATED, Reason.STEP_FAILED)]
+    assert (run.wf.status, run.wf.reason) == (WorkflowStatus.COMPENSATED, Reason.STEP_FAILED)
     assert run.wf.finished_at is not None
     assert {k: v for k, v in run.statuses().items() if k != "send_confirmation"} == expected_steps
-    assert [c.status for c in run.wf.compensations.values()] == [lc.DONE] * len(expected_commands)
+    assert [c.status for c in run.wf.compensations.values()] == (
+        [CompensationStatus.DONE] * len(expected_commands))
     assert lc.next_due(run.wf) is None
 
 
@@ -208,23 +210,23 @@ def test_the_compensation_command_carries_the_step_result_and_a_deterministic_id
     expected_id = lc.command_id(run.wf.correlation_id, "comp:charge_payment")
     assert refund == lc.Command(
         participant="payment", type="payment.refund",
-        data={**DATA["payment.charged"], "reason": lc.STEP_FAILED}, command_id=expected_id, attempt=1,
+        data={**DATA["payment.charged"], "reason": Reason.STEP_FAILED}, command_id=expected_id, attempt=1,
         deadline=at(3) + lc.backoff(run.flow.command_timeout_seconds, 1, expected_id),
         causation_id=run.ids["payment.charged"],
     )
     assert expected_id == lc.command_id(run.wf.correlation_id, "comp:charge_payment")  # stable
     assert expected_id != lc.command_id(run.wf.correlation_id, "comp:reserve_inventory")
-    assert run.wf.compensations["reserve_inventory"].status == lc.PENDING
-    assert run.wf.compensations["charge_payment"].status == lc.SENT
+    assert run.wf.compensations["reserve_inventory"].status == CompensationStatus.PENDING
+    assert run.wf.compensations["charge_payment"].status == CompensationStatus.SENT
 
 
 def test_a_workflow_with_nothing_done_is_compensated_once_its_steps_at_work_answer() -> None:
     run, _ = begin()
     effects = run.send("payment.charge_failed", at(1))
-    assert effects == [lc.Announce(announce.COMPENSATING, lc.COMPENSATING, lc.STEP_FAILED)]
+    assert effects == [lc.Announce(announce.COMPENSATING, WorkflowStatus.COMPENSATING, Reason.STEP_FAILED)]
     assert lc.next_due(run.wf) == at(1 + reference().command_timeout_seconds)  # waits for inventory
     assert run.send("inventory.reservation_failed", at(2)) == [
-        lc.Announce(announce.COMPENSATED, lc.COMPENSATED, lc.STEP_FAILED)]
+        lc.Announce(announce.COMPENSATED, WorkflowStatus.COMPENSATED, Reason.STEP_FAILED)]
     assert run.wf.compensations == {}
 
 
@@ -233,9 +235,10 @@ def test_a_step_finishing_while_compensation_waits_for_it_is_compensated_before_
     run.send("payment.charge_failed", at(1))
     release = only_command(run.send("inventory.reserved", at(3)))
     assert release.type == "inventory.release"
-    assert run.wf.status == lc.COMPENSATING
-    assert run.answer(release, at(4)) == [lc.Announce(announce.COMPENSATED, lc.COMPENSATED, lc.STEP_FAILED)]
-    assert run.wf.steps["reserve_inventory"].status == lc.STEP_COMPENSATED
+    assert run.wf.status == WorkflowStatus.COMPENSATING
+    assert run.answer(release, at(4)) == [
+        lc.Announce(announce.COMPENSATED, WorkflowStatus.COMPENSATED, Reason.STEP_FAILED)]
+    assert run.wf.steps["reserve_inventory"].status == StepStatus.COMPENSATED
 
 
 def test_compensation_waits_for_a_step_at_work_one_command_timeout_then_reopens_if_it_finishes() -> None:
@@ -243,10 +246,11 @@ def test_compensation_waits_for_a_step_at_work_one_command_timeout_then_reopens_
     run.send("payment.charge_failed", at(1))
     settle = at(1 + reference().command_timeout_seconds)
     assert run.tick(settle - MS) == []
-    assert run.tick(settle) == [lc.Announce(announce.COMPENSATED, lc.COMPENSATED, lc.STEP_FAILED)]
+    assert run.tick(settle) == [
+        lc.Announce(announce.COMPENSATED, WorkflowStatus.COMPENSATED, Reason.STEP_FAILED)]
     assert lc.next_due(run.wf) is None
     effects = run.send("inventory.reserved", at(30))  # late: compensated all the same
-    assert effects[0] == lc.Announce(announce.COMPENSATING, lc.COMPENSATING, lc.STEP_FAILED)
+    assert effects[0] == lc.Announce(announce.COMPENSATING, WorkflowStatus.COMPENSATING, Reason.STEP_FAILED)
     assert only_command(effects).type == "inventory.release"
 
 
@@ -259,12 +263,13 @@ def test_a_step_deadline_breach_compensates_with_sla_breached() -> None:
     assert lc.next_due(run.wf) == at(60)  # charge_payment's deadline
     assert run.tick(at(60) - MS) == []
     effects = run.tick(at(60))
-    assert effects[0] == lc.Announce(announce.COMPENSATING, lc.COMPENSATING, lc.SLA_BREACHED)
+    assert effects[0] == lc.Announce(announce.COMPENSATING, WorkflowStatus.COMPENSATING, Reason.SLA_BREACHED)
     release = only_command(effects)
-    assert (release.type, release.data["reason"]) == ("inventory.release", lc.SLA_BREACHED)
-    assert (run.wf.status, run.wf.reason) == (lc.COMPENSATING, lc.SLA_BREACHED)
+    assert (release.type, release.data["reason"]) == ("inventory.release", Reason.SLA_BREACHED)
+    assert (run.wf.status, run.wf.reason) == (WorkflowStatus.COMPENSATING, Reason.SLA_BREACHED)
     assert lc.next_due(run.wf) == run.wf.compensations["reserve_inventory"].next_attempt_at
-    assert run.answer(release, at(61)) == [lc.Announce(announce.COMPENSATED, lc.COMPENSATED, lc.SLA_BREACHED)]
+    assert run.answer(release, at(61)) == [
+        lc.Announce(announce.COMPENSATED, WorkflowStatus.COMPENSATED, Reason.SLA_BREACHED)]
 
 
 def test_the_whole_workflow_deadline_breach_compensates_with_sla_breached() -> None:
@@ -276,13 +281,13 @@ def test_the_whole_workflow_deadline_breach_compensates_with_sla_breached() -> N
     assert lc.next_due(run.wf) == at(30)
     assert run.tick(at(30) - MS) == []
     effects = run.tick(at(30))
-    assert effects[0] == lc.Announce(announce.COMPENSATING, lc.COMPENSATING, lc.SLA_BREACHED)
+    assert effects[0] == lc.Announce(announce.COMPENSATING, WorkflowStatus.COMPENSATING, Reason.SLA_BREACHED)
     assert compensate_to_the_end(run, effects, 30) == ["payment.refund", "inventory.release"]
     # schedule_shipment is still at work and may yet ship: waited for one command timeout
-    assert run.wf.status == lc.COMPENSATING
+    assert run.wf.status == WorkflowStatus.COMPENSATING
     assert lc.next_due(run.wf) == at(30 + run.flow.command_timeout_seconds)
     assert run.tick(at(30 + run.flow.command_timeout_seconds)) == [
-        lc.Announce(announce.COMPENSATED, lc.COMPENSATED, lc.SLA_BREACHED)]
+        lc.Announce(announce.COMPENSATED, WorkflowStatus.COMPENSATED, Reason.SLA_BREACHED)]
 
 
 def test_next_due_follows_the_earliest_deadline() -> None:
@@ -304,7 +309,8 @@ def test_the_flow_default_sla_applies_without_sla_seconds() -> None:
     run.send("notification.sent", at(3))
     # schedule_shipment's own deadline (62 s) comes first
     assert run.tick(at(61)) == []
-    assert run.tick(at(62))[0] == lc.Announce(announce.COMPENSATING, lc.COMPENSATING, lc.SLA_BREACHED)
+    assert run.tick(at(62))[0] == lc.Announce(
+        announce.COMPENSATING, WorkflowStatus.COMPENSATING, Reason.SLA_BREACHED)
 
 
 # -- compensation retries --------------------------------------------------------------------------
@@ -327,7 +333,7 @@ def test_a_failed_compensation_is_retried_only_when_due_then_needs_attention() -
         due = comp.next_attempt_at
         assert due is not None and lc.next_due(run.wf) == due
         assert run.answer(release, due - 2 * MS, failed=True) == []  # not retried on the spot
-        assert (comp.status, comp.attempts) == (lc.SENT, attempt)
+        assert (comp.status, comp.attempts) == (CompensationStatus.SENT, attempt)
         assert run.tick(due - MS) == []
         retry = only_command(run.tick(due))
         assert (retry.command_id, retry.type) == (release.command_id, release.type)
@@ -339,9 +345,10 @@ def test_a_failed_compensation_is_retried_only_when_due_then_needs_attention() -
     assert comp.attempts == max_attempts
     effects = run.answer(release, at(10_000), failed=True)
     # the announcement is the alert: the alerter consumes workflow.needs_attention
-    assert effects == [lc.Announce(announce.NEEDS_ATTENTION, lc.NEEDS_ATTENTION, lc.STEP_FAILED)]
-    assert (run.wf.status, comp.status) == (lc.NEEDS_ATTENTION, lc.FAILED)
-    assert run.step("reserve_inventory").status == lc.DONE  # not compensated: an operator must act
+    assert effects == [
+        lc.Announce(announce.NEEDS_ATTENTION, WorkflowStatus.NEEDS_ATTENTION, Reason.STEP_FAILED)]
+    assert (run.wf.status, comp.status) == (WorkflowStatus.NEEDS_ATTENTION, CompensationStatus.FAILED)
+    assert run.step("reserve_inventory").status == StepStatus.DONE  # not compensated: an operator must act
     assert lc.next_due(run.wf) is None
     assert run.tick(at(100_000)) == []
 
@@ -360,8 +367,9 @@ def test_an_unanswered_compensation_is_retried_on_timeout_then_needs_attention()
     assert last_due is not None
     assert run.tick(last_due - MS) == []
     effects = run.tick(last_due)
-    assert effects == [lc.Announce(announce.NEEDS_ATTENTION, lc.NEEDS_ATTENTION, lc.STEP_FAILED)]
-    assert run.wf.status == lc.NEEDS_ATTENTION and comp.status == lc.FAILED
+    assert effects == [
+        lc.Announce(announce.NEEDS_ATTENTION, WorkflowStatus.NEEDS_ATTENTION, Reason.STEP_FAILED)]
+    assert run.wf.status == WorkflowStatus.NEEDS_ATTENTION and comp.status == CompensationStatus.FAILED
     assert comp.attempts == run.flow.command_max_attempts
 
 
@@ -380,7 +388,7 @@ def test_a_retried_compensation_answered_late_still_completes() -> None:
     retry = only_command(run.tick(due))
     assert retry.attempt == 2
     assert run.answer(release, due + MS) == [
-        lc.Announce(announce.COMPENSATED, lc.COMPENSATED, lc.STEP_FAILED)]
+        lc.Announce(announce.COMPENSATED, WorkflowStatus.COMPENSATED, Reason.STEP_FAILED)]
 
 
 
@@ -401,14 +409,15 @@ def test_a_success_after_the_compensation_gave_up_resumes_it() -> None:
     assert last_due is not None
     late = last_due - MS
     assert run.answer(refund, late, failed=True) == [
-        lc.Announce(announce.NEEDS_ATTENTION, lc.NEEDS_ATTENTION, lc.STEP_FAILED)]
+        lc.Announce(announce.NEEDS_ATTENTION, WorkflowStatus.NEEDS_ATTENTION, Reason.STEP_FAILED)]
     effects = run.answer(refund, late + MS)
-    assert effects[0] == lc.Announce(announce.COMPENSATING, lc.COMPENSATING, lc.STEP_FAILED)
+    assert effects[0] == lc.Announce(announce.COMPENSATING, WorkflowStatus.COMPENSATING, Reason.STEP_FAILED)
     release = only_command(effects[1:])
     assert (release.type, release.attempt) == ("inventory.release", 1)
-    assert (comp.status, run.step("charge_payment").status) == (lc.DONE, lc.STEP_COMPENSATED)
+    assert (comp.status, run.step("charge_payment").status) == (
+        CompensationStatus.DONE, StepStatus.COMPENSATED)
     assert run.answer(release, late + 2 * MS) == [
-        lc.Announce(announce.COMPENSATED, lc.COMPENSATED, lc.STEP_FAILED)]
+        lc.Announce(announce.COMPENSATED, WorkflowStatus.COMPENSATED, Reason.STEP_FAILED)]
 
 
 def test_a_success_after_giving_up_keeps_needs_attention_while_another_failed() -> None:
@@ -417,11 +426,11 @@ def test_a_success_after_giving_up_keeps_needs_attention_while_another_failed() 
     while comp.attempts < run.flow.command_max_attempts:
         only_command(run.tick(comp.next_attempt_at))  # type: ignore[arg-type]
     run.tick(comp.next_attempt_at)  # type: ignore[arg-type]
-    assert run.wf.status == lc.NEEDS_ATTENTION
-    other = lc.Compensation("charge_payment", 5, "payment.refund", "c-2", status=lc.FAILED)
+    assert run.wf.status == WorkflowStatus.NEEDS_ATTENTION
+    other = lc.Compensation("charge_payment", 5, "payment.refund", "c-2", status=CompensationStatus.FAILED)
     run.wf.compensations["charge_payment"] = other
     assert run.answer(release, at(100_000)) == []
-    assert (run.wf.status, comp.status) == (lc.NEEDS_ATTENTION, lc.DONE)
+    assert (run.wf.status, comp.status) == (WorkflowStatus.NEEDS_ATTENTION, CompensationStatus.DONE)
 
 # -- late and duplicate events ---------------------------------------------------------------------
 
@@ -431,28 +440,28 @@ def test_a_late_done_after_compensation_began_is_compensated_too() -> None:
     run.send("inventory.reserved", at(5))
     release = only_command(run.tick(at(60)))  # charge_payment breached its deadline
     assert run.send("payment.charged", at(61)) == []  # compensated after the release is answered
-    assert run.step("charge_payment").status == lc.DONE
-    assert run.wf.compensations["charge_payment"].status == lc.PENDING
+    assert run.step("charge_payment").status == StepStatus.DONE
+    assert run.wf.compensations["charge_payment"].status == CompensationStatus.PENDING
     refund = only_command(run.answer(release, at(62)))
-    assert (refund.type, refund.data["reason"]) == ("payment.refund", lc.SLA_BREACHED)
+    assert (refund.type, refund.data["reason"]) == ("payment.refund", Reason.SLA_BREACHED)
     assert run.answer(refund, at(63)) == [
-        lc.Announce(announce.COMPENSATED, lc.COMPENSATED, lc.SLA_BREACHED)]
-    assert run.step("charge_payment").status == run.step("reserve_inventory").status == lc.STEP_COMPENSATED
+        lc.Announce(announce.COMPENSATED, WorkflowStatus.COMPENSATED, Reason.SLA_BREACHED)]
+    assert run.step("charge_payment").status == run.step("reserve_inventory").status == StepStatus.COMPENSATED
 
 
 def test_a_late_done_after_compensated_reopens_compensation() -> None:
     run, _ = begin()
     run.send("inventory.reservation_failed", at(1))
     run.tick(at(1 + run.flow.command_timeout_seconds))  # charge_payment waited for, in vain
-    assert run.wf.status == lc.COMPENSATED
+    assert run.wf.status == WorkflowStatus.COMPENSATED
     effects = run.send("payment.charged", at(30))
-    assert effects[0] == lc.Announce(announce.COMPENSATING, lc.COMPENSATING, lc.STEP_FAILED)
+    assert effects[0] == lc.Announce(announce.COMPENSATING, WorkflowStatus.COMPENSATING, Reason.STEP_FAILED)
     refund = only_command(effects)
     assert refund.type == "payment.refund" and refund.causation_id == run.ids["payment.charged"]
-    assert (run.wf.status, run.wf.finished_at) == (lc.COMPENSATING, None)
+    assert (run.wf.status, run.wf.finished_at) == (WorkflowStatus.COMPENSATING, None)
     assert lc.next_due(run.wf) == run.wf.compensations["charge_payment"].next_attempt_at
     assert run.answer(refund, at(31)) == [
-        lc.Announce(announce.COMPENSATED, lc.COMPENSATED, lc.STEP_FAILED)]
+        lc.Announce(announce.COMPENSATED, WorkflowStatus.COMPENSATED, Reason.STEP_FAILED)]
     assert run.wf.finished_at == at(31)
 
 
@@ -460,9 +469,9 @@ def test_a_late_done_of_a_step_without_compensation_changes_no_status() -> None:
     run, _ = begin()
     run.send("payment.charge_failed", at(1))
     run.send("inventory.reservation_failed", at(1.5))
-    assert run.wf.status == lc.COMPENSATED
+    assert run.wf.status == WorkflowStatus.COMPENSATED
     assert run.send("notification.sent", at(2)) == []
-    assert run.wf.status == lc.COMPENSATED
+    assert run.wf.status == WorkflowStatus.COMPENSATED
 
 
 def test_a_duplicate_done_event_changes_nothing() -> None:
@@ -482,7 +491,7 @@ def test_duplicate_failures_and_answers_change_nothing() -> None:
     assert run.send("payment.charge_failed", at(11)) == []
     assert run.wf == before
     run.answer(release, at(12))
-    assert run.wf.status == lc.COMPENSATED
+    assert run.wf.status == WorkflowStatus.COMPENSATED
     after = copy.deepcopy(run.wf)
     assert run.answer(release, at(13)) == []
     assert run.wf == after
@@ -509,9 +518,9 @@ def test_a_command_step_sends_its_command_when_its_prerequisites_are_met() -> No
         causation_id=run.ids["payment.charged"],
     )
     state = run.step("schedule_shipment")
-    assert (state.status, state.attempts, state.command_id) == (lc.ACTIVE, 1, expected_id)
-    assert run.answer(schedule, at(3)) == [lc.Announce(announce.COMPLETED, lc.COMPLETED, None)]
-    assert state.status == lc.DONE
+    assert (state.status, state.attempts, state.command_id) == (StepStatus.ACTIVE, 1, expected_id)
+    assert run.answer(schedule, at(3)) == [lc.Announce(announce.COMPLETED, WorkflowStatus.COMPLETED, None)]
+    assert state.status == StepStatus.DONE
 
 
 def test_a_command_step_failed_answer_is_a_failed_attempt() -> None:
@@ -521,16 +530,16 @@ def test_a_command_step_failed_answer_is_a_failed_attempt() -> None:
     state = run.step("schedule_shipment")
     for attempt in (2, 3):
         assert run.answer(first, at(2), failed=True) == []  # retried when due, not at once
-        assert state.status == lc.ACTIVE
+        assert state.status == StepStatus.ACTIVE
         due = state.next_attempt_at
         assert due is not None and lc.next_due(run.wf) == due
         assert run.tick(due - MS) == []
         retry = only_command(run.tick(due))
         assert (retry.command_id, retry.attempt) == (first.command_id, attempt)
     effects = run.answer(first, at(30), failed=True)  # the last attempt failed too
-    assert effects[0] == lc.Announce(announce.COMPENSATING, lc.COMPENSATING, lc.STEP_FAILED)
+    assert effects[0] == lc.Announce(announce.COMPENSATING, WorkflowStatus.COMPENSATING, Reason.STEP_FAILED)
     assert only_command(effects).type == "payment.refund"
-    assert state.status == lc.FAILED and state.attempts == 3
+    assert state.status == StepStatus.FAILED and state.attempts == 3
 
 
 def test_an_unanswered_command_step_fails_after_its_last_attempt() -> None:
@@ -545,9 +554,9 @@ def test_an_unanswered_command_step_fails_after_its_last_attempt() -> None:
     due = state.next_attempt_at
     assert due is not None and due < state.deadline  # type: ignore[operator]
     effects = run.tick(due)
-    assert effects[0] == lc.Announce(announce.COMPENSATING, lc.COMPENSATING, lc.STEP_FAILED)
+    assert effects[0] == lc.Announce(announce.COMPENSATING, WorkflowStatus.COMPENSATING, Reason.STEP_FAILED)
     assert only_command(effects).type == "payment.refund"
-    assert state.status == lc.FAILED
+    assert state.status == StepStatus.FAILED
     assert first.command_id == state.command_id
 
 
@@ -558,7 +567,7 @@ def test_a_command_step_late_answer_after_a_retry_is_done_once() -> None:
     due = run.step("schedule_shipment").next_attempt_at
     assert due is not None
     only_command(run.tick(due))
-    assert run.answer(first, due + MS) == [lc.Announce(announce.COMPLETED, lc.COMPLETED, None)]
+    assert run.answer(first, due + MS) == [lc.Announce(announce.COMPLETED, WorkflowStatus.COMPLETED, None)]
     assert run.answer(first, due + 2 * MS) == []
     assert run.step("schedule_shipment").next_attempt_at is None
 

@@ -1,4 +1,5 @@
-"""Operator interventions: `/v1/workflows/<cid>/<action>`, signals, the audit, and bulk actions."""
+"""Operator interventions: `/v1/workflows/<cid>/<action>`, one route per row of the action table
+(`controller.domain.interventions.ACTIONS`), the audit, and bulk actions."""
 
 from __future__ import annotations
 
@@ -9,22 +10,14 @@ from flask_smorest import Blueprint
 from marshmallow import RAISE
 
 from config.flows import Catalog
-from contracts.api import (
-    AuditPage,
-    BulkOut,
-    DeadlineBody,
-    InterventionBody,
-    PageQuery,
-    RetryBody,
-    SignalBody,
-    WorkflowOut,
-    bulk_body,
-)
+from contracts.api import AuditPage, BulkOut, PageQuery, WorkflowOut, bulk_body
 from contracts.timefmt import utcnow
 from controller.api.auth import OPERATOR, READERS, current_actor, requires
 from controller.api.problems import BODY, may_answer
 from controller.db import views
+from controller.domain.actions import Action, bulk_actions
 from controller.domain.errors import ControllerError
+from controller.domain.interventions import ACTIONS
 from controller.service.bootstrap import Services
 from controller.service.intervene import Intervention, intervene
 
@@ -37,92 +30,13 @@ def _services() -> Services:
     return services
 
 
-def _apply(cid: str, action: str, reason: str, **params: Any) -> dict[str, Any]:
-    services = _services()
-    request = Intervention(action, current_actor().name, reason, params)
-    intervene(services, cid, request, utcnow())
-    with services.engine.connect() as conn:
-        return views.workflow(conn, services.catalog, cid)
-
-
 def blueprint(catalog: Catalog) -> Blueprint:
-    """The routes, their schemas completed from the loaded flows: a bulk action's filter takes
-    each search attribute they declare."""
+    """The routes: one per action of the table, the audit, and bulk actions, whose filter takes
+    each search attribute the loaded flows declare."""
     blp = Blueprint("interventions", __name__, url_prefix="/v1/workflows",
                     description="Operator interventions and the audit")
-
-    @blp.route("/<cid>/cancel", methods=["POST"])
-    @requires(OPERATOR)
-    @blp.arguments(InterventionBody)
-    @blp.response(200, WorkflowOut)
-    @may_answer(blp, *_INTERVENTION)
-    def cancel(body: dict[str, Any], cid: str) -> dict[str, Any]:
-        """Stop the workflow and compensate what was done."""
-        return _apply(cid, "cancel", body["reason"])
-
-    @blp.route("/<cid>/compensate", methods=["POST"])
-    @requires(OPERATOR)
-    @blp.arguments(InterventionBody)
-    @blp.response(200, WorkflowOut)
-    @may_answer(blp, *_INTERVENTION)
-    def compensate(body: dict[str, Any], cid: str) -> dict[str, Any]:
-        """Compensate now: a running, paused or needs_attention workflow."""
-        return _apply(cid, "compensate", body["reason"])
-
-    @blp.route("/<cid>/retry", methods=["POST"])
-    @requires(OPERATOR)
-    @blp.arguments(RetryBody)
-    @blp.response(200, WorkflowOut)
-    @may_answer(blp, *_INTERVENTION)
-    def retry(body: dict[str, Any], cid: str) -> dict[str, Any]:
-        """Re-send a stalled step's command or re-emit its triggering event; re-send a compensation."""
-        return _apply(cid, "retry", body["reason"], step=body.get("step"))
-
-    @blp.route("/<cid>/steps/<step>/skip", methods=["POST"])
-    @requires(OPERATOR)
-    @blp.arguments(InterventionBody)
-    @blp.response(200, WorkflowOut)
-    @may_answer(blp, *_INTERVENTION)
-    def skip(body: dict[str, Any], cid: str, step: str) -> dict[str, Any]:
-        """Mark a step done without its event: its work was done out of band."""
-        return _apply(cid, "skip", body["reason"], step=step)
-
-    @blp.route("/<cid>/pause", methods=["POST"])
-    @requires(OPERATOR)
-    @blp.arguments(InterventionBody)
-    @blp.response(200, WorkflowOut)
-    @may_answer(blp, *_INTERVENTION)
-    def pause(body: dict[str, Any], cid: str) -> dict[str, Any]:
-        """Stop the SLA clock; the controller issues nothing for the workflow until it resumes."""
-        return _apply(cid, "pause", body["reason"])
-
-    @blp.route("/<cid>/resume", methods=["POST"])
-    @requires(OPERATOR)
-    @blp.arguments(InterventionBody)
-    @blp.response(200, WorkflowOut)
-    @may_answer(blp, *_INTERVENTION)
-    def resume(body: dict[str, Any], cid: str) -> dict[str, Any]:
-        return _apply(cid, "resume", body["reason"])
-
-    @blp.route("/<cid>/deadline", methods=["POST"])
-    @requires(OPERATOR)
-    @blp.arguments(DeadlineBody)
-    @blp.response(200, WorkflowOut)
-    @may_answer(blp, *_INTERVENTION)
-    def deadline(body: dict[str, Any], cid: str) -> dict[str, Any]:
-        """Move the whole workflow's deadline: to `deadline`, or by `extend_seconds`."""
-        return _apply(cid, "deadline", body["reason"], deadline=body.get("deadline"),
-                      extend_seconds=body.get("extend_seconds"))
-
-    @blp.route("/<cid>/signals/<name>", methods=["POST"])
-    @requires(OPERATOR)
-    @blp.arguments(SignalBody)
-    @blp.response(200, WorkflowOut)
-    @may_answer(blp, *_INTERVENTION)
-    def signal(body: dict[str, Any], cid: str, name: str) -> dict[str, Any]:
-        """Answer an approval step: `approve` or `reject`."""
-        return _apply(cid, "signal", body["reason"], name=name, step=body.get("step"),
-                      data=body.get("data"), why=body["reason"])
+    for action in ACTIONS.values():
+        _intervention_route(blp, action)
 
     @blp.route("/<cid>/audit", methods=["GET"])
     @requires(*READERS)
@@ -134,7 +48,7 @@ def blueprint(catalog: Catalog) -> Blueprint:
 
     @blp.route("/actions", methods=["POST"])
     @requires(OPERATOR)
-    @blp.arguments(bulk_body(catalog.flows.values()))
+    @blp.arguments(bulk_body(catalog.flows.values(), bulk_actions(ACTIONS.values())))
     @blp.response(200, BulkOut)
     @may_answer(blp, 401, 403, *BODY, 503)
     def bulk(body: dict[str, Any]) -> dict[str, Any]:
@@ -143,6 +57,29 @@ def blueprint(catalog: Catalog) -> Blueprint:
         return _bulk(body)
 
     return blp
+
+
+def _intervention_route(blp: Blueprint, action: Action) -> None:
+    """`POST /v1/workflows/<cid>/<action.path>`, as the decorators would declare it by hand; the
+    summary and description are the view's docstring, where flask-smorest reads them."""
+    def view(body: dict[str, Any], cid: str, **path: str) -> dict[str, Any]:
+        return _apply(cid, action, body, path)
+
+    view.__name__ = view.__qualname__ = action.name
+    view.__doc__ = "\n\n".join(t for t in (action.summary, action.description) if t) or None
+    documented = may_answer(blp, *_INTERVENTION)(view)
+    documented = blp.response(200, WorkflowOut)(documented)
+    documented = blp.arguments(action.body)(documented)
+    blp.route(f"/<cid>/{action.path}", methods=["POST"])(requires(OPERATOR)(documented))
+
+
+def _apply(cid: str, action: Action, body: dict[str, Any], path: dict[str, str]) -> dict[str, Any]:
+    services = _services()
+    params = action.decision_params(body, path)
+    intervene(services, cid, Intervention(action.name, current_actor().name, body["reason"], params),
+              utcnow())
+    with services.engine.connect() as conn:
+        return views.workflow(conn, services.catalog, cid)
 
 
 def _audit(query: dict[str, Any], cid: str) -> dict[str, Any]:
@@ -159,7 +96,7 @@ def _bulk(body: dict[str, Any]) -> dict[str, Any]:
         matched = views.matching(conn, filters, body["limit"], utcnow())
     if body["dry_run"]:
         return {"dry_run": True, "matched": matched, "results": []}
-    params = _bulk_params(body)
+    params = ACTIONS[body["action"]].bulk_params(body)
     results = []
     for cid in matched:
         try:
@@ -169,11 +106,3 @@ def _bulk(body: dict[str, Any]) -> dict[str, Any]:
         except ControllerError as exc:
             results.append({"correlation_id": cid, "status": exc.status, "detail": exc.detail})
     return {"dry_run": False, "matched": matched, "results": results}
-
-
-def _bulk_params(body: dict[str, Any]) -> dict[str, Any]:
-    if body["action"] == "deadline":
-        return {"extend_seconds": body["extend_seconds"]}
-    if body["action"] == "retry":
-        return {"step": body.get("step")}
-    return {}

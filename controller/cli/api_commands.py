@@ -12,8 +12,9 @@ from typing import Any
 import click
 
 from config.settings import SettingsError, load_settings
-from contracts.api import BULK_ACTIONS
 from controller.cli.client import ApiClient, ClientError
+from controller.domain.actions import Action, bulk_actions
+from controller.domain.interventions import ACTIONS
 
 as_json = click.option("--json", "json_out", is_flag=True, help="Print the raw JSON answer.")
 reason = click.option("--reason", required=True, help="Why: kept in the audit.")
@@ -94,8 +95,8 @@ def _summary(wf: dict[str, Any]) -> None:
 
 
 def register(main: click.Group) -> None:
-    for command in (start, list_, show, timeline, audit, cancel, compensate, retry, skip, pause,
-                    resume, deadline, signal, bulk, flows, health, ready, metrics):
+    for command in (start, list_, show, timeline, audit, *map(_intervention, ACTIONS.values()), bulk,
+                    flows, health, ready, metrics):
         main.add_command(command)
 
 
@@ -191,84 +192,28 @@ def audit(cid: str, json_out: bool) -> None:
         ["at", "actor", "action", "reason", "result"]))
 
 
-def _intervention(action: str, doc: str) -> click.Command:
-    @click.command(action, help=doc)
-    @click.argument("cid")
-    @reason
-    @as_json
-    def command(cid: str, reason: str, json_out: bool) -> None:
+def _intervention(action: Action) -> click.Command:
+    """`baton <action> CID [path arguments] --reason ... [options]`, from its row of the table."""
+    def command(cid: str, reason: str, json_out: bool, **given: Any) -> None:
+        path = {a: given.pop(a) for a in action.path_args}
+        body = {"reason": reason, **{o.field: _json_arg(v, o.flag) if o.json else v
+                                     for o in action.cli_options
+                                     if (v := given[o.field]) is not None and v != ""}}
         with api() as client:
-            _emit(client.intervene(cid, action, {"reason": reason}), json_out, _summary)
-    return command
+            _emit(client.intervene(cid, action.url_path(**path), body), json_out, _summary)
 
-
-cancel = _intervention("cancel", "Stop a workflow and compensate what was done.")
-compensate = _intervention("compensate", "Compensate now (a stalled or needs_attention workflow).")
-pause = _intervention("pause", "Pause: the SLA clock stops and nothing is issued.")
-resume = _intervention("resume", "Resume a paused workflow.")
-
-
-@click.command()
-@click.argument("cid")
-@reason
-@click.option("--step", help="Only this step.")
-@as_json
-def retry(cid: str, reason: str, step: str | None, json_out: bool) -> None:
-    """Re-issue a stalled step, or re-send a failed compensation."""
-    body = {"reason": reason, **({"step": step} if step else {})}
-    with api() as client:
-        _emit(client.intervene(cid, "retry", body), json_out, _summary)
+    # click lists parameters in the order their decorators are written: applied last to first
+    command = as_json(command)
+    for option in reversed(action.cli_options):
+        command = click.option(option.flag, option.field, type=option.type, help=option.help)(command)
+    command = reason(command)
+    for name in reversed(("cid", *action.path_args)):
+        command = click.argument(name)(command)
+    return click.command(action.name, help=action.cli_help)(command)
 
 
 @click.command()
-@click.argument("cid")
-@click.argument("step")
-@reason
-@as_json
-def skip(cid: str, step: str, reason: str, json_out: bool) -> None:
-    """Mark STEP done without its event (its work was done out of band)."""
-    with api() as client:
-        _emit(client.intervene(cid, f"steps/{step}/skip", {"reason": reason}), json_out, _summary)
-
-
-@click.command()
-@click.argument("cid")
-@reason
-@click.option("--at", "at", help="New deadline, RFC 3339 UTC.")
-@click.option("--extend", type=int, help="Seconds to add.")
-@as_json
-def deadline(cid: str, reason: str, at: str | None, extend: int | None, json_out: bool) -> None:
-    """Move a workflow's deadline."""
-    body: dict[str, Any] = {"reason": reason}
-    if at:
-        body["deadline"] = at
-    if extend is not None:
-        body["extend_seconds"] = extend
-    with api() as client:
-        _emit(client.intervene(cid, "deadline", body), json_out, _summary)
-
-
-@click.command()
-@click.argument("cid")
-@click.argument("name")
-@reason
-@click.option("--step")
-@click.option("--data", help="Extra data for the outcome event: JSON or @file.")
-@as_json
-def signal(cid: str, name: str, reason: str, step: str | None, data: str | None,
-           json_out: bool) -> None:
-    """Answer an approval step: NAME is approve or reject."""
-    body: dict[str, Any] = {"reason": reason}
-    if step:
-        body["step"] = step
-    if data:
-        body["data"] = _json_arg(data, "--data")
-    with api() as client:
-        _emit(client.intervene(cid, f"signals/{name}", body), json_out, _summary)
-
-
-@click.command()
-@click.argument("action", type=click.Choice(BULK_ACTIONS))
+@click.argument("action", type=click.Choice(list(bulk_actions(ACTIONS.values()))))
 @reason
 @click.option("--flow")
 @click.option("--status")

@@ -27,10 +27,11 @@ import requests
 from config.settings import load_settings
 from controller.cli.procfile import Processes
 from controller.cli.report import write_demo_report
+from controller.domain.statuses import StepStatus, WorkflowStatus
 from participants.runtime.redis_server import start_server, stop_server
 
 BIN = Path(sys.executable).parent
-TERMINAL = {"completed", "compensated", "needs_attention"}
+TERMINAL = {WorkflowStatus.COMPLETED, WorkflowStatus.COMPENSATED, WorkflowStatus.NEEDS_ATTENTION}
 SLA_ORDERS = 6
 
 
@@ -118,7 +119,7 @@ def _price_phase(api: Api, timeout: float) -> list[dict[str, Any]]:
         cids.append(api.start({"flow": "price_change", "input": data}))
         if kind in ("increase above 20 %", "above competitor"):
             waiting.append(cids[-1])
-    _wait(lambda: all(_step_status(api.get(c), "approve") == "active" for c in waiting), timeout)
+    _wait(lambda: all(_step_status(api.get(c), "approve") == StepStatus.ACTIVE for c in waiting), timeout)
     _say(f"{len(waiting)} wait for approval: approving {len(waiting) - 1}, rejecting 1 "
          "(POST /v1/workflows/<cid>/signals/approve or /reject)")
     for cid in waiting[:-1]:
@@ -134,7 +135,7 @@ def _step_status(wf: dict[str, Any], step: str) -> str:
 
 def _late_shipment_settled(wf: dict[str, Any]) -> bool:
     shipping = next(s for s in wf["steps"] if s["name"] == "schedule_shipment")
-    return shipping["status"] == "compensated" and wf["status"] in TERMINAL
+    return shipping["status"] == StepStatus.COMPENSATED and wf["status"] in TERMINAL
 
 
 def _environment(run_dir: Path, redis_url: str, token: str, port: int) -> dict[str, str]:
@@ -245,7 +246,7 @@ def _wait_settled(api: Api, cids: list[str], timeout: float) -> list[dict[str, A
 def _print_summary(results: list[dict[str, Any]], title: str = "Outcome of the demo's workflows") -> None:
     outcomes: Counter[str] = Counter()
     for r in results:
-        failed = [s["name"] for s in r["steps"] if s["status"] in ("failed",)]
+        failed = [s["name"] for s in r["steps"] if s["status"] == StepStatus.FAILED]
         where = f" at {', '.join(failed)}" if failed else ""
         reason = f" ({r['reason']}{where})" if r["reason"] else ""
         outcomes[f"{r['status']}{reason}"] += 1

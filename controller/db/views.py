@@ -17,6 +17,7 @@ from contracts.timefmt import format_ts, parse_ts
 from controller.db.tables import attributes, compensations, messages, steps, workflows
 from controller.db.tables import audit as audit_table
 from controller.domain.errors import InvalidInput, NotFound
+from controller.domain.statuses import StepStatus, WorkflowStatus
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -57,7 +58,7 @@ def render(flow: Flow, wf: Any, started_by: str, input_: Any, step_states: Mappi
 def _step(name: str, kind: str, participant: str, row: Any) -> dict[str, Any]:
     return {
         "name": name, "kind": kind, "participant": participant,
-        "status": row.status if row else "pending",
+        "status": row.status if row else StepStatus.PENDING,
         "started_at": _ts(row.started_at) if row else None,
         "finished_at": _ts(row.finished_at) if row else None,
         "deadline": _ts(row.deadline) if row else None,
@@ -160,13 +161,15 @@ def _conditions(f: Filters, now: datetime) -> list[Any]:
     if f.started_before:
         c.append(workflows.c.started_at < f.started_before)
     if f.overdue:  # past its own deadline, or a step past the step's
-        c.append(workflows.c.status.in_(["running", "compensating"]))
+        c.append(workflows.c.status.in_([WorkflowStatus.RUNNING, WorkflowStatus.COMPENSATING]))
         c.append(or_(workflows.c.deadline < now, workflows.c.correlation_id.in_(
-            select(steps.c.correlation_id).where(steps.c.status == "active", steps.c.deadline < now))))
+            select(steps.c.correlation_id).where(steps.c.status == StepStatus.ACTIVE,
+                                                 steps.c.deadline < now))))
     if f.stalled_step:
         c.append(workflows.c.correlation_id.in_(
             select(steps.c.correlation_id).where(steps.c.name == f.stalled_step,
-                                                 steps.c.status == "active", steps.c.deadline < now)))
+                                                 steps.c.status == StepStatus.ACTIVE,
+                                                 steps.c.deadline < now)))
     for name, value in f.attributes:
         c.append(workflows.c.correlation_id.in_(
             select(attributes.c.correlation_id).where(attributes.c.name == name,

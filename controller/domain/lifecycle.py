@@ -15,20 +15,18 @@ from typing import Any
 from contracts import lifecycle_events as announce
 from contracts.flows import COMMAND_STEP, Flow
 from contracts.flows import Step as StepDef
+from controller.domain.statuses import CompensationStatus, Reason, StepStatus, WorkflowStatus
 
-RUNNING, PAUSED, COMPLETED = "running", "paused", "completed"
-COMPENSATING, COMPENSATED, NEEDS_ATTENTION = "compensating", "compensated", "needs_attention"
-STEP_FAILED, SLA_BREACHED, CANCELLED = "step_failed", "sla_breached", "cancelled"
-PENDING, ACTIVE, DONE, FAILED, SKIPPED = "pending", "active", "done", "failed", "skipped"
-STEP_COMPENSATED = "compensated"
-SENT = "sent"  # compensation statuses: pending, sent, done, failed
+# A step whose status no later message changes; a workflow undoing what was done.
+_SETTLED = (StepStatus.DONE, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.COMPENSATED)
+_UNDOING = (WorkflowStatus.COMPENSATING, WorkflowStatus.COMPENSATED, WorkflowStatus.NEEDS_ATTENTION)
 _NAMESPACE = uuid.UUID("7b1f5a9e-9c0e-4b8e-9a51-4f3c2d6e8a10")
 
 
 @dataclass
 class Step:
     name: str
-    status: str = PENDING
+    status: str = StepStatus.PENDING
     started_at: datetime | None = None
     finished_at: datetime | None = None
     deadline: datetime | None = None
@@ -45,7 +43,7 @@ class Compensation:
     position: int
     command: str
     command_id: str
-    status: str = PENDING
+    status: str = CompensationStatus.PENDING
     attempts: int = 0
     sent_at: datetime | None = None
     next_attempt_at: datetime | None = None
@@ -59,7 +57,7 @@ class Workflow:
     flow_version: int
     started_at: datetime
     start_message_id: str
-    status: str = RUNNING
+    status: str = WorkflowStatus.RUNNING
     reason: str | None = None
     deadline: datetime | None = None
     finished_at: datetime | None = None
@@ -130,16 +128,17 @@ def on_message(flow: Flow, wf: Workflow, message_type: str, message_id: str,
 def on_time(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
     """Breaches and unanswered commands: what the sweeper finds due at `now`."""
     effects: list[Effect] = []
-    if wf.status == RUNNING:
+    if wf.status == WorkflowStatus.RUNNING:
         effects += _check_deadlines(flow, wf, now)
     for step in flow.steps:
         state = wf.steps[step.name]
-        if wf.status == RUNNING and _command_overdue(state, now):
+        if wf.status == WorkflowStatus.RUNNING and _command_overdue(state, now):
             effects += _retry_step(flow, wf, step, now)
-        if wf.status == COMPENSATING and state.status == ACTIVE and _overdue(state, now):
+        compensating = wf.status == WorkflowStatus.COMPENSATING
+        if compensating and state.status == StepStatus.ACTIVE and _overdue(state, now):
             state.next_attempt_at = None  # waited long enough for it to finish
         comp = wf.compensations.get(step.name)
-        if wf.status == COMPENSATING and comp and comp.status == SENT and _overdue(comp, now):
+        if compensating and comp and comp.status == CompensationStatus.SENT and _overdue(comp, now):
             effects += _compensation_failed(flow, wf, step.name, now)
     return effects + advance(flow, wf, now)
 
@@ -147,22 +146,22 @@ def on_time(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
 def next_due(wf: Workflow) -> datetime | None:
     """The earliest moment `on_time` could change something; None when nothing is owed."""
     times: list[datetime | None] = []
-    if wf.status == RUNNING:
+    if wf.status == WorkflowStatus.RUNNING:
         times.append(wf.deadline)
         for s in wf.steps.values():
-            if s.status == ACTIVE:
+            if s.status == StepStatus.ACTIVE:
                 times += [s.deadline, s.next_attempt_at]
-    elif wf.status == COMPENSATING:
-        times += [c.next_attempt_at for c in wf.compensations.values() if c.status == SENT]
-        times += [s.next_attempt_at for s in wf.steps.values() if s.status == ACTIVE]
+    elif wf.status == WorkflowStatus.COMPENSATING:
+        times += [c.next_attempt_at for c in wf.compensations.values() if c.status == CompensationStatus.SENT]
+        times += [s.next_attempt_at for s in wf.steps.values() if s.status == StepStatus.ACTIVE]
     present = [t for t in times if t is not None]
     return min(present) if present else None
 
 
 def begin_compensation(flow: Flow, wf: Workflow, reason: str, now: datetime) -> list[Effect]:
-    wf.status, wf.reason = COMPENSATING, reason
+    wf.status, wf.reason = WorkflowStatus.COMPENSATING, reason
     done = sorted(
-        (s for s in wf.steps.values() if s.status == DONE and flow.step(s.name).compensation),
+        (s for s in wf.steps.values() if s.status == StepStatus.DONE and flow.step(s.name).compensation),
         key=lambda s: s.completed_seq or 0, reverse=True,
     )
     for step in done:
@@ -172,7 +171,7 @@ def begin_compensation(flow: Flow, wf: Workflow, reason: str, now: datetime) -> 
         # workflow is not called compensated before it answers, its deadline passes, or one
         # command timeout has gone by. A later answer reopens the compensation all the same.
         state = wf.steps[step_def.name]
-        if state.status == ACTIVE:
+        if state.status == StepStatus.ACTIVE:
             settle = now + timedelta(seconds=flow.command_timeout_seconds)
             if state.deadline is not None:
                 settle = min(settle, state.deadline)
@@ -195,19 +194,19 @@ def backoff(timeout: float, attempt: int, key: str) -> timedelta:
 def _step_done(flow: Flow, wf: Workflow, step: StepDef, message_id: str, data: dict[str, Any],
                now: datetime) -> list[Effect]:
     state = wf.steps[step.name]
-    if state.status in (DONE, FAILED, SKIPPED, STEP_COMPENSATED):
+    if state.status in _SETTLED:
         return []
     if step.fails_when and _matches(step.fails_when, data):
         state.attempts = max(state.attempts, flow.command_max_attempts)  # a verdict, not a glitch
         return _step_failed(flow, wf, step, data, now)
-    state.status, state.finished_at = DONE, now
+    state.status, state.finished_at = StepStatus.DONE, now
     state.completed_seq = 1 + max((s.completed_seq or 0 for s in wf.steps.values()), default=0)
     state.result = {"id": message_id, "data": data}
     state.next_attempt_at = None
-    if wf.status in (COMPENSATING, COMPENSATED, NEEDS_ATTENTION) and step.compensation:
+    if wf.status in _UNDOING and step.compensation:
         _add_compensation(flow, wf, step.name, first=True)
-        if wf.status == COMPENSATED:
-            wf.status, wf.finished_at = COMPENSATING, None
+        if wf.status == WorkflowStatus.COMPENSATED:
+            wf.status, wf.finished_at = WorkflowStatus.COMPENSATING, None
             return [Announce(announce.COMPENSATING, wf.status, wf.reason)]
     return []
 
@@ -215,21 +214,21 @@ def _step_done(flow: Flow, wf: Workflow, step: StepDef, message_id: str, data: d
 def _step_failed(flow: Flow, wf: Workflow, step: StepDef, data: dict[str, Any],
                  now: datetime) -> list[Effect]:
     state = wf.steps[step.name]
-    if state.status in (DONE, FAILED, SKIPPED, STEP_COMPENSATED):
+    if state.status in _SETTLED:
         return []
     if step.kind == COMMAND_STEP and state.attempts < flow.command_max_attempts:
         return []  # a failed attempt: retried with backoff when due, like an unanswered one
-    state.status, state.finished_at, state.next_attempt_at = FAILED, now, None
-    if wf.status != RUNNING:
+    state.status, state.finished_at, state.next_attempt_at = StepStatus.FAILED, now, None
+    if wf.status != WorkflowStatus.RUNNING:
         return []
-    return begin_compensation(flow, wf, STEP_FAILED, now)
+    return begin_compensation(flow, wf, Reason.STEP_FAILED, now)
 
 
 def _retry_step(flow: Flow, wf: Workflow, step: StepDef, now: datetime) -> list[Effect]:
     state = wf.steps[step.name]
     if state.attempts >= flow.command_max_attempts:
-        state.status, state.finished_at, state.next_attempt_at = FAILED, now, None
-        return begin_compensation(flow, wf, STEP_FAILED, now)
+        state.status, state.finished_at, state.next_attempt_at = StepStatus.FAILED, now, None
+        return begin_compensation(flow, wf, Reason.STEP_FAILED, now)
     return [send_step_command(flow, wf, step, now)]
 
 
@@ -264,14 +263,14 @@ def _compensation_done(wf: Workflow, step_name: str, now: datetime) -> list[Effe
     outrunning an earlier attempt's `_failed`) still counts: the work was done. A workflow left
     needing attention for nothing else goes back to compensating what remains."""
     comp = wf.compensations.get(step_name)
-    if comp is None or comp.status == DONE:
+    if comp is None or comp.status == CompensationStatus.DONE:
         return []
-    gave_up = comp.status == FAILED
-    comp.status, comp.finished_at, comp.next_attempt_at = DONE, now, None
-    wf.steps[step_name].status = STEP_COMPENSATED
-    if gave_up and wf.status == NEEDS_ATTENTION and all(
-            c.status != FAILED for c in wf.compensations.values()):
-        wf.status = COMPENSATING
+    gave_up = comp.status == CompensationStatus.FAILED
+    comp.status, comp.finished_at, comp.next_attempt_at = CompensationStatus.DONE, now, None
+    wf.steps[step_name].status = StepStatus.COMPENSATED
+    if gave_up and wf.status == WorkflowStatus.NEEDS_ATTENTION and all(
+            c.status != CompensationStatus.FAILED for c in wf.compensations.values()):
+        wf.status = WorkflowStatus.COMPENSATING
         return [Announce(announce.COMPENSATING, wf.status, wf.reason)]
     return []
 
@@ -280,17 +279,17 @@ def _compensation_failed(flow: Flow, wf: Workflow, step_name: str, now: datetime
                          answered: bool = False) -> list[Effect]:
     """A `_failed` answer or a timeout: retry with backoff when due, or give up to an operator."""
     comp = wf.compensations.get(step_name)
-    if comp is None or comp.status != SENT:
+    if comp is None or comp.status != CompensationStatus.SENT:
         return []
     if comp.attempts < flow.command_max_attempts:
         return [] if answered else [send_compensation(flow, wf, comp, now)]
-    comp.status, comp.finished_at, comp.next_attempt_at = FAILED, now, None
-    wf.status = NEEDS_ATTENTION
+    comp.status, comp.finished_at, comp.next_attempt_at = CompensationStatus.FAILED, now, None
+    wf.status = WorkflowStatus.NEEDS_ATTENTION
     return [Announce(announce.NEEDS_ATTENTION, wf.status, wf.reason)]
 
 
 def send_compensation(flow: Flow, wf: Workflow, comp: Compensation, now: datetime) -> Command:
-    comp.status, comp.sent_at = SENT, comp.sent_at or now
+    comp.status, comp.sent_at = CompensationStatus.SENT, comp.sent_at or now
     comp.attempts += 1
     wait = backoff(flow.command_timeout_seconds, comp.attempts, comp.command_id)
     comp.next_attempt_at = now + wait
@@ -302,21 +301,21 @@ def send_compensation(flow: Flow, wf: Workflow, comp: Compensation, now: datetim
 
 
 def advance(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
-    if wf.status == RUNNING:
+    if wf.status == WorkflowStatus.RUNNING:
         return _advance_running(flow, wf, now)
-    if wf.status != PAUSED:
+    if wf.status != WorkflowStatus.PAUSED:
         # "active" means prerequisites met, whatever the workflow's state: arrivals after it
         # completed or began compensating still move steps along, though nothing is issued.
         _activate_ready(flow, wf, now, issue=False)
-    if wf.status == COMPENSATING:
+    if wf.status == WorkflowStatus.COMPENSATING:
         return _advance_compensating(flow, wf, now)
     return []
 
 
 def _advance_running(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
     effects = _activate_ready(flow, wf, now, issue=True)
-    if all(wf.steps[n].status in (DONE, SKIPPED) for n in flow.completes_when):
-        wf.status, wf.finished_at = COMPLETED, now
+    if all(wf.steps[n].status in (StepStatus.DONE, StepStatus.SKIPPED) for n in flow.completes_when):
+        wf.status, wf.finished_at = WorkflowStatus.COMPLETED, now
         effects.append(Announce(announce.COMPLETED, wf.status, None))
     return effects
 
@@ -332,7 +331,7 @@ def _activate_ready(flow: Flow, wf: Workflow, now: datetime, issue: bool) -> lis
 
 
 def _ready(flow: Flow, wf: Workflow) -> list[StepDef]:
-    return [s for s in flow.steps if wf.steps[s.name].status == PENDING
+    return [s for s in flow.steps if wf.steps[s.name].status == StepStatus.PENDING
             and all(arrived(flow, wf, t) for t in s.reacts_to)]
 
 
@@ -341,17 +340,17 @@ def arrived(flow: Flow, wf: Workflow, message_type: str) -> bool:
     it (a `fails_when` verdict), or the step that emits it was skipped (by an operator, or by its
     condition)."""
     producers = [wf.steps[s.name].status for s in flow.steps if s.done_on == message_type]
-    if SKIPPED in producers:
+    if StepStatus.SKIPPED in producers:
         return True
-    return message_type in wf.seen and FAILED not in producers
+    return message_type in wf.seen and StepStatus.FAILED not in producers
 
 
 def _activate(flow: Flow, wf: Workflow, step: StepDef, now: datetime, issue: bool) -> list[Effect]:
     state = wf.steps[step.name]
     if step.when and not _matches(step.when, _trigger_data(wf, step)):
-        state.status, state.finished_at = SKIPPED, now  # its condition is false: never started
+        state.status, state.finished_at = StepStatus.SKIPPED, now  # its condition is false: never started
         return []
-    state.status, state.started_at = ACTIVE, now
+    state.status, state.started_at = StepStatus.ACTIVE, now
     state.deadline = now + timedelta(seconds=step.sla_seconds)
     if step.kind == COMMAND_STEP and issue:
         return [send_step_command(flow, wf, step, now)]
@@ -371,28 +370,29 @@ def _matches(condition: tuple[tuple[str, Any], ...], data: dict[str, Any]) -> bo
 
 def _advance_compensating(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
     ordered = sorted(wf.compensations.values(), key=lambda c: c.position)
-    if any(c.status == SENT for c in ordered):
+    if any(c.status == CompensationStatus.SENT for c in ordered):
         return []
-    waiting = [c for c in ordered if c.status == PENDING]
+    waiting = [c for c in ordered if c.status == CompensationStatus.PENDING]
     if waiting:
         return [send_compensation(flow, wf, waiting[0], now)]
-    if any(s.status == ACTIVE and s.next_attempt_at is not None for s in wf.steps.values()):
+    if any(s.status == StepStatus.ACTIVE and s.next_attempt_at is not None for s in wf.steps.values()):
         return []  # a step at work may still finish and owe a compensation
-    wf.status, wf.finished_at = COMPENSATED, now
+    wf.status, wf.finished_at = WorkflowStatus.COMPENSATED, now
     return [Announce(announce.COMPENSATED, wf.status, wf.reason)]
 
 
 def _check_deadlines(flow: Flow, wf: Workflow, now: datetime) -> list[Effect]:
     late = wf.deadline is not None and now >= wf.deadline
     late = late or any(
-        s.status == ACTIVE and s.deadline is not None and now >= s.deadline
+        s.status == StepStatus.ACTIVE and s.deadline is not None and now >= s.deadline
         for s in wf.steps.values()
     )
-    return begin_compensation(flow, wf, SLA_BREACHED, now) if late else []
+    return begin_compensation(flow, wf, Reason.SLA_BREACHED, now) if late else []
 
 
 def _command_overdue(state: Step, now: datetime) -> bool:
-    return state.status == ACTIVE and state.next_attempt_at is not None and now >= state.next_attempt_at
+    due = state.next_attempt_at
+    return state.status == StepStatus.ACTIVE and due is not None and now >= due
 
 
 def _overdue(item: Step | Compensation, now: datetime) -> bool:

@@ -18,12 +18,13 @@ from datetime import datetime, timedelta
 
 from controller.db.tables import FLAGS
 from controller.domain import lifecycle as lc
+from controller.domain.statuses import CompensationStatus, Reason, StepStatus, WorkflowStatus
 
 WORKFLOW, STEP, TRANSITION = "w", "s", "t"
 UNTIMED = -1
-TERMINAL = (lc.COMPLETED, lc.COMPENSATED, lc.NEEDS_ATTENTION)
-IN_FLIGHT = (lc.RUNNING, lc.PAUSED, lc.COMPENSATING)
-STEP_COMPLETED = (lc.DONE, lc.STEP_COMPENSATED)
+TERMINAL = (WorkflowStatus.COMPLETED, WorkflowStatus.COMPENSATED, WorkflowStatus.NEEDS_ATTENTION)
+IN_FLIGHT = (WorkflowStatus.RUNNING, WorkflowStatus.PAUSED, WorkflowStatus.COMPENSATING)
+STEP_COMPLETED = (StepStatus.DONE, StepStatus.COMPENSATED)
 _MS = timedelta(milliseconds=1)
 
 
@@ -101,12 +102,12 @@ def _flags(**set_: bool) -> tuple[int, ...]:
 
 
 def _workflow(wf: lc.Workflow) -> Fact:
-    done = wf.status == lc.COMPLETED
+    done = wf.status == WorkflowStatus.COMPLETED
     late = done and _after(wf.finished_at, wf.deadline)
     flags = _flags(
-        started=True, completed=done, compensated=wf.status == lc.COMPENSATED,
-        needs_attention=wf.status == lc.NEEDS_ATTENTION, in_flight=wf.status in IN_FLIGHT,
-        breached=wf.reason == lc.SLA_BREACHED or late,
+        started=True, completed=done, compensated=wf.status == WorkflowStatus.COMPENSATED,
+        needs_attention=wf.status == WorkflowStatus.NEEDS_ATTENTION, in_flight=wf.status in IN_FLIGHT,
+        breached=wf.reason == Reason.SLA_BREACHED or late,
         sla_met=done and (wf.deadline is None or _at_or_before(wf.finished_at, wf.deadline)),
         sla_judged=wf.status in TERMINAL,
     )
@@ -120,7 +121,7 @@ def _step(wf: lc.Workflow, s: lc.Step) -> Fact:
     breached = _step_breached(wf, s)
     flags = _flags(
         started=s.started_at is not None, completed=completed,
-        compensated=s.status == lc.STEP_COMPENSATED, failed=s.status == lc.FAILED,
+        compensated=s.status == StepStatus.COMPENSATED, failed=s.status == StepStatus.FAILED,
         needs_attention=_compensation_failed(wf, s.name), breached=breached,
         sla_met=completed and s.finished_at is not None
         and (s.deadline is None or s.finished_at <= s.deadline),
@@ -151,12 +152,12 @@ def stopped_waiting(wf: lc.Workflow) -> datetime | None:
 
 
 def waited(wf: lc.Workflow) -> bool:
-    return wf.reason is None or wf.reason == lc.SLA_BREACHED
+    return wf.reason is None or wf.reason == Reason.SLA_BREACHED
 
 
 def _compensation_failed(wf: lc.Workflow, step: str) -> bool:
     comp = wf.compensations.get(step)
-    return comp is not None and comp.status == lc.FAILED
+    return comp is not None and comp.status == CompensationStatus.FAILED
 
 
 def _after(a: datetime | None, b: datetime | None) -> bool:

@@ -11,7 +11,7 @@ from sqlalchemy import Connection, and_, case, func, literal_column, select, uni
 
 from contracts.timefmt import format_ts
 from controller.db.tables import report_deltas, report_facts, report_rollup
-from controller.domain import lifecycle as lc
+from controller.domain.statuses import WorkflowStatus
 from controller.reporting import facts as rf
 from controller.reporting import outcomes as o
 from controller.reporting import read as report_read
@@ -79,7 +79,7 @@ def _breached(scope: o.Scope) -> Any:
         f.c.kind == literal_column(f"'{rf.WORKFLOW}'"), f.c.breached == literal_column("1"),
         *_started(scope), *([] if scope.flow is None else [f.c.flow == scope.flow]))
     running = select(w.c.correlation_id).where(
-        w.c.status == lc.RUNNING, w.c.deadline < moment(scope.now), *scope.where())
+        w.c.status == WorkflowStatus.RUNNING, w.c.deadline < moment(scope.now), *scope.where())
     return union(flagged, running)
 
 

@@ -25,7 +25,7 @@ from sqlalchemy import Connection, Engine, and_, func, select
 
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
-from controller.domain import lifecycle as lc
+from controller.domain.statuses import Reason, WorkflowStatus
 from controller.reporting import outcomes as o
 from controller.reporting.sla import BUCKETS
 from controller.reporting.sql import duration, per_row, to_seconds
@@ -33,7 +33,8 @@ from participants.runtime.tables import outbox
 
 log = structlog.get_logger("baton.metrics")
 w, s = o.w, o.s
-UNRESOLVED = (lc.RUNNING, lc.PAUSED, lc.COMPENSATING, lc.NEEDS_ATTENTION)
+UNRESOLVED = (WorkflowStatus.RUNNING, WorkflowStatus.PAUSED, WorkflowStatus.COMPENSATING,
+              WorkflowStatus.NEEDS_ATTENTION)
 
 
 class BatonCollector(Collector):
@@ -71,10 +72,10 @@ def build_registry(engine: Engine, client: redis.Redis, keys: Keys) -> Collector
 
 
 def workflow_families(conn: Connection) -> list[Metric]:
-    finished_late = and_(w.c.status == lc.COMPLETED, w.c.finished_at > w.c.deadline)
+    finished_late = and_(w.c.status == WorkflowStatus.COMPLETED, w.c.finished_at > w.c.deadline)
     rows = conn.execute(select(
         w.c.flow, w.c.status, func.count().label("n"),
-        func.count().filter((w.c.reason == lc.SLA_BREACHED) | finished_late).label("breached"),
+        func.count().filter((w.c.reason == Reason.SLA_BREACHED) | finished_late).label("breached"),
     ).group_by(w.c.flow, w.c.status)).all()
     counters = {name: CounterMetricFamily(f"baton_workflows_{name}", help_, labels=["flow"])
                 for name, help_ in (
@@ -87,9 +88,10 @@ def workflow_families(conn: Connection) -> list[Metric]:
     for flow in sorted({r.flow for r in rows}):
         mine = [r for r in rows if r.flow == flow]
         counters["started"].add_metric([flow], sum(r.n for r in mine))
-        counters["completed"].add_metric([flow], sum(r.n for r in mine if r.status == lc.COMPLETED))
+        counters["completed"].add_metric(
+            [flow], sum(r.n for r in mine if r.status == WorkflowStatus.COMPLETED))
         counters["compensated"].add_metric(
-            [flow], sum(r.n for r in mine if r.status == lc.COMPENSATED))
+            [flow], sum(r.n for r in mine if r.status == WorkflowStatus.COMPENSATED))
         counters["breached"].add_metric([flow], sum(r.breached for r in mine))
         for status in UNRESOLVED:
             in_flight.add_metric([flow, status], sum(r.n for r in mine if r.status == status))
@@ -107,7 +109,7 @@ def duration_families(conn: Connection) -> list[Metric]:
     flows_h = HistogramMetricFamily("baton_workflow_duration_seconds",
                                     "From start to completion, of completed workflows",
                                     labels=["flow"])
-    done = and_(w.c.status == lc.COMPLETED, w.c.finished_at.is_not(None))
+    done = and_(w.c.status == WorkflowStatus.COMPLETED, w.c.finished_at.is_not(None))
     for r in conn.execute(_histogram(duration(conn, w.c.started_at, w.c.finished_at),
                                      [w.c.flow], w, done)):
         flows_h.add_metric([r[0]], *_buckets(r))

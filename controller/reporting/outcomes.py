@@ -23,10 +23,10 @@ from typing import Any
 from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, select
 
 from controller.db.tables import compensations, steps, workflows
-from controller.domain import lifecycle as lc
+from controller.domain.statuses import Reason, StepStatus, WorkflowStatus
 from controller.reporting.sql import duration, moment
 
-STEP_COMPLETED = (lc.DONE, lc.STEP_COMPENSATED)
+STEP_COMPLETED = (StepStatus.DONE, StepStatus.COMPENSATED)
 w, s, c = workflows, steps, compensations
 
 
@@ -56,9 +56,9 @@ class Scope:
 
 def workflow_breached(now: datetime) -> ColumnElement[bool]:
     return or_(
-        w.c.reason == lc.SLA_BREACHED,
-        and_(w.c.status == lc.COMPLETED, w.c.finished_at > w.c.deadline),
-        and_(w.c.status == lc.RUNNING, w.c.deadline < moment(now)),
+        w.c.reason == Reason.SLA_BREACHED,
+        and_(w.c.status == WorkflowStatus.COMPLETED, w.c.finished_at > w.c.deadline),
+        and_(w.c.status == WorkflowStatus.RUNNING, w.c.deadline < moment(now)),
     )
 
 
@@ -73,7 +73,7 @@ def step_end(now: datetime, gave_up_at: Any) -> ColumnElement[Any]:
 
 
 def step_breached(now: datetime, gave_up_at: Any) -> ColumnElement[bool]:
-    waited = or_(w.c.reason.is_(None), w.c.reason == lc.SLA_BREACHED)
+    waited = or_(w.c.reason.is_(None), w.c.reason == Reason.SLA_BREACHED)
     return and_(s.c.started_at.is_not(None), s.c.deadline.is_not(None), or_(
         s.c.finished_at > s.c.deadline,
         and_(s.c.finished_at.is_(None), waited, stopped_waiting(now, gave_up_at) > s.c.deadline),
@@ -101,10 +101,10 @@ def live_workflows(conn: Connection, scope: Scope, group: Any) -> dict[Any, tupl
     workflow's deadline (running only, for breached). Read through the status index."""
     now = moment(scope.now)
     late = and_(w.c.deadline < now)
-    breached = and_(late, w.c.status == lc.RUNNING,
-                    or_(w.c.reason.is_(None), w.c.reason != lc.SLA_BREACHED))
+    breached = and_(late, w.c.status == WorkflowStatus.RUNNING,
+                    or_(w.c.reason.is_(None), w.c.reason != Reason.SLA_BREACHED))
     query = select(group.label("g"), func.count().filter(breached), func.count().filter(late)).where(
-        w.c.status.in_((lc.RUNNING, lc.COMPENSATING)), *scope.where()).group_by(group)
+        w.c.status.in_((WorkflowStatus.RUNNING, WorkflowStatus.COMPENSATING)), *scope.where()).group_by(group)
     return {r[0]: (r[1], r[2]) for r in conn.execute(query)}
 
 
@@ -113,7 +113,7 @@ def live_steps(conn: Connection, scope: Scope) -> dict[tuple[str, str], int]:
     deadline in a workflow that still waits for them (not ended, no compensation sent). Read
     through the partial index of open workflows."""
     sent = exists().where(c.c.correlation_id == w.c.correlation_id, c.c.sent_at.is_not(None))
-    waited = or_(w.c.reason.is_(None), w.c.reason == lc.SLA_BREACHED)
+    waited = or_(w.c.reason.is_(None), w.c.reason == Reason.SLA_BREACHED)
     query = select(w.c.flow, s.c.name, func.count()).select_from(
         w.join(s, s.c.correlation_id == w.c.correlation_id)).where(
         w.c.finished_at.is_(None), ~sent, waited, s.c.started_at.is_not(None),

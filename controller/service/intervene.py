@@ -3,7 +3,6 @@ audit row and its messages in the same transaction as the change; a refusal (409
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -15,18 +14,6 @@ from controller.domain import interventions, lifecycle
 from controller.domain.errors import Conflict, InvalidInput, NotFound
 from controller.service.bootstrap import Services
 from controller.service.unit_of_work import UnitOfWork, unit_of_work
-
-Action = Callable[..., list[lifecycle.Effect]]
-ACTIONS: dict[str, Action] = {
-    "cancel": interventions.cancel,
-    "compensate": interventions.compensate,
-    "retry": interventions.retry,
-    "skip": interventions.skip,
-    "pause": interventions.pause,
-    "resume": interventions.resume,
-    "deadline": interventions.move_deadline,
-    "signal": interventions.signal,
-}
 
 
 @dataclass(frozen=True)
@@ -45,7 +32,7 @@ def intervene(services: Services, cid: str, request: Intervention, now: datetime
             raise NotFound(f"no workflow {cid}")
         flow = uow.flow(wf)
         try:
-            changes = ACTIONS[request.action](flow, wf, now=now, **request.params)
+            changes = interventions.ACTIONS[request.action].decide(flow, wf, now=now, **request.params)
         except interventions.NotApplicable as exc:
             raise Conflict(str(exc)) from None
         except interventions.UnknownStep as exc:
