@@ -166,7 +166,7 @@ def test_node_payment_charges_declines_refunds_and_dedupes(system: System) -> No
     assert system.workflow(twice)["status"] == "completed"
 
 
-def test_node_payment_dead_letters_a_malformed_entry(system: System) -> None:
+def test_node_payment_dead_letters_a_malformed_entry_and_reclaims_a_stale_one(system: System) -> None:
     stream = system.keys.event_stream("order.placed")
     message_id = str(uuid.uuid4())
     bad = {"id": message_id, "kind": "event", "type": "order.placed", "version": "01",
@@ -182,3 +182,17 @@ def test_node_payment_dead_letters_a_malformed_entry(system: System) -> None:
             fields["dead_deliveries"]) == (stream, entry_id, "payment", "1")
     assert fields["dead_consumer"] and TIME.fullmatch(fields["dead_at"])
     wait_until(lambda: system.redis.xpending(stream, "payment")["pending"] == 0, WAIT, "the ack")
+
+    # an entry read by a consumer that died before acknowledging it: reclaimed at the next start
+    assert system.procs.stop("payment") == 0  # SIGTERM: a clean exit
+    cid = system.start_order(input=order_input(order_id="ord-node-stale"))
+
+    def read_by_a_dead_consumer() -> bool:
+        found: Any = system.redis.xreadgroup("payment", "ghost-1", {stream: ">"}, count=100)
+        return any(f["correlation_id"] == cid for _, entries in found for _, f in entries)
+    wait_until(read_by_a_dead_consumer, WAIT, "the start event to be read by ghost-1")
+    system.procs.start("payment")
+    wf = system.wait_status(cid, "completed", timeout=WAIT)
+    assert system.steps(wf)["charge_payment"] == "done"
+    assert [e["kind"] for e in ledger(system, "ord-node-stale")] == ["charge"]
+    wait_until(lambda: system.redis.xpending(stream, "payment")["pending"] == 0, WAIT, "no entry pending")
