@@ -164,6 +164,8 @@ def test_node_payment_charges_declines_refunds_and_dedupes(system: System) -> No
     assert resent == first_answer  # the stored answer again, with its id: the controller dedupes it
     assert [e["kind"] for e in ledger(system, "ord-node-twice")] == ["charge"]
     assert system.workflow(twice)["status"] == "completed"
+    # the controller validated every answer node sent: none went to its dead letters
+    assert system.redis.xlen(system.keys.dead_stream("controller")) == 0
 
 
 def test_node_payment_dead_letters_a_malformed_entry_and_reclaims_a_stale_one(system: System) -> None:
