@@ -154,6 +154,24 @@ if ! command -v chromium >/dev/null && is_root; then
     apt_install chromium || log "apt-get install chromium failed: the HTML report's test will fail"
 fi
 
+# -- Node.js, for examples/node-payment and its end-to-end test ----------------------------
+
+if ! command -v npm >/dev/null && is_root; then
+    log "installing nodejs and npm from Debian"
+    apt_install nodejs npm || log "apt-get install nodejs npm failed: the Node participant's test will fail"
+fi
+NODE_STAMP=examples/node-payment/node_modules/.baton-npm-stamp
+WANT_NODE_STAMP=$(sha256sum <examples/node-payment/package-lock.json | cut -d' ' -f1)
+if command -v npm >/dev/null && [ "$(cat "$NODE_STAMP" 2>/dev/null)" != "$WANT_NODE_STAMP" ]; then
+    log "installing examples/node-payment's packages (npm ci)"
+    if npm ci --prefix examples/node-payment --no-audit --no-fund >"$TMP/npm.log" 2>&1; then
+        echo "$WANT_NODE_STAMP" >"$NODE_STAMP"
+    else
+        tail -n 20 "$TMP/npm.log" >&2
+        log "npm ci failed: the Node participant's test will fail"
+    fi
+fi
+
 # -- Redis ---------------------------------------------------------------------------------
 
 if ! command -v redis-server >/dev/null && is_root; then

@@ -16,7 +16,7 @@ import requests
 import sqlalchemy as sa
 
 from contracts.streams import Keys
-from controller.cli.procfile import ROOT, Processes
+from controller.cli.procfile import ROOT, Processes, procfile_lines
 
 BIN = Path(sys.executable).parent
 TOKENS = {"starter": "t-starter", "viewer": "t-viewer", "operator": "t-operator"}
@@ -53,7 +53,9 @@ def wait_until(condition: Callable[[], Any], timeout: float = 30.0, what: str = 
 
 class System:
     def __init__(self, tmp: Path, database_url: str, redis_url: str,
-                 participant_db: str | None = None, extra_env: dict[str, str] | None = None) -> None:
+                 participant_db: str | None = None, extra_env: dict[str, str] | None = None,
+                 lines: dict[str, str] | None = None) -> None:
+        """`lines` replaces or adds Procfile lines by name (another participant's command)."""
         self.prefix = f"e{uuid.uuid4().hex[:8]}"
         self.keys = Keys(self.prefix)
         self.port = free_port()
@@ -72,7 +74,7 @@ class System:
             **(extra_env or {}),
         }
         (tmp / "logs").mkdir(exist_ok=True)
-        self.procs = Processes(env, tmp / "logs")
+        self.procs = Processes(env, tmp / "logs", {**procfile_lines(), **(lines or {})})
         self.http = requests.Session()
         self.http.headers["Authorization"] = f"Bearer {TOKENS['operator']}"
         self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
