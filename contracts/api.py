@@ -85,6 +85,10 @@ class StepOut(Schema):
     finished_at = fields.Str(allow_none=True)
     deadline = fields.Str(allow_none=True)
     attempts = fields.Int()
+    reason = fields.Str(allow_none=True, metadata={"description": (
+        "why the step failed, null unless its status is failed: the `reason` of the failed event "
+        "that ended it; for a done event that matched the step's `fails_when`, its `reason` or the "
+        "match; for a command step that ran out of attempts unanswered, that")})
 
 
 class CompensationOut(Schema):

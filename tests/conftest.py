@@ -95,3 +95,22 @@ def pg_participant_url(_pg_admin: Engine) -> Iterator[str]:
     """A second fresh PostgreSQL schema: the participants' own database, apart from the controller's."""
     yield from _pg_schema_url(_pg_admin)
 
+
+
+# -- no private Redis left behind ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_private_redis_left_behind(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A test that lets a process start the private Redis of a BATON_DATA_DIR under its tmp_path
+    (no REDIS_URL: `ensure_server`) must stop it. Whatever is still running at the end of the
+    session is stopped here, and the session fails naming it."""
+    yield
+    from participants.runtime.redis_server import STATE_FILE, server_status, stop_server
+
+    left = []
+    for state in tmp_path_factory.getbasetemp().rglob(STATE_FILE):
+        if server_status(state.parent) is not None:
+            stop_server(state.parent)
+            left.append(str(state.parent))
+    assert not left, f"private Redis servers left running (now stopped): {left}"

@@ -869,3 +869,27 @@ def test_kickoffs_are_refused_with_429_while_a_consumer_group_is_behind(
         api.started()  # caught up: admitted again
         spec = api.get("/v1/openapi.json", token=None).get_json()
         assert "429" in spec["paths"]["/v1/workflows"]["post"]["responses"]
+
+
+# -- why a step failed ----------------------------------------------------------------------------
+
+
+def test_a_failed_step_says_why_and_the_others_say_null(api: Api) -> None:
+    cid = api.started()["correlation_id"]
+    start = api.start_events()[-1]
+    api.emit("payment.charge_failed", cid, {"order_id": start.data["order_id"],
+                                            "reason": "card declined"}, cause=start.id,
+             source="payment")
+    drain(api.runtime("controller"))
+    wf = api.get(f"/v1/workflows/{cid}").get_json()
+    assert wf["status"] in ("compensating", "compensated") and wf["reason"] == "step_failed"
+    reasons = {s["name"]: (s["status"], s["reason"]) for s in wf["steps"]}
+    assert reasons["charge_payment"] == ("failed", "card declined")
+    assert all(r is None for name, (_, r) in reasons.items() if name != "charge_payment")
+    listed = api.get("/v1/workflows", flow="order_fulfillment").get_json()["items"]
+    assert {
+        s["name"]: s["reason"] for w in listed if w["correlation_id"] == cid
+        for s in w["steps"] if s["reason"]} == {"charge_payment": "card declined"}
+    step_schemas = [s for s in api.get("/v1/openapi.json").get_json()["components"]["schemas"].values()
+                    if {"participant", "attempts"} <= set(s.get("properties", {}))]
+    assert step_schemas and all("reason" in s["properties"] for s in step_schemas)

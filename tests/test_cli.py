@@ -314,6 +314,33 @@ def test_approvals_are_answered_and_a_publish_compensated_from_the_terminal(serv
     assert "409" in server.fails("signal", rejected, "approve", "--reason", "changed my mind")
 
 
+def test_show_says_why_each_failed_step_failed(server: Server) -> None:
+    """An approval rejected with a reason, and a proposal the rules reject (the done event matched
+    the step's `fails_when`): `baton show` prints the reason next to the failed step."""
+    def propose(**prices: Any) -> str:
+        cid: str = server.json("start", "price_change", "--input", json.dumps(change(**prices)))[
+            "correlation_id"]
+        return cid
+    waiting, below_cost = propose(current=10.0, proposed=12.5), propose(current=10.0, proposed=5.0)
+    wait_until(lambda: steps(server.system.workflow(waiting))["approve"] == "active", 30,
+               "the change to wait for approval")
+    server.json("signal", waiting, "reject", "--reason", "too far above the competitor")
+    for cid, step, why in ((waiting, "approve", "too far above the competitor"),
+                           (below_cost, "evaluate_rules", "price.evaluated with verdict=reject")):
+        wf = server.system.wait_status(cid, "compensated")
+        assert {s["name"]: s["reason"] for s in wf["steps"] if s["reason"]} == {step: why}
+        shown = server.baton("show", cid).stdout.splitlines()
+        header = next(line for line in shown if line.startswith("step "))
+        assert header.split() == ["step", "kind", "participant", "status", "started", "finished",
+                                  "reason"]
+        row = next(line for line in shown if line.startswith(f"{step} "))
+        assert row.split()[3] == "failed" and row.endswith(why), row
+        assert server.json("show", cid)["steps"] == wf["steps"]
+    ok = start(server)
+    assert "reason" not in next(line for line in server.baton("show", ok["correlation_id"])
+                                .stdout.splitlines() if line.startswith("step "))
+
+
 def test_bulk_dry_run_lists_and_touches_nothing(server: Server) -> None:
     customer = f"cust-{uuid.uuid4().hex[:6]}"
     cids = [start(server, customer_id=customer)["correlation_id"] for _ in range(2)]

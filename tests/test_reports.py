@@ -27,6 +27,7 @@ from config.settings import load_settings
 from contracts.timefmt import format_ts
 from controller.api.app import create_app
 from controller.cli.main import main
+from controller.cli.procfile import ROOT
 from controller.cli.report import write_demo_report
 from controller.db import migrate, store
 from controller.db.tables import compensations, messages, steps, workflows
@@ -34,6 +35,7 @@ from controller.reporting import render_csv as report_csv
 from controller.reporting import render_html as report_html
 from controller.reporting import render_text as report_text
 from controller.reporting import store as report_store
+from controller.reporting.definitions import DEFINITIONS, JUDGED, SLA_MET_PCT
 from controller.reporting.render_csv import COLUMNS
 from controller.reporting.sla import ReportQuery, sla_report
 from controller.service.bootstrap import build_services
@@ -274,7 +276,8 @@ def test_no_workflow_at_all_and_empty_ranges(engine: Engine) -> None:
     empty = report(engine)
     assert (empty["flows"], empty["steps"], empty["transitions"], empty["slowest"]) == ([], [], [], [])
     assert empty["breaches"] == {"total": 0, "items": []} and empty["series"]["items"] == []
-    assert 'id="empty"' in report_html.render(empty) and report_csv.render(empty).count("\r\n") == 1
+    assert 'id="empty"' in report_html.render(empty)
+    assert report_csv.render(empty).count("\r\n") == 1 + len(DEFINITIONS)  # header, definitions
     with written(engine) as conn:
         known_data(Data(conn))
     assert report(engine, start=at(100), end=at(100))["flows"] == []
@@ -444,7 +447,24 @@ def test_summary_table_for_a_terminal(engine: Engine) -> None:
     assert lines[0].split() == ["started", "completed", "compensated", "breached", "SLA", "met",
                                 "%", "p50", "s", "p95", "s", "p99", "s"]
     assert lines[1].split()[:7] == [FLOW, "17", "10", "3", "4", "53.3", "2.625"]
-    assert [line.split()[0] for line in lines[2:]] == ["a", "b"]
+    assert [line.split()[0] for line in lines[2:4]] == ["a", "b"]
+    assert lines[4:] == ["", SLA_MET_PCT, JUDGED]  # the footnote defines both
+
+
+def test_sla_met_and_judged_are_defined_once_everywhere(client: tuple[FlaskClient, Engine]) -> None:
+    """One sentence each, the same in the README, the text report and the CSV (still a table the
+    csv module reads: definition rows at the end, the sentence in `reason`)."""
+    http, engine = client
+    with written(engine) as conn:
+        known_data(Data(conn), still_open=False)
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    for sentence in (JUDGED, SLA_MET_PCT):
+        assert sentence in readme
+    assert "compensated or needs_attention workflow is judged and never met" in SLA_MET_PCT
+    table = list(csv.DictReader(io.StringIO(get(http, "text/csv").get_data(as_text=True))))
+    assert [(r["status"], r["reason"]) for r in table if r["level"] == "definition"] == [
+        ("sla_judged", JUDGED), ("sla_met_pct", SLA_MET_PCT)]
+    assert table[-1]["level"] == "definition" and all(len(r) == len(COLUMNS) for r in table)
 
 
 # -- the HTML page in a real browser ----------------------------------------------------------------

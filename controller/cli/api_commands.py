@@ -86,8 +86,13 @@ def _summary(wf: dict[str, Any]) -> None:
     reason_ = f" ({wf['reason']})" if wf.get("reason") else ""
     click.echo(f"{wf['correlation_id']}  {wf['flow']} v{wf['flow_version']}  {wf['status']}{reason_}")
     click.echo(f"started {wf['started_at']}  deadline {wf['deadline']}  finished {wf['finished_at']}")
-    _table([[s["name"], s["kind"], s["participant"], s["status"], s["started_at"], s["finished_at"]]
-            for s in wf["steps"]], ["step", "kind", "participant", "status", "started", "finished"])
+    steps = [[s["name"], s["kind"], s["participant"], s["status"], s["started_at"], s["finished_at"]]
+             for s in wf["steps"]]
+    headers = ["step", "kind", "participant", "status", "started", "finished"]
+    if any(s.get("reason") for s in wf["steps"]):  # why a step failed, next to it
+        steps = [[*row, s.get("reason")] for row, s in zip(steps, wf["steps"], strict=True)]
+        headers.append("reason")
+    _table(steps, headers)
     if wf["compensations"]:
         click.echo("")
         _table([[c["step"], c["command"], c["status"], c["attempts"]] for c in wf["compensations"]],

@@ -153,6 +153,47 @@ def demo(orders: int) -> None:
     sys.exit(status)
 
 
+@main.group()
+def redis() -> None:
+    """The private Redis server of $BATON_DATA_DIR (used when REDIS_URL is not set).
+
+    The first process that needs it starts it, and it outlives them all (a restart finds its
+    streams again): `baton redis stop` stops it once every process has stopped."""
+
+
+@redis.command("status")
+@click.option("--json", "json_out", is_flag=True, help="Print JSON: {data_dir, running, url, pid}.")
+def redis_status(json_out: bool) -> None:
+    """Print the private server's URL and pid, or `not running`."""
+    import json
+
+    from participants.runtime.redis_server import server_status
+
+    settings = _settings("redis")
+    found = server_status(settings.data_dir)
+    if json_out:
+        click.echo(json.dumps({"data_dir": str(settings.data_dir), "running": found is not None,
+                               "url": found and found["url"], "pid": found and found["pid"]}))
+    elif found is None:
+        click.echo("not running")
+    else:
+        click.echo(f"{found['url']} (pid {found['pid']}, data in {settings.data_dir})")
+
+
+@redis.command("stop")
+def redis_stop() -> None:
+    """Stop the private server (SIGTERM, then SIGKILL after 10 s): `stopped` or `not running`."""
+    from participants.runtime.redis_server import stop_server
+
+    settings = _settings("redis")
+    try:
+        stopped = stop_server(settings.data_dir)
+    except RuntimeError as exc:
+        click.echo(f"baton: {exc}", err=True)
+        sys.exit(1)
+    click.echo("stopped" if stopped else "not running")
+
+
 cli_client.register(main)
 main.add_command(report_cli.report)
 

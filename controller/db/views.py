@@ -33,20 +33,58 @@ def workflow(conn: Connection, catalog: Catalog, cid: str, actor: str | None = N
     comp_rows = conn.execute(select(compensations).where(compensations.c.correlation_id == cid))
     attrs = conn.execute(select(attributes.c.name, attributes.c.value)
                          .where(attributes.c.correlation_id == cid))
-    return render(catalog.get(row.flow, row.flow_version), row, row.started_by, row.input, step_rows,
-                  list(comp_rows), {a.name: a.value for a in attrs})
+    flow = catalog.get(row.flow, row.flow_version)
+    return render(flow, row, row.started_by, row.input, step_rows, list(comp_rows),
+                  {a.name: a.value for a in attrs}, failure_reasons(conn, flow, cid, step_rows))
+
+
+def failure_reasons(conn: Connection, flow: Flow, cid: str,
+                    step_states: Mapping[str, Any]) -> dict[str, str]:
+    """Why each failed step failed, read from the timeline (a failed step keeps no message): the
+    `data.reason` of the last failed event of the step (a command step's last `_failed` answer);
+    for a done event that matched `fails_when`, its `reason` or the match; for a command step
+    without such a message, that it ran out of attempts unanswered. One query, and only when a
+    step failed."""
+    failed = [s for s in flow.steps
+              if (r := step_states.get(s.name)) is not None and r.status == "failed"]
+    if not failed:
+        return {}
+    types = {t for s in failed for t in (s.failed_on, s.done_on if s.fails_when else None) if t}
+    seen: dict[str, list[dict[str, Any]]] = {}
+    if types:
+        for m in conn.execute(select(messages.c.type, messages.c.data)
+                              .where(messages.c.correlation_id == cid, messages.c.type.in_(types))
+                              .order_by(messages.c.seq)):
+            seen.setdefault(m.type, []).append(m.data if isinstance(m.data, dict) else {})
+    reasons = {}
+    for step in failed:
+        answers = seen.get(step.failed_on or "", [])
+        matched = [d for d in seen.get(step.done_on, []) if step.fails_when
+                   and all(d.get(k) == v for k, v in step.fails_when)]
+        if answers:
+            reasons[step.name] = str(answers[-1].get("reason") or f"{step.failed_on} (no reason given)")
+        elif matched:
+            reasons[step.name] = str(matched[-1].get("reason") or f"{step.done_on} with " + ", ".join(
+                f"{k}={v}" for k, v in step.fails_when))
+        elif step.command:
+            attempts = step_states[step.name].attempts
+            reasons[step.name] = f"{step.command} unanswered after {attempts} attempts"
+    return reasons
 
 
 def render(flow: Flow, wf: Any, started_by: str, input_: Any, step_states: Mapping[str, Any],
-           comps: Iterable[Any], attrs: dict[str, str]) -> dict[str, Any]:
-    """A workflow as clients see it, from its rows or from the lifecycle's objects alike."""
+           comps: Iterable[Any], attrs: dict[str, str],
+           reasons: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A workflow as clients see it, from its rows or from the lifecycle's objects alike;
+    `reasons`: why each failed step failed (`failure_reasons`)."""
     return {
         "correlation_id": wf.correlation_id, "flow": wf.flow, "flow_version": wf.flow_version,
         "status": wf.status, "reason": wf.reason, "started_at": _ts(wf.started_at),
         "deadline": _ts(wf.deadline), "finished_at": _ts(wf.finished_at),
         "started_by": started_by, "input": input_,
         "search_attributes": attrs,
-        "steps": [_step(s.name, s.kind, s.participant, step_states.get(s.name)) for s in flow.steps],
+        "steps": [_step(s.name, s.kind, s.participant, step_states.get(s.name),
+                        (reasons or {}).get(s.name)) for s in flow.steps],
         "compensations": [
             {"step": c.step, "command": c.command, "status": c.status, "attempts": c.attempts,
              "sent_at": _ts(c.sent_at), "finished_at": _ts(c.finished_at)}
@@ -55,7 +93,7 @@ def render(flow: Flow, wf: Any, started_by: str, input_: Any, step_states: Mappi
     }
 
 
-def _step(name: str, kind: str, participant: str, row: Any) -> dict[str, Any]:
+def _step(name: str, kind: str, participant: str, row: Any, reason: str | None) -> dict[str, Any]:
     return {
         "name": name, "kind": kind, "participant": participant,
         "status": row.status if row else StepStatus.PENDING,
@@ -63,6 +101,7 @@ def _step(name: str, kind: str, participant: str, row: Any) -> dict[str, Any]:
         "finished_at": _ts(row.finished_at) if row else None,
         "deadline": _ts(row.deadline) if row else None,
         "attempts": row.attempts if row else 0,
+        "reason": reason,
     }
 
 

@@ -1,5 +1,6 @@
 """The SLA report as one CSV table for a spreadsheet: a row per flow, step, transition, breach,
-slow workflow and time bucket, told apart by the `level` column; the numbers are the JSON's."""
+slow workflow and time bucket, told apart by the `level` column; the numbers are the JSON's. The
+last rows, of level `definition`, say in `reason` what the column named in `status` means."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import csv
 import io
 from collections.abc import Iterator
 from typing import Any
+
+from controller.reporting.definitions import DEFINITIONS
 
 COLUMNS = (
     "level", "flow", "step", "from_type", "to_type", "participant",
@@ -40,6 +43,8 @@ def rows(report: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for point in report["series"]["items"]:
         yield {"level": "series", "bucket_start": point["start"],
                **{k: v for k, v in point.items() if k != "start"}}
+    for column, sentence in DEFINITIONS:
+        yield {"level": "definition", "status": column, "reason": sentence}
 
 
 def _flat(level: str, item: dict[str, Any]) -> dict[str, Any]:

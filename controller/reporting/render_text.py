@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from controller.reporting.definitions import JUDGED, SLA_MET_PCT
+
 _HEAD = ("", "started", "completed", "compensated", "breached", "SLA met %", "p50 s", "p95 s",
          "p99 s")
 
@@ -18,7 +20,7 @@ def summary(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in [_HEAD, *rows]) for i in range(len(_HEAD))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
                        enumerate(zip(r, widths, strict=True))).rstrip() for r in [_HEAD, *rows]]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", SLA_MET_PCT, JUDGED]) + "\n"
 
 
 def _row(name: str, item: dict[str, Any]) -> tuple[str, ...]:

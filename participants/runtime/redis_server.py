@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 HOST = "127.0.0.1"
 STATE_FILE = "redis.json"
@@ -91,6 +92,18 @@ def ensure_server(data_dir: Path, *, binary: str | None = None) -> str:
         if state is not None and _recorded_server(data_dir) is not None:
             return str(state["url"])
         return start_server(data_dir, binary=binary)
+
+
+def server_status(data_dir: Path) -> dict[str, Any] | None:
+    """{"url", "pid", "port"} of the server recorded in data_dir if it runs and answers, else None."""
+    data_dir = Path(data_dir).resolve()
+    if not data_dir.is_dir():
+        return None
+    running = _recorded_server(data_dir)
+    state = _read_state(data_dir)
+    if running is None or state is None:
+        return None
+    return {"url": str(state["url"]), "pid": running[0], "port": running[1]}
 
 
 def stop_server(data_dir: Path, timeout: float = 10.0) -> bool:
@@ -304,9 +317,10 @@ def _locked(data_dir: Path) -> Iterator[None]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: start, ensure or stop a server in a directory, or print the binary."""
+    """Command line: start, ensure, stop or tell the status of a server in a directory, or print
+    the binary."""
     parser = argparse.ArgumentParser(prog="redis_server", description=__doc__)
-    parser.add_argument("action", choices=["start", "ensure", "stop", "binary"])
+    parser.add_argument("action", choices=["start", "ensure", "stop", "status", "binary"])
     parser.add_argument("data_dir", type=Path, nargs="?")
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--no-appendonly", action="store_true")
@@ -328,6 +342,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(url)
         elif args.action == "ensure":
             print(ensure_server(args.data_dir, binary=args.binary))
+        elif args.action == "status":
+            status = server_status(args.data_dir)
+            print("not running" if status is None else f"{status['url']} (pid {status['pid']})")
         else:
             print("stopped" if stop_server(args.data_dir) else "not running")
     except RuntimeError as exc:

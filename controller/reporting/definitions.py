@@ -1,0 +1,17 @@
+"""What "judged" and "SLA met %" mean, in one sentence each: the README, the text report, the CSV
+and the HTML page say the same (how they are computed: `facts.py`, and the live counts of
+`sla.py` for what is still open past its deadline)."""
+
+from __future__ import annotations
+
+JUDGED = (
+    "judged: a workflow that has finished (completed, compensated or needs_attention) or a step "
+    "that has ended (done, failed, skipped or compensated), or either one still open past its "
+    "deadline; one still open within its deadline is not judged yet."
+)
+SLA_MET_PCT = (
+    "SLA met %: of those judged, the share that completed at or before its deadline; a "
+    "compensated or needs_attention workflow is judged and never met, even with no breach."
+)
+# (CSV column, sentence), in the order the CSV's definition rows give them
+DEFINITIONS = (("sla_judged", JUDGED), ("sla_met_pct", SLA_MET_PCT))
