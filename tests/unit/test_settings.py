@@ -149,7 +149,7 @@ def test_a_flows_dir_that_does_not_exist_is_refused(tmp_path: Path) -> None:
 def test_baton_migrate_exits_2_naming_the_variable(tmp_path: Path, name: str, value: str,
                                                    says: str) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_") and k != "DATABASE_URL"}
-    root = Path(__file__).resolve().parent.parent  # this checkout's code, whatever is installed
+    root = Path(__file__).resolve().parents[2]  # this checkout's code, whatever is installed
     env.update({"BATON_DATA_DIR": str(tmp_path), "PYTHONPATH": str(root), name: value})
     baton = Path(sys.executable).parent / "baton"
     done = subprocess.run([str(baton), "migrate"], env=env, capture_output=True, text=True,
@@ -167,7 +167,7 @@ def test_a_bad_flow_file_or_variable_stops_the_tracker_and_the_web_with_a_messag
     flows.mkdir()
     (flows / "broken.yaml").write_text("name: broken\nversion: 1\nsteps: []\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("BATON_") and k != "DATABASE_URL"}
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]
     env.update({"BATON_DATA_DIR": str(tmp_path), "PYTHONPATH": str(root),
                 "BATON_FLOWS_DIRS": str(flows), "REDIS_URL": "redis://127.0.0.1:1/0"})
     bin_dir = Path(sys.executable).parent
