@@ -17,17 +17,13 @@ import redis
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from config.settings import load_settings
 from contracts.envelope import COMMAND, Envelope, decode_fields, new_command, new_event
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
-from controller.api.app import create_app
-from controller.db import migrate
-from controller.service.bootstrap import Services, build_services
-from controller.service.track import build_tracker
+from controller.service.bootstrap import Services
 from participants.reference import build, catalog, pricing, search
-from participants.runtime.db import make_engine
 from participants.runtime.loop import Options, Runtime
+from tests.harness import running_app
 from tests.unit.test_price_change import PARTICIPANTS, change
 
 OPERATOR, STARTER = "t-olga", "t-stan"
@@ -125,34 +121,12 @@ class World:
 @contextlib.contextmanager
 def running(database_url: str, redis_url: str, tmp_path: Path,
             flows_dir: Path | None = None) -> Iterator[World]:
-    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
-    settings = load_settings({
-        "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BATON_STREAM_PREFIX": keys.prefix,
-        "BATON_TOKENS": TOKENS, "BATON_DATA_DIR": str(tmp_path / "data"),
-        "BATON_PARTICIPANT_DATABASE_URL": database_url,
-        **({"BATON_FLOWS_DIRS": str(flows_dir)} if flows_dir else {}),
-    })
-    engine = make_engine(database_url)
-    try:
-        migrate.upgrade(engine)
-    finally:
-        engine.dispose()
-    services = build_services(settings)
-    raw = redis.Redis.from_url(redis_url)
-    options = Options(visibility_timeout=30.0, block_ms=1)
-    runtimes = {"controller": Runtime(build_tracker(services.catalog, services.registry),
-                                      services.engine, raw, keys, options, consumer="test")}
-    for name in PARTICIPANTS:
-        runtimes[name] = Runtime(build(name), services.engine, raw, keys, options, consumer="test")
-    try:
-        for rt in runtimes.values():
-            rt.setup()
-        yield World(create_app(settings, services).test_client(), services, keys, raw, runtimes)
-    finally:
-        for key in raw.scan_iter(match=f"{keys.prefix}:*"):
-            raw.delete(key)
-        raw.close()
-        services.close()
+    extra = {"BATON_PARTICIPANT_DATABASE_URL": database_url,
+             **({"BATON_FLOWS_DIRS": str(flows_dir)} if flows_dir else {})}
+    with running_app(database_url, redis_url, tmp_path, TOKENS, extra=extra) as app:
+        options = Options(visibility_timeout=30.0, block_ms=1)
+        runtimes = {name: app.runtime_of(name, options, "test") for name in ("controller", *PARTICIPANTS)}
+        yield World(app.client, app.services, app.keys, app.raw, runtimes)
 
 
 @pytest.fixture

@@ -22,9 +22,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Connection, Engine, insert
 from werkzeug.serving import make_server
 
-from config.settings import load_settings
 from contracts.timefmt import format_ts
-from controller.api.app import create_app
 from controller.cli.main import main
 from controller.cli.report import write_demo_report
 from controller.db import migrate, store
@@ -35,7 +33,7 @@ from controller.reporting import render_text as report_text
 from controller.reporting import store as report_store
 from controller.reporting.render_csv import COLUMNS
 from controller.reporting.sla import ReportQuery, sla_report
-from controller.service.bootstrap import build_services
+from tests.harness import running_app
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=2)
@@ -341,15 +339,8 @@ def store_facts(conn: Connection, cid: str) -> None:
 
 @pytest.fixture
 def client(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[FlaskClient, Engine]]:
-    settings = load_settings({
-        "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BATON_TOKENS": TOKENS,
-        "BATON_STREAM_PREFIX": f"t{uuid.uuid4().hex[:8]}", "BATON_DATA_DIR": str(tmp_path)})
-    services = build_services(settings)
-    migrate.upgrade(services.engine)
-    try:
-        yield create_app(settings, services).test_client(), services.engine
-    finally:
-        services.close()
+    with running_app(database_url, redis_url, tmp_path, TOKENS) as app:
+        yield app.client, app.services.engine
 
 
 def get(client: FlaskClient, accept: str | None = None, token: str = "t-vera", **query: Any) -> Any:
