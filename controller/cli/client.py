@@ -1,5 +1,6 @@
-"""A client of the REST API for the `baton` command: one requests.Session, a timeout on every call,
-and HTTP errors translated into ClientError carrying the problem document."""
+"""The one client of the REST API, for the `baton` command, `baton demo` and the end-to-end tests:
+one requests.Session, a timeout on every call, and every failure (no answer, or an HTTP error)
+translated here into ClientError carrying the problem document."""
 
 from __future__ import annotations
 
@@ -39,15 +40,15 @@ class ApiClient:
         self.session.close()
 
     def call(self, method: str, path: str, *, json: Any = None, params: Any = None,
-             headers: dict[str, str] | None = None) -> requests.Response:
+             headers: dict[str, str] | None = None, timeout: float = TIMEOUT) -> requests.Response:
         import requests
 
         try:
             response = self.session.request(method, f"{self.base}{path}", json=json, params=params,
-                                            headers=headers, timeout=TIMEOUT)
+                                            headers=headers, timeout=timeout)
         except requests.Timeout as exc:
             raise ClientError(0, {"title": "Unreachable", "detail": f"{self.base} did not answer "
-                                  f"within {TIMEOUT:g} s"}) from exc
+                                  f"within {timeout:g} s"}) from exc
         except requests.RequestException as exc:
             raise ClientError(0, {"title": "Unreachable", "detail": f"{self.base}: {_root(exc)} "
                                   "(is BATON_API_URL right, and the API up?)"}) from exc
@@ -71,6 +72,18 @@ class ApiClient:
             if not page["next_cursor"]:
                 return
             query["cursor"] = page["next_cursor"]
+
+    def ready(self, timeout: float = 2.0) -> bool:
+        """Whether the API answers /readyz with 200 (not yet up, or 503: False)."""
+        try:
+            self.call("GET", "/readyz", timeout=timeout)
+        except ClientError:
+            return False
+        return True
+
+    def workflow(self, cid: str) -> dict[str, Any]:
+        found: dict[str, Any] = self.json("GET", f"/v1/workflows/{cid}")
+        return found
 
     def start(self, body: dict[str, Any], idempotency_key: str | None = None) -> dict[str, Any]:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None

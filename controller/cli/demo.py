@@ -22,9 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import requests
-
 from config.settings import load_settings
+from controller.cli.client import ApiClient
 from controller.cli.procfile import Processes
 from controller.cli.report import write_demo_report
 from controller.domain.statuses import StepStatus, WorkflowStatus
@@ -46,6 +45,7 @@ def run_demo(orders: int, timeout: float = 180.0) -> int:
     port = _free_port()
     procs = Processes(_environment(run_dir, redis_url, token, port), run_dir)
     _say(f"data and logs in {run_dir}; Redis at {redis_url}")
+    api: ApiClient | None = None
     try:
         subprocess.run([str(BIN / "baton"), "migrate"], env=procs.env, check=True,
                        stdout=subprocess.DEVNULL)
@@ -53,8 +53,8 @@ def run_demo(orders: int, timeout: float = 180.0) -> int:
         _say(f"starting the Procfile's processes: {', '.join(names)}; API on port {port}")
         for name in names:
             procs.start(name)
-        api = Api(f"http://127.0.0.1:{port}", token)
-        api.wait_ready(procs)
+        api = ApiClient(f"http://127.0.0.1:{port}", token)
+        _wait_ready(api, procs)
         cids = _place_orders(api, max(orders - SLA_ORDERS, 1))
         results = _wait_settled(api, cids, timeout)
         results += _sla_phase(api, procs, timeout)
@@ -65,24 +65,26 @@ def run_demo(orders: int, timeout: float = 180.0) -> int:
         write_demo_report(api.base, token, run_dir)
         return 0 if all(r["status"] in TERMINAL for r in results) else 1
     finally:
+        if api is not None:
+            api.close()
         _say("stopping every process (SIGTERM)")
         procs.stop_all()
         if own_redis:
             stop_server(run_dir / "redis")
 
 
-def _sla_phase(api: Api, procs: Processes, timeout: float) -> list[dict[str, Any]]:
+def _sla_phase(api: ApiClient, procs: Processes, timeout: float) -> list[dict[str, Any]]:
     """Orders that cannot keep a 3-second SLA because shipping is down: breached, compensated;
     when shipping returns, the shipments it schedules late are cancelled too."""
     _say(f"stopping shipping, then placing {SLA_ORDERS} orders with sla_seconds=3")
     procs.stop("shipping")
     rng = random.Random(7)
-    cids = [api.start({"flow": "order_fulfillment", "sla_seconds": 3,
-                       "input": order(rng, 9000 + n, kind="ok")[1]}) for n in range(SLA_ORDERS)]
+    cids = [_start(api, {"flow": "order_fulfillment", "sla_seconds": 3,
+                         "input": order(rng, 9000 + n, kind="ok")[1]}) for n in range(SLA_ORDERS)]
     _wait_settled(api, cids, timeout)
     _say("restarting shipping: it catches up, and each late shipment is cancelled")
     procs.start("shipping")
-    _wait(lambda: all(_late_shipment_settled(api.get(c)) for c in cids), timeout)
+    _wait(lambda: all(_late_shipment_settled(api.workflow(c)) for c in cids), timeout)
     return _wait_settled(api, cids, timeout)
 
 
@@ -103,7 +105,7 @@ PRICE_CHANGES: list[tuple[str, str, float, float, float, float | None]] = [
 ]
 
 
-def _price_phase(api: Api, timeout: float) -> list[dict[str, Any]]:
+def _price_phase(api: ApiClient, timeout: float) -> list[dict[str, Any]]:
     """Proposed price changes: clean ones are published and reach catalog and search; soft
     violations wait in `approve` until the operator approves them (one is rejected); hard ones are
     rejected; a discontinued product's catalog refuses the price, and the publish is walked back."""
@@ -116,15 +118,17 @@ def _price_phase(api: Api, timeout: float) -> list[dict[str, Any]]:
                                 "unit_cost": cost, "currency": "EUR"}
         if competitor is not None:
             data["competitor_price"] = competitor
-        cids.append(api.start({"flow": "price_change", "input": data}))
+        cids.append(_start(api, {"flow": "price_change", "input": data}))
         if kind in ("increase above 20 %", "above competitor"):
             waiting.append(cids[-1])
-    _wait(lambda: all(_step_status(api.get(c), "approve") == StepStatus.ACTIVE for c in waiting), timeout)
+    _wait(lambda: all(_step_status(api.workflow(c), "approve") == StepStatus.ACTIVE for c in waiting),
+          timeout)
     _say(f"{len(waiting)} wait for approval: approving {len(waiting) - 1}, rejecting 1 "
          "(POST /v1/workflows/<cid>/signals/approve or /reject)")
     for cid in waiting[:-1]:
-        api.signal(cid, "approve", "within this quarter's pricing guidelines")
-    api.signal(waiting[-1], "reject", "we do not lead the market up on this product")
+        api.intervene(cid, "signals/approve", {"reason": "within this quarter's pricing guidelines"})
+    api.intervene(waiting[-1], "signals/reject",
+                  {"reason": "we do not lead the market up on this product"})
     return _wait_settled(api, cids, timeout)
 
 
@@ -153,44 +157,21 @@ def _environment(run_dir: Path, redis_url: str, token: str, port: int) -> dict[s
     return env
 
 
-class Api:
-    """A tiny client of the REST API: one session, a timeout on every call."""
+def _wait_ready(api: ApiClient, procs: Processes, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dead = [n for n, p in procs.running.items() if p.poll() is not None]
+        if dead:
+            raise RuntimeError(f"{', '.join(dead)} exited early; see {procs.log_dir}")
+        if api.ready():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"the API did not become ready in time; see {procs.log_dir}")
 
-    def __init__(self, base: str, token: str) -> None:
-        self.base = base
-        self.session = requests.Session()
-        self.session.headers["Authorization"] = f"Bearer {token}"
 
-    def wait_ready(self, procs: Processes, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            dead = [n for n, p in procs.running.items() if p.poll() is not None]
-            if dead:
-                raise RuntimeError(f"{', '.join(dead)} exited early; see {procs.log_dir}")
-            try:
-                if self.session.get(f"{self.base}/readyz", timeout=2).ok:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"the API did not become ready in time; see {procs.log_dir}")
-
-    def start(self, body: dict[str, Any]) -> str:
-        r = self.session.post(f"{self.base}/v1/workflows", json=body, timeout=10)
-        r.raise_for_status()
-        cid: str = r.json()["correlation_id"]
-        return cid
-
-    def signal(self, cid: str, name: str, reason: str) -> None:
-        r = self.session.post(f"{self.base}/v1/workflows/{cid}/signals/{name}",
-                              json={"reason": reason}, timeout=10)
-        r.raise_for_status()
-
-    def get(self, cid: str) -> dict[str, Any]:
-        r = self.session.get(f"{self.base}/v1/workflows/{cid}", timeout=10)
-        r.raise_for_status()
-        found: dict[str, Any] = r.json()
-        return found
+def _start(api: ApiClient, body: dict[str, Any]) -> str:
+    cid: str = api.start(body)["correlation_id"]
+    return cid
 
 
 def order(rng: random.Random, n: int, kind: str | None = None) -> tuple[str, dict[str, Any]]:
@@ -213,26 +194,26 @@ def order(rng: random.Random, n: int, kind: str | None = None) -> tuple[str, dic
                   "total_amount": total, "currency": "EUR"}
 
 
-def _place_orders(api: Api, count: int) -> list[str]:
+def _place_orders(api: ApiClient, count: int) -> list[str]:
     rng = random.Random(20261122)
     kinds: Counter[str] = Counter()
     cids = []
     for n in range(1, count + 1):
         kind, data = order(rng, n)
         kinds[kind] += 1
-        cids.append(api.start({"flow": "order_fulfillment", "input": data}))
+        cids.append(_start(api, {"flow": "order_fulfillment", "input": data}))
     _say(f"placed {count} orders: " + ", ".join(f"{v} {k}" for k, v in sorted(kinds.items())))
     return cids
 
 
-def _wait_settled(api: Api, cids: list[str], timeout: float) -> list[dict[str, Any]]:
+def _wait_settled(api: ApiClient, cids: list[str], timeout: float) -> list[dict[str, Any]]:
     deadline = time.monotonic() + timeout
     results: dict[str, dict[str, Any]] = {}
     last = -1
     while time.monotonic() < deadline:
         for cid in cids:
             if results.get(cid, {}).get("status") not in TERMINAL:
-                results[cid] = api.get(cid)
+                results[cid] = api.workflow(cid)
         settled = sum(r["status"] in TERMINAL for r in results.values())
         if settled != last:
             _say(f"{settled}/{len(cids)} workflows settled")

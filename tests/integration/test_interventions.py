@@ -20,17 +20,13 @@ import redis
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from config.settings import load_settings
 from contracts.envelope import decode_fields, new_event
 from contracts.streams import Keys
 from contracts.timefmt import format_ts, parse_ts, utcnow
-from controller.api.app import create_app
-from controller.db import migrate
-from controller.service.bootstrap import Services, build_services
+from controller.service.bootstrap import Services
 from controller.service.sweep import sweep_once
-from controller.service.track import build_tracker
-from participants.runtime.db import make_engine
 from participants.runtime.loop import Options, Runtime
+from tests.harness import running_app
 from tests.system import report_facts_as_rebuilt, wait_until
 
 TOKENS = "olga:operator:t-olga,vic:viewer:t-vic,stan:starter:t-stan"
@@ -205,34 +201,11 @@ class Baton:
 def open_baton(database_url: str, redis_url: str, tmp_path: Path,
                flows: dict[str, str] | None = None) -> Iterator[Baton]:
     """The app on a migrated database, its tracker, and extra flow definitions by name."""
-    flows_dir = tmp_path / "flows"
-    flows_dir.mkdir()
-    for name, text in {"fragile_order": FRAGILE_FLOW, "gated_order": GATED_FLOW, **(flows or {})}.items():
-        (flows_dir / f"{name}.yaml").write_text(text)
-    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
-    settings = load_settings({
-        "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BATON_STREAM_PREFIX": keys.prefix,
-        "BATON_TOKENS": TOKENS, "BATON_DATA_DIR": str(tmp_path / "data"),
-        "BATON_FLOWS_DIRS": str(flows_dir),
-    })
-    engine = make_engine(database_url)
-    try:
-        migrate.upgrade(engine)
-    finally:
-        engine.dispose()
-    services = build_services(settings)
-    raw = redis.Redis.from_url(redis_url)
-    tracker = Runtime(build_tracker(services.catalog, services.registry), services.engine, raw, keys,
-                      Options(block_ms=20), consumer="interventions-test")
-    tracker.setup()
-    try:
-        yield Baton(create_app(settings, services).test_client(), services, keys, raw, tracker)
-        report_facts_as_rebuilt(services.engine)  # every intervention kept the report's facts
-    finally:
-        for key in raw.scan_iter(match=f"{keys.prefix}:*"):
-            raw.delete(key)
-        raw.close()
-        services.close()
+    flows = {"fragile_order": FRAGILE_FLOW, "gated_order": GATED_FLOW, **(flows or {})}
+    with running_app(database_url, redis_url, tmp_path, TOKENS, flows=flows) as app:
+        tracker = app.runtime_of("controller", Options(block_ms=20), "interventions-test")
+        yield Baton(app.client, app.services, app.keys, app.raw, tracker)
+        report_facts_as_rebuilt(app.services.engine)  # every intervention kept the report's facts
 
 
 @pytest.fixture

@@ -15,17 +15,14 @@ from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import insert
 
-from config.settings import load_settings
 from contracts.envelope import new_event
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
-from controller.api.app import create_app
-from controller.db import migrate
 from controller.reporting.metrics import BatonCollector
-from controller.service.bootstrap import Services, build_services
-from controller.service.track import build_tracker
+from controller.service.bootstrap import Services
 from participants.runtime.loop import Options, Runtime
 from participants.runtime.tables import outbox
+from tests.harness import running_app
 
 FLOW = "order_fulfillment"
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -70,23 +67,10 @@ class Baton:
 
 @pytest.fixture
 def baton(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[Baton]:
-    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
-    settings = load_settings({
-        "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BATON_STREAM_PREFIX": keys.prefix,
-        "BATON_TOKENS": "otto:operator:t-otto", "BATON_DATA_DIR": str(tmp_path)})
-    services = build_services(settings)
-    migrate.upgrade(services.engine)
-    raw = redis.Redis.from_url(redis_url)
-    tracker = Runtime(build_tracker(services.catalog, services.registry), services.engine, raw, keys,
-                      Options(block_ms=1, visibility_timeout=30.0), consumer="metrics-test")
-    tracker.setup()
-    try:
-        yield Baton(create_app(settings, services).test_client(), services, keys, raw, tracker)
-    finally:
-        for key in raw.scan_iter(match=f"{keys.prefix}:*"):
-            raw.delete(key)
-        raw.close()
-        services.close()
+    with running_app(database_url, redis_url, tmp_path, "otto:operator:t-otto") as app:
+        tracker = app.runtime_of("controller", Options(block_ms=1, visibility_timeout=30.0),
+                                 "metrics-test")
+        yield Baton(app.client, app.services, app.keys, app.raw, tracker)
 
 
 def value(samples: Samples, name: str, **labels: str) -> float:

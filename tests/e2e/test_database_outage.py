@@ -25,9 +25,9 @@ from controller.service.bootstrap import build_services
 from participants.reference import build
 from participants.runtime.db import make_engine
 from participants.runtime.loop import Options, Runtime
+from tests.integration.test_api import ALICE, VERA, assert_problem, auth, environment, order_input
+from tests.integration.test_runtime import order, stream_of
 from tests.system import wait_until
-from tests.test_api import ALICE, VERA, assert_problem, auth, environment, order_input
-from tests.test_runtime import order, stream_of
 
 VISIBILITY = 60.0  # far longer than the test: catching up must not wait for a reclaim
 

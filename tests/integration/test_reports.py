@@ -1,13 +1,12 @@
 """The SLA report on a known data set, inserted straight into the tables, on SQLite and PostgreSQL:
-its figures against Python's own, its CSV against its JSON, and its HTML in headless Chromium."""
+its figures against Python's own, its CSV against its JSON (its HTML in headless Chromium:
+tests/e2e/test_reports.py)."""
 
 from __future__ import annotations
 
 import csv
 import io
-import shutil
 import statistics
-import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -23,9 +22,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import Connection, Engine, insert
 from werkzeug.serving import make_server
 
-from config.settings import load_settings
 from contracts.timefmt import format_ts
-from controller.api.app import create_app
 from controller.cli.main import main
 from controller.cli.procfile import ROOT
 from controller.cli.report import write_demo_report
@@ -38,7 +35,7 @@ from controller.reporting import store as report_store
 from controller.reporting.definitions import DEFINITIONS, JUDGED, SLA_MET_PCT
 from controller.reporting.render_csv import COLUMNS
 from controller.reporting.sla import ReportQuery, sla_report
-from controller.service.bootstrap import build_services
+from tests.harness import running_app
 
 T0 = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 NOW = T0 + timedelta(hours=2)
@@ -345,15 +342,8 @@ def store_facts(conn: Connection, cid: str) -> None:
 
 @pytest.fixture
 def client(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[tuple[FlaskClient, Engine]]:
-    settings = load_settings({
-        "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BATON_TOKENS": TOKENS,
-        "BATON_STREAM_PREFIX": f"t{uuid.uuid4().hex[:8]}", "BATON_DATA_DIR": str(tmp_path)})
-    services = build_services(settings)
-    migrate.upgrade(services.engine)
-    try:
-        yield create_app(settings, services).test_client(), services.engine
-    finally:
-        services.close()
+    with running_app(database_url, redis_url, tmp_path, TOKENS) as app:
+        yield app.client, app.services.engine
 
 
 def get(client: FlaskClient, accept: str | None = None, token: str = "t-vera", **query: Any) -> Any:
@@ -465,50 +455,6 @@ def test_sla_met_and_judged_are_defined_once_everywhere(client: tuple[FlaskClien
     assert [(r["status"], r["reason"]) for r in table if r["level"] == "definition"] == [
         ("sla_judged", JUDGED), ("sla_met_pct", SLA_MET_PCT)]
     assert table[-1]["level"] == "definition" and all(len(r) == len(COLUMNS) for r in table)
-
-
-# -- the HTML page in a real browser ----------------------------------------------------------------
-
-
-def chromium() -> str:
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if not found:
-        pytest.fail("chromium is not installed: scripts/test.sh installs Debian's package",
-                    pytrace=False)
-    return found
-
-
-def browse(html: Path, tmp: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", f"--user-data-dir={tmp / 'profile'}",
-         "--window-size=1280,2000", "--enable-logging=stderr", "--v=0", *extra, html.as_uri()],
-        capture_output=True, text=True, timeout=120, check=False)
-
-
-def test_html_shows_its_charts_in_chromium_without_console_errors(
-        client: tuple[FlaskClient, Engine], tmp_path: Path) -> None:
-    http, engine = client
-    with written(engine) as conn:
-        named = known_data(Data(conn))
-    response = get(http, "text/html")
-    assert response.status_code == 200 and response.mimetype == "text/html"
-    page = tmp_path / "sla-report.html"
-    page.write_bytes(response.get_data())
-    shot = tmp_path / "sla-report.png"
-    shown = browse(page, tmp_path, f"--screenshot={shot}")
-    assert shown.returncode == 0, shown.stderr[-2000:]
-    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
-    errors = [line for line in shown.stderr.splitlines()
-              if "Uncaught" in line or ("CONSOLE" in line and "ERROR" in line)]
-    assert not errors, errors
-    dom = browse(page, tmp_path, "--dump-dom")
-    assert dom.returncode == 0, dom.stderr[-2000:]
-    assert dom.stdout.count("<svg") == 3 + 2  # three charts over time, one per step
-    for table in ("flows", "steps", "transitions", "breaches", "slowest"):
-        assert f'<table id="{table}">' in dom.stdout
-    assert f'href="http://localhost/v1/workflows/{named["done8"]}"' in dom.stdout
-    assert "<script" not in dom.stdout
 
 
 # -- `baton report sla` -----------------------------------------------------------------------------

@@ -25,8 +25,8 @@ from schemathesis.specs.openapi.checks import (
 )
 from sqlalchemy.engine import Engine
 
-from tests.test_cli import drop_schema, pg_schema
-from tests.test_interventions import GATED, ORDER, Baton, assert_problem, build, open_baton
+from tests.e2e.test_cli import drop_schema, pg_schema
+from tests.integration.test_interventions import GATED, ORDER, Baton, assert_problem, build, open_baton
 
 AUTH = {"Authorization": "Bearer t-olga"}  # the operator: every operation is open to it
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,

@@ -29,10 +29,10 @@ from controller.cli import client
 from controller.cli.main import main
 from controller.cli.procfile import ROOT
 from controller.service.bootstrap import build_services
+from tests.e2e.test_e2e_price_change import change
+from tests.integration.test_api import environment
+from tests.integration.test_interventions import order_input
 from tests.system import System, free_port, wait_until
-from tests.test_api import environment
-from tests.test_e2e_price_change import change
-from tests.test_interventions import order_input
 
 pytestmark = pytest.mark.slow
 

@@ -10,15 +10,12 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-import redis
-from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -29,12 +26,10 @@ from contracts.envelope import Envelope, decode_fields, new_event
 from contracts.streams import Keys
 from contracts.timefmt import format_ts, parse_ts, utcnow
 from controller.api.app import create_app
-from controller.db import migrate
-from controller.service.bootstrap import Services, build_services
-from controller.service.track import build_tracker
-from participants.reference import build
-from participants.runtime.db import make_engine
+from controller.service.bootstrap import build_services
 from participants.runtime.loop import Options, Runtime
+from tests import harness
+from tests.harness import App
 
 TOKENS = "alice:starter:t-alice,sam:starter:t-sam,vera:viewer:t-vera,otto:operator:t-otto"
 ALICE, SAM, VERA, OTTO = "t-alice", "t-sam", "t-vera", "t-otto"
@@ -55,6 +50,7 @@ steps:
     done_on: payment.charged
     failed_on: payment.charge_failed
 """
+FLOWS = {"quick_order": QUICK_FLOW}
 
 
 def order_input(**overrides: Any) -> dict[str, Any]:
@@ -67,13 +63,7 @@ def order_input(**overrides: Any) -> dict[str, Any]:
     return data
 
 
-@dataclass
-class Api:
-    client: FlaskClient
-    services: Services
-    keys: Keys
-    raw: redis.Redis  # bytes in and out, as the runtime wants it
-
+class Api(App):
     def post(self, path: str, body: Any, token: str | None = ALICE,
              headers: dict[str, str] | None = None) -> TestResponse:
         return self.client.post(path, json=body, headers=auth(token, headers))
@@ -98,12 +88,7 @@ class Api:
         return [decode_fields(f) for _, f in found]
 
     def runtime(self, participant: str) -> Runtime:
-        built = (build_tracker(self.services.catalog, self.services.registry)
-                 if participant == "controller" else build(participant))
-        rt = Runtime(built, self.services.engine, self.raw, self.keys,
-                     Options(visibility_timeout=30.0, block_ms=1), consumer="api-test")
-        rt.setup()
-        return rt
+        return self.runtime_of(participant, Options(visibility_timeout=30.0, block_ms=1), "api-test")
 
     def emit(self, message_type: str, cid: str, data: dict[str, Any], cause: str | None = None,
              source: str = "test") -> Envelope:
@@ -128,36 +113,17 @@ def drain(*runtimes: Runtime) -> None:
 
 def environment(database_url: str, redis_url: str, tmp_path: Path, keys: Keys,
                 extra: dict[str, str] | None = None) -> dict[str, str]:
-    flows = tmp_path / "flows"
-    flows.mkdir(exist_ok=True)
-    (flows / "quick_order.yaml").write_text(QUICK_FLOW)
-    return {
-        "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BATON_STREAM_PREFIX": keys.prefix,
-        "BATON_TOKENS": TOKENS, "BATON_MAX_BODY_BYTES": str(MAX_BODY),
-        "BATON_DATA_DIR": str(tmp_path / "data"), "BATON_FLOWS_DIRS": str(flows), **(extra or {}),
-    }
+    return harness.environment(database_url, redis_url, tmp_path, keys, TOKENS, FLOWS,
+                               {"BATON_MAX_BODY_BYTES": str(MAX_BODY), **(extra or {})})
 
 
 @contextmanager
 def running_api(database_url: str, redis_url: str, tmp_path: Path,
                 extra: dict[str, str] | None = None) -> Iterator[Api]:
-    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
-    settings = load_settings(environment(database_url, redis_url, tmp_path, keys, extra))
-    engine = make_engine(database_url)
-    try:
-        migrate.upgrade(engine)
-    finally:
-        engine.dispose()
-    services = build_services(settings)
-    raw = redis.Redis.from_url(redis_url)
-    try:
-        with capture_logs():  # an error's log line, not a rendered traceback on the terminal
-            yield Api(create_app(settings, services).test_client(), services, keys, raw)
-    finally:
-        for key in raw.scan_iter(match=f"{keys.prefix}:*"):
-            raw.delete(key)
-        raw.close()
-        services.close()
+    # quiet: an error's log line, not a rendered traceback on the terminal
+    with harness.running_app(database_url, redis_url, tmp_path, TOKENS, flows=FLOWS, quiet=True,
+                             extra={"BATON_MAX_BODY_BYTES": str(MAX_BODY), **(extra or {})}) as app:
+        yield Api(app.client, app.services, app.keys, app.raw, app.settings)
 
 
 @pytest.fixture

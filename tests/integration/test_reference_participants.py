@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,9 +20,7 @@ from contracts.timefmt import utcnow
 from participants.reference import NAMES, build, inventory, notification, payment, shipping
 from participants.runtime.db import make_engine
 from participants.runtime.loop import Options, Runtime
-from participants.runtime.participant import Participant
-
-FRIDAY = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)  # + 3 business days = Wednesday 2026-11-25
+from tests.unit.test_reference_participants import FRIDAY
 
 
 class World:
@@ -128,16 +126,6 @@ def types_in(world: World, *message_types: str) -> dict[str, int]:
 
 
 # -- the registry of reference participants -------------------------------------------------------
-
-
-def test_build_returns_each_reference_participant_by_name() -> None:
-    assert NAMES[:4] == ("inventory", "payment", "shipping", "notification")  # then price_change's
-    for name in NAMES:
-        participant = build(name)
-        assert isinstance(participant, Participant)
-        assert participant.name == name
-    with pytest.raises(KeyError, match="no reference participant 'billing'; known: inventory, payment"):
-        build("billing")
 
 
 def test_setup_seeds_once_and_never_resets_stock_or_credit(world: World) -> None:
@@ -319,12 +307,6 @@ def test_the_join_ships_once_whatever_the_order_and_duplicates(world: World, fir
     assert scheduled.data["estimated_delivery"] == "2026-11-25"  # the later event: Friday, + 3 days
     assert scheduled.causation_id == halves[second].id
     assert len(world.rows(select(shipping.shipments))) == 1
-
-
-def test_delivery_is_counted_in_business_days() -> None:
-    assert shipping.delivery_date(datetime(2026, 11, 16, 23, 59, tzinfo=UTC)) == date(2026, 11, 19)
-    assert shipping.delivery_date(FRIDAY) == date(2026, 11, 25)
-    assert shipping.delivery_date(datetime(2026, 11, 21, tzinfo=UTC)) == date(2026, 11, 25)
 
 
 # -- compensations --------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from sqlalchemy.engine import make_url
 from tests.system import PARTICIPANTS, TOKENS, System, order_input, wait_until
 
 pytestmark = pytest.mark.slow
-FLOW_FILE = Path(__file__).parent.parent / "config" / "flows" / "order_fulfillment.yaml"
+FLOW_FILE = Path(__file__).parents[2] / "config" / "flows" / "order_fulfillment.yaml"
 
 
 SECRET = f"pw-{uuid.uuid4().hex}"  # the test server trusts loopback: any password connects

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from contracts.timefmt import format_ts, parse_ts, utcnow
-from tests.test_interventions import (
+from tests.integration.test_interventions import (
     OPERATOR,
     ORDER,
     STARTER,

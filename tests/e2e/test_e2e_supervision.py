@@ -46,7 +46,7 @@ from tests.system import System, order_input, wait_until
 pytestmark = pytest.mark.slow
 
 SEED = 1_000_000  # participants.reference.inventory.GENEROUS_STOCK
-FLOW_FILE = Path(__file__).parent.parent / "config" / "flows" / "order_fulfillment.yaml"
+FLOW_FILE = Path(__file__).parents[2] / "config" / "flows" / "order_fulfillment.yaml"
 
 
 class Tap(threading.Thread):
