@@ -78,11 +78,13 @@ def load_registry(flows_dirs: Iterable[Path] = ()) -> Registry:
 
 def load_catalog(registry: Registry, extra_dirs: Iterable[Path] = ()) -> Catalog:
     """Every flow, after every file's message types are registered in `registry`: a flow may
-    use a type another file declares."""
+    use a type another file declares, and a file with only `messages:` declares types alone."""
     documents = _read_all(extra_dirs)
     _declare(registry, documents)
     flows: dict[tuple[str, int], Flow] = {}
     for path, document in documents:
+        if set(document) == {"messages"}:
+            continue
         flow = load_flow(document, registry, str(path))
         key = (flow.name, flow.version)
         if key in flows and flows[key] != flow:
