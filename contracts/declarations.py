@@ -95,6 +95,10 @@ def _admit(registry: Registry, new: Declaration) -> bool:
     if registry.knows(new.type) and registry.kind(new.type) != new.kind:
         raise FlowDefinitionError(new.source, {f"{at}.kind": [
             f"{new.type} is a {registry.kind(new.type)}{_where(registry, new.type)}, not a {new.kind}"]})
+    answer = failed_type(new.type)
+    if new.kind == COMMAND and registry.knows(answer) and registry.kind(answer) != EVENT:
+        raise FlowDefinitionError(new.source, {f"{at}.kind": [
+            f"the answer {answer} of a command is an event; it is declared a {registry.kind(answer)}"]})
     if not registry.knows(new.type) or new.version not in registry.versions(new.type):
         return True
     old = registry.schema(new.type, new.version)

@@ -328,6 +328,14 @@ def test_a_type_keeps_its_kind(tmp_path: Path) -> None:
     assert list(refused(tmp_path).errors) == ["messages.payment.charged.kind"]
 
 
+def test_a_commands_failed_answer_stays_an_event(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", {"messages": {
+        "account.delete_failed": {"kind": "command", "schema": {"type": "object"}},
+        "account.delete": {"kind": "command", "schema": _member()},
+    }})
+    assert list(refused(tmp_path).errors) == ["messages.account.delete.kind"]
+
+
 def test_a_declared_failed_answer_is_checked_against_the_default_one(tmp_path: Path) -> None:
     write(tmp_path, "a.yaml", {"messages": {
         "account.delete": {"kind": "command", "schema": _member()},
