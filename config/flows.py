@@ -1,16 +1,20 @@
-"""Loads the flow definitions (YAML files) shipped under config/flows and any extra directory."""
+"""Loads the flow definitions (YAML files) shipped under config/flows and any extra directory,
+and the message types their `messages:` sections declare."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
+from contracts.declarations import declare, read_messages
 from contracts.errors import FlowDefinitionError
 from contracts.flows import Flow, load_flow
 from contracts.payloads import Registry
+from contracts.registry import default_registry
 
 SHIPPED = Path(__file__).parent / "flows"
 
@@ -44,25 +48,58 @@ class Catalog:
         return list(seen)
 
 
-def load_file(path: Path, registry: Registry) -> Flow:
+Document = tuple[Path, dict[str, Any]]
+
+
+def read_file(path: Path) -> dict[str, Any]:
     try:
         document = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise FlowDefinitionError(str(path), {"_file": [str(exc)]}) from exc
     if not isinstance(document, dict):
         raise FlowDefinitionError(str(path), {"_file": ["must be a mapping at the top level"]})
+    return document
+
+
+def load_file(path: Path, registry: Registry) -> Flow:
+    """One flow file, its declared message types registered first."""
+    document = read_file(path)
+    _declare(registry, [(path, document)])
     return load_flow(document, registry, str(path))
 
 
+def load_registry(flows_dirs: Iterable[Path] = ()) -> Registry:
+    """The shipped schemas and every message type the shipped and extra flow files declare:
+    what every process (controller, API, participants) validates payloads with."""
+    registry = default_registry()
+    _declare(registry, _read_all(flows_dirs))
+    return registry
+
+
 def load_catalog(registry: Registry, extra_dirs: Iterable[Path] = ()) -> Catalog:
+    """Every flow, after every file's message types are registered in `registry`: a flow may
+    use a type another file declares, and a file with only `messages:` declares types alone."""
+    documents = _read_all(extra_dirs)
+    _declare(registry, documents)
     flows: dict[tuple[str, int], Flow] = {}
-    for directory in (SHIPPED, *extra_dirs):
-        for path in sorted(directory.glob("*.y*ml")):
-            flow = load_file(path, registry)
-            key = (flow.name, flow.version)
-            if key in flows and flows[key] != flow:
-                raise FlowDefinitionError(
-                    str(path), {"version": [f"{flow.name} v{flow.version} is already defined"]}
-                )
-            flows[key] = flow
+    for path, document in documents:
+        if set(document) == {"messages"}:
+            continue
+        flow = load_flow(document, registry, str(path))
+        key = (flow.name, flow.version)
+        if key in flows and flows[key] != flow:
+            raise FlowDefinitionError(
+                str(path), {"version": [f"{flow.name} v{flow.version} is already defined"]}
+            )
+        flows[key] = flow
     return Catalog(flows)
+
+
+def _read_all(extra_dirs: Iterable[Path]) -> list[Document]:
+    return [(path, read_file(path)) for directory in (SHIPPED, *extra_dirs)
+            for path in sorted(directory.glob("*.y*ml"))]
+
+
+def _declare(registry: Registry, documents: Iterable[Document]) -> None:
+    for path, document in documents:
+        declare(registry, read_messages(document.get("messages"), str(path)))

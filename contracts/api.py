@@ -139,6 +139,19 @@ class TimelinePage(Schema):
     next_cursor = fields.Str(allow_none=True)
 
 
+class MessageVersionOut(Schema):
+    version = fields.Int()
+    declared = fields.Bool(metadata={
+        "description": "declared in a flow file's `messages:` section; false: shipped with Baton"})
+    schema = fields.Dict(metadata={"description": "the payload's JSON Schema"})
+
+
+class MessageTypeOut(Schema):
+    type = fields.Str()
+    kind = fields.Str(metadata={"description": "event or command"})
+    versions = fields.List(fields.Nested(MessageVersionOut))
+
+
 class FlowOut(Schema):
     name = fields.Str()
     version = fields.Int()
@@ -148,6 +161,8 @@ class FlowOut(Schema):
     search_attributes = fields.List(fields.Str())
     steps = fields.List(fields.Dict())
     completes_when = fields.List(fields.Str())
+    messages = fields.List(fields.Nested(MessageTypeOut), metadata={
+        "description": "every message type the flow uses, with the schema of each version"})
     mermaid = fields.Str()
 
 

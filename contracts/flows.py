@@ -80,6 +80,17 @@ class Flow:
                 seen[step.compensation.failed_answer] = None
         return tuple(seen)
 
+    def message_types(self) -> tuple[str, ...]:
+        """Every message type the flow names, events and commands, in the order it names them."""
+        seen: dict[str, None] = {self.start_event: None}
+        for step in self.steps:
+            seen.update(dict.fromkeys(t for t in (*step.reacts_to, step.command, step.done_on,
+                                                  step.failed_on) if t))
+            if step.compensation:
+                comp = step.compensation
+                seen.update(dict.fromkeys((comp.command, comp.answer, comp.failed_answer)))
+        return tuple(seen)
+
 
 class CompensationSchema(Schema):
     class Meta:
@@ -130,6 +141,9 @@ class FlowSchema(Schema):
     command_timeout_seconds = fields.Float(load_default=10.0, validate=validate.Range(min=0.1))
     command_max_attempts = fields.Int(load_default=5, strict=True,
                                       validate=validate.Range(min=1, max=100))
+    # Message types the file declares: read and registered by `contracts.declarations` before
+    # any flow is loaded, since a flow may use a type another file declares.
+    messages = fields.Raw(load_default=None)
 
 
 _SCHEMA = FlowSchema()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
@@ -39,6 +39,14 @@ class EmptyPayload(Payload):
     pass
 
 
+class PayloadSchema(Protocol):
+    """What the registry holds for a type and version: a marshmallow schema, or a declared one
+    (`contracts.json_payloads.JsonPayload`). `load` returns the payload or raises marshmallow's
+    ValidationError with messages keyed by field."""
+
+    def load(self, data: Mapping[str, Any], /) -> Any: ...
+
+
 def failed_type(command_type: str) -> str:
     """The answer to a command that could not be carried out: `payment.refund_failed`."""
     return command_type + FAILED_SUFFIX
@@ -48,11 +56,11 @@ def failed_type(command_type: str) -> str:
 class Registry:
     """Schemas by type and version; a command type also registers its `_failed` answer."""
 
-    _schemas: dict[tuple[str, int], Schema] = field(default_factory=dict)
+    _schemas: dict[tuple[str, int], PayloadSchema] = field(default_factory=dict)
     _kinds: dict[str, str] = field(default_factory=dict)
 
-    def register(self, message_type: str, schema: Schema, *, version: int = 1,
-                 kind: str = EVENT, failed_schema: Schema | None = None) -> None:
+    def register(self, message_type: str, schema: PayloadSchema, *, version: int = 1,
+                 kind: str = EVENT, failed_schema: PayloadSchema | None = None) -> None:
         self._schemas[(message_type, version)] = schema
         self._kinds[message_type] = kind
         if kind == COMMAND:
@@ -78,7 +86,10 @@ class Registry:
     def latest(self, message_type: str) -> int:
         return self.versions(message_type)[-1]
 
-    def schema(self, message_type: str, version: int) -> Schema:
+    def types(self) -> list[str]:
+        return sorted(self._kinds)
+
+    def schema(self, message_type: str, version: int) -> PayloadSchema:
         try:
             return self._schemas[(message_type, version)]
         except KeyError:

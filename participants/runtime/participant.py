@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import Connection, MetaData
 
@@ -51,12 +51,35 @@ class Join:
     handler: JoinHandler
 
 
+class _RegistrySlot:
+    """`Participant.registry`: the one it was given, else the one its process gives it at run
+    (`adopt_registry`), else the shipped schemas. Nothing is bound when the participant is
+    defined, at import, before its process has read the settings that say what is declared."""
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> None: ...
+    @overload
+    def __get__(self, obj: Participant, owner: type | None = None) -> Registry: ...
+
+    def __get__(self, obj: Participant | None, owner: type | None = None) -> Registry | None:
+        if obj is None:
+            return None  # the field's default: no registry of its own
+        if obj._own_registry is not None:
+            return obj._own_registry
+        if obj._default_registry is None:
+            obj._default_registry = default_registry()
+        return obj._default_registry
+
+    def __set__(self, obj: Participant, value: Registry | None) -> None:
+        obj._own_registry = value
+
+
 @dataclass
 class Participant:
     """`@p.on_event("order.placed")`, `@p.on_command("payment.refund")`, `@p.join(...)`."""
 
     name: str
-    registry: Registry = field(default_factory=default_registry)
+    registry: _RegistrySlot = _RegistrySlot()
     metadata: MetaData | None = None
     events: dict[str, Handler] = field(default_factory=dict)
     commands: dict[str, Handler] = field(default_factory=dict)
@@ -66,6 +89,14 @@ class Participant:
     # consumer that gains from seeing them at once, as the controller's tracker does.
     batch: BatchHandler | None = None
     batch_types: tuple[str, ...] = ()
+
+    _own_registry: Registry | None = field(default=None, init=False, repr=False, compare=False)
+    _default_registry: Registry | None = field(default=None, init=False, repr=False, compare=False)
+
+    def adopt_registry(self, registry: Registry) -> None:
+        """Use `registry` unless the participant was given one of its own."""
+        if self._own_registry is None:
+            self._own_registry = registry
 
     def on_event(self, message_type: str) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:

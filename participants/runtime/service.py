@@ -8,6 +8,7 @@ from types import FrameType
 
 import redis
 
+from config.flows import load_registry
 from config.settings import Settings
 from contracts.streams import Keys
 from participants.runtime.db import make_engine
@@ -49,6 +50,9 @@ def runtime_options(settings: Settings, *, relay_outbox: bool = True) -> Options
 
 
 def run_participant(participant: Participant, settings: Settings, database_url: str) -> None:
+    """A participant given no registry of its own validates with the shipped schemas and every
+    message type the flow files of `settings.flows_dirs` declare, as the controller does."""
+    participant.adopt_registry(load_registry(settings.flows_dirs))
     stop = stop_on_signals()
     engine = make_engine(database_url)
     client = redis_client(settings)
