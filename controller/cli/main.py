@@ -137,7 +137,10 @@ def participant(name: str) -> None:
     except KeyError:
         raise click.BadParameter(f"no reference participant {name!r}; known: "
                                  f"{', '.join(reference.NAMES)}") from None
-    run_participant(built, settings, settings.participant_db(name))
+    try:
+        run_participant(built, settings, settings.participant_db(name))
+    except FlowDefinitionError as exc:  # BATON_FLOWS_DIRS holds a flow that cannot be loaded
+        _configuration_error(exc)
 
 
 @main.command()

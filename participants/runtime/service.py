@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import signal
+import sys
 import threading
 from types import FrameType
 
 import redis
 
 from config.flows import load_registry
-from config.settings import Settings
+from config.logging import configure_logging
+from config.settings import Settings, SettingsError, load_settings
+from contracts.errors import FlowDefinitionError
 from contracts.streams import Keys
 from participants.runtime.db import make_engine
 from participants.runtime.loop import Options, Runtime
@@ -62,3 +65,16 @@ def run_participant(participant: Participant, settings: Settings, database_url: 
     finally:
         client.close()
         engine.dispose()
+
+
+def run(participant: Participant) -> None:
+    """Run `participant` as a process configured from the environment, as the reference ones are:
+    its database `BATON_PARTICIPANT_DATABASE_URL` (a SQLite file of its own by default), Redis,
+    the message types of `BATON_FLOWS_DIRS`. A bad variable or flow file exits 2 with the reason."""
+    try:
+        settings = load_settings()
+        configure_logging(settings, participant.name)
+        run_participant(participant, settings, settings.participant_db(participant.name))
+    except (SettingsError, FlowDefinitionError) as exc:
+        print(f"{participant.name}: configuration error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
