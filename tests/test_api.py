@@ -101,7 +101,7 @@ class Api:
         built = (build_tracker(self.services.catalog, self.services.registry)
                  if participant == "controller" else build(participant))
         rt = Runtime(built, self.services.engine, self.raw, self.keys,
-                     Options(visibility_timeout=30.0, block_ms=1), consumer="api-test")
+                     Options(visibility_timeout=30.0, block_ms=1, linger_ms=0), consumer="api-test")
         rt.setup()
         return rt
 

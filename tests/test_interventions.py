@@ -223,7 +223,7 @@ def open_baton(database_url: str, redis_url: str, tmp_path: Path,
     services = build_services(settings)
     raw = redis.Redis.from_url(redis_url)
     tracker = Runtime(build_tracker(services.catalog, services.registry), services.engine, raw, keys,
-                      Options(block_ms=20), consumer="interventions-test")
+                      Options(block_ms=20, linger_ms=0), consumer="interventions-test")
     tracker.setup()
     try:
         yield Baton(create_app(settings, services).test_client(), services, keys, raw, tracker)

@@ -78,7 +78,7 @@ def baton(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[Baton]:
     migrate.upgrade(services.engine)
     raw = redis.Redis.from_url(redis_url)
     tracker = Runtime(build_tracker(services.catalog, services.registry), services.engine, raw, keys,
-                      Options(block_ms=1, visibility_timeout=30.0), consumer="metrics-test")
+                      Options(block_ms=1, linger_ms=0, visibility_timeout=30.0), consumer="metrics-test")
     tracker.setup()
     try:
         yield Baton(create_app(settings, services).test_client(), services, keys, raw, tracker)

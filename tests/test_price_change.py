@@ -248,7 +248,7 @@ def running(database_url: str, redis_url: str, tmp_path: Path,
         engine.dispose()
     services = build_services(settings)
     raw = redis.Redis.from_url(redis_url)
-    options = Options(visibility_timeout=30.0, block_ms=1)
+    options = Options(visibility_timeout=30.0, block_ms=1, linger_ms=0)
     runtimes = {"controller": Runtime(build_tracker(services.catalog, services.registry),
                                       services.engine, raw, keys, options, consumer="test")}
     for name in PARTICIPANTS:

@@ -73,13 +73,12 @@ def _controller_process(name: str, body: Callable[[Any, Any], None]) -> None:
 def tracker() -> None:
     """Read every event stream of every loaded flow and move workflows along."""
     from controller.service.track import build_tracker
-    from participants.runtime.loop import Runtime
-    from participants.runtime.service import runtime_options
+    from participants.runtime.loop import Options, Runtime
 
     def body(services: Any, stop: Any) -> None:
         participant = build_tracker(services.catalog, services.registry)
         Runtime(participant, services.engine, services.redis, services.keys,
-                runtime_options(services.settings, relay_outbox=False)).run(stop)
+                Options.from_settings(services.settings, relay_outbox=False)).run(stop)
 
     _controller_process("tracker", body)
 
@@ -112,14 +111,13 @@ def worker() -> None:
 def alerts() -> None:
     """Queue the alert webhook of every workflow that needs attention."""
     from controller.processes.alerts import build_alerter
-    from participants.runtime.loop import Runtime
-    from participants.runtime.service import runtime_options
+    from participants.runtime.loop import Options, Runtime
 
     def body(services: Any, stop: Any) -> None:
         alerter = build_alerter(services.catalog, services.registry, services.settings,
                                 services.redis)
         Runtime(alerter, services.engine, services.redis, services.keys,
-                runtime_options(services.settings, relay_outbox=False)).run(stop)
+                Options.from_settings(services.settings, relay_outbox=False)).run(stop)
 
     _controller_process("alerts", body)
 

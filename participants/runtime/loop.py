@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Collection
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
@@ -32,6 +32,7 @@ import structlog
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import OperationalError
 
+from config.settings import Settings
 from contracts.envelope import COMMAND, EVENT, Envelope, decode_fields
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
@@ -56,21 +57,34 @@ class _HandlerFailed(Exception):
         self.message = message
 
 
+_DEFAULTS = Settings()  # the documented defaults (config/settings.py): the one table of them
+MAX_ENTRY_BYTES = 1_048_576  # a larger entry is dead-lettered unread
+
+
 @dataclass(frozen=True)
 class Options:
-    visibility_timeout: float = 30.0
-    max_deliveries: int = 5
-    read_count: int = 100
-    block_ms: int = 2000
+    """How a runtime reads, retries and dead-letters; each field is the setting of that name
+    (`from_settings`), and one not given takes the setting's default."""
+
+    visibility_timeout: float = _DEFAULTS.visibility_timeout
+    max_deliveries: int = _DEFAULTS.max_deliveries
+    read_count: int = _DEFAULTS.read_count
+    block_ms: int = _DEFAULTS.block_ms
     # A batch that is not full is handled no sooner than this after its read began (time blocked
     # waiting counts): under load, fewer and larger batches, each costing one transaction.
-    linger_ms: int = 0
-    crash_points: Collection[str] = frozenset()
-    redrive_window: float = 3600.0  # seconds of outbox re-published after Redis lost its data
-    max_entry_bytes: int = 1_048_576  # a larger entry is dead-lettered unread
+    linger_ms: int = _DEFAULTS.linger_ms
+    crash_points: Collection[str] = _DEFAULTS.crash_points
+    redrive_window: float = _DEFAULTS.redrive_window  # seconds re-published after Redis lost its data
     # Publish this database's outbox rows left unsent. The controller's processes leave that to
-    # the relay process; a participant's database has no other reader.
+    # the relay process; a participant's database has no other reader. Not a setting: a role.
     relay_outbox: bool = True
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, relay_outbox: bool = True) -> Options:
+        """`relay_outbox=False` for the controller's processes: the relay process publishes what
+        they left unsent; a participant publishes its own."""
+        configured = {f.name: getattr(settings, f.name) for f in fields(cls) if f.name != "relay_outbox"}
+        return cls(relay_outbox=relay_outbox, **configured)
 
 
 @dataclass
@@ -271,8 +285,8 @@ class Runtime:
             if entry.raw is None:
                 raise Malformed("entry was deleted from the stream before it was processed")
             size = sum(len(k) + len(v) for k, v in entry.raw.items())
-            if size > self.options.max_entry_bytes:
-                raise Malformed(f"entry of {size} bytes exceeds {self.options.max_entry_bytes}")
+            if size > MAX_ENTRY_BYTES:
+                raise Malformed(f"entry of {size} bytes exceeds {MAX_ENTRY_BYTES}")
             entry.message = decode_fields(entry.raw)
             self._check_route(entry)
             self.participant.registry.validate(
