@@ -122,16 +122,16 @@ class Runtime:
         self._process(self._reader.read("0"))  # what this consumer name left pending, if anything
 
     def _wait_for_database(self, stop: threading.Event) -> bool:
-        """Block until a trivial query succeeds (True) or `stop` is set (False)."""
-        while not stop.wait(1.0):
-            try:
-                with self.engine.connect() as conn:
-                    conn.execute(text("SELECT 1"))
-            except OperationalError:
-                continue
-            log.info("database is back: resuming")
-            return True
-        return False
+        """Block until a trivial query succeeds (True, at most a second after the database is
+        back) or `stop` is set (False)."""
+        if not until_reachable(self._query_database, stop, "the database", longest_pause=1.0, quiet=True):
+            return False
+        log.info("database is back: resuming")
+        return True
+
+    def _query_database(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
 
     def poll(self) -> int:
         """One cycle: reclaim what is due, read a batch, handle it; returns entries handled."""
