@@ -144,7 +144,7 @@ class InProcess:
         catalog = load_catalog(registry)
         keys = Keys("bench")
         client = redis.Redis.from_url(redis_url)
-        opts = Options(relay_outbox=False, read_count=read_count, block_ms=1)
+        opts = Options(relay_outbox=False, read_count=read_count, block_ms=1, linger_ms=0)
         runtimes = {"tracker": Runtime(build_tracker(catalog, registry), engine, client, keys, opts)}
         for p in PARTICIPANTS:
             runtimes[p] = Runtime(build(p), make_engine(purl[p]), client, keys, opts)

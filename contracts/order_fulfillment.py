@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from contracts.envelope import COMMAND
 from contracts.payloads import Amount, EmptyPayload, FailedPayload, Payload, Registry
 
 CURRENCY = validate.Regexp(r"^[A-Z]{3}$", error="must be an ISO 4217 code such as EUR")
@@ -91,8 +90,6 @@ def register(registry: Registry) -> None:
         "payment.refunded": PaymentRefunded(),
         "shipment.cancelled": ShipmentCancelled(),
     }
-    for message_type, schema in events.items():
-        registry.register(message_type, schema)
     commands = {
         "inventory.release": OrderCommand(),
         "payment.refund": RefundPayment(),
@@ -102,5 +99,4 @@ def register(registry: Registry) -> None:
         "payment.charge": OrderPlaced(),
         "shipment.schedule": _Order(),
     }
-    for message_type, schema in commands.items():
-        registry.register(message_type, schema, kind=COMMAND, failed_schema=OrderFailed())
+    registry.register_all(events, commands, failed_schema=OrderFailed())

@@ -68,6 +68,15 @@ class Registry:
             self._schemas[(answer, version)] = failed_schema or FailedPayload()
             self._kinds[answer] = EVENT
 
+    def register_all(self, events: Mapping[str, Schema], commands: Mapping[str, Schema], *,
+                     failed_schema: Schema) -> None:
+        """Version 1 of a flow's events, and of its commands, whose `_failed` answers all take
+        `failed_schema`."""
+        for message_type, schema in events.items():
+            self.register(message_type, schema)
+        for message_type, schema in commands.items():
+            self.register(message_type, schema, kind=COMMAND, failed_schema=failed_schema)
+
     def kind(self, message_type: str) -> str:
         try:
             return self._kinds[message_type]

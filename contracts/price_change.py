@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from marshmallow import fields, validate
 
-from contracts.envelope import COMMAND
 from contracts.order_fulfillment import CURRENCY
 from contracts.payloads import Amount, FailedPayload, Payload, Registry
 
@@ -102,12 +101,9 @@ def register(registry: Registry) -> None:
         "catalog.price_update_failed": ChangeFailed(),
         "search.price_indexed": PriceApplied(),
     }
-    for message_type, schema in events.items():
-        registry.register(message_type, schema)
     commands = {
         "price.evaluate": PriceChangeProposed(),
         "price.publish": PublishPrice(),
         "price.revert": RevertPrice(),
     }
-    for message_type, schema in commands.items():
-        registry.register(message_type, schema, kind=COMMAND, failed_schema=ChangeFailed())
+    registry.register_all(events, commands, failed_schema=ChangeFailed())

@@ -69,19 +69,24 @@ def _controller_process(name: str, body: Callable[[Any, Any], None]) -> None:
         services.close()
 
 
+def _consumer_process(name: str, build: Callable[[Any], Any]) -> None:
+    """A controller process that is one consumer loop over the participant `build(services)`
+    returns. It leaves its unsent outbox rows to the relay process."""
+    from participants.runtime.loop import Options, Runtime
+
+    def body(services: Any, stop: Any) -> None:
+        Runtime(build(services), services.engine, services.redis, services.keys,
+                Options.from_settings(services.settings, relay_outbox=False)).run(stop)
+
+    _controller_process(name, body)
+
+
 @main.command()
 def tracker() -> None:
     """Read every event stream of every loaded flow and move workflows along."""
     from controller.service.track import build_tracker
-    from participants.runtime.loop import Runtime
-    from participants.runtime.service import runtime_options
 
-    def body(services: Any, stop: Any) -> None:
-        participant = build_tracker(services.catalog, services.registry)
-        Runtime(participant, services.engine, services.redis, services.keys,
-                runtime_options(services.settings, relay_outbox=False)).run(stop)
-
-    _controller_process("tracker", body)
+    _consumer_process("tracker", lambda services: build_tracker(services.catalog, services.registry))
 
 
 @main.command()
@@ -112,16 +117,9 @@ def worker() -> None:
 def alerts() -> None:
     """Queue the alert webhook of every workflow that needs attention."""
     from controller.processes.alerts import build_alerter
-    from participants.runtime.loop import Runtime
-    from participants.runtime.service import runtime_options
 
-    def body(services: Any, stop: Any) -> None:
-        alerter = build_alerter(services.catalog, services.registry, services.settings,
-                                services.redis)
-        Runtime(alerter, services.engine, services.redis, services.keys,
-                runtime_options(services.settings, relay_outbox=False)).run(stop)
-
-    _controller_process("alerts", body)
+    _consumer_process("alerts", lambda services: build_alerter(
+        services.catalog, services.registry, services.settings, services.redis))
 
 
 @main.command()

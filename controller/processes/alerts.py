@@ -26,6 +26,10 @@ def alert_queue(client: redis.Redis, keys: Keys) -> Queue:
 
 def build_alerter(catalog: Catalog, registry: Registry, settings: Settings,
                   client: redis.Redis) -> Participant:
+    # By function, so that a rename fails loudly. Imported here: what the job needs (views,
+    # requests) is the worker's to load, not the alerter's.
+    from controller.processes import jobs
+
     queue = alert_queue(client, Keys(settings.stream_prefix))
     intervals = list(settings.alert_retry_intervals)
     alerter = Participant(NAME, registry=registry)
@@ -35,7 +39,7 @@ def build_alerter(catalog: Catalog, registry: Registry, settings: Settings,
         flow = catalog.get(message.data["flow"], message.data["flow_version"])
         url = flow.alert_webhook or settings.alert_webhook
         if url:
-            queue.enqueue("controller.processes.jobs.deliver_alert", message.correlation_id, url,
+            queue.enqueue(jobs.deliver_alert, message.correlation_id, url,
                           job_id=f"alert-{message.id}", retry=Retry(max=len(intervals), interval=intervals),
                           job_timeout=30, failure_ttl=7 * 86400)
         return []

@@ -27,6 +27,10 @@ TRIM_EVERY = 30.0  # seconds between stream trims, and between folds of the repo
 
 
 def run_clock(services: Services, stop: threading.Event) -> None:
+    # By function, so that a rename fails loudly. Imported here: what the jobs need (the sweeper,
+    # requests) is the worker's to load, not the clock's.
+    from controller.processes import jobs
+
     interval = services.settings.sweep_interval
     queue = sweep_queue(services.redis, services)
     log.info("clock started", interval=interval)
@@ -34,13 +38,11 @@ def run_clock(services: Services, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             if queue.count == 0:  # one sweep waiting is enough
-                queue.enqueue("controller.processes.jobs.sweep", ttl=max(5, int(interval * 5)),
+                queue.enqueue(jobs.sweep, ttl=max(5, int(interval * 5)),
                               result_ttl=0, failure_ttl=3600, job_timeout=120)
             if time.monotonic() - last_trim >= TRIM_EVERY:
-                queue.enqueue("controller.processes.jobs.trim_streams", ttl=int(TRIM_EVERY), result_ttl=0,
-                              failure_ttl=3600, job_timeout=300)
-                queue.enqueue("controller.processes.jobs.fold_report", ttl=int(TRIM_EVERY), result_ttl=0,
-                              failure_ttl=3600, job_timeout=300)
+                for job in (jobs.trim_streams, jobs.fold_report):
+                    queue.enqueue(job, ttl=int(TRIM_EVERY), result_ttl=0, failure_ttl=3600, job_timeout=300)
                 last_trim = time.monotonic()
         except redis.ConnectionError as exc:
             log.warning("clock cannot reach Redis", error=str(exc)[:200])

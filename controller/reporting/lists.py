@@ -35,19 +35,10 @@ def breaches(conn: Connection, scope: o.Scope, limit: int) -> list[dict[str, Any
     then which step for the `limit` latest. The cost follows the breaches, not the workflows.
     """
     now = scope.now
-    end = o.step_end(now, o.first_compensation_at())
-    own = case((o.step_breached(now, o.first_compensation_at()), duration(conn, s.c.deadline, end)))
-    whole = case((and_(s.c.started_at <= w.c.deadline, end > w.c.deadline),
-                  duration(conn, w.c.deadline, end)))
-    overrun = greatest(conn, func.coalesce(own, -1.0), func.coalesce(whole, -1.0))
-
-    # A derived table, so that the ORDER BY names its column: SQLite refuses outer references there.
-    kind = case((func.coalesce(own, -1.0) >= func.coalesce(whole, -1.0), literal_column("'step'")),
-                else_=literal_column("'workflow'"))
-    steps_of = select(s.c.name, s.c.deadline, kind.label("kind"), overrun.label("overrun")).where(
-        s.c.correlation_id == w.c.correlation_id).correlate(w)
+    steps_of = _overruns(conn, now)
 
     def latest(column: str) -> Any:
+        # A derived table, so that the ORDER BY names its column: SQLite refuses outer references there.
         mine = steps_of.subquery("candidates")
         return (select(mine.c[column]).where(mine.c.overrun > 0)
                 .order_by(mine.c.overrun.desc(), mine.c.name).limit(1).scalar_subquery())
@@ -70,6 +61,21 @@ def breaches(conn: Connection, scope: o.Scope, limit: int) -> list[dict[str, Any
              "deadline": _ts(r.step_deadline if r.kind == "step" else r.deadline),
              "late_by_seconds": to_seconds(r.late), "link": link(r.correlation_id)}
             for r in conn.execute(query)]
+
+
+def _overruns(conn: Connection, now: datetime) -> Any:
+    """The steps of the workflow at hand (a correlated select): each one's name and deadline, by how
+    much it overran (-1: not at all) and whose deadline that was, its own (`step`) or the workflow's
+    while it was active (`workflow`)."""
+    end = o.step_end(now, o.first_compensation_at())
+    own = case((o.step_breached(now, o.first_compensation_at()), duration(conn, s.c.deadline, end)))
+    whole = case((and_(s.c.started_at <= w.c.deadline, end > w.c.deadline),
+                  duration(conn, w.c.deadline, end)))
+    overrun = greatest(conn, func.coalesce(own, -1.0), func.coalesce(whole, -1.0))
+    kind = case((func.coalesce(own, -1.0) >= func.coalesce(whole, -1.0), literal_column("'step'")),
+                else_=literal_column("'workflow'"))
+    return select(s.c.name, s.c.deadline, kind.label("kind"), overrun.label("overrun")).where(
+        s.c.correlation_id == w.c.correlation_id).correlate(w)
 
 
 def _breached(scope: o.Scope) -> Any:

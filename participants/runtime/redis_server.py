@@ -167,6 +167,11 @@ def _launch(exe: str, data_dir: Path, port: int, appendonly: bool) -> int:
             f"{exe} refused to start (exit {proc.returncode}): "
             f"{(proc.stdout + proc.stderr).strip()[-2000:]}"
         )
+    return _wait_started(port, pidfile, logfile, log_offset)
+
+
+def _wait_started(port: int, pidfile: Path, logfile: Path, log_offset: int) -> int:
+    """The daemon's pid once it answers on `port`; its log's news in the error if it never does."""
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         pid = _read_pid(pidfile)

@@ -41,17 +41,6 @@ def redis_client(settings: Settings, *, decode: bool = False) -> redis.Redis:
                                 health_check_interval=30)
 
 
-def runtime_options(settings: Settings, *, relay_outbox: bool = True) -> Options:
-    """`relay_outbox=False` for the controller's processes: the relay process publishes what they
-    left unsent; a participant publishes its own."""
-    return Options(
-        relay_outbox=relay_outbox,
-        visibility_timeout=settings.visibility_timeout, max_deliveries=settings.max_deliveries,
-        read_count=settings.read_count, block_ms=settings.block_ms, linger_ms=settings.linger_ms,
-        crash_points=settings.crash_points, redrive_window=settings.redrive_window,
-    )
-
-
 def run_participant(participant: Participant, settings: Settings, database_url: str) -> None:
     """A participant given no registry of its own validates with the shipped schemas and every
     message type the flow files of `settings.flows_dirs` declare, as the controller does."""
@@ -61,7 +50,7 @@ def run_participant(participant: Participant, settings: Settings, database_url: 
     client = redis_client(settings)
     try:
         Runtime(participant, engine, client, Keys(settings.stream_prefix),
-                runtime_options(settings)).run(stop)
+                Options.from_settings(settings)).run(stop)
     finally:
         client.close()
         engine.dispose()

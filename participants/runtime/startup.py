@@ -1,4 +1,4 @@
-"""Starting before the database or Redis: a process waits for them instead of exiting."""
+"""Starting before the database or Redis, or losing one: a process waits for them instead of exiting."""
 
 from __future__ import annotations
 
@@ -12,17 +12,20 @@ from sqlalchemy.exc import OperationalError
 log = structlog.get_logger("baton.startup")
 
 
-def until_reachable(action: Callable[[], object], stop: threading.Event, what: str) -> bool:
+def until_reachable(action: Callable[[], object], stop: threading.Event, what: str, *,
+                    longest_pause: float = 5.0, quiet: bool = False) -> bool:
     """Run `action` until the database and Redis let it through, pausing longer each time (up
-    to 5 s); False when `stop` was set meanwhile. For what a process does once, at start."""
-    pause = 0.5
+    to `longest_pause` seconds); False when `stop` was set meanwhile. Each failure is logged
+    unless `quiet` (the caller has said once what it waits for)."""
+    pause = min(0.5, longest_pause)
     while True:
         try:
             action()
             return True
         except (OperationalError, redis.ConnectionError, redis.TimeoutError) as exc:
-            log.warning("unavailable at start: retrying", waiting_for=what, error=str(exc)[:200],
-                        retry_in=pause)
+            if not quiet:
+                log.warning("unavailable at start: retrying", waiting_for=what, error=str(exc)[:200],
+                            retry_in=pause)
         if stop.wait(pause):
             return False
-        pause = min(pause * 2, 5.0)
+        pause = min(pause * 2, longest_pause)

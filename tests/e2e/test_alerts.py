@@ -77,7 +77,7 @@ class Alerting:
                                   "BATON_ALERT_WEBHOOK": f"{self.hook}{path}",
                                   "BATON_ALERT_RETRY_INTERVALS": INTERVALS})
         runtime = Runtime(build_alerter(_CATALOG, _REGISTRY, settings, self.client), self.engine,
-                          self.client, self.keys, Options(block_ms=20))
+                          self.client, self.keys, Options(block_ms=20, linger_ms=0))
         runtime.setup()
         event = new_event(lifecycle_events.NEEDS_ATTENTION, {
             "flow": "order_fulfillment", "flow_version": 1, "correlation_id": self.correlation_id,

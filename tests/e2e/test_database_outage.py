@@ -58,7 +58,7 @@ def test_a_consumer_stops_acknowledging_while_the_database_is_down_and_catches_u
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     engine = make_engine(postgres.pg_url("outage"))
     rt = Runtime(build("inventory"), engine, client, keys,
-                 Options(visibility_timeout=VISIBILITY, block_ms=50), consumer="outage-test")
+                 Options(visibility_timeout=VISIBILITY, block_ms=50, linger_ms=0), consumer="outage-test")
     stop = threading.Event()
     worker = threading.Thread(target=rt.run, args=(stop,), daemon=True)
     before, during = [order() for _ in range(3)], [order() for _ in range(5)]

@@ -148,7 +148,7 @@ def test_a_relay_killed_after_xadd_republishes_the_same_id_and_consumers_dedupe(
     assert [e["id"] for e in bench.entries(stream)] == [start.id, start.id]
 
     consumer = Runtime(build("payment"), bench.engine, bench.client, bench.keys,
-                       Options(visibility_timeout=30.0, block_ms=1), consumer="c1")
+                       Options(visibility_timeout=30.0, block_ms=1, linger_ms=0), consumer="c1")
     consumer.setup()
     for _ in range(10):
         if consumer.poll() == 0:

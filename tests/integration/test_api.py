@@ -88,7 +88,8 @@ class Api(App):
         return [decode_fields(f) for _, f in found]
 
     def runtime(self, participant: str) -> Runtime:
-        return self.runtime_of(participant, Options(visibility_timeout=30.0, block_ms=1), "api-test")
+        options = Options(visibility_timeout=30.0, block_ms=1, linger_ms=0)
+        return self.runtime_of(participant, options, "api-test")
 
     def emit(self, message_type: str, cid: str, data: dict[str, Any], cause: str | None = None,
              source: str = "test") -> Envelope:

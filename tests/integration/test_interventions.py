@@ -203,7 +203,7 @@ def open_baton(database_url: str, redis_url: str, tmp_path: Path,
     """The app on a migrated database, its tracker, and extra flow definitions by name."""
     flows = {"fragile_order": FRAGILE_FLOW, "gated_order": GATED_FLOW, **(flows or {})}
     with running_app(database_url, redis_url, tmp_path, TOKENS, flows=flows) as app:
-        tracker = app.runtime_of("controller", Options(block_ms=20), "interventions-test")
+        tracker = app.runtime_of("controller", Options(block_ms=20, linger_ms=0), "interventions-test")
         yield Baton(app.client, app.services, app.keys, app.raw, tracker)
         report_facts_as_rebuilt(app.services.engine)  # every intervention kept the report's facts
 

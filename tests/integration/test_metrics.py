@@ -68,7 +68,7 @@ class Baton:
 @pytest.fixture
 def baton(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[Baton]:
     with running_app(database_url, redis_url, tmp_path, "otto:operator:t-otto") as app:
-        tracker = app.runtime_of("controller", Options(block_ms=1, visibility_timeout=30.0),
+        tracker = app.runtime_of("controller", Options(block_ms=1, linger_ms=0, visibility_timeout=30.0),
                                  "metrics-test")
         yield Baton(app.client, app.services, app.keys, app.raw, tracker)
 

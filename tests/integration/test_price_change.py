@@ -124,7 +124,7 @@ def running(database_url: str, redis_url: str, tmp_path: Path,
     extra = {"BATON_PARTICIPANT_DATABASE_URL": database_url,
              **({"BATON_FLOWS_DIRS": str(flows_dir)} if flows_dir else {})}
     with running_app(database_url, redis_url, tmp_path, TOKENS, extra=extra) as app:
-        options = Options(visibility_timeout=30.0, block_ms=1)
+        options = Options(visibility_timeout=30.0, block_ms=1, linger_ms=0)
         runtimes = {name: app.runtime_of(name, options, "test") for name in ("controller", *PARTICIPANTS)}
         yield World(app.client, app.services, app.keys, app.raw, runtimes)
 

@@ -33,7 +33,7 @@ class World:
     def start(self, *names: str, consumer: str = "c1", read_count: int = 100) -> list[Runtime]:
         started = []
         for name in names:
-            options = Options(visibility_timeout=30.0, block_ms=50, read_count=read_count)
+            options = Options(visibility_timeout=30.0, block_ms=50, linger_ms=0, read_count=read_count)
             rt = Runtime(build(name), self.engine, self.client, self.keys, options, consumer=consumer)
             rt.setup()
             started.append(rt)

@@ -27,8 +27,9 @@ from participants.runtime.loop import Options, Runtime
 from participants.runtime.participant import Context, Participant
 
 NAME = "probe"
-FAST = Options(visibility_timeout=0.2, max_deliveries=3, block_ms=1)
-PATIENT = Options(visibility_timeout=30.0, max_deliveries=3, block_ms=1)  # nothing is reclaimed
+# linger_ms=0: each poll handles what one read found (test_a_busy_consumer_lingers_… sets it)
+FAST = Options(visibility_timeout=0.2, max_deliveries=3, block_ms=1, linger_ms=0)
+PATIENT = Options(visibility_timeout=30.0, max_deliveries=3, block_ms=1, linger_ms=0)  # nothing is reclaimed
 
 
 # -- the test participant ------------------------------------------------------------------------

@@ -159,7 +159,7 @@ def controller(database_url: str, redis_url: str) -> Iterator[Controller]:
         registry = default_registry()
         catalog = load_catalog(registry)
         runtime = Runtime(build_tracker(catalog, registry), engine, client, keys,
-                          Options(block_ms=20, visibility_timeout=0.5), consumer="tracker-1")
+                          Options(block_ms=20, linger_ms=0, visibility_timeout=0.5), consumer="tracker-1")
         runtime.setup()
         yield Controller(engine, client, keys, catalog, registry, runtime)
         report_facts_as_rebuilt(engine)  # whatever the test did, the report's facts kept up

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from config.settings import Settings, SettingsError, Token, hash_token, load_settings
+from participants.runtime.loop import Options
 
 
 def refused(environ: dict[str, str]) -> str:
@@ -255,3 +256,15 @@ def test_a_malformed_tokens_file_line_is_refused(tmp_path: Path, line: str) -> N
 def test_a_missing_tokens_file_is_refused(tmp_path: Path) -> None:
     message = refused({"BATON_TOKENS_FILE": str(tmp_path / "absent")})
     assert message.startswith("BATON_TOKENS_FILE: cannot read")
+
+
+def test_the_runtime_options_are_the_settings_with_the_same_defaults() -> None:
+    """One table of defaults: an Options built bare equals one built from default settings, and
+    each option follows its variable."""
+    assert Options() == Options.from_settings(Settings())
+    assert Options().linger_ms == Settings().linger_ms == 20
+    options = Options.from_settings(load_settings({"BATON_LINGER_MS": "0", "BATON_READ_COUNT": "7",
+                                                   "BATON_CRASH_POINTS": "runtime.before_ack"}),
+                                    relay_outbox=False)
+    assert (options.linger_ms, options.read_count, options.relay_outbox) == (0, 7, False)
+    assert options.crash_points == frozenset({"runtime.before_ack"})

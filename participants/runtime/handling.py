@@ -1,0 +1,180 @@
+"""Handling a batch of entries in one database transaction: the processed-id rows (one statement),
+the handlers' effects and their outbox rows commit together. If a handler fails, that transaction
+is rolled back and the batch handled again with each message in its own savepoint, so that only
+the failing one is left for a retry."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import structlog
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import OperationalError
+
+from contracts.envelope import COMMAND, EVENT, Envelope
+from contracts.streams import Keys
+from contracts.timefmt import utcnow
+from participants.runtime import deadletter, joins, outbox
+from participants.runtime.db import upsert
+from participants.runtime.faults import crash_point
+from participants.runtime.participant import Context, Participant
+from participants.runtime.reading import Entry
+from participants.runtime.tables import processed
+
+log = structlog.get_logger("baton.runtime")
+Handled = tuple[list[Entry], list[outbox.Pending]]  # the entries done, and the outbox rows to send
+
+
+class _HandlerFailed(Exception):
+    def __init__(self, message: Envelope) -> None:
+        super().__init__(message.id)
+        self.message = message
+
+
+@dataclass(frozen=True)
+class BatchHandler:
+    participant: Participant
+    engine: Engine
+    keys: Keys
+    crash_points: Collection[str]
+
+    @property
+    def group(self) -> str:
+        return self.participant.name
+
+    def handle(self, entries: list[Entry], unmarked: list[int]) -> Handled:
+        """The whole batch in one transaction, which also marks the outbox rows `unmarked` sent;
+        if a handler fails, the batch again, one savepoint per message, so that only the failing
+        message is left for a retry."""
+        now = utcnow()
+        try:
+            return self._handle_batch(entries, unmarked, now)
+        except OperationalError:
+            raise
+        except _HandlerFailed as failed:  # that one is not run again before its retry
+            msg = failed.message
+            log.warning("handler failed", outcome="failed", error=repr(failed.__cause__)[:500],
+                        correlation_id=msg.correlation_id, message_id=msg.id, type=msg.type)
+            for entry in entries:
+                if entry.message is not None and _key(entry.message) == _key(msg):
+                    entry.error = deadletter.describe(failed.__cause__)
+            return self._handle_each(entries, unmarked, now, skip=_key(msg))
+        except Exception as exc:  # a batch handler's: which message is unknown
+            log.info("a batch failed: again, message by message", error=repr(exc)[:300])
+            return self._handle_each(entries, unmarked, now)
+
+    def _handle_batch(self, entries: list[Entry], unmarked: list[int], now: Any) -> Handled:
+        with self.engine.begin() as conn:
+            outbox.mark_sent(conn, unmarked)  # the previous batch's, in this batch's commit
+            fresh = self._claim_all(conn, [_key(e.message) for e in entries if e.message], now)
+            todo: list[Envelope] = []
+            for entry in entries:
+                assert entry.message is not None
+                key = _key(entry.message)
+                if key in fresh:
+                    fresh.discard(key)  # a second copy in the batch is a duplicate
+                    todo.append(entry.message)
+                else:
+                    log.info("duplicate ignored", outcome="duplicate", message_id=entry.message.id,
+                             correlation_id=entry.message.correlation_id, type=entry.message.type)
+            emitted = self._dispatch_all(conn, todo, now)
+            pending = outbox.enqueue(conn, self.keys, emitted, now)
+        return entries, pending
+
+    def _dispatch_all(self, conn: Connection, todo: list[Envelope], now: Any) -> list[Envelope]:
+        outs: list[list[Envelope]] | None = None
+        if self.participant.batch is not None and todo:
+            crash_point("runtime.in_handler", self.crash_points)
+            outs = self.participant.batch(conn, todo, now)
+        emitted: list[Envelope] = []
+        for i, msg in enumerate(todo):
+            with structlog.contextvars.bound_contextvars(correlation_id=msg.correlation_id,
+                                                         message_id=msg.id, type=msg.type):
+                try:
+                    out = self._checked(outs[i]) if outs is not None else self._dispatch(conn, msg, now)
+                except OperationalError:
+                    raise
+                except Exception as exc:
+                    raise _HandlerFailed(msg) from exc
+                log.debug("handled", outcome="done", emitted=[e.type for e in out])
+            emitted += out
+        return emitted
+
+    def _claim_all(self, conn: Connection, keys: list[str], now: Any) -> set[str]:
+        """Claim each message once for this consumer, in one statement; the keys claimed now."""
+        if not keys:
+            return set()
+        rows = [{"consumer": self.group, "message_id": k, "processed_at": now} for k in dict.fromkeys(keys)]
+        return set(conn.execute(_claim_statement(conn.dialect.name), rows).scalars())
+
+    def _handle_each(self, entries: list[Entry], unmarked: list[int], now: Any,
+                     skip: str | None = None) -> Handled:
+        done: list[Entry] = []
+        emitted: list[Envelope] = []
+        with self.engine.begin() as conn:
+            outbox.mark_sent(conn, unmarked)
+            for entry in entries:
+                if entry.message is not None and _key(entry.message) == skip:
+                    continue
+                result = self._handle_one(conn, entry, now)
+                if result is not None:
+                    done.append(entry)
+                    emitted += result
+            pending = outbox.enqueue(conn, self.keys, emitted, now)
+        return done, pending
+
+    def _handle_one(self, conn: Connection, entry: Entry, now: Any) -> list[Envelope] | None:
+        msg = entry.message
+        assert msg is not None
+        with structlog.contextvars.bound_contextvars(correlation_id=msg.correlation_id,
+                                                     message_id=msg.id, type=msg.type):
+            try:
+                with conn.begin_nested():  # the processed row and the effects stand or fall together
+                    if not self._claim_all(conn, [_key(msg)], now):
+                        log.info("duplicate ignored", outcome="duplicate")
+                        return []
+                    out = self._dispatch(conn, msg, now)
+            except OperationalError:
+                raise
+            except Exception as exc:  # the handler's failure: retried after the visibility timeout
+                log.warning("handler failed", outcome="failed", error=repr(exc)[:500])
+                entry.error = deadletter.describe(exc)
+                return None
+            log.debug("handled", outcome="done", emitted=[e.type for e in out])
+            return out
+
+    def _dispatch(self, conn: Connection, msg: Envelope, now: Any) -> list[Envelope]:
+        crash_point("runtime.in_handler", self.crash_points)
+        if self.participant.batch is not None:
+            return self._checked(self.participant.batch(conn, [msg], now)[0])
+        ctx = Context(conn, msg, now, self.group, self.participant.registry)
+        out: list[Envelope] = []
+        table = self.participant.commands if msg.kind == COMMAND else self.participant.events
+        handler = table.get(msg.type)
+        if handler:
+            out += handler(msg, ctx) or []
+        for join in self.participant.joins:
+            if msg.type in join.types:
+                complete = joins.arrive(conn, self.group, join.name, join.types, msg)
+                if complete:
+                    out += join.handler(complete, ctx) or []
+        return self._checked(out)
+
+    def _checked(self, out: list[Envelope]) -> list[Envelope]:
+        for emitted in out:  # however it was built, nothing leaves unchecked
+            self.participant.registry.validate(emitted.type, emitted.version, emitted.data)
+        return out
+
+
+def _key(msg: Envelope) -> str:
+    """What is processed once. A retried command keeps its id but must be answered again (its
+    answer may be lost): each attempt is processed once, and handlers keep their effects idempotent."""
+    return msg.id if msg.kind == EVENT else f"{msg.id}#{msg.attempt}"
+
+
+@cache
+def _claim_statement(dialect: str) -> Any:
+    return upsert(dialect, processed).on_conflict_do_nothing().returning(processed.c.message_id)

@@ -1,0 +1,142 @@
+"""A participant's side of its streams: batch reads, reclaiming entries idle past their backoff,
+checking each entry before a handler sees it, acks, and dead letters (malformed entries at once,
+others after their last allowed delivery, with the last handler error kept to say why)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+import structlog
+
+from contracts.envelope import COMMAND, EVENT, Envelope, decode_fields
+from contracts.streams import Keys
+from participants.runtime import deadletter
+from participants.runtime.options import MAX_ENTRY_BYTES, Options
+from participants.runtime.participant import Participant
+
+log = structlog.get_logger("baton.runtime")
+
+
+class Malformed(Exception):
+    """An entry that can never be processed: it goes to the dead-letter stream at once."""
+
+
+@dataclass
+class Entry:
+    stream: str
+    entry_id: str
+    raw: dict[bytes, bytes] | None
+    deliveries: int = 1
+    message: Envelope | None = None
+    error: str | None = None  # the handler's, when this delivery failed
+
+
+@dataclass(frozen=True)
+class Reader:
+    participant: Participant
+    client: redis.Redis  # decode_responses=False: garbage bytes must not break a read
+    keys: Keys
+    options: Options
+    consumer: str
+
+    @property
+    def group(self) -> str:
+        return self.participant.name
+
+    def read(self, start: str, block: int | None = None, count: int | None = None) -> list[Entry]:
+        streams = {s: start for s in self.participant.streams(self.keys)}
+        reply: Any = self.client.xreadgroup(
+            self.group, self.consumer, streams,  # type: ignore[arg-type]
+            count=count or self.options.read_count, block=block,
+        )
+        return [
+            Entry(_text(stream), _text(entry_id), fields or None)
+            for stream, entries in reply or []
+            for entry_id, fields in entries
+        ]
+
+    def reclaim(self) -> list[Entry]:
+        """Claim entries idle past their backoff; dead-letter those delivered too often."""
+        claimed: list[Entry] = []
+        base_ms = int(self.options.visibility_timeout * 1000)
+        for stream in self.participant.streams(self.keys):
+            pending: Any = self.client.xpending_range(stream, self.group, "-", "+", 100, idle=base_ms)
+            for p in pending:
+                entry_id, count = _text(p["message_id"]), int(p["times_delivered"])
+                if p["time_since_delivered"] < base_ms * min(2 ** (count - 1), 32):
+                    continue
+                if count >= self.options.max_deliveries:
+                    self._dead_letter_by_id(stream, entry_id, count)
+                    continue
+                got: Any = self.client.xclaim(stream, self.group, self.consumer, base_ms, [entry_id])
+                claimed += [Entry(stream, _text(i), f or None, count + 1) for i, f in got]
+        return claimed
+
+    def decode(self, entry: Entry) -> bool:
+        """Decode and check the entry (True), or dead-letter and acknowledge it (False)."""
+        try:
+            if entry.raw is None:
+                raise Malformed("entry was deleted from the stream before it was processed")
+            size = sum(len(k) + len(v) for k, v in entry.raw.items())
+            if size > MAX_ENTRY_BYTES:
+                raise Malformed(f"entry of {size} bytes exceeds {MAX_ENTRY_BYTES}")
+            entry.message = decode_fields(entry.raw)
+            self._check_route(entry)
+            self.participant.registry.validate(
+                entry.message.type, entry.message.version, entry.message.data
+            )
+        except Exception as exc:  # never let one entry stop the consumer or block those behind it
+            deadletter.send(self.client, self.keys, self.group, self.consumer, entry.stream,
+                            entry.entry_id, entry.raw, str(exc), entry.deliveries)
+            self.ack([entry])
+            log.warning("dead-lettered", stream=entry.stream, entry=entry.entry_id, reason=str(exc))
+            return False
+        return True
+
+    def _check_route(self, entry: Entry) -> None:
+        msg = entry.message
+        assert msg is not None
+        if entry.stream == self.keys.command_stream(self.group):
+            if msg.kind != COMMAND or msg.target != self.group:
+                raise Malformed(f"a {msg.kind} for {msg.target!r} on the command stream of {self.group}")
+            if msg.type not in self.participant.commands:
+                raise Malformed(f"{self.group} has no handler for command {msg.type}")
+        elif msg.kind != EVENT or entry.stream != self.keys.event_stream(msg.type):
+            raise Malformed(f"a {msg.kind} of type {msg.type} does not belong on {entry.stream}")
+
+    def remember_failures(self, entries: list[Entry]) -> None:
+        failures = [(e.stream, e.entry_id, e.error) for e in entries if e.error]
+        if failures:  # nothing to write, and no round trip, when every handler succeeded
+            # Outlives the longest backoff (each wait at most 32 visibility timeouts) with room to spare.
+            ttl = max(86400, int(32 * self.options.visibility_timeout * self.options.max_deliveries))
+            deadletter.remember(self.client, self.keys, self.group, failures, ttl)
+
+    def ack(self, entries: list[Entry]) -> None:
+        by_stream: dict[str, list[str]] = {}
+        for entry in entries:
+            by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+        if not by_stream:
+            return
+        pipe = self.client.pipeline(transaction=False)
+        for stream, ids in by_stream.items():
+            pipe.xack(stream, self.group, *ids)
+            deadletter.forget(pipe, self.keys, self.group, stream, ids)  # same round trip
+        pipe.execute()
+
+    def _dead_letter_by_id(self, stream: str, entry_id: str, count: int) -> None:
+        found: Any = self.client.xrange(stream, entry_id, entry_id)
+        raw = found[0][1] if found else None
+        reason = f"not acknowledged after {count} deliveries"
+        error = deadletter.last_error(self.client, self.keys, self.group, stream, entry_id)
+        if error:
+            reason += f"; last error: {error}"
+        deadletter.send(self.client, self.keys, self.group, self.consumer, stream, entry_id, raw,
+                        reason, count)
+        self.ack([Entry(stream, entry_id, raw)])
+        log.warning("dead-lettered", stream=stream, entry=entry_id, reason=reason)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
