@@ -75,6 +75,8 @@ def shell(tmp_path: Path) -> Iterator[Shell]:
 
 def _stop(proc: subprocess.Popen[str]) -> None:
     """Whatever the tutorial left running in the shell's session, and the shell."""
+    if proc.stdin is not None:
+        proc.stdin.close()
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
@@ -119,6 +121,13 @@ def test_the_readme_tutorial_runs_as_written(shell: Shell) -> None:
 
     api = requests.Session()
     api.headers["Authorization"] = f"Bearer {TOKEN}"
+    try:
+        _check_the_outcomes(shell, api, port, look, stop)
+    finally:
+        api.close()
+
+
+def _check_the_outcomes(shell: Shell, api: requests.Session, port: str, look: str, stop: str) -> None:
     base = f"http://127.0.0.1:{port}/v1/workflows"
 
     def statuses() -> dict[str, str]:
@@ -143,6 +152,7 @@ def test_the_readme_tutorial_runs_as_written(shell: Shell) -> None:
     assert [(c["command"], c["status"]) for c in bounced["compensations"]] == [("account.delete", "done")]
 
     shown = shell.run(look)
+    print(f"--- what step 6 printed\n{shown}")
     assert shown.count("completed") >= 8 and "member9@bounce.example bounced" in shown, shown
     assert "account.delete" in shown, shown
 
