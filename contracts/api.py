@@ -9,6 +9,7 @@ from marshmallow import RAISE, Schema, ValidationError, fields, validate, valida
 
 from contracts.envelope import CORRELATION_PATTERN
 from contracts.flows import Flow
+from contracts.jsonsafe import wide_integer_errors
 from contracts.statuses import Reason, WorkflowStatus
 from contracts.timefmt import Timestamp
 
@@ -195,9 +196,14 @@ class RetryBody(InterventionBody):
     step = fields.Str(validate=validate.Length(min=1, max=64))
 
 
+def _narrow_integers(value: dict[str, Any]) -> None:
+    if errors := wide_integer_errors(value, ""):
+        raise ValidationError({k.lstrip("."): v for k, v in errors.items()})
+
+
 class SignalBody(InterventionBody):
     step = fields.Str(validate=validate.Length(min=1, max=64))
-    data = fields.Dict(keys=fields.Str())
+    data = fields.Dict(keys=fields.Str(), validate=_narrow_integers)
 
 
 class DeadlineBody(InterventionBody):

@@ -49,7 +49,10 @@ def parse_ts(text: str) -> datetime:
         moment = datetime(year, month, day, hour, minute, second, micro, tzinfo=timezone(offset))
     except ValueError as exc:  # month 13, hour 25, February 30, an offset of 24 hours...
         raise ValueError(f"{text!r} is not a valid date-time: {exc}") from exc  # short: it matched
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is in year 0 in UTC
+        raise ValueError(f"{text!r} is outside years 1 to 9999 in UTC") from None
 
 
 class Timestamp(fields.AwareDateTime):

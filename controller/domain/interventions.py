@@ -13,6 +13,7 @@ from contracts.api import DeadlineBody, InterventionBody, RetryBody, SignalBody
 from contracts.flows import APPROVAL_STEP, COMMAND_STEP, Flow
 from controller.domain import lifecycle as lc
 from controller.domain.actions import Action, BulkUse, CliOption
+from controller.domain.errors import InvalidInput
 from controller.domain.statuses import CompensationStatus, Reason, StepStatus, WorkflowStatus
 
 
@@ -96,6 +97,7 @@ def resume(flow: Flow, wf: lc.Workflow, now: datetime) -> list[lc.Effect]:
     """The clock restarts where it stopped: every deadline moves by the time spent paused."""
     _require(wf, "resume")
     paused_for = now - (wf.paused_at or now)
+    _later(wf.deadline, paused_for, "deadline")  # refused before anything changes
     wf.status, wf.paused_at = WorkflowStatus.RUNNING, None
     wf.deadline = wf.deadline + paused_for if wf.deadline else None
     for state in wf.steps.values():
@@ -113,7 +115,7 @@ def move_deadline(flow: Flow, wf: lc.Workflow, now: datetime, deadline: datetime
                   extend_seconds: int | None = None) -> list[lc.Effect]:
     _require(wf, "deadline")
     if deadline is None:
-        deadline = (wf.deadline or now) + timedelta(seconds=extend_seconds or 0)
+        deadline = _later(wf.deadline or now, timedelta(seconds=extend_seconds or 0), "extend_seconds")
     wf.deadline = deadline
     return []
 
@@ -140,6 +142,15 @@ def signal(flow: Flow, wf: lc.Workflow, name: str, now: datetime, step: str | No
         payload.setdefault("reason", why)
     message_id = lc.command_id(wf.correlation_id, f"signal:{target.name}")
     return [lc.Emit(outcome, payload, wf.start_message_id, message_id)]
+
+
+def _later(moment: datetime | None, by: timedelta, field: str) -> datetime | None:
+    """`moment + by`, or a 422 naming `field` when that passes year 9999."""
+    try:
+        return moment + by if moment else None
+    except OverflowError:
+        raise InvalidInput(f"moving the deadline {moment} by {by} passes year 9999; move the "
+                           "deadline first", {field: ["would pass year 9999"]}) from None
 
 
 def _start_data(flow: Flow, wf: lc.Workflow) -> dict[str, Any]:

@@ -16,6 +16,7 @@ from config.flows import Catalog
 from contracts.envelope import Envelope, new_event
 from contracts.errors import InvalidMessage
 from contracts.flows import Flow
+from contracts.jsonsafe import wide_integer_errors
 from contracts.payloads import Registry
 from contracts.streams import CONTROLLER
 from controller.db import store, views
@@ -119,6 +120,9 @@ def input_errors(catalog: Catalog, registry: Registry, flow_name: str,
 
 
 def _validate_input(registry: Registry, flow: Flow, data: dict[str, Any]) -> dict[str, Any]:
+    wide = wide_integer_errors(data, "input")
+    if wide:
+        raise InvalidInput("input holds integers JSON here cannot carry", wide)
     try:
         return registry.validate(flow.start_event, registry.latest(flow.start_event), data)
     except InvalidMessage as exc:
