@@ -133,6 +133,11 @@ class _UuidString(fields.Str):
         return text
 
 
+# PostgreSQL refuses a NUL in text: such an entry would fail every attempt; malformed, it is
+# dead-lettered at once.
+_NO_NUL = validate.Regexp(r"\A[^\x00]*\Z", error="must not contain a NUL character")
+
+
 class EnvelopeSchema(Schema):
     """Tolerant of fields it does not know: a newer producer may add some."""
 
@@ -144,11 +149,11 @@ class EnvelopeSchema(Schema):
     type = fields.Str(required=True, validate=validate.Regexp(TYPE_PATTERN))
     version = _IntString(required=True)
     correlation_id = fields.Str(required=True, validate=validate.Regexp(CORRELATION_PATTERN))
-    causation_id = fields.Str(required=True, validate=validate.Length(min=1, max=128))
+    causation_id = fields.Str(required=True, validate=[validate.Length(min=1, max=128), _NO_NUL])
     occurred_at = Timestamp(required=True)
-    source = fields.Str(required=True, validate=validate.Length(min=1, max=64))
+    source = fields.Str(required=True, validate=[validate.Length(min=1, max=64), _NO_NUL])
     data = _JsonObject(required=True)
-    traceparent = fields.Str(load_default=None, validate=validate.Length(max=256))
+    traceparent = fields.Str(load_default=None, validate=[validate.Length(max=256), _NO_NUL])
     target = fields.Str(load_default=None, validate=validate.Regexp(NAME_PATTERN))
     attempt = _IntString(load_default=None)
     deadline = Timestamp(load_default=None)

@@ -443,3 +443,16 @@ def test_decoded_envelope_is_frozen() -> None:
     assert isinstance(decoded, Envelope)
     with pytest.raises(AttributeError):
         decoded.type = "payment.refunded"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ["source", "causation_id", "traceparent"])
+def test_a_nul_in_a_free_text_field_is_malformed_so_it_is_dead_lettered_at_once(name: str) -> None:
+    """PostgreSQL refuses a NUL in text: decoded, the entry would fail every attempt instead."""
+    assert list(_rejected(_event(**{name: "pay\x00ment"})).errors) == [name]
+
+
+@pytest.mark.parametrize("text", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-00:01"])
+def test_a_date_time_whose_utc_falls_outside_years_1_to_9999_is_a_value_error(text: str) -> None:
+    from contracts.timefmt import parse_ts
+    with pytest.raises(ValueError, match="year"):
+        parse_ts(text)
