@@ -142,7 +142,7 @@ _ENV_SCHEMA = Schema.from_dict({k: f for k, (_, f) in _VARIABLES.items()}, name=
 
 
 def _parse_tokens(text: str) -> tuple[Token, ...]:
-    tokens = []
+    tokens: list[Token] = []
     for i, triple in enumerate(t.strip() for t in text.split(",") if t.strip()):
         parts = triple.split(":")
         if len(parts) != 3 or not all(parts):
@@ -150,13 +150,24 @@ def _parse_tokens(text: str) -> tuple[Token, ...]:
         name, role, secret = parts
         if role not in ROLES:
             raise ValidationError(f"entry {i + 1} ({name}): role must be one of {', '.join(ROLES)}")
-        tokens.append(Token(name, role, hash_token(secret)))
+        token = Token(name, role, hash_token(secret))
+        if repeated := _repeats(token, tokens):
+            raise ValidationError(f"entry {i + 1} ({name}) repeats the {repeated} of another entry")
+        tokens.append(token)
     return tuple(tokens)
 
 
-def _read_tokens_file(path: str) -> tuple[Token, ...]:
-    """Production tokens: one `name:role:sha256-hex` per line, `#` comments allowed."""
-    tokens = []
+def _repeats(token: Token, given: list[Token]) -> str | None:
+    """`name` or `token` if one of `given` has the same: with both kept, the last would win."""
+    if any(t.name == token.name for t in given):
+        return "name"
+    return "token" if any(t.sha256 == token.sha256 for t in given) else None
+
+
+def _read_tokens_file(path: str, given: tuple[Token, ...]) -> tuple[Token, ...]:
+    """Production tokens: one `name:role:sha256-hex` per line, `#` comments allowed; none may
+    repeat the name or token of another, or of `given` (BATON_TOKENS')."""
+    tokens = list(given)
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except OSError as exc:
@@ -169,8 +180,12 @@ def _read_tokens_file(path: str) -> tuple[Token, ...]:
         if len(parts) != 3 or not parts[0] or parts[1] not in ROLES \
                 or not re.fullmatch(r"[0-9a-fA-F]{64}", parts[2]):
             raise SettingsError(f"BATON_TOKENS_FILE: line {n} is not name:role:<sha256 hex>")
-        tokens.append(Token(parts[0], parts[1], parts[2].lower()))
-    return tuple(tokens)
+        token = Token(parts[0], parts[1], parts[2].lower())
+        if repeated := _repeats(token, tokens):
+            raise SettingsError(f"BATON_TOKENS_FILE: line {n} ({token.name}) repeats the {repeated} "
+                                "of another token")
+        tokens.append(token)
+    return tuple(tokens[len(given):])
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -198,7 +213,7 @@ def _build(loaded: dict[str, Any]) -> Settings:
     except ValidationError as exc:
         raise SettingsError(f"BATON_TOKENS: {exc.messages[0]}") from exc
     if "tokens_file" in values:
-        tokens += _read_tokens_file(values.pop("tokens_file"))
+        tokens += _read_tokens_file(values.pop("tokens_file"), tokens)
     flows_dirs = tuple(Path(p) for p in values.pop("flows_dirs", "").split(":") if p)
     for directory in flows_dirs:
         if not directory.is_dir():

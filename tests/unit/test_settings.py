@@ -268,3 +268,19 @@ def test_the_runtime_options_are_the_settings_with_the_same_defaults() -> None:
                                     relay_outbox=False)
     assert (options.linger_ms, options.read_count, options.relay_outbox) == (0, 7, False)
     assert options.crash_points == frozenset({"runtime.before_ack"})
+
+
+@pytest.mark.parametrize("tokens", ["ann:viewer:one,ann:operator:two", "ann:viewer:same,bob:operator:same"])
+def test_a_token_name_or_secret_given_twice_is_refused_naming_the_variable(tokens: str) -> None:
+    message = refused({"BATON_TOKENS": tokens})
+    assert message.startswith("BATON_TOKENS: entry 2"), message
+    assert "same" not in message and "one" not in message
+
+
+def test_a_token_in_the_file_that_repeats_one_already_given_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "tokens"
+    path.write_text(f"ops:operator:{sha('ops')}\nci:viewer:{sha('dev')}\n", encoding="utf-8")
+    message = refused({"BATON_TOKENS": "dev:starter:dev", "BATON_TOKENS_FILE": str(path)})
+    assert message.startswith("BATON_TOKENS_FILE: line 2 "), message  # dev's secret again
+    path.write_text(f"ops:operator:{sha('ops')}\n# again\nops:viewer:{sha('x')}\n", encoding="utf-8")
+    assert refused({"BATON_TOKENS_FILE": str(path)}).startswith("BATON_TOKENS_FILE: line 3 ")
