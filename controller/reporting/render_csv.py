@@ -55,9 +55,15 @@ def _flat(level: str, item: dict[str, Any]) -> dict[str, Any]:
     return {"level": level, **flat}
 
 
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, CSV injection).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
         return repr(value)  # the shortest text that reads back as the same float
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value  # text a participant chose (a name, a type): shown, never run
     return str(value)
