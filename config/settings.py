@@ -50,6 +50,8 @@ class Settings:
     max_deliveries: int = 5
     read_count: int = 100
     block_ms: int = 2000
+    redis_timeout: float = 5.0  # seconds: connecting, and any reply beyond a blocking read's BLOCK
+    metrics_max_age: float = 10.0  # seconds a process answers /metrics from its last reading
     linger_ms: int = 20
     relay_interval: float = 1.0
     sweep_interval: float = 1.0
@@ -118,6 +120,9 @@ _VARIABLES: dict[str, tuple[str, fields.Field]] = {
     "BATON_MAX_DELIVERIES": ("max_deliveries", fields.Int(validate=validate.Range(min=1, max=1000))),
     "BATON_READ_COUNT": ("read_count", fields.Int(validate=validate.Range(min=1, max=10000))),
     "BATON_BLOCK_MS": ("block_ms", fields.Int(validate=validate.Range(min=1, max=60000))),
+    "BATON_REDIS_TIMEOUT": ("redis_timeout", fields.Float(validate=validate.Range(min=0.1, max=600))),
+    "BATON_METRICS_MAX_AGE": (
+        "metrics_max_age", fields.Float(validate=validate.Range(min=0, max=3600))),
     "BATON_LINGER_MS": ("linger_ms", fields.Int(validate=validate.Range(min=0, max=1000))),
     "BATON_RELAY_INTERVAL": ("relay_interval", fields.Float(validate=validate.Range(min=0.01))),
     "BATON_SWEEP_INTERVAL": ("sweep_interval", fields.Float(validate=validate.Range(min=0.01))),

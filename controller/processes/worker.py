@@ -37,9 +37,12 @@ def run_worker(services: Services, stop: threading.Event) -> None:
     queues = [services.keys.rq_queue("alerts"), services.keys.rq_queue("sweeps")]
     while not stop.is_set():
         try:
-            _Worker(queues, connection=services.redis, serializer=JSONSerializer,
-                    maintenance_interval=30, stop=stop).work(with_scheduler=True,
-                                                              logging_level="WARNING")
+            worker = _Worker(queues, connection=services.redis, serializer=JSONSerializer,
+                             maintenance_interval=30, stop=stop)
+            # RQ raised the socket timeout above its blocking dequeue's; connections made before
+            # keep Baton's shorter one (BATON_REDIS_TIMEOUT): make them again.
+            services.redis.connection_pool.disconnect()
+            worker.work(with_scheduler=True, logging_level="WARNING")
         except redis.RedisError as exc:  # raised before or after its loop (birth, teardown)
             log.warning("RQ worker failed", error=repr(exc)[:200])
         _handle_signals(stop)  # RQ's handlers belong to the worker that just ended

@@ -37,8 +37,13 @@ def redis_url(settings: Settings) -> str:
 
 
 def redis_client(settings: Settings, *, decode: bool = False) -> redis.Redis:
+    """Every command times out, so that a half-open connection cannot hang a publish that holds
+    row locks; a blocking read (BLOCK BATON_BLOCK_MS) gets that much longer. RQ's worker raises
+    the timeout of its own client further for its blocking dequeue."""
     return redis.Redis.from_url(redis_url(settings), decode_responses=decode,
-                                health_check_interval=30)
+                                health_check_interval=30,
+                                socket_connect_timeout=settings.redis_timeout,
+                                socket_timeout=settings.redis_timeout + settings.block_ms / 1000)
 
 
 def run_participant(participant: Participant, settings: Settings, database_url: str) -> None:
