@@ -37,5 +37,9 @@ class Keys:
         """A marker whose disappearance means Redis lost its data."""
         return f"{self.prefix}:epoch"
 
+    def alert_queued(self, message_id: str) -> str:
+        """Set once the alert of a `workflow.needs_attention` is queued: it is queued only once."""
+        return f"{self.prefix}:alert-queued:{message_id}"
+
     def rq_queue(self, name: str) -> str:
         return f"{self.prefix}-{name}"
