@@ -117,8 +117,23 @@ class WorkflowOut(Schema):
     compensations = fields.List(fields.Nested(CompensationOut))
 
 
+class WorkflowSummaryOut(Schema):
+    """A list item: the workflow without its input and steps (GET /v1/workflows/<cid> has them)."""
+
+    correlation_id = fields.Str()
+    flow = fields.Str()
+    flow_version = fields.Int()
+    status = fields.Str()
+    reason = fields.Str(allow_none=True)
+    started_at = fields.Str()
+    deadline = fields.Str(allow_none=True)
+    finished_at = fields.Str(allow_none=True)
+    started_by = fields.Str()
+    search_attributes = fields.Dict(keys=fields.Str(), values=fields.Str())
+
+
 class WorkflowPage(Schema):
-    items = fields.List(fields.Nested(WorkflowOut))
+    items = fields.List(fields.Nested(WorkflowSummaryOut))
     next_cursor = fields.Str(allow_none=True)
 
 

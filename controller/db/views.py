@@ -182,11 +182,27 @@ def list_workflows(conn: Connection, catalog: Catalog, filters: Filters, limit: 
                                 and_(workflows.c.started_at == moment, workflows.c.correlation_id < cid)))
     query = query.order_by(workflows.c.started_at.desc(), workflows.c.correlation_id.desc())
     rows = conn.execute(query.limit(limit + 1)).all()
-    items = [workflow(conn, catalog, r.correlation_id) for r in rows[:limit]]
+    items = summaries(conn, [r.correlation_id for r in rows[:limit]])
     last = rows[limit - 1] if len(rows) > limit else None
     return {"items": items,
             "next_cursor": _encode_cursor([format_ts(last.started_at), last.correlation_id])
             if last else None}
+
+
+def summaries(conn: Connection, cids: list[str]) -> list[dict[str, Any]]:
+    """A list page's items, in the order of `cids`: the workflow's own fields and its search
+    attributes, two queries for the page; never its input (up to the body limit) or steps."""
+    rows = {r.correlation_id: r for r in conn.execute(
+        select(*(workflows.c[k] for k in SUMMARY_COLUMNS)).where(workflows.c.correlation_id.in_(cids)))}
+    attrs: dict[str, dict[str, str]] = {cid: {} for cid in cids}
+    for a in conn.execute(select(attributes).where(attributes.c.correlation_id.in_(cids))):
+        attrs[a.correlation_id][a.name] = a.value
+    return [{**{k: _ts(v) if isinstance(v, datetime) else v for k, v in rows[cid]._mapping.items()},
+             "search_attributes": attrs[cid]} for cid in cids]
+
+
+SUMMARY_COLUMNS = ("correlation_id", "flow", "flow_version", "status", "reason", "started_at",
+                   "deadline", "finished_at", "started_by")
 
 
 def _conditions(f: Filters, now: datetime) -> list[Any]:
