@@ -1,5 +1,5 @@
 """`GET /metrics`: Prometheus text (or OpenMetrics, if asked), no token (like /healthz), read at
-scrape time."""
+most every BATON_METRICS_MAX_AGE seconds per process."""
 
 from __future__ import annotations
 
@@ -21,7 +21,8 @@ _TEXT = {"schema": {"type": "string"}}
 @blp.record_once
 def _registry(state: BlueprintSetupState) -> None:
     services = state.app.extensions["baton"]
-    state.app.extensions[_EXTENSION] = build_registry(services.engine, services.redis, services.keys)
+    state.app.extensions[_EXTENSION] = build_registry(services.engine, services.redis, services.keys,
+                                                     services.settings.metrics_max_age)
 
 
 @blp.route("/metrics")

@@ -1,5 +1,7 @@
-"""Prometheus metrics, computed at scrape time from the database and Redis, so that every gunicorn
-worker and every process answers the same figures without sharing any in-memory counter.
+"""Prometheus metrics, computed from the database and Redis, so that every gunicorn worker and
+every process answers the same figures without sharing any in-memory counter. A process reads them
+at most every `max_age` seconds (BATON_METRICS_MAX_AGE) and answers scrapes in between from that
+reading: /metrics needs no token, and must not let anyone aggregate every table at will.
 
 The counters are counts of rows (a workflow row is never deleted), so they only go up; the
 histograms' buckets are counted in SQL, like the SLA report's.
@@ -7,7 +9,9 @@ histograms' buckets are counted in SQL, like the SLA report's.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -38,12 +42,25 @@ UNRESOLVED = (WorkflowStatus.RUNNING, WorkflowStatus.PAUSED, WorkflowStatus.COMP
 
 
 class BatonCollector(Collector):
-    def __init__(self, engine: Engine, client: redis.Redis, keys: Keys) -> None:
+    def __init__(self, engine: Engine, client: redis.Redis, keys: Keys, max_age: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.engine, self.redis, self.keys = engine, client, keys
+        self.max_age, self.clock = max_age, clock
+        self._lock = threading.Lock()  # concurrent scrapes: one reads, the others wait for it
+        self._read_at: float | None = None
+        self._families: list[Metric] = []
 
     def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            now = self.clock()
+            if self._read_at is None or now - self._read_at >= self.max_age:
+                self._families, self._read_at = self._read(), now
+            return iter(self._families)
+
+    def _read(self) -> list[Metric]:
         up = GaugeMetricFamily("baton_metrics_source_up",
                                "1 if this scrape could read the source", labels=["source"])
+        out: list[Metric] = []
         for source, read in (("database", self._database), ("redis", self._redis)):
             try:
                 families, ok = list(read()), 1.0
@@ -51,8 +68,8 @@ class BatonCollector(Collector):
                 log.warning("metrics source unavailable", source=source, error=repr(exc)[:200])
                 families, ok = [], 0.0
             up.add_metric([source], ok)
-            yield from families
-        yield up
+            out += families
+        return [*out, up]
 
     def _database(self) -> Iterator[Metric]:
         with self.engine.connect() as conn:
@@ -65,9 +82,10 @@ class BatonCollector(Collector):
         yield dead_letter_family(self.redis, self.keys)
 
 
-def build_registry(engine: Engine, client: redis.Redis, keys: Keys) -> CollectorRegistry:
+def build_registry(engine: Engine, client: redis.Redis, keys: Keys,
+                   max_age: float = 0.0) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)  # nothing is read until the first scrape
-    registry.register(BatonCollector(engine, client, keys))
+    registry.register(BatonCollector(engine, client, keys, max_age))
     return registry
 
 

@@ -13,7 +13,7 @@ import pytest
 import redis
 from flask.testing import FlaskClient
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import insert
+from sqlalchemy import event, insert
 
 from contracts.envelope import new_event
 from contracts.streams import Keys
@@ -67,7 +67,9 @@ class Baton:
 
 @pytest.fixture
 def baton(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[Baton]:
-    with running_app(database_url, redis_url, tmp_path, "otto:operator:t-otto") as app:
+    # every scrape reads afresh: these tests follow figures from one step to the next
+    with running_app(database_url, redis_url, tmp_path, "otto:operator:t-otto",
+                     extra={"BATON_METRICS_MAX_AGE": "0"}) as app:
         tracker = app.runtime_of("controller", Options(block_ms=1, linger_ms=0, visibility_timeout=30.0),
                                  "metrics-test")
         yield Baton(app.client, app.services, app.keys, app.raw, tracker)
@@ -154,3 +156,42 @@ def test_the_openapi_document_describes_both_formats_with_no_token(baton: Baton)
     assert set(operation["responses"]["200"]["content"]) == {
         "text/plain", "application/openmetrics-text"}
     assert operation["security"] == [], "public, like /healthz"
+
+
+def test_scrapes_within_the_max_age_read_the_database_once(database_url: str, redis_url: str,
+                                                            tmp_path: Path) -> None:
+    """The default: a scrape is read at most every BATON_METRICS_MAX_AGE seconds per process, so
+    that a scraper (no token needed) cannot make the database aggregate every table at will."""
+    statements: list[str] = []
+    with running_app(database_url, redis_url, tmp_path, "otto:operator:t-otto") as app:
+        assert app.settings.metrics_max_age == 10.0
+        event.listen(app.services.engine, "before_cursor_execute",
+                     lambda *args: statements.append(args[2]))
+        baton = Baton(app.client, app.services, app.keys, app.raw, None)  # type: ignore[arg-type]
+        first = baton.scrape()
+        assert statements, "the first scrape reads the database"
+        statements.clear()
+        baton.start()
+        statements.clear()
+        again = [baton.scrape() for _ in range(5)]
+        assert statements == [], "within the max age, the figures are the first scrape's"
+        assert all(value(s, "baton_workflows_started_total", flow=FLOW)
+                   == value(first, "baton_workflows_started_total", flow=FLOW) == 0 for s in again)
+
+
+def test_a_scrape_after_the_max_age_reads_afresh(baton: Baton) -> None:
+    now = [1000.0]
+    collector = BatonCollector(baton.services.engine, baton.raw, baton.keys, max_age=10.0,
+                               clock=lambda: now[0])
+
+    def started() -> float:
+        families = {f.name: f for f in collector.collect()}
+        return sum(s.value for s in families["baton_workflows_started"].samples
+                   if s.name.endswith("_total"))
+
+    assert started() == 0
+    baton.start()
+    now[0] += 9.9
+    assert started() == 0, "still the cached figures"
+    now[0] += 0.2
+    assert started() == 1
