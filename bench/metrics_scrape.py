@@ -28,7 +28,8 @@ def fill(engine: object, n: int) -> None:
         for lo in range(0, n, 5000):
             rows = [{"correlation_id": f"wf-{i:07d}", "flow": "order_fulfillment", "flow_version": 1,
                      "status": "completed", "started_at": t0 + timedelta(seconds=i),
-                     "finished_at": t0 + timedelta(seconds=i + 3), "deadline": t0 + timedelta(seconds=i + 300),
+                     "finished_at": t0 + timedelta(seconds=i + 3),
+                     "deadline": t0 + timedelta(seconds=i + 300),
                      "started_by": "bench", "input": {}, "start_message_id": f"m-{i}"}
                     for i in range(lo, min(n, lo + 5000))]
             conn.execute(insert(workflows), rows)
