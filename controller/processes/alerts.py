@@ -1,13 +1,17 @@
 """The alerter: a consumer of `workflow.needs_attention` that queues the flow's webhook as an RQ job.
 
 A redelivered event (RQ does not dedupe job ids; a rollback after the enqueue redelivers it)
-does not queue a second delivery: a marker set with NX before the enqueue (removed if it fails) says
-the event's alert was queued.
+does not queue a second delivery: a marker per event is written in the same Redis transaction as
+the job (MULTI/EXEC, watching the marker), so the alert is queued exactly when the marker is, and a
+crash between the two cannot leave one without the other.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import redis
+from redis.client import Pipeline
 from rq import Queue, Retry
 from rq.serializers import JSONSerializer
 
@@ -42,14 +46,24 @@ def build_alerter(catalog: Catalog, registry: Registry, settings: Settings,
     def needs_attention(message: Envelope, ctx: Context) -> list[Envelope]:
         flow = catalog.get(message.data["flow"], message.data["flow_version"])
         url = flow.alert_webhook or settings.alert_webhook
-        if url and client.set(keys.alert_queued(message.id), "1", nx=True, ex=MARKER_TTL):
-            try:
-                queue.enqueue(jobs.deliver_alert, message.correlation_id, url, job_id=f"alert-{message.id}",
-                              retry=Retry(max=len(intervals), interval=intervals), job_timeout=30,
-                              failure_ttl=7 * 86400)
-            except Exception:  # not queued: the redelivery must try again
-                client.delete(keys.alert_queued(message.id))
-                raise
+        if url:
+            _queue_once(client, keys.alert_queued(message.id), lambda pipe: queue.enqueue(
+                jobs.deliver_alert, message.correlation_id, url, job_id=f"alert-{message.id}",
+                retry=Retry(max=len(intervals), interval=intervals), job_timeout=30,
+                failure_ttl=7 * 86400, pipeline=pipe))
         return []
 
     return alerter
+
+
+def _queue_once(client: redis.Redis, marker: str, enqueue: Callable[[Pipeline], object]) -> None:
+    """The job and its marker in one transaction; nothing if the marker is there. A concurrent
+    twin makes EXEC fail (WatchError): its event is redelivered and then finds the marker."""
+    with client.pipeline() as pipe:
+        pipe.watch(marker)
+        if pipe.exists(marker):
+            return
+        pipe.multi()
+        pipe.set(marker, "1", ex=MARKER_TTL)
+        enqueue(pipe)
+        pipe.execute()
