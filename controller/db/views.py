@@ -33,9 +33,29 @@ def workflow(conn: Connection, catalog: Catalog, cid: str, actor: str | None = N
     comp_rows = conn.execute(select(compensations).where(compensations.c.correlation_id == cid))
     attrs = conn.execute(select(attributes.c.name, attributes.c.value)
                          .where(attributes.c.correlation_id == cid))
-    flow = catalog.get(row.flow, row.flow_version)
-    return render(flow, row, row.started_by, row.input, step_rows, list(comp_rows),
-                  {a.name: a.value for a in attrs}, failure_reasons(conn, flow, cid, step_rows))
+    flow = catalog.flows.get((row.flow, row.flow_version))
+    reasons = failure_reasons(conn, flow, cid, step_rows) if flow else {}
+    return render(flow or _Unloaded.of(step_rows), row, row.started_by, row.input, step_rows,
+                  list(comp_rows), {a.name: a.value for a in attrs}, reasons)
+
+
+@dataclass(frozen=True)
+class _UnloadedStep:
+    name: str
+    kind: str | None = None
+    participant: str | None = None
+
+
+@dataclass(frozen=True)
+class _Unloaded:
+    """A flow version no longer loaded: its workflows are shown from their rows alone (each
+    step's name and state, not its kind or participant) rather than answered with a 500."""
+
+    steps: tuple[_UnloadedStep, ...]
+
+    @classmethod
+    def of(cls, step_rows: Mapping[str, Any]) -> _Unloaded:
+        return cls(tuple(_UnloadedStep(name) for name in step_rows))
 
 
 def failure_reasons(conn: Connection, flow: Flow, cid: str,
@@ -72,7 +92,7 @@ def failure_reasons(conn: Connection, flow: Flow, cid: str,
     return reasons
 
 
-def render(flow: Flow, wf: Any, started_by: str, input_: Any, step_states: Mapping[str, Any],
+def render(flow: Flow | _Unloaded, wf: Any, started_by: str, input_: Any, step_states: Mapping[str, Any],
            comps: Iterable[Any], attrs: dict[str, str],
            reasons: Mapping[str, str] | None = None) -> dict[str, Any]:
     """A workflow as clients see it, from its rows or from the lifecycle's objects alike;
@@ -93,7 +113,8 @@ def render(flow: Flow, wf: Any, started_by: str, input_: Any, step_states: Mappi
     }
 
 
-def _step(name: str, kind: str, participant: str, row: Any, reason: str | None) -> dict[str, Any]:
+def _step(name: str, kind: str | None, participant: str | None, row: Any,
+          reason: str | None) -> dict[str, Any]:
     return {
         "name": name, "kind": kind, "participant": participant,
         "status": row.status if row else StepStatus.PENDING,

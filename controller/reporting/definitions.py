@@ -6,8 +6,8 @@ from __future__ import annotations
 
 JUDGED = (
     "judged: a workflow that has finished (completed, compensated or needs_attention) or a step "
-    "that has ended (done, failed, skipped or compensated), or either one still open past its "
-    "deadline; one still open within its deadline is not judged yet."
+    "that started and has ended (done, failed or compensated), or either one still open past its "
+    "deadline; one still open within its deadline is not judged yet, and a skipped step never is."
 )
 SLA_MET_PCT = (
     "SLA met %: of those judged, the share that completed at or before its deadline; a "

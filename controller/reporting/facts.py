@@ -119,13 +119,16 @@ def _workflow(wf: lc.Workflow) -> Fact:
 def _step(wf: lc.Workflow, s: lc.Step) -> Fact:
     completed = s.status in STEP_COMPLETED
     breached = _step_breached(wf, s)
+    # A skipped step (its `when` false, or an operator's skip) is neither met nor missed: judged
+    # are only steps that started and did not end skipped, so `started` counts all that are judged.
+    judgeable = s.started_at is not None and s.status != StepStatus.SKIPPED
     flags = _flags(
         started=s.started_at is not None, completed=completed,
         compensated=s.status == StepStatus.COMPENSATED, failed=s.status == StepStatus.FAILED,
         needs_attention=_compensation_failed(wf, s.name), breached=breached,
         sla_met=completed and s.finished_at is not None
         and (s.deadline is None or s.finished_at <= s.deadline),
-        sla_judged=s.finished_at is not None or breached,
+        sla_judged=judgeable and (s.finished_at is not None or breached),
     )
     d = None
     if completed and s.started_at is not None and s.finished_at is not None:
@@ -134,10 +137,10 @@ def _step(wf: lc.Workflow, s: lc.Step) -> Fact:
 
 
 def _step_breached(wf: lc.Workflow, s: lc.Step) -> bool:
-    """Ended after its deadline, or never ended and the workflow stopped waiting for it after
-    that deadline (unless a failure or cancellation stopped it). While the workflow still waits,
+    """Ended (not skipped) after its deadline, or never ended and the workflow stopped waiting for
+    it after that deadline (unless a failure or cancellation stopped it). While the workflow still waits,
     only the clock can tell: `stopped_waiting` is None and the report counts it live."""
-    if s.started_at is None or s.deadline is None:
+    if s.started_at is None or s.deadline is None or s.status == StepStatus.SKIPPED:
         return False
     if s.finished_at is not None:
         return s.finished_at > s.deadline

@@ -2,7 +2,8 @@
 
 Its cost grows with the number of workflows due, not in flight: `next_due_at` is indexed (partially,
 on the rows that owe something). Several sweeps may run at once: each takes only the workflow
-locks no one holds and re-reads what it got, so nothing is issued twice.
+locks no one holds and re-reads what it got, so nothing is issued twice. A workflow it cannot
+decide is set aside (`needs_attention`, the reason in its audit) and the pass goes on.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ from sqlalchemy import select
 
 from controller.db.tables import workflows
 from controller.domain import lifecycle
+from controller.domain.statuses import WorkflowStatus
 from controller.service.bootstrap import Services
-from controller.service.unit_of_work import unit_of_work
+from controller.service.unit_of_work import UnitOfWork, unit_of_work
 
 log = structlog.get_logger("baton.sweeper")
 
@@ -48,9 +50,28 @@ def _sweep_chunk(services: Services, cids: list[str], now: datetime) -> tuple[in
             if due is None or due > now:
                 continue  # someone acted on it since the query
             with structlog.contextvars.bound_contextvars(correlation_id=cid):
-                uow.apply(wf, lifecycle.on_time(uow.flow(wf), wf, now))
-                if wf.status != uow.before(wf).status:
-                    log.info("workflow changed by the clock", status=wf.status, reason=wf.reason)
+                _act(uow, wf, now)
             acted += 1
         sent = len(uow.messages)
     return acted, sent
+
+
+def _act(uow: UnitOfWork, wf: lifecycle.Workflow, now: datetime) -> None:
+    """Let the lifecycle act on one workflow. One it cannot decide (its flow version no longer
+    loaded, a command whose payload fails validation) is set aside for an operator, and the
+    chunk's others go on: the decision does no I/O, so what it raises is this workflow's alone."""
+    try:
+        uow.apply(wf, lifecycle.on_time(uow.flow(wf), wf, now))
+    except Exception as exc:  # whatever it is: one bad workflow must not stop the sweep
+        problem = f"the sweeper cannot decide it: {_problem(uow, wf, exc)}"
+        log.error("workflow set aside", status=WorkflowStatus.NEEDS_ATTENTION, problem=problem)
+        uow.set_aside(wf, problem, actor="sweeper")
+        return
+    if wf.status != uow.before(wf).status:
+        log.info("workflow changed by the clock", status=wf.status, reason=wf.reason)
+
+
+def _problem(uow: UnitOfWork, wf: lifecycle.Workflow, exc: Exception) -> str:
+    if (wf.flow, wf.flow_version) not in uow.catalog.flows:
+        return f"flow {wf.flow} version {wf.flow_version} is not loaded"
+    return f"{type(exc).__name__}: {exc}"

@@ -23,11 +23,13 @@ import structlog
 from sqlalchemy import Connection
 
 from config.flows import Catalog
+from contracts import lifecycle_events as announce
 from contracts.envelope import Envelope
 from contracts.flows import Flow
 from contracts.payloads import Registry
 from controller.db import store
 from controller.domain import lifecycle
+from controller.domain.statuses import WorkflowStatus
 from controller.reporting import facts as rf
 from controller.reporting import store as report_store
 from controller.service import effects
@@ -103,6 +105,18 @@ class UnitOfWork:
 
     def audit(self, row: dict[str, Any]) -> None:
         store.insert_audit(self.conn, row)
+
+    def set_aside(self, wf: lifecycle.Workflow, problem: str, actor: str) -> None:
+        """A workflow whose decision raised: saved as it was loaded (the lifecycle may have
+        changed `wf` half-way), but `needs_attention`, announced, with `problem` in its audit for
+        an operator. Nothing falls due for it any more; the unit's other workflows are untouched."""
+        before = self.before(wf)
+        kept = replace(_snapshot(before), status=WorkflowStatus.NEEDS_ATTENTION)
+        self._loaded[wf.correlation_id] = (kept, before)
+        self.apply(kept, [lifecycle.Announce(announce.NEEDS_ATTENTION, kept.status, kept.reason)])
+        self.audit({"correlation_id": wf.correlation_id, "actor": actor, "action": "needs_attention",
+                    "reason": problem, "at": self.now, "result": f"applied: {before.status} -> {kept.status}",
+                    "details": None})
 
     def flush(self) -> list[Envelope]:
         """Write everything this unit decided, in the order the report's facts need (a new

@@ -14,16 +14,17 @@ from sqlalchemy import (
     Column,
     Connection,
     DateTime,
-    Index,
     Integer,
     MetaData,
     String,
     Table,
+    UniqueConstraint,
     bindparam,
     insert,
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
 from contracts.envelope import Envelope
 from participants.runtime.db import upsert
@@ -32,8 +33,9 @@ from participants.runtime.participant import Context, Participant
 # Rules: the catalog is CATALOG. An order fails as a whole (`inventory.reservation_failed`, or
 # `inventory.reserve_failed` for the command) when a product is unknown ("unknown product SKU-404")
 # or short of stock ("insufficient stock for SKU-RARE-2: requested 1, available 0"); the reason names
-# the first such product in product-id order. A workflow's order is reserved once: a repeat answers
-# the same reservations. `inventory.release` gives the stock back once and always answers.
+# the first such product in product-id order. A workflow's order is reserved once, ever: a repeat
+# answers the same reservations, one after their release fails ("order ord-1 was reserved and
+# released; it is not reserved again"). `inventory.release` gives the stock back once and always answers.
 NAME = "inventory"
 GENEROUS_STOCK = 1_000_000
 # Seeded once: missing products are inserted, existing stock levels are never reset.
@@ -61,12 +63,13 @@ reservations = Table(
     Column("status", String(16), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("released_at", DateTime(timezone=True)),
+    # The key that reserves an order once, even for two duplicates handled at the same moment.
+    UniqueConstraint("correlation_id", "order_id", "line", name="uq_inventory_reservations_order_line"),
 )
-Index("ix_inventory_reservations_order", reservations.c.correlation_id, reservations.c.order_id)
 
 
 class Shortage(Exception):
-    """An item cannot be reserved; the reservations of its order are rolled back."""
+    """The order cannot be reserved, for the reason given as the message; nothing of it is taken."""
 
 
 def seed(conn: Connection) -> None:
@@ -87,9 +90,9 @@ def available(conn: Connection, product_id: str) -> int | None:
 _TAKE = update(stock).where(
     stock.c.product_id == bindparam("product"), stock.c.available >= bindparam("quantity")
 ).values(available=stock.c.available - bindparam("quantity"))
-_ACTIVE = select(reservations.c.reservation_id, reservations.c.product_id, reservations.c.quantity).where(
+_OF_ORDER = select(reservations.c.reservation_id, reservations.c.product_id, reservations.c.quantity,
+                   reservations.c.status).where(
     reservations.c.correlation_id == bindparam("cid"), reservations.c.order_id == bindparam("order"),
-    reservations.c.status == RESERVED,
 ).order_by(reservations.c.line)
 
 
@@ -103,24 +106,38 @@ def _take(conn: Connection, product_id: str, quantity: int) -> None:
     raise Shortage(f"insufficient stock for {product_id}: requested {quantity}, available {level}")
 
 
-def _active(conn: Connection, msg: Envelope, order_id: str) -> list[dict[str, Any]]:
-    rows = conn.execute(_ACTIVE, {"cid": msg.correlation_id, "order": order_id})
+def _of_order(conn: Connection, msg: Envelope, order_id: str) -> list[dict[str, Any]]:
+    rows = conn.execute(_OF_ORDER, {"cid": msg.correlation_id, "order": order_id})
     return [dict(r._mapping) for r in rows]
 
 
 def reserve(conn: Connection, msg: Envelope, now: datetime) -> list[dict[str, Any]]:
     """Reserve every item of the order or none (Shortage); a repeat answers the same reservations."""
+    order_id = msg.data["order_id"]
+    made = _of_order(conn, msg, order_id) or _new_reservations(conn, msg, now)
+    if any(r["status"] == RELEASED for r in made):
+        raise Shortage(f"order {order_id} was reserved and released; it is not reserved again")
+    return [{k: r[k] for k in ("reservation_id", "product_id", "quantity")} for r in made]
+
+
+def _new_reservations(conn: Connection, msg: Envelope, now: datetime) -> list[dict[str, Any]]:
+    """Claim the order first, with its reservation rows: a duplicate handled at the same moment
+    inserts the same (correlation_id, order_id, line), waits for this transaction, then fails on
+    the unique key and answers the reservations this one made. The savepoint undoes the claim with
+    the stock taken when an item is short."""
     order_id, items = msg.data["order_id"], msg.data["items"]
-    existing = _active(conn, msg, order_id)
-    if existing:
-        return existing
-    lines = sorted(enumerate(items), key=lambda li: li[1]["product_id"])  # one lock order: no deadlock
-    with conn.begin_nested():
-        for _, item in lines:
-            _take(conn, item["product_id"], item["quantity"])
-        rows = [_row(msg, order_id, line, item, now) for line, item in enumerate(items)]
-        conn.execute(insert(reservations), rows)
-    return [{k: r[k] for k in ("reservation_id", "product_id", "quantity")} for r in rows]
+    rows = [_row(msg, order_id, line, item, now) for line, item in enumerate(items)]
+    try:
+        with conn.begin_nested():
+            conn.execute(insert(reservations), rows)
+            for item in sorted(items, key=lambda i: i["product_id"]):  # one lock order: no deadlock
+                _take(conn, item["product_id"], item["quantity"])
+    except IntegrityError:
+        made = _of_order(conn, msg, order_id)  # committed by the duplicate that came first
+        if not made:
+            raise
+        return made
+    return rows
 
 
 def _row(msg: Envelope, order_id: str, line: int, item: dict[str, Any], now: datetime) -> dict[str, Any]:

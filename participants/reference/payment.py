@@ -17,9 +17,7 @@ from sqlalchemy import (
     Column,
     Connection,
     DateTime,
-    Index,
     MetaData,
-    Row,
     String,
     Table,
     Text,
@@ -29,6 +27,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
 from contracts.envelope import Envelope
 from participants.runtime.db import upsert
@@ -37,9 +36,10 @@ from participants.runtime.participant import Context, Participant
 # Rules: a charge succeeds when used credit + the order's total_amount stays within the customer's
 # credit limit (no currency conversion: a limit counts in the order's currency); otherwise
 # `payment.charge_failed` ("card declined: credit limit 50.00 EUR exceeded by 12.00"). A customer
-# not in ACCOUNTS gets DEFAULT_LIMIT on first use. A workflow's order is charged once: a repeat answers
-# the same charge. `payment.refund` refunds it once and restores the credit; with no charge for the
-# order it answers `payment.refund_failed`.
+# not in ACCOUNTS gets DEFAULT_LIMIT on first use. A workflow's order is charged once, ever: a repeat
+# answers the same charge, one after its refund is declined ("order ord-1 was charged and refunded;
+# it is not charged again"). `payment.refund` refunds it once and restores the credit; with no
+# charge for the order it answers `payment.refund_failed`.
 NAME = "payment"
 ACCOUNTS: dict[str, int] = {  # credit limits in cents
     "cust-gold": 1_000_000_00,
@@ -58,7 +58,7 @@ accounts = Table(
     Column("credit_limit", BigInteger, nullable=False),
     Column("used", BigInteger, nullable=False),
 )
-# Append-only but for a charge's status: one `charge` row, and at most one `refund` row, per payment.
+# Append-only but for a charge's status: one `charge` row, and at most one `refund` row, per order.
 ledger = Table(
     "payment_ledger", metadata,
     Column("entry_id", String(64), primary_key=True),
@@ -73,8 +73,9 @@ ledger = Table(
     Column("note", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("payment_id", "kind", name="uq_payment_ledger_payment_kind"),
+    # The key that charges an order once, even for two duplicates handled at the same moment.
+    UniqueConstraint("correlation_id", "order_id", "kind", name="uq_payment_ledger_order_kind"),
 )
-Index("ix_payment_ledger_order", ledger.c.correlation_id, ledger.c.order_id)
 
 
 class Declined(Exception):
@@ -102,9 +103,9 @@ def _insert_accounts(dialect: str) -> Any:
 
 
 _CHARGE_OF = select(ledger).where(
-    ledger.c.kind == CHARGE, ledger.c.status == bindparam("status"),
-    ledger.c.correlation_id == bindparam("cid"), ledger.c.order_id == bindparam("order"),
-).order_by(ledger.c.created_at.desc()).limit(1)
+    ledger.c.kind == CHARGE, ledger.c.correlation_id == bindparam("cid"),
+    ledger.c.order_id == bindparam("order"),
+)
 # Conditional: two consumers at once cannot overdraw the account.
 _DEBIT = update(accounts).where(
     accounts.c.customer_id == bindparam("customer"),
@@ -117,34 +118,45 @@ def seed(conn: Connection) -> None:
     _add_accounts(conn, ACCOUNTS)
 
 
-def _charge_of(conn: Connection, msg: Envelope, status: str) -> Row[Any] | None:
-    return conn.execute(_CHARGE_OF, {"status": status, "cid": msg.correlation_id,
-                                     "order": msg.data["order_id"]}).first()
+def _charge_of(conn: Connection, msg: Envelope) -> dict[str, Any] | None:
+    """The order's one charge row, whatever its status."""
+    row = conn.execute(_CHARGE_OF, {"cid": msg.correlation_id, "order": msg.data["order_id"]}).first()
+    return dict(row._mapping) if row else None
 
 
 def charge(conn: Connection, msg: Envelope, now: datetime) -> dict[str, Any]:
     """The `payment.charged` payload of the order's charge, made now if needed; Declined if refused."""
-    row = _charge_of(conn, msg, CHARGED)
-    entry = dict(row._mapping) if row else _new_charge(conn, msg, now)
+    entry = _charge_of(conn, msg) or _new_charge(conn, msg, now)
+    if entry["status"] == REFUNDED:
+        raise Declined(f"order {entry['order_id']} was charged and refunded; it is not charged again")
     return {"order_id": entry["order_id"], "payment_id": entry["payment_id"],
             "amount": entry["amount"] / 100, "currency": entry["currency"],
             "customer_id": entry["customer_id"]}
 
 
 def _new_charge(conn: Connection, msg: Envelope, now: datetime) -> dict[str, Any]:
+    """Claim the order first, with its charge row: a duplicate handled at the same moment inserts
+    the same (correlation_id, order_id, kind), waits for this transaction, then fails on the
+    unique key and answers the charge this one made. The savepoint undoes the claim on a decline."""
     data = msg.data
     customer, amount = data["customer_id"], cents(data["total_amount"])
     _add_accounts(conn, {customer: DEFAULT_LIMIT})
-    taken = conn.execute(_DEBIT, {"customer": customer, "amount": amount})
-    if taken.rowcount != 1:
-        raise Declined(_decline_reason(conn, customer, amount, data["currency"]))
     entry = {
         "entry_id": f"led_{uuid.uuid4().hex}", "payment_id": f"pay_{uuid.uuid4().hex}",
         "kind": CHARGE, "status": CHARGED, "correlation_id": msg.correlation_id,
         "order_id": data["order_id"], "customer_id": customer, "amount": amount,
         "currency": data["currency"], "created_at": now,
     }
-    conn.execute(_INSERT_LEDGER, entry)
+    try:
+        with conn.begin_nested():
+            conn.execute(_INSERT_LEDGER, entry)
+            if conn.execute(_DEBIT, {"customer": customer, "amount": amount}).rowcount != 1:
+                raise Declined(_decline_reason(conn, customer, amount, data["currency"]))
+    except IntegrityError:
+        made = _charge_of(conn, msg)  # committed by the duplicate that came first
+        if made is None:
+            raise
+        return made
     return entry
 
 
@@ -156,26 +168,26 @@ def _decline_reason(conn: Connection, customer: str, amount: int, currency: str)
 
 def refund(conn: Connection, msg: Envelope, now: datetime) -> dict[str, Any] | None:
     """The `payment.refunded` payload, refunding the charge at most once; None if nothing was charged."""
-    row = _charge_of(conn, msg, CHARGED) or _charge_of(conn, msg, REFUNDED)
+    row = _charge_of(conn, msg)
     if row is None:
         return None
-    if row.status == CHARGED:
+    if row["status"] == CHARGED:
         _refund(conn, row, msg.data.get("reason"), now)
-    return {"order_id": row.order_id, "payment_id": row.payment_id, "amount": row.amount / 100}
+    return {"order_id": row["order_id"], "payment_id": row["payment_id"], "amount": row["amount"] / 100}
 
 
-def _refund(conn: Connection, charged: Row[Any], reason: str | None, now: datetime) -> None:
+def _refund(conn: Connection, charged: dict[str, Any], reason: str | None, now: datetime) -> None:
     flipped = conn.execute(  # conditional: a concurrent refund restores the credit only once
-        update(ledger).where(ledger.c.entry_id == charged.entry_id, ledger.c.status == CHARGED)
+        update(ledger).where(ledger.c.entry_id == charged["entry_id"], ledger.c.status == CHARGED)
         .values(status=REFUNDED)
     )
     if flipped.rowcount != 1:
         return
-    entry = {**charged._asdict(), "entry_id": f"led_{uuid.uuid4().hex}", "kind": REFUND,
+    entry = {**charged, "entry_id": f"led_{uuid.uuid4().hex}", "kind": REFUND,
              "status": REFUNDED, "note": reason, "created_at": now}
     conn.execute(insert(ledger).values(**entry))
-    conn.execute(update(accounts).where(accounts.c.customer_id == charged.customer_id)
-                 .values(used=accounts.c.used - charged.amount))
+    conn.execute(update(accounts).where(accounts.c.customer_id == charged["customer_id"])
+                 .values(used=accounts.c.used - charged["amount"]))
 
 
 def _answer_charge(msg: Envelope, ctx: Context, failed_type: str) -> Iterable[Envelope]:

@@ -869,6 +869,38 @@ def test_a_sweep_in_chunks_acts_on_every_due_workflow_in_one_pass(baton: Baton) 
                                                 ("compensated", "sla_breached")}, wf
 
 
+def test_a_workflow_the_sweep_cannot_decide_needs_attention_and_the_others_go_on(baton: Baton) -> None:
+    """One whose flow version is no longer loaded, one whose compensation command fails
+    validation (its step's recorded result lost its fields): each is set aside with a reason an
+    operator can read, in the same pass that compensates the good one; GET and list answer."""
+    from sqlalchemy import update
+
+    from controller.db.tables import steps, workflows
+
+    good, unloaded, invalid = (build(baton, "running", ORDER) for _ in range(3))
+    with baton.services.engine.begin() as conn:
+        conn.execute(update(workflows).where(workflows.c.correlation_id == unloaded)
+                     .values(flow_version=99))
+        conn.execute(update(steps).where(steps.c.correlation_id == invalid,
+                                         steps.c.name == "reserve_inventory")
+                     .values(result={"id": "lost", "data": {}}))
+    assert baton.sweep(utcnow() + timedelta(hours=2)) == 3  # every one past its SLA, in one chunk
+    assert baton.workflow(good)["status"] == "compensating"
+    for cid, problem in ((unloaded, "flow order_fulfillment version 99 is not loaded"),
+                         (invalid, "InvalidMessage: invalid message: ")):
+        wf = baton.workflow(cid)
+        assert (wf["status"], wf["reason"]) == ("needs_attention", None), wf
+        [set_aside] = baton.audit(cid)
+        assert (set_aside["actor"], set_aside["action"]) == ("sweeper", "needs_attention")
+        assert set_aside["reason"].startswith(f"the sweeper cannot decide it: {problem}"), set_aside
+    releases = baton.entries(baton.keys.command_stream("inventory"))
+    assert [e for e in releases if e["correlation_id"] == invalid] == []  # nothing half-decided sent
+    listed = baton.get("/v1/workflows", limit=10)
+    assert listed.status_code == 200, listed.get_data(as_text=True)
+    assert {good, unloaded, invalid} <= {w["correlation_id"] for w in listed.get_json()["items"]}
+    assert baton.sweep(utcnow() + timedelta(hours=3)) <= 1  # nothing is due for the set-aside ones
+
+
 def test_an_intervention_while_redis_is_gone_answers_and_leaves_its_commands_to_the_relay(
         baton: Baton) -> None:
     """The change is committed with its outbox rows; a failed publish is the relay's to finish,

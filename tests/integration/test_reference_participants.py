@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import redis
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, select, text
 
 from contracts.envelope import COMMAND, Envelope, decode_fields, new_command, new_event
 from contracts.streams import Keys
@@ -72,6 +72,16 @@ class World:
 
 @pytest.fixture
 def world(database_url: str, redis_url: str) -> Iterator[World]:
+    yield from _world(database_url, redis_url)
+
+
+@pytest.fixture
+def pg_world(pg_database_url: str, redis_url: str) -> Iterator[World]:
+    """On PostgreSQL alone: two transactions there really run at once (SQLite has one writer)."""
+    yield from _world(pg_database_url, redis_url)
+
+
+def _world(database_url: str, redis_url: str) -> Iterator[World]:
     engine = make_engine(database_url)
     client = redis.Redis.from_url(redis_url)
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
@@ -250,6 +260,58 @@ def test_a_repeated_order_placed_answers_the_same_reservation_and_charge(world: 
     assert len(world.rows(select(payment.ledger))) == 1
 
 
+def handled_at_once(world: World, name: str, order: Envelope, held: Any) -> None:
+    """Two copies of `order` under two ids, each read by a runtime of its own and handled at the
+    same time in two transactions: both are let go together from a row lock (`held`) the test
+    takes first, so that neither can see what the other did before it decides."""
+    runtimes = world.start(name, consumer="c1", read_count=1) + world.start(name, consumer="c2", read_count=1)
+    world.send(order)
+    world.send(dataclasses.replace(order, id=str(uuid.uuid4())))  # `retry` re-emits with a new id
+    threads = [threading.Thread(target=rt.poll) for rt in runtimes]
+    with world.engine.connect() as holder:
+        holder.execute(held)
+        for waiting, thread in enumerate(threads, start=1):
+            thread.start()
+            wait_for_lock_waiters(world.engine, waiting)
+        holder.rollback()
+    for thread in threads:
+        thread.join(timeout=30)
+    world.drain()
+
+
+def wait_for_lock_waiters(engine: Engine, count: int) -> None:
+    """Until `count` connections of this test's schema wait on a lock."""
+    query = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                 "AND application_name = current_setting('application_name')")
+    deadline = time.monotonic() + 20
+    with engine.connect() as conn:
+        while conn.execute(query).scalar_one() < count:
+            conn.rollback()  # a new snapshot of pg_stat_activity
+            assert time.monotonic() < deadline, f"{count} transactions never waited on a lock"
+            time.sleep(0.01)
+
+
+def test_two_concurrent_duplicates_of_an_order_reserve_it_once(pg_world: World) -> None:
+    order = placed([("SKU-RARE-1", 2)])
+    held = select(inventory.stock).where(inventory.stock.c.product_id == "SKU-RARE-1").with_for_update()
+    handled_at_once(pg_world, "inventory", order, held)
+    one, two = pg_world.emitted("inventory.reserved")
+    assert one.data["reservations"] == two.data["reservations"]
+    assert pg_world.stock("SKU-RARE-1") == 3
+    assert len(pg_world.rows(select(inventory.reservations))) == 1
+
+
+def test_two_concurrent_duplicates_of_an_order_charge_it_once(pg_world: World) -> None:
+    order = placed([("SKU-001", 1)], total=40.0)
+    held = select(payment.accounts).where(payment.accounts.c.customer_id == "cust-gold").with_for_update()
+    handled_at_once(pg_world, "payment", order, held)
+    one, two = pg_world.emitted("payment.charged")
+    assert one.data["payment_id"] == two.data["payment_id"]
+    assert len(pg_world.rows(select(payment.ledger))) == 1
+    used = pg_world.rows(select(payment.accounts.c.used).where(payment.accounts.c.customer_id == "cust-gold"))
+    assert used == [(4000,)]
+
+
 def test_a_declined_card_fails_the_charge(world: World) -> None:
     world.start("payment")
     order = world.send(placed([("SKU-001", 1)], customer="cust-small", total=62.0))
@@ -331,6 +393,26 @@ def test_release_gives_the_stock_back_once(world: World) -> None:
     assert world.stock("SKU-RARE-1") == 5
     assert world.stock("SKU-003") == inventory.GENEROUS_STOCK
     assert {r.status for r in world.rows(select(inventory.reservations))} == {"released"}
+
+
+def test_an_order_placed_again_after_its_compensation_is_neither_reserved_nor_charged_again(
+        world: World) -> None:
+    world.start("inventory", "payment")
+    order = world.send(placed([("SKU-RARE-1", 2)], total=20.0))
+    world.drain()
+    [reserved], [charged] = world.emitted("inventory.reserved"), world.emitted("payment.charged")
+    world.send(command("inventory.release", "inventory", {"order_id": order.data["order_id"]}, reserved))
+    world.send(command("payment.refund", "payment", {**charged.data, "reason": "sla"}, charged))
+    world.drain()
+    world.send(dataclasses.replace(order, id=str(uuid.uuid4())))  # a late re-emitted copy
+    world.drain()
+    [not_reserved] = world.emitted("inventory.reservation_failed")
+    assert not_reserved.data["reason"] == (f"order {order.data['order_id']} was reserved and released; "
+                                           "it is not reserved again")
+    [not_charged] = world.emitted("payment.charge_failed")
+    assert "was charged and refunded; it is not charged again" in not_charged.data["reason"]
+    assert world.stock("SKU-RARE-1") == 5
+    assert len(world.rows(select(payment.ledger))) == 2  # the charge and its refund
 
 
 def test_releasing_an_order_without_reservations_answers_with_none(world: World) -> None:

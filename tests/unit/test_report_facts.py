@@ -8,9 +8,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from config.flows import load_catalog
+from contracts.registry import default_registry
 from controller.db.tables import FLAGS
+from controller.domain import interventions
 from controller.domain import lifecycle as lc
-from controller.domain.statuses import Reason, WorkflowStatus
+from controller.domain.statuses import Reason, StepStatus, WorkflowStatus
 from controller.reporting import facts
 from tests.unit.test_lifecycle import T0, Run, at, begin, only_command, orchestrated
 
@@ -129,6 +132,21 @@ def test_a_step_left_waiting_past_its_deadline_is_breached_only_if_the_workflow_
     lc.begin_compensation(cancelled.flow, cancelled.wf, Reason.CANCELLED, at(301))
     assert facts.waited(cancelled.wf) is False
     assert "breached" not in flags(step_fact(cancelled, "charge_payment"))
+
+
+def test_a_step_skipped_by_its_condition_is_neither_met_nor_missed() -> None:
+    flow = load_catalog(default_registry()).latest("price_change")
+    run, effects = begin(flow)
+    evaluate = only_command(effects)
+    run.send("price.evaluated", at(1), data={**evaluate.data, "verdict": "approve", "violations": []})
+    assert run.step("approve").status == StepStatus.SKIPPED  # its `when` (verdict: review) is false
+    assert flags(step_fact(run, "approve")) == set()  # not started, so not judged either
+
+
+def test_a_step_skipped_by_an_operator_is_neither_met_nor_missed() -> None:
+    run, _ = begin()
+    interventions.skip(run.flow, run.wf, "reserve_inventory", at(61))  # past its 60 s deadline
+    assert flags(step_fact(run, "reserve_inventory")) == {"started"}
 
 
 def test_a_transition_is_timed_from_its_cause() -> None:
