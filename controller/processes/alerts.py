@@ -44,8 +44,8 @@ def build_alerter(catalog: Catalog, registry: Registry, settings: Settings,
 
     @alerter.on_event(lifecycle_events.NEEDS_ATTENTION)
     def needs_attention(message: Envelope, ctx: Context) -> list[Envelope]:
-        flow = catalog.get(message.data["flow"], message.data["flow_version"])
-        url = flow.alert_webhook or settings.alert_webhook
+        url = _flow_webhook(catalog, message.data["flow"], message.data["flow_version"]) \
+            or settings.alert_webhook
         if url:
             _queue_once(client, keys.alert_queued(message.id), lambda pipe: queue.enqueue(
                 jobs.deliver_alert, message.correlation_id, url, job_id=f"alert-{message.id}",
@@ -67,3 +67,12 @@ def _queue_once(client: redis.Redis, marker: str, enqueue: Callable[[Pipeline], 
         pipe.set(marker, "1", ex=MARKER_TTL)
         enqueue(pipe)
         pipe.execute()
+
+
+def _flow_webhook(catalog: Catalog, name: str, version: int) -> str | None:
+    """The flow's own webhook; none for a flow version no longer loaded (the sweeper sets such a
+    workflow aside as needing attention: its alert goes to the default webhook)."""
+    try:
+        return catalog.get(name, version).alert_webhook
+    except KeyError:
+        return None
