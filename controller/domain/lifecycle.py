@@ -6,8 +6,6 @@ workflow and return the effects the caller must carry out (commands and lifecycl
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,12 +13,12 @@ from typing import Any
 from contracts import lifecycle_events as announce
 from contracts.flows import COMMAND_STEP, Flow
 from contracts.flows import Step as StepDef
+from controller.domain.retrying import backoff, command_id
 from controller.domain.statuses import CompensationStatus, Reason, StepStatus, WorkflowStatus
 
 # A step whose status no later message changes; a workflow undoing what was done.
 _SETTLED = (StepStatus.DONE, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.COMPENSATED)
 _UNDOING = (WorkflowStatus.COMPENSATING, WorkflowStatus.COMPENSATED, WorkflowStatus.NEEDS_ATTENTION)
-_NAMESPACE = uuid.UUID("7b1f5a9e-9c0e-4b8e-9a51-4f3c2d6e8a10")
 
 
 @dataclass
@@ -180,23 +178,13 @@ def begin_compensation(flow: Flow, wf: Workflow, reason: str, now: datetime) -> 
     return [Announce(announce.COMPENSATING, wf.status, reason)]
 
 
-def command_id(correlation_id: str, purpose: str) -> str:
-    """Deterministic, so that two trackers deciding the same thing send the same message."""
-    return str(uuid.uuid5(_NAMESPACE, f"{correlation_id}:{purpose}"))
-
-
-def backoff(timeout: float, attempt: int, key: str) -> timedelta:
-    """Exponential in the attempt, capped, with a jitter derived from `key` (no randomness here)."""
-    jitter = int(hashlib.sha256(f"{key}:{attempt}".encode()).hexdigest()[:4], 16) / 0xFFFF
-    return timedelta(seconds=min(timeout * 2 ** (attempt - 1), timeout * 16) * (1 + jitter / 4))
-
-
 def _step_done(flow: Flow, wf: Workflow, step: StepDef, message_id: str, data: dict[str, Any],
                now: datetime) -> list[Effect]:
     state = wf.steps[step.name]
-    if state.status in _SETTLED:
+    verdict = bool(step.fails_when) and _matches(step.fails_when, data)
+    if state.status in _SETTLED and not (_late_success(step, state) and not verdict):
         return []
-    if step.fails_when and _matches(step.fails_when, data):
+    if verdict:
         state.attempts = max(state.attempts, flow.command_max_attempts)  # a verdict, not a glitch
         return _step_failed(flow, wf, step, data, now)
     state.status, state.finished_at = StepStatus.DONE, now
@@ -209,6 +197,12 @@ def _step_done(flow: Flow, wf: Workflow, step: StepDef, message_id: str, data: d
             wf.status, wf.finished_at = WorkflowStatus.COMPENSATING, None
             return [Announce(announce.COMPENSATING, wf.status, wf.reason)]
     return []
+
+
+def _late_success(step: StepDef, state: Step) -> bool:
+    """A command step failed for want of a success (its last attempt unanswered, or a stale
+    `_failed` of an earlier one), then an attempt succeeded: its work was done and is undone."""
+    return state.status == StepStatus.FAILED and step.kind == COMMAND_STEP and step.compensation is not None
 
 
 def _step_failed(flow: Flow, wf: Workflow, step: StepDef, data: dict[str, Any],

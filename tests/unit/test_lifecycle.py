@@ -572,6 +572,50 @@ def test_a_command_step_late_answer_after_a_retry_is_done_once() -> None:
     assert run.step("schedule_shipment").next_attempt_at is None
 
 
+def exhaust_schedule_attempts(run: Run) -> lc.Command:
+    """Send schedule_shipment's command until its last attempt is out; that last attempt."""
+    run.send("inventory.reserved", at(1))
+    command = only_command(run.send("payment.charged", at(2)))
+    state = run.step("schedule_shipment")
+    while state.attempts < run.flow.command_max_attempts:
+        command = only_command(run.tick(state.next_attempt_at))  # type: ignore[arg-type]
+    return command
+
+
+def test_a_command_step_success_after_its_last_attempt_timed_out_is_compensated() -> None:
+    run, _ = begin(orchestrated(command_timeout_seconds=1.0))  # every attempt within the step's SLA
+    last = exhaust_schedule_attempts(run)
+    state = run.step("schedule_shipment")
+    effects = run.tick(state.next_attempt_at)  # type: ignore[arg-type]  # the last attempt times out
+    assert state.status == StepStatus.FAILED and run.wf.status == WorkflowStatus.COMPENSATING
+    refund = only_command(effects)
+    assert run.answer(last, at(50)) == []  # the work was done after all: it is owed an undo
+    assert state.status == StepStatus.DONE
+    assert run.wf.compensations["schedule_shipment"].status == CompensationStatus.PENDING
+    cancel = only_command(run.answer(refund, at(51)))
+    assert (cancel.type, cancel.causation_id) == ("shipment.cancel", run.ids["shipment.scheduled"])
+    release = only_command(run.answer(cancel, at(52)))
+    assert run.answer(release, at(53)) == [
+        lc.Announce(announce.COMPENSATED, WorkflowStatus.COMPENSATED, Reason.STEP_FAILED)]
+    assert state.status == StepStatus.COMPENSATED
+
+
+def test_a_success_after_a_stale_failed_answer_of_an_earlier_attempt_is_compensated() -> None:
+    """The last attempt is out; attempt 1's `_failed` arrives late and fails the step; then the
+    last attempt succeeds. Compensation was over by then: it reopens for the step."""
+    run, _ = begin(orchestrated(command_timeout_seconds=1.0))  # every attempt within the step's SLA
+    last = exhaust_schedule_attempts(run)
+    effects = run.answer(last, at(20), failed=True)  # in truth attempt 1's answer, delayed
+    refund = only_command(effects)
+    release = only_command(run.answer(refund, at(21)))
+    assert run.answer(release, at(22)) == [
+        lc.Announce(announce.COMPENSATED, WorkflowStatus.COMPENSATED, Reason.STEP_FAILED)]
+    effects = run.answer(last, at(23))  # the last attempt's success
+    assert effects[0] == lc.Announce(announce.COMPENSATING, WorkflowStatus.COMPENSATING, Reason.STEP_FAILED)
+    assert only_command(effects).type == "shipment.cancel"
+    assert run.step("schedule_shipment").status == StepStatus.DONE
+
+
 # -- order does not matter -------------------------------------------------------------------------
 
 SCENARIOS: dict[str, list[str]] = {
