@@ -13,7 +13,7 @@ from typing import Any
 from contracts import lifecycle_events as announce
 from contracts.flows import COMMAND_STEP, Flow
 from contracts.flows import Step as StepDef
-from controller.domain.retrying import backoff, command_id
+from controller.domain.retrying import after_refusal, backoff, command_id, policy_of
 from controller.domain.statuses import CompensationStatus, Reason, StepStatus, WorkflowStatus
 
 # A step whose status no later message changes; a workflow undoing what was done.
@@ -185,7 +185,7 @@ def _step_done(flow: Flow, wf: Workflow, step: StepDef, message_id: str, data: d
     if state.status in _SETTLED and not (_late_success(step, state) and not verdict):
         return []
     if verdict:
-        state.attempts = max(state.attempts, flow.command_max_attempts)  # a verdict, not a glitch
+        state.attempts = max(state.attempts, policy_of(flow, step.name).max_attempts)  # a verdict
         return _step_failed(flow, wf, step, data, now)
     state.status, state.finished_at = StepStatus.DONE, now
     state.completed_seq = 1 + max((s.completed_seq or 0 for s in wf.steps.values()), default=0)
@@ -210,8 +210,11 @@ def _step_failed(flow: Flow, wf: Workflow, step: StepDef, data: dict[str, Any],
     state = wf.steps[step.name]
     if state.status in _SETTLED:
         return []
-    if step.kind == COMMAND_STEP and state.attempts < flow.command_max_attempts:
-        return []  # a failed attempt: retried with backoff when due, like an unanswered one
+    policy = policy_of(flow, step.name)
+    if step.kind == COMMAND_STEP and state.attempts < policy.max_attempts:
+        if state.status == StepStatus.ACTIVE:  # a refused attempt: the next when its policy says
+            state.next_attempt_at = now + after_refusal(policy, state.attempts, state.command_id or "")
+        return []
     state.status, state.finished_at, state.next_attempt_at = StepStatus.FAILED, now, None
     if wf.status != WorkflowStatus.RUNNING:
         return []
@@ -220,7 +223,7 @@ def _step_failed(flow: Flow, wf: Workflow, step: StepDef, data: dict[str, Any],
 
 def _retry_step(flow: Flow, wf: Workflow, step: StepDef, now: datetime) -> list[Effect]:
     state = wf.steps[step.name]
-    if state.attempts >= flow.command_max_attempts:
+    if state.attempts >= policy_of(flow, step.name).max_attempts:
         state.status, state.finished_at, state.next_attempt_at = StepStatus.FAILED, now, None
         return begin_compensation(flow, wf, Reason.STEP_FAILED, now)
     return [send_step_command(flow, wf, step, now)]
@@ -271,12 +274,16 @@ def _compensation_done(wf: Workflow, step_name: str, now: datetime) -> list[Effe
 
 def _compensation_failed(flow: Flow, wf: Workflow, step_name: str, now: datetime,
                          answered: bool = False) -> list[Effect]:
-    """A `_failed` answer or a timeout: retry with backoff when due, or give up to an operator."""
+    """A `_failed` answer (retried when its policy says) or a timeout (now); after the last, give up."""
     comp = wf.compensations.get(step_name)
     if comp is None or comp.status != CompensationStatus.SENT:
         return []
-    if comp.attempts < flow.command_max_attempts:
-        return [] if answered else [send_compensation(flow, wf, comp, now)]
+    policy = policy_of(flow, step_name, compensation=True)
+    if comp.attempts < policy.max_attempts and answered:
+        comp.next_attempt_at = now + after_refusal(policy, comp.attempts, comp.command_id)
+        return []
+    if comp.attempts < policy.max_attempts:
+        return [send_compensation(flow, wf, comp, now)]
     comp.status, comp.finished_at, comp.next_attempt_at = CompensationStatus.FAILED, now, None
     wf.status = WorkflowStatus.NEEDS_ATTENTION
     return [Announce(announce.NEEDS_ATTENTION, wf.status, wf.reason)]

@@ -7,6 +7,8 @@ import hashlib
 import uuid
 from datetime import timedelta
 
+from contracts.flows import Flow, RetryPolicy
+
 _NAMESPACE = uuid.UUID("7b1f5a9e-9c0e-4b8e-9a51-4f3c2d6e8a10")
 
 
@@ -24,3 +26,17 @@ def backoff(timeout: float, attempt: int, key: str) -> timedelta:
 def _jitter(key: str, attempt: int) -> float:
     """A fraction in [0, 1], the same for the same command and attempt."""
     return int(hashlib.sha256(f"{key}:{attempt}".encode()).hexdigest()[:4], 16) / 0xFFFF
+
+
+def policy_of(flow: Flow, step: str, compensation: bool = False) -> RetryPolicy:
+    """The effective policy of a step's command, or of its compensation's."""
+    found = flow.step(step)
+    policy = found.compensation.retry if compensation and found.compensation else found.retry
+    return policy or RetryPolicy(max_attempts=flow.command_max_attempts)
+
+
+def after_refusal(policy: RetryPolicy, attempt: int, key: str) -> timedelta:
+    """The wait from a `_failed` answer to `attempt` until the next: the policy's interval, up to a
+    quarter more (so that refusals at once spread out), never past its `max_interval_seconds`."""
+    seconds = policy.interval(attempt) * (1 + _jitter(key, attempt) / 4)
+    return timedelta(seconds=min(seconds, policy.max_interval_seconds))
