@@ -175,7 +175,9 @@ class FlowOut(Schema):
     start_event = fields.Str()
     sla_seconds = fields.Int()
     search_attributes = fields.List(fields.Str())
-    steps = fields.List(fields.Dict())
+    steps = fields.List(fields.Dict(), metadata={
+        "description": "each step as loaded; `retry` is its effective retry policy (null for a step "
+                       "that sends no command), `compensation.retry` its compensation's"})
     completes_when = fields.List(fields.Str())
     messages = fields.List(fields.Nested(MessageTypeOut), metadata={
         "description": "every message type the flow uses, with the schema of each version"})

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, post_load, validate
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from contracts import lifecycle_events
 from contracts.envelope import COMMAND, NAME_PATTERN, TYPE_PATTERN
@@ -21,9 +21,27 @@ _LIFECYCLE = frozenset({lifecycle_events.COMPLETED, lifecycle_events.COMPENSATIN
 
 
 @dataclass(frozen=True)
+class RetryPolicy:
+    """How the controller sends a command again after its `<command>_failed` answer (contract
+    v1.1). An unanswered attempt is sent again when the flow's `command_timeout_seconds`, doubled
+    at each attempt, has passed; `max_attempts` bounds both."""
+
+    initial_interval_seconds: float = 1.0
+    backoff_coefficient: float = 2.0
+    max_interval_seconds: float = 30.0
+    max_attempts: int = 5
+
+    def interval(self, attempt: int) -> float:
+        """Seconds from the refusal of `attempt` (from 1) to the next attempt."""
+        grown = self.initial_interval_seconds * self.backoff_coefficient ** (max(attempt, 1) - 1)
+        return min(grown, self.max_interval_seconds)
+
+
+@dataclass(frozen=True)
 class Compensation:
     command: str
     answer: str
+    retry: RetryPolicy = RetryPolicy()
 
     @property
     def failed_answer(self) -> str:
@@ -46,6 +64,7 @@ class Step:
     # `when` on the triggering events (false: the step is skipped), `fails_when` on its done event.
     when: tuple[tuple[str, Any], ...] = ()
     fails_when: tuple[tuple[str, Any], ...] = ()
+    retry: RetryPolicy | None = None  # a command step's; the others send nothing to retry
 
 
 @dataclass(frozen=True)
@@ -92,16 +111,32 @@ class Flow:
         return tuple(seen)
 
 
+class RetrySchema(Schema):
+    """Each field defaults to RetryPolicy's, `max_attempts` to the flow's `command_max_attempts`."""
+
+    class Meta:
+        unknown = RAISE
+
+    initial_interval_seconds = fields.Float(validate=validate.Range(min=0.1, max=3600))
+    backoff_coefficient = fields.Float(validate=validate.Range(min=1, max=10))
+    max_interval_seconds = fields.Float(validate=validate.Range(min=0.1, max=86400))
+    max_attempts = fields.Int(strict=True, validate=validate.Range(min=1, max=100))
+
+    @validates_schema
+    def _cap_above_start(self, data: dict[str, Any], **kwargs: Any) -> None:
+        start = data.get("initial_interval_seconds", RetryPolicy.initial_interval_seconds)
+        if start > data.get("max_interval_seconds", RetryPolicy.max_interval_seconds):
+            raise ValidationError(f"must be at least initial_interval_seconds ({start:g})",
+                                  "max_interval_seconds")
+
+
 class CompensationSchema(Schema):
     class Meta:
         unknown = RAISE
 
     command = fields.Str(required=True, validate=_TYPE)
     answer = fields.Str(required=True, validate=_TYPE)
-
-    @post_load
-    def _make(self, data: dict[str, Any], **kwargs: Any) -> Compensation:
-        return Compensation(**data)
+    retry = fields.Nested(RetrySchema, load_default=None)
 
 
 class StepSchema(Schema):
@@ -122,6 +157,13 @@ class StepSchema(Schema):
     compensation = fields.Nested(CompensationSchema, load_default=None)
     when = fields.Dict(keys=fields.Str(), values=fields.Raw(), load_default=dict)
     fails_when = fields.Dict(keys=fields.Str(), values=fields.Raw(), load_default=dict)
+    retry = fields.Nested(RetrySchema, load_default=None)
+
+    @validates_schema
+    def _retry_of_a_command(self, data: dict[str, Any], **kwargs: Any) -> None:
+        if data.get("retry") is not None and data.get("kind") != COMMAND_STEP:
+            raise ValidationError("only a step of kind command is retried by the controller; an "
+                                  "event step's participant retries its own work", "retry")
 
 
 class FlowSchema(Schema):
@@ -163,7 +205,8 @@ def load_flow(document: Mapping[str, Any], registry: Registry, source: str) -> F
 
 
 def _build(raw: dict[str, Any]) -> Flow:
-    steps = tuple(_build_step(s, raw["step_sla_seconds"]) for s in raw["steps"])
+    steps = tuple(_build_step(s, raw["step_sla_seconds"], raw["command_max_attempts"])
+                  for s in raw["steps"])
     required = tuple(s.name for s in steps if s.required)
     return Flow(
         name=raw["name"], version=raw["version"], description=raw["description"],
@@ -175,18 +218,27 @@ def _build(raw: dict[str, Any]) -> Flow:
     )
 
 
-def _build_step(raw: dict[str, Any], default_sla: int) -> Step:
+def _build_step(raw: dict[str, Any], default_sla: int, max_attempts: int) -> Step:
     kind = raw["kind"]
     failed_on = raw["failed_on"]
     if kind == COMMAND_STEP and raw["command"] and not failed_on:
         failed_on = failed_type(raw["command"])
+    comp = raw["compensation"]
     return Step(
         name=raw["name"], kind=kind, participant=raw["participant"],
         reacts_to=tuple(raw["reacts_to"]), done_on=raw["done_on"], failed_on=failed_on,
         command=raw["command"], sla_seconds=raw["sla_seconds"] or default_sla,
-        required=raw["required"], compensation=raw["compensation"],
+        required=raw["required"],
+        compensation=comp and Compensation(comp["command"], comp["answer"],
+                                           _policy(comp["retry"], max_attempts)),
         when=tuple(sorted(raw["when"].items())), fails_when=tuple(sorted(raw["fails_when"].items())),
+        retry=_policy(raw["retry"], max_attempts) if kind == COMMAND_STEP else None,
     )
+
+
+def _policy(raw: dict[str, Any] | None, max_attempts: int) -> RetryPolicy:
+    """The effective policy: what the flow gives, RetryPolicy's defaults for the rest."""
+    return RetryPolicy(**{"max_attempts": max_attempts, **(raw or {})})
 
 
 def _check(flow: Flow, registry: Registry) -> dict[str, object]:

@@ -6,8 +6,6 @@ workflow and return the effects the caller must carry out (commands and lifecycl
 
 from __future__ import annotations
 
-import hashlib
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -15,12 +13,12 @@ from typing import Any
 from contracts import lifecycle_events as announce
 from contracts.flows import COMMAND_STEP, Flow
 from contracts.flows import Step as StepDef
+from controller.domain.retrying import after_refusal, backoff, command_id, policy_of
 from controller.domain.statuses import CompensationStatus, Reason, StepStatus, WorkflowStatus
 
 # A step whose status no later message changes; a workflow undoing what was done.
 _SETTLED = (StepStatus.DONE, StepStatus.FAILED, StepStatus.SKIPPED, StepStatus.COMPENSATED)
 _UNDOING = (WorkflowStatus.COMPENSATING, WorkflowStatus.COMPENSATED, WorkflowStatus.NEEDS_ATTENTION)
-_NAMESPACE = uuid.UUID("7b1f5a9e-9c0e-4b8e-9a51-4f3c2d6e8a10")
 
 
 @dataclass
@@ -180,24 +178,14 @@ def begin_compensation(flow: Flow, wf: Workflow, reason: str, now: datetime) -> 
     return [Announce(announce.COMPENSATING, wf.status, reason)]
 
 
-def command_id(correlation_id: str, purpose: str) -> str:
-    """Deterministic, so that two trackers deciding the same thing send the same message."""
-    return str(uuid.uuid5(_NAMESPACE, f"{correlation_id}:{purpose}"))
-
-
-def backoff(timeout: float, attempt: int, key: str) -> timedelta:
-    """Exponential in the attempt, capped, with a jitter derived from `key` (no randomness here)."""
-    jitter = int(hashlib.sha256(f"{key}:{attempt}".encode()).hexdigest()[:4], 16) / 0xFFFF
-    return timedelta(seconds=min(timeout * 2 ** (attempt - 1), timeout * 16) * (1 + jitter / 4))
-
-
 def _step_done(flow: Flow, wf: Workflow, step: StepDef, message_id: str, data: dict[str, Any],
                now: datetime) -> list[Effect]:
     state = wf.steps[step.name]
-    if state.status in _SETTLED:
+    verdict = bool(step.fails_when) and _matches(step.fails_when, data)
+    if state.status in _SETTLED and not (_late_success(step, state) and not verdict):
         return []
-    if step.fails_when and _matches(step.fails_when, data):
-        state.attempts = max(state.attempts, flow.command_max_attempts)  # a verdict, not a glitch
+    if verdict:
+        state.attempts = max(state.attempts, policy_of(flow, step.name).max_attempts)  # a verdict
         return _step_failed(flow, wf, step, data, now)
     state.status, state.finished_at = StepStatus.DONE, now
     state.completed_seq = 1 + max((s.completed_seq or 0 for s in wf.steps.values()), default=0)
@@ -211,13 +199,22 @@ def _step_done(flow: Flow, wf: Workflow, step: StepDef, message_id: str, data: d
     return []
 
 
+def _late_success(step: StepDef, state: Step) -> bool:
+    """A command step failed for want of a success (its last attempt unanswered, or a stale
+    `_failed` of an earlier one), then an attempt succeeded: its work was done and is undone."""
+    return state.status == StepStatus.FAILED and step.kind == COMMAND_STEP and step.compensation is not None
+
+
 def _step_failed(flow: Flow, wf: Workflow, step: StepDef, data: dict[str, Any],
                  now: datetime) -> list[Effect]:
     state = wf.steps[step.name]
     if state.status in _SETTLED:
         return []
-    if step.kind == COMMAND_STEP and state.attempts < flow.command_max_attempts:
-        return []  # a failed attempt: retried with backoff when due, like an unanswered one
+    policy = policy_of(flow, step.name)
+    if step.kind == COMMAND_STEP and state.attempts < policy.max_attempts:
+        if state.status == StepStatus.ACTIVE:  # a refused attempt: the next when its policy says
+            state.next_attempt_at = now + after_refusal(policy, state.attempts, state.command_id or "")
+        return []
     state.status, state.finished_at, state.next_attempt_at = StepStatus.FAILED, now, None
     if wf.status != WorkflowStatus.RUNNING:
         return []
@@ -226,7 +223,7 @@ def _step_failed(flow: Flow, wf: Workflow, step: StepDef, data: dict[str, Any],
 
 def _retry_step(flow: Flow, wf: Workflow, step: StepDef, now: datetime) -> list[Effect]:
     state = wf.steps[step.name]
-    if state.attempts >= flow.command_max_attempts:
+    if state.attempts >= policy_of(flow, step.name).max_attempts:
         state.status, state.finished_at, state.next_attempt_at = StepStatus.FAILED, now, None
         return begin_compensation(flow, wf, Reason.STEP_FAILED, now)
     return [send_step_command(flow, wf, step, now)]
@@ -277,12 +274,16 @@ def _compensation_done(wf: Workflow, step_name: str, now: datetime) -> list[Effe
 
 def _compensation_failed(flow: Flow, wf: Workflow, step_name: str, now: datetime,
                          answered: bool = False) -> list[Effect]:
-    """A `_failed` answer or a timeout: retry with backoff when due, or give up to an operator."""
+    """A `_failed` answer (retried when its policy says) or a timeout (now); after the last, give up."""
     comp = wf.compensations.get(step_name)
     if comp is None or comp.status != CompensationStatus.SENT:
         return []
-    if comp.attempts < flow.command_max_attempts:
-        return [] if answered else [send_compensation(flow, wf, comp, now)]
+    policy = policy_of(flow, step_name, compensation=True)
+    if comp.attempts < policy.max_attempts and answered:
+        comp.next_attempt_at = now + after_refusal(policy, comp.attempts, comp.command_id)
+        return []
+    if comp.attempts < policy.max_attempts:
+        return [send_compensation(flow, wf, comp, now)]
     comp.status, comp.finished_at, comp.next_attempt_at = CompensationStatus.FAILED, now, None
     wf.status = WorkflowStatus.NEEDS_ATTENTION
     return [Announce(announce.NEEDS_ATTENTION, wf.status, wf.reason)]

@@ -222,6 +222,51 @@ def test_get_flow_shows_a_shipped_type_as_json_schema_and_so_does_the_list(web: 
     assert "order.placed" in by_type(listed["order_fulfillment"])
 
 
+FAST_ORDERS = """
+name: fast_orders
+version: 1
+start_event: order.placed
+command_max_attempts: 4
+steps:
+  - name: reserve
+    participant: inventory
+    reacts_to: [order.placed]
+    done_on: inventory.reserved
+    failed_on: inventory.reservation_failed
+    compensation:
+      command: inventory.release
+      answer: inventory.released
+      retry: {initial_interval_seconds: 0.5, max_attempts: 3}
+  - name: ship
+    kind: command
+    participant: shipping
+    command: shipment.schedule
+    reacts_to: [inventory.reserved]
+    done_on: shipment.scheduled
+    retry: {backoff_coefficient: 3, max_interval_seconds: 10}
+"""
+
+
+def test_get_flow_shows_the_effective_retry_policy_of_each_step(
+        flows_dir: Path, request: pytest.FixtureRequest) -> None:
+    (flows_dir / "fast_orders.yaml").write_text(FAST_ORDERS, encoding="utf-8")
+    web: Web = request.getfixturevalue("web")  # built after the file is there
+    steps = {s["name"]: s for s in web.get("/v1/flows/fast_orders").get_json()["steps"]}
+    assert steps["reserve"]["retry"] is None  # an event step: its participant retries its own work
+    assert steps["reserve"]["compensation"]["retry"] == {
+        "initial_interval_seconds": 0.5, "backoff_coefficient": 2.0, "max_interval_seconds": 30.0,
+        "max_attempts": 3}
+    assert steps["ship"]["retry"] == {  # max_attempts from the flow's command_max_attempts
+        "initial_interval_seconds": 1.0, "backoff_coefficient": 3.0, "max_interval_seconds": 10.0,
+        "max_attempts": 4}
+    shipped = {s["name"]: s for s in web.get("/v1/flows/price_change").get_json()["steps"]}
+    defaults = {"initial_interval_seconds": 1.0, "backoff_coefficient": 2.0,
+                "max_interval_seconds": 30.0, "max_attempts": 5}
+    assert shipped["evaluate_rules"]["retry"] == shipped["publish_price"]["retry"] == defaults
+    assert shipped["publish_price"]["compensation"]["retry"] == defaults
+    assert shipped["approve"]["retry"] is None
+
+
 def test_the_openapi_document_describes_the_message_types(web: Web) -> None:
     document = web.client.get("/v1/openapi.json").get_json()
     schemas = document["components"]["schemas"]

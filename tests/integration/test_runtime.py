@@ -608,6 +608,37 @@ def test_the_join_of_one_workflow_does_not_complete_another(bench: Bench) -> Non
     assert bench.emitted("shipment.scheduled") == []
 
 
+def re_emitted(original: Envelope) -> Envelope:
+    """What the controller's `retry` emits for a step's trigger: a new message caused by it."""
+    return new_event(original.type, original.data, correlation_id=original.correlation_id,
+                     causation_id=original.id, source="controller")
+
+
+def test_a_join_that_fired_fires_once_more_for_each_retry_that_re_emits_its_triggers(bench: Bench) -> None:
+    """The operator's `retry` of a stuck join step re-emits its triggers: a join that had already
+    fired (its answer lost, or rejected) acts again, once per retry, not once per re-emitted half."""
+    rt = bench.runtime()
+    cid = f"wf-{uuid.uuid4().hex[:12]}"
+    halves = [reserved(cid), charged(cid)]
+    for half in halves:
+        bench.send(half)
+    drain(rt)
+    assert bench.probe.effect_count(rt.engine, "ship") == 1
+    for retry in (1, 2):  # the controller re-emits the original each time (it keeps the first)
+        again = [re_emitted(half) for half in halves]
+        bench.send(again[0])
+        drain(rt)
+        assert bench.probe.effect_count(rt.engine, "ship") == retry, "waits for the whole set again"
+        bench.send(again[1])
+        bench.send(again[0])  # a duplicate delivery changes nothing
+        drain(rt)
+        assert bench.probe.effect_count(rt.engine, "ship") == retry + 1
+        assert bench.emitted("shipment.scheduled")[-1].causation_id == again[1].id
+    bench.send(charged(cid))  # a participant's own second event of a joined type is no retry
+    drain(rt)
+    assert bench.probe.effect_count(rt.engine, "ship") == 3
+
+
 # -- commands --------------------------------------------------------------------------------------
 
 

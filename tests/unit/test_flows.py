@@ -11,7 +11,7 @@ import yaml
 
 from config.flows import SHIPPED, Catalog, load_catalog, load_file
 from contracts.errors import FlowDefinitionError
-from contracts.flows import COMMAND_STEP, Compensation, load_flow
+from contracts.flows import COMMAND_STEP, Compensation, RetryPolicy, load_flow
 from contracts.payloads import Registry
 from contracts.registry import default_registry
 
@@ -373,3 +373,73 @@ def test_a_step_done_and_failed_on_the_same_event(tmp_path: Path, registry: Regi
     error = refused(write(tmp_path, "both.yaml", document), registry)
     assert error.errors == {"steps.1.failed_on": [
         "payment.charged is already the done_on of step charge: one event, one step"]}
+
+
+# -- retry policies (contract v1.1) ----------------------------------------------------------------
+
+
+def with_retry(step: dict[str, Any] | None = None, compensation: dict[str, Any] | None = None,
+               **overrides: Any) -> dict[str, Any]:
+    """small_flow whose second step is a command step; `step` and `compensation` are its policies."""
+    document = small_flow(**overrides)
+    document["steps"][1] = {"name": "ship", "kind": "command", "participant": "shipping",
+                            "command": "shipment.schedule", "reacts_to": ["inventory.reserved"],
+                            "done_on": "shipment.scheduled",
+                            "compensation": {"command": "shipment.cancel", "answer": "shipment.cancelled"}}
+    if step is not None:
+        document["steps"][1]["retry"] = step
+    if compensation is not None:
+        document["steps"][1]["compensation"]["retry"] = compensation
+    return document
+
+
+def test_every_command_and_compensation_gets_the_default_retry_policy(registry: Registry) -> None:
+    flow = load_flow(with_retry(), registry, "test")
+    default = RetryPolicy(initial_interval_seconds=1.0, backoff_coefficient=2.0,
+                          max_interval_seconds=30.0, max_attempts=5)
+    ship = flow.step("ship")
+    assert ship.retry == default and ship.compensation is not None and ship.compensation.retry == default
+    reserve = flow.step("reserve")
+    assert reserve.retry is None, "an event step's participant retries its own work"
+    assert reserve.compensation is not None and reserve.compensation.retry == default
+
+
+def test_a_retry_policy_overrides_the_defaults_and_command_max_attempts_is_its_default(
+        registry: Registry) -> None:
+    flow = load_flow(with_retry({"initial_interval_seconds": 0.5, "backoff_coefficient": 3},
+                                {"max_attempts": 2}, command_max_attempts=7), registry, "test")
+    ship = flow.step("ship")
+    assert ship.retry == RetryPolicy(0.5, 3.0, 30.0, 7)
+    assert ship.compensation is not None and ship.compensation.retry == RetryPolicy(1.0, 2.0, 30.0, 2)
+    assert [ship.retry.interval(n) for n in (1, 2, 3, 4, 5)] == [0.5, 1.5, 4.5, 13.5, 30.0]
+
+
+@pytest.mark.parametrize(("policy", "field"), [
+    ({"initial_interval": 1}, "initial_interval"),  # unknown key
+    ({"initial_interval_seconds": 0}, "initial_interval_seconds"),
+    ({"initial_interval_seconds": "soon"}, "initial_interval_seconds"),
+    ({"backoff_coefficient": 0.5}, "backoff_coefficient"),
+    ({"max_interval_seconds": -1}, "max_interval_seconds"),
+    ({"initial_interval_seconds": 60}, "max_interval_seconds"),  # above the default 30 s cap
+    ({"max_attempts": 0}, "max_attempts"),
+    ({"max_attempts": 1.5}, "max_attempts"),
+    ({"max_attempts": 1000}, "max_attempts"),
+])
+@pytest.mark.parametrize("where", ["step", "compensation"])
+def test_a_malformed_retry_policy_is_refused_at_load_naming_its_field(
+        tmp_path: Path, registry: Registry, policy: dict[str, Any], field: str, where: str) -> None:
+    document = with_retry(**{where: policy})
+    error = refused(write(tmp_path, "bad.yaml", document), registry)
+    found: Any = error.errors
+    for key in ["steps", 1, *(["retry"] if where == "step" else ["compensation", "retry"])]:
+        found = found[key]
+    assert set(found) == {field}
+
+
+def test_a_retry_policy_on_an_event_step_is_refused(tmp_path: Path, registry: Registry) -> None:
+    document = small_flow()
+    document["steps"][0]["retry"] = {"max_attempts": 3}
+    error = refused(write(tmp_path, "bad.yaml", document), registry)
+    assert error.errors == {"steps": {0: {"retry": [
+        "only a step of kind command is retried by the controller; an event step's participant "
+        "retries its own work"]}}}

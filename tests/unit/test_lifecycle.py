@@ -20,6 +20,7 @@ from contracts import lifecycle_events as announce
 from contracts.flows import Flow, load_flow
 from contracts.registry import default_registry
 from controller.domain import lifecycle as lc
+from controller.domain.retrying import after_refusal
 from controller.domain.statuses import CompensationStatus, Reason, StepStatus, WorkflowStatus
 
 T0 = datetime(2026, 11, 22, 10, 0, tzinfo=UTC)
@@ -35,11 +36,12 @@ def reference() -> Flow:
     return load_catalog(default_registry()).latest("order_fulfillment")
 
 
-def orchestrated(**overrides: Any) -> Flow:
-    """order_fulfillment with `schedule_shipment` switched to a command step (shipment.schedule)."""
+def orchestrated(retry: dict[str, Any] | None = None, **overrides: Any) -> Flow:
+    """order_fulfillment with `schedule_shipment` switched to a command step (shipment.schedule),
+    with `retry` as its policy if given."""
     document: dict[str, Any] = yaml.safe_load((SHIPPED / "order_fulfillment.yaml").read_text("utf-8"))
     step = document["steps"][2]
-    step.update(kind="command", command="shipment.schedule")
+    step.update(kind="command", command="shipment.schedule", **({"retry": retry} if retry else {}))
     del step["failed_on"]  # a command step is failed by its `_failed` answer
     document.update(overrides)
     return load_flow(document, default_registry(), "orchestrated")
@@ -95,6 +97,11 @@ def begin(flow: Flow | None = None, now: datetime = T0, sla_seconds: int | None 
     cid = f"wf-{uuid.uuid4().hex[:12]}"
     wf, effects = lc.start(flow, cid, str(uuid.uuid4()), dict(PLACED), now, sla_seconds)
     return Run(flow, wf), effects
+
+
+def due_of(item: lc.Step | lc.Compensation) -> datetime:
+    assert item.next_attempt_at is not None
+    return item.next_attempt_at
 
 
 def commands(effects: list[lc.Effect]) -> list[lc.Command]:
@@ -329,10 +336,13 @@ def test_a_failed_compensation_is_retried_only_when_due_then_needs_attention() -
     comp = run.wf.compensations["reserve_inventory"]
     max_attempts = run.flow.command_max_attempts
     assert max_attempts == 5
+    policy = run.flow.step("reserve_inventory").compensation.retry  # type: ignore[union-attr]
     for attempt in range(1, max_attempts):
+        refused_at = due_of(comp) - 2 * MS  # before its timeout
+        assert run.answer(release, refused_at, failed=True) == []  # not retried on the spot
         due = comp.next_attempt_at
-        assert due is not None and lc.next_due(run.wf) == due
-        assert run.answer(release, due - 2 * MS, failed=True) == []  # not retried on the spot
+        assert due == refused_at + after_refusal(policy, attempt, release.command_id)
+        assert lc.next_due(run.wf) == due
         assert (comp.status, comp.attempts) == (CompensationStatus.SENT, attempt)
         assert run.tick(due - MS) == []
         retry = only_command(run.tick(due))
@@ -431,6 +441,48 @@ def test_a_success_after_giving_up_keeps_needs_attention_while_another_failed() 
     run.wf.compensations["charge_payment"] = other
     assert run.answer(release, at(100_000)) == []
     assert (run.wf.status, comp.status) == (WorkflowStatus.NEEDS_ATTENTION, CompensationStatus.DONE)
+
+def test_a_compensation_refused_at_every_attempt_needs_attention_within_30_s_by_default() -> None:
+    """The default policy (1 s, x2, at most 30 s, 5 attempts): refusals at once are retried after
+    1, 2, 4 and 8 s (a quarter more at most), not after the command timeout's 10, 20, 40, 80 s."""
+    run, release = compensating_with_release_sent(now=10)
+    comp = run.wf.compensations["reserve_inventory"]
+    assert run.flow.step("reserve_inventory").compensation.retry.max_attempts == 5  # type: ignore[union-attr]
+    now, waits = at(10), []
+    while not (effects := run.answer(release, now, failed=True)):
+        assert comp.next_attempt_at is not None and lc.next_due(run.wf) == comp.next_attempt_at
+        waits.append((comp.next_attempt_at - now).total_seconds())
+        now = comp.next_attempt_at
+        release = only_command(run.tick(now))
+    assert effects == [
+        lc.Announce(announce.NEEDS_ATTENTION, WorkflowStatus.NEEDS_ATTENTION, Reason.STEP_FAILED)]
+    assert comp.attempts == 5 and len(waits) == 4
+    for wait, base in zip(waits, (1, 2, 4, 8), strict=True):
+        assert base <= wait <= base * 1.25
+    assert now - at(10) < timedelta(seconds=30)
+
+
+def test_a_refused_command_step_is_retried_by_its_policy_and_an_unanswered_one_after_its_timeout() -> None:
+    policy = {"initial_interval_seconds": 2, "backoff_coefficient": 3, "max_interval_seconds": 10,
+              "max_attempts": 4}
+    run, _ = begin(orchestrated(retry=policy, command_timeout_seconds=5.0))
+    run.send("inventory.reserved", at(1))
+    first = only_command(run.send("payment.charged", at(2)))
+    state = run.step("schedule_shipment")
+    assert state.next_attempt_at == at(2) + lc.backoff(5.0, 1, first.command_id)  # unanswered: its timeout
+    run.answer(first, at(3), failed=True)  # refused: the policy's first interval, 2 s
+    assert timedelta(seconds=2) <= due_of(state) - at(3) <= timedelta(seconds=2.5)
+    second = only_command(run.tick(due_of(state)))
+    third = only_command(run.tick(due_of(state)))  # unanswered
+    assert (second.attempt, third.attempt) == (2, 3)
+    refused_at = third.deadline - timedelta(seconds=4)
+    run.answer(third, refused_at, failed=True)
+    assert state.next_attempt_at == refused_at + timedelta(seconds=10)  # 2 * 3 ** 2 = 18, capped at 10
+    fourth = only_command(run.tick(due_of(state)))
+    effects = run.answer(fourth, due_of(state), failed=True)
+    assert effects[0] == lc.Announce(announce.COMPENSATING, WorkflowStatus.COMPENSATING, Reason.STEP_FAILED)
+    assert (state.status, state.attempts) == (StepStatus.FAILED, 4)
+
 
 # -- late and duplicate events ---------------------------------------------------------------------
 
@@ -570,6 +622,50 @@ def test_a_command_step_late_answer_after_a_retry_is_done_once() -> None:
     assert run.answer(first, due + MS) == [lc.Announce(announce.COMPLETED, WorkflowStatus.COMPLETED, None)]
     assert run.answer(first, due + 2 * MS) == []
     assert run.step("schedule_shipment").next_attempt_at is None
+
+
+def exhaust_schedule_attempts(run: Run) -> lc.Command:
+    """Send schedule_shipment's command until its last attempt is out; that last attempt."""
+    run.send("inventory.reserved", at(1))
+    command = only_command(run.send("payment.charged", at(2)))
+    state = run.step("schedule_shipment")
+    while state.attempts < run.flow.command_max_attempts:
+        command = only_command(run.tick(state.next_attempt_at))  # type: ignore[arg-type]
+    return command
+
+
+def test_a_command_step_success_after_its_last_attempt_timed_out_is_compensated() -> None:
+    run, _ = begin(orchestrated(command_timeout_seconds=1.0))  # every attempt within the step's SLA
+    last = exhaust_schedule_attempts(run)
+    state = run.step("schedule_shipment")
+    effects = run.tick(state.next_attempt_at)  # type: ignore[arg-type]  # the last attempt times out
+    assert state.status == StepStatus.FAILED and run.wf.status == WorkflowStatus.COMPENSATING
+    refund = only_command(effects)
+    assert run.answer(last, at(50)) == []  # the work was done after all: it is owed an undo
+    assert state.status == StepStatus.DONE
+    assert run.wf.compensations["schedule_shipment"].status == CompensationStatus.PENDING
+    cancel = only_command(run.answer(refund, at(51)))
+    assert (cancel.type, cancel.causation_id) == ("shipment.cancel", run.ids["shipment.scheduled"])
+    release = only_command(run.answer(cancel, at(52)))
+    assert run.answer(release, at(53)) == [
+        lc.Announce(announce.COMPENSATED, WorkflowStatus.COMPENSATED, Reason.STEP_FAILED)]
+    assert state.status == StepStatus.COMPENSATED
+
+
+def test_a_success_after_a_stale_failed_answer_of_an_earlier_attempt_is_compensated() -> None:
+    """The last attempt is out; attempt 1's `_failed` arrives late and fails the step; then the
+    last attempt succeeds. Compensation was over by then: it reopens for the step."""
+    run, _ = begin(orchestrated(command_timeout_seconds=1.0))  # every attempt within the step's SLA
+    last = exhaust_schedule_attempts(run)
+    effects = run.answer(last, at(20), failed=True)  # in truth attempt 1's answer, delayed
+    refund = only_command(effects)
+    release = only_command(run.answer(refund, at(21)))
+    assert run.answer(release, at(22)) == [
+        lc.Announce(announce.COMPENSATED, WorkflowStatus.COMPENSATED, Reason.STEP_FAILED)]
+    effects = run.answer(last, at(23))  # the last attempt's success
+    assert effects[0] == lc.Announce(announce.COMPENSATING, WorkflowStatus.COMPENSATING, Reason.STEP_FAILED)
+    assert only_command(effects).type == "shipment.cancel"
+    assert run.step("schedule_shipment").status == StepStatus.DONE
 
 
 # -- order does not matter -------------------------------------------------------------------------
