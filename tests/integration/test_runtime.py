@@ -495,6 +495,34 @@ def test_a_redelivered_id_is_not_handled_again_after_a_restart(bench: Bench) -> 
     assert bench.pending(bench.keys.event_stream("order.placed")) == 0, "the duplicate is acked"
 
 
+def test_a_process_started_after_redis_lost_its_data_publishes_its_recent_outbox_again(
+        bench: Bench) -> None:
+    """The participant charged, published `payment.charged` and stopped; Redis lost its data while
+    no process of it ran (a host reboot without AOF). The process that starts next has never seen
+    the old epoch, yet its database has: it publishes the charge again, with the same id, or the
+    controller would never learn of it (and a breach would compensate only the done steps,
+    leaving the customer charged). A start that follows no loss publishes nothing again."""
+    first_engine = bench.engine()
+    first = bench.runtime(engine=first_engine)
+    bench.send(order())
+    drain(first)
+    [charged] = bench.emitted("payment.charged")
+    first_engine.dispose()  # the process is gone; only its database remembers
+    for key in bench.client.scan_iter(match=f"{bench.keys.prefix}:*"):
+        bench.client.delete(key)  # every stream, group and the epoch marker
+
+    second = bench.runtime(engine=bench.engine(), consumer="c2")
+    poll_until(second, lambda: len(bench.emitted("payment.charged")) == 1,
+               what="the charge published again by the process started after the loss")
+    assert bench.emitted("payment.charged")[0].id == charged.id
+    drain(second)
+    assert bench.probe.effect_count(second.engine, "charge") == 1
+
+    third = bench.runtime(engine=bench.engine(), consumer="c3")  # a restart, Redis intact
+    drain(third)
+    assert len(bench.emitted("payment.charged")) == 1
+
+
 def test_an_event_committed_but_never_published_is_published_by_the_runtime(
         bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
     """Redis goes away (or the process dies) between the commit and the XADD: the redelivered entry
