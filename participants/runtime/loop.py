@@ -35,7 +35,7 @@ from sqlalchemy.exc import OperationalError
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
 from participants.runtime import epoch, outbox
-from participants.runtime.db import create_tables
+from participants.runtime.db import create_tables, lost_race
 from participants.runtime.faults import crash_point
 from participants.runtime.handling import BatchHandler
 from participants.runtime.options import Options
@@ -98,6 +98,10 @@ class Runtime:
                     self._process(self._reader.read("0"))
                 self.poll()
             except OperationalError as exc:
+                if lost_race(exc):  # every retry lost too: not an outage; what it read, again
+                    log.warning("a batch kept losing races (deadlocks): again", error=str(exc)[:200])
+                    resume = True
+                    continue
                 # Read and claim nothing while the database is down: each claim would count as a
                 # delivery and, over a long outage, send good entries to the dead letters.
                 log.warning("database unavailable: not reading until it is back", error=str(exc)[:200])
