@@ -15,6 +15,7 @@ from werkzeug.exceptions import HTTPException
 
 from contracts.api import Problem as ProblemSchema
 from controller.domain.errors import ControllerError
+from participants.runtime.db import lost_race
 
 log = structlog.get_logger("baton.api")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -103,6 +104,11 @@ def register(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     def _database_down(exc: OperationalError) -> Response:
+        if lost_race(exc):  # the writes that retry a lost race lost every time: the database is up
+            log.warning("a request kept losing races (deadlocks)", error=str(exc.orig)[:200])
+            return problem(409, "Conflict", "concurrent writes to the same workflows kept "
+                           "deadlocking with this request, which changed nothing; retry it",
+                           headers={"Retry-After": "1"})
         log.warning("database unavailable", error=str(exc.orig)[:200])
         return problem(503, "Service Unavailable", "the database is unavailable; retry shortly",
                        headers={"Retry-After": "5"})

@@ -39,9 +39,11 @@ def sweep() -> int:
 
 def trim_streams() -> int:
     """Bound Redis memory: drop stream entries every consumer group is done with, and those of
-    event streams no group reads once older than BATON_STREAM_RETENTION."""
+    event streams no group reads (or some consumer the loaded flows declare has no group on) once
+    older than BATON_STREAM_RETENTION."""
     services = _services()
-    removed = trimming.trim_all(services.redis, services.keys, services.settings.stream_retention)
+    removed = trimming.trim_all(services.redis, services.keys, services.settings.stream_retention,
+                                trimming.declared_groups(services.catalog, services.keys))
     if removed:
         log.info("streams trimmed", entries=removed)
     return removed

@@ -14,6 +14,7 @@ from controller.domain import interventions, lifecycle
 from controller.domain.errors import Conflict, InvalidInput, NotFound
 from controller.service.bootstrap import Services
 from controller.service.unit_of_work import UnitOfWork, unit_of_work
+from participants.runtime.db import retry_lost_races
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Intervention:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+@retry_lost_races  # a deadlock's victim rolled back: run again at once, not answered 503
 def intervene(services: Services, cid: str, request: Intervention, now: datetime) -> str:
     """Apply it; returns the audit's result line. NotFound, or Conflict when it does not apply."""
     with unit_of_work(services, now, "operator") as uow:

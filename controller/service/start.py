@@ -24,6 +24,7 @@ from controller.domain import lifecycle
 from controller.domain.errors import Conflict, InvalidInput, NotFound
 from controller.service.bootstrap import Services
 from controller.service.unit_of_work import UnitOfWork, unit_of_work
+from participants.runtime.db import retry_lost_races
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Started:
     view: dict[str, Any] | None = None  # the new workflow as the API shows it: no need to read it back
 
 
+@retry_lost_races  # a deadlock's victim rolled back: run again at once, not answered 503
 def start_workflow(services: Services, request: StartRequest, now: datetime) -> Started:
     flow = _flow(services.catalog, request.flow)
     data = _validate_input(services.registry, flow, request.input)

@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import orjson
+import structlog
 from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+log = structlog.get_logger("baton.db")
+P = ParamSpec("P")
+T = TypeVar("T")
+# SQLSTATEs of a transaction that lost a race with another: deadlock_detected (its victim), and
+# serialization_failure. The database is fine: the transaction may be run again at once.
+_LOST_RACE = frozenset({"40P01", "40001"})
+RACE_ATTEMPTS = 5
 
 
 def _dumps(value: Any) -> str:
@@ -68,3 +80,25 @@ def create_tables(engine: Engine, *metadatas: MetaData) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(72617)"))
         for metadata in metadatas:
             metadata.create_all(conn, checkfirst=True)
+
+
+def lost_race(exc: BaseException) -> bool:
+    """A deadlock's victim or a serialization failure, not an outage: run it again at once."""
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "sqlstate", None) in _LOST_RACE
+
+
+def retry_lost_races(action: Callable[P, T]) -> Callable[P, T]:
+    """`action`, whose transactions roll back when they fail, run again at once when one of them
+    lost a race (`lost_race`), up to RACE_ATTEMPTS times in all; the last failure is raised."""
+    @functools.wraps(action)
+    def retried(*args: P.args, **kwargs: P.kwargs) -> T:
+        for attempt in range(1, RACE_ATTEMPTS):
+            try:
+                return action(*args, **kwargs)
+            except DBAPIError as exc:
+                if not lost_race(exc):
+                    raise
+                log.info("a transaction lost a race: again at once", attempt=attempt,
+                         error=str(exc.orig).splitlines()[0][:200])
+        return action(*args, **kwargs)
+    return retried

@@ -7,6 +7,9 @@ by id), so that no workflow waits forever for a message that vanished. When only
 changed, Redis restarted from its files (the AOF, `everysec`): the last second or so of writes
 before it stopped may be gone, so the rows published since a little before the previous check
 are sent again.
+
+What a process saw last is kept in its own database (`baton_redis_seen`), so that a process
+started after a loss that happened while none of its kind ran notices it too.
 """
 
 from __future__ import annotations
@@ -14,11 +17,15 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
+from sqlalchemy import Connection, select
 
 from contracts.streams import Keys
+from participants.runtime.db import upsert
+from participants.runtime.tables import redis_seen
 
 LOST, RESTARTED = "lost", "restarted"
 _MARGIN = 5.0  # seconds before the last check still at risk: the AOF's fsync lag, with room
@@ -41,22 +48,48 @@ def run_id(client: redis.Redis) -> str | None:
     return str(found) if found else None
 
 
-@dataclass
-class Watch:
-    """Remembers the epoch and the run id seen last. `changed()` is LOST once per loss of Redis
-    data, RESTARTED once per restart that kept it, None otherwise; `at_risk_since` is the
-    wall-clock time from which writes may be gone after a restart."""
+@dataclass(frozen=True)
+class Seen:
+    """What a process saw of Redis at one check: the epoch marker, the server's run id, and when
+    (seconds since the Unix epoch)."""
 
-    seen: str | None = None
-    server: str | None = None
-    checked_at: float = 0.0
-    at_risk_since: float = 0.0
+    epoch: str
+    server: str | None
+    at: float
 
-    def changed(self, client: redis.Redis, keys: Keys) -> str | None:
-        now, server = current(client, keys), run_id(client)
-        first = self.seen is None
-        lost = not first and now != self.seen
-        restarted = not first and not lost and None not in (server, self.server) and server != self.server
-        self.at_risk_since = self.checked_at - _MARGIN
-        self.seen, self.server, self.checked_at = now, server, time.time()
-        return LOST if lost else RESTARTED if restarted else None
+    @property
+    def at_risk_since(self) -> datetime:
+        """After a restart that kept the data, the writes since then may be gone."""
+        return datetime.fromtimestamp(self.at - _MARGIN, UTC)
+
+
+def look(client: redis.Redis, keys: Keys, now: float | None = None) -> Seen:
+    return Seen(current(client, keys), run_id(client), time.time() if now is None else now)
+
+
+def change(before: Seen | None, now: Seen) -> str | None:
+    """LOST when the marker changed since `before`, RESTARTED when only the run id did, None
+    otherwise (and when nothing was seen before: a first start)."""
+    if before is None:
+        return None
+    if now.epoch != before.epoch:
+        return LOST
+    if None not in (now.server, before.server) and now.server != before.server:
+        return RESTARTED
+    return None
+
+
+def load(conn: Connection, consumer: str, keys: Keys) -> Seen | None:
+    """What the processes of `consumer` saw last, as they recorded it."""
+    row = conn.execute(select(redis_seen).where(redis_seen.c.consumer == consumer,
+                                                redis_seen.c.prefix == keys.prefix)).first()
+    if row is None:
+        return None
+    return Seen(row.epoch, row.run_id, row.checked_at.timestamp())
+
+
+def save(conn: Connection, consumer: str, keys: Keys, seen: Seen) -> None:
+    values = {"epoch": seen.epoch, "run_id": seen.server,
+              "checked_at": datetime.fromtimestamp(seen.at, UTC)}
+    statement = upsert(conn, redis_seen).values(consumer=consumer, prefix=keys.prefix, **values)
+    conn.execute(statement.on_conflict_do_update(index_elements=["consumer", "prefix"], set_=values))

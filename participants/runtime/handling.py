@@ -1,7 +1,8 @@
 """Handling a batch of entries in one database transaction: the processed-id rows (one statement),
 the handlers' effects and their outbox rows commit together. If a handler fails, that transaction
 is rolled back and the batch handled again with each message in its own savepoint, so that only
-the failing one is left for a retry."""
+the failing one is left for a retry. Both ways take their locks in the same sorted orders, and a
+transaction chosen as a deadlock's victim is run again at once."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from functools import cache
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, delete
 from sqlalchemy.exc import OperationalError
 
 from contracts.envelope import COMMAND, EVENT, Envelope
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
 from participants.runtime import deadletter, joins, outbox
-from participants.runtime.db import upsert
+from participants.runtime.db import retry_lost_races, upsert
 from participants.runtime.faults import crash_point
 from participants.runtime.participant import Context, Participant
 from participants.runtime.reading import Entry
@@ -48,8 +49,14 @@ class BatchHandler:
     def handle(self, entries: list[Entry], unmarked: list[int]) -> Handled:
         """The whole batch in one transaction, which also marks the outbox rows `unmarked` sent;
         if a handler fails, the batch again, one savepoint per message, so that only the failing
-        message is left for a retry."""
+        message is left for a retry. A transaction that lost a race (a deadlock) is run again at
+        once: the database is fine."""
+        return retry_lost_races(self._handle)(entries, unmarked)
+
+    def _handle(self, entries: list[Entry], unmarked: list[int]) -> Handled:
         now = utcnow()
+        for entry in entries:
+            entry.error = None  # of an earlier attempt, lost to a race
         try:
             return self._handle_batch(entries, unmarked, now)
         except OperationalError:
@@ -107,35 +114,51 @@ class BatchHandler:
         """Claim each message once for this consumer, in one statement; the keys claimed now."""
         if not keys:
             return set()
-        rows = [{"consumer": self.group, "message_id": k, "processed_at": now} for k in dict.fromkeys(keys)]
+        # Sorted: two consumers inserting the same ids wait for each other in one order, not in two.
+        rows = [{"consumer": self.group, "message_id": k, "processed_at": now} for k in sorted(set(keys))]
         return set(conn.execute(_claim_statement(conn.dialect.name), rows).scalars())
 
     def _handle_each(self, entries: list[Entry], unmarked: list[int], now: Any,
                      skip: str | None = None) -> Handled:
+        """Every lock first, each kind in one sorted order and in the order of the batch path (the
+        processed-id rows in one statement, then the participant's `lock`, the workflows' for the
+        tracker): two consumers' fallbacks, or a fallback and a batch, never wait for each other
+        in crossing orders. Then each message in a savepoint; a failed one gives its claim back."""
         done: list[Entry] = []
         emitted: list[Envelope] = []
+        todo = [e.message for e in entries if e.message is not None and _key(e.message) != skip]
         with self.engine.begin() as conn:
             outbox.mark_sent(conn, unmarked)
+            fresh = self._claim_all(conn, [_key(m) for m in todo], now)
+            if self.participant.lock is not None:
+                self.participant.lock(conn, [m for m in todo if _key(m) in fresh])
             for entry in entries:
-                if entry.message is not None and _key(entry.message) == skip:
+                msg = entry.message
+                if msg is None or _key(msg) == skip:
                     continue
-                result = self._handle_one(conn, entry, now)
-                if result is not None:
+                if _key(msg) not in fresh:
+                    log.info("duplicate ignored", outcome="duplicate", message_id=msg.id,
+                             correlation_id=msg.correlation_id, type=msg.type)
                     done.append(entry)
-                    emitted += result
+                    continue
+                fresh.discard(_key(msg))  # a second copy in the batch is a duplicate
+                result = self._handle_one(conn, entry, now)
+                if result is None:
+                    conn.execute(_unclaim(self.group, _key(msg)))
+                    continue
+                done.append(entry)
+                emitted += result
             pending = outbox.enqueue(conn, self.keys, emitted, now)
         return done, pending
 
     def _handle_one(self, conn: Connection, entry: Entry, now: Any) -> list[Envelope] | None:
+        """What the claimed message emits, its effects in a savepoint; None when its handler failed."""
         msg = entry.message
         assert msg is not None
         with structlog.contextvars.bound_contextvars(correlation_id=msg.correlation_id,
                                                      message_id=msg.id, type=msg.type):
             try:
-                with conn.begin_nested():  # the processed row and the effects stand or fall together
-                    if not self._claim_all(conn, [_key(msg)], now):
-                        log.info("duplicate ignored", outcome="duplicate")
-                        return []
+                with conn.begin_nested():
                     out = self._dispatch(conn, msg, now)
             except OperationalError:
                 raise
@@ -173,6 +196,11 @@ def _key(msg: Envelope) -> str:
     """What is processed once. A retried command keeps its id but must be answered again (its
     answer may be lost): each attempt is processed once, and handlers keep their effects idempotent."""
     return msg.id if msg.kind == EVENT else f"{msg.id}#{msg.attempt}"
+
+
+def _unclaim(consumer: str, key: str) -> Any:
+    """A claim given back: its handler failed, and the message is to be retried."""
+    return delete(processed).where(processed.c.consumer == consumer, processed.c.message_id == key)
 
 
 @cache

@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import redis
 import structlog
@@ -35,7 +35,7 @@ from sqlalchemy.exc import OperationalError
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
 from participants.runtime import epoch, outbox
-from participants.runtime.db import create_tables
+from participants.runtime.db import create_tables, lost_race
 from participants.runtime.faults import crash_point
 from participants.runtime.handling import BatchHandler
 from participants.runtime.options import Options
@@ -59,7 +59,7 @@ class Runtime:
     consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
     _last_reclaim: float = 0.0
     _last_cleanup: float = 0.0
-    _epoch: epoch.Watch = field(default_factory=epoch.Watch)
+    _seen: epoch.Seen | None = None  # Redis at the last check; from the database at start
     _unmarked: list[int] = field(default_factory=list)  # outbox rows published, not yet marked sent
     _reader: Reader = field(init=False, repr=False)
     _handler: BatchHandler = field(init=False, repr=False)
@@ -98,6 +98,10 @@ class Runtime:
                     self._process(self._reader.read("0"))
                 self.poll()
             except OperationalError as exc:
+                if lost_race(exc):  # every retry lost too: not an outage; what it read, again
+                    log.warning("a batch kept losing races (deadlocks): again", error=str(exc)[:200])
+                    resume = True
+                    continue
                 # Read and claim nothing while the database is down: each claim would count as a
                 # delivery and, over a long outage, send good entries to the dead letters.
                 log.warning("database unavailable: not reading until it is back", error=str(exc)[:200])
@@ -118,7 +122,7 @@ class Runtime:
 
     def _start(self) -> None:
         self.setup()
-        self._epoch.changed(self.client, self.keys)  # remember the epoch this process starts in
+        self._recover_lost_redis()  # lost while no process of this consumer ran, too
         self._process(self._reader.read("0"))  # what this consumer name left pending, if anything
 
     def _wait_for_database(self, stop: threading.Event) -> bool:
@@ -157,20 +161,29 @@ class Runtime:
         return handled + self._process(entries)
 
     def _recover_lost_redis(self) -> None:
+        """Compare what Redis shows with what this consumer saw last (in memory, or at start in
+        its database), re-drive the outbox if data may be gone, then record what it saw."""
         if time.monotonic() - self._last_cleanup > 300:
             cutoff = utcnow() - timedelta(seconds=self.options.redrive_window)
             outbox.delete_sent_before(self.engine, cutoff)
             self._last_cleanup = time.monotonic()
-        change = self._epoch.changed(self.client, self.keys)
+        now = epoch.look(self.client, self.keys)
+        if self._seen is None:
+            with self.engine.connect() as conn:
+                self._seen = epoch.load(conn, self.group, self.keys)
+        change = epoch.change(self._seen, now)
         if change == epoch.RESTARTED:  # from its AOF: the last writes before it stopped may be gone
-            since = datetime.fromtimestamp(self._epoch.at_risk_since, UTC)
-            count = outbox.republish_since(self.engine, self.client, since)
+            assert self._seen is not None
+            count = outbox.republish_since(self.engine, self.client, self._seen.at_risk_since)
             log.warning("Redis restarted: outbox rows of the last moments re-published", messages=count)
         elif change == epoch.LOST:
             self.setup()
             since = utcnow() - timedelta(seconds=self.options.redrive_window)
             count = outbox.republish_since(self.engine, self.client, since)
             log.warning("Redis lost its data: groups re-created, outbox re-published", messages=count)
+        with self.engine.begin() as conn:  # only once re-driven: a crash before re-drives again
+            epoch.save(conn, self.group, self.keys, now)
+        self._seen = now
 
     def _relay_outbox(self) -> None:
         """Publish what this participant committed but never sent (killed, or Redis went away,

@@ -42,6 +42,8 @@ Handler = Callable[[Envelope, Context], Emitted]
 JoinHandler = Callable[[dict[str, Envelope], Context], Emitted]
 # All the new messages of a batch at once, in order, in one transaction; what each one emits.
 BatchHandler = Callable[[Connection, list[Envelope], datetime], list[list[Envelope]]]
+# Takes, in one sorted order, every lock the handlers of these messages will take.
+Locker = Callable[[Connection, list[Envelope]], None]
 
 
 @dataclass(frozen=True)
@@ -89,6 +91,10 @@ class Participant:
     # consumer that gains from seeing them at once, as the controller's tracker does.
     batch: BatchHandler | None = None
     batch_types: tuple[str, ...] = ()
+    # For handlers that lock (the tracker's: each workflow's): the per-message fallback, which
+    # runs the batch's messages one by one in one transaction, calls it first with them all, so
+    # that two consumers never take those locks message by message in crossing orders.
+    lock: Locker | None = None
 
     _own_registry: Registry | None = field(default=None, init=False, repr=False, compare=False)
     _default_registry: Registry | None = field(default=None, init=False, repr=False, compare=False)

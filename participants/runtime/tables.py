@@ -86,3 +86,15 @@ join_arrival = Table(
     Column("envelope", Text, nullable=False),
     PrimaryKeyConstraint("consumer", "join_name", "correlation_id", "message_type"),
 )
+
+# What the processes of a consumer last saw of Redis (`epoch.py`): a process started after Redis
+# lost its data while none of them ran compares with this, and re-drives its outbox.
+redis_seen = Table(
+    "baton_redis_seen", metadata,
+    Column("consumer", String(64), nullable=False),
+    Column("prefix", String(64), nullable=False),
+    Column("epoch", String(64), nullable=False),
+    Column("run_id", String(64)),
+    Column("checked_at", UtcDateTime(), nullable=False),
+    PrimaryKeyConstraint("consumer", "prefix"),
+)

@@ -124,6 +124,33 @@ def test_a_participant_killed_in_its_handler_is_reclaimed_and_charges_once(
     assert len(charges()) == 1
 
 
+@pytest.mark.slow
+def test_a_lost_payment_charged_is_published_again_when_payment_starts_after_the_loss(
+        bench: Bench, processes: Processes, tmp_path: Path) -> None:
+    """`payment` charges and stops; Redis loses everything while it is down; the `payment` process
+    started next publishes the lost `payment.charged` again, with its id, and charges no more."""
+    placed = order()
+    bench.send(placed)
+    env = _participant_env(tmp_path, bench.database_url, bench.redis_url, bench.keys)
+    first = processes.start(env, "first.log", "participant", "payment")
+    wait_for(lambda: len(bench.emitted("payment.charged")) == 1, 20, "the charge")
+    [charged] = bench.emitted("payment.charged")
+    first.send_signal(signal.SIGTERM)
+    assert first.wait(timeout=10) == 0, processes.log("first.log")
+    for key in bench.client.scan_iter(match=f"{bench.keys.prefix}:*"):
+        bench.client.delete(key)  # a host reboot without AOF: streams, groups, the epoch marker
+
+    processes.start(env, "second.log", "participant", "payment")
+    wait_for(lambda: len(bench.emitted("payment.charged")) == 1, 20, "the lost charge published again")
+    assert bench.emitted("payment.charged")[0].id == charged.id
+    assert "Redis lost its data" in processes.log("second.log"), processes.log("second.log")
+    with bench.engine().connect() as conn:
+        charges = conn.execute(select(payment.ledger).where(
+            payment.ledger.c.correlation_id == placed.correlation_id,
+            payment.ledger.c.kind == "charge")).all()
+    assert len(charges) == 1
+
+
 def test_after_redis_restarts_from_its_aof_the_last_moments_are_published_again(
         database_url: str, tmp_path: Path) -> None:
     """With `appendfsync everysec`, a Redis that crashes loses the last second of writes, and the

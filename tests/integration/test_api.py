@@ -410,6 +410,45 @@ def test_a_chunked_body_under_the_limit_is_accepted(web: Api) -> None:
 # -- idempotency -----------------------------------------------------------------------------------
 
 
+def _losing_races(monkeypatch: pytest.MonkeyPatch, times: int) -> list[int]:
+    """The next `times` workflow inserts are chosen as a deadlock's victim; the calls, counted."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    from controller.db import store
+
+    real, calls = store.insert_workflows, []
+
+    def insert_workflows(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) <= times:
+            raise OperationalError("INSERT INTO workflows ...", {},
+                                   psycopg.errors.DeadlockDetected("deadlock detected"))
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(store, "insert_workflows", insert_workflows)
+    return calls
+
+
+def test_a_kickoff_chosen_as_a_deadlocks_victim_is_run_again_and_answers_201(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A deadlock is a race lost to another writer, not a database outage: no 503."""
+    calls = _losing_races(monkeypatch, 2)
+    made = api.started()
+    assert len(calls) == 3
+    assert api.get(f"/v1/workflows/{made['correlation_id']}").status_code == 200
+    assert len(api.start_events()) == 1
+
+
+def test_a_request_that_keeps_losing_races_answers_409_not_a_database_outage(
+        web: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _losing_races(monkeypatch, 100)
+    problem = assert_problem(web.start(), 409)
+    assert "retry" in problem["detail"]
+    assert len(calls) == 5
+    assert web.start_events() == []
+
+
 def test_the_same_idempotency_key_and_body_answers_200_with_the_same_workflow(api: Api) -> None:
     data = order_input()
     key = {"Idempotency-Key": f"key-{uuid.uuid4().hex}"}

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import threading
@@ -14,6 +15,7 @@ from datetime import timedelta
 from typing import Any, cast
 
 import orjson
+import psycopg
 import pytest
 import redis
 import sqlalchemy as sa
@@ -22,9 +24,10 @@ from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, func, i
 from contracts.envelope import Envelope, decode_fields, new_command, new_event
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
-from participants.runtime.db import make_engine
+from participants.runtime.db import create_tables, make_engine
 from participants.runtime.loop import Options, Runtime
 from participants.runtime.participant import Context, Participant
+from participants.runtime.tables import metadata as runtime_metadata
 
 NAME = "probe"
 # linger_ms=0: each poll handles what one read found (test_a_busy_consumer_lingers_… sets it)
@@ -40,6 +43,7 @@ class Probe:
     """A participant whose behaviour each test sets; every effect is a row of `probe_effects`."""
 
     fail_times: int = 0  # raise in the order.placed handler this many times (-1: always)
+    deadlocks: int = 0  # lose this many races (a deadlock) in the order.placed handler first
     emit: str = "valid"  # "valid", "invalid" (through ctx.event) or "raw-invalid" (a bare envelope)
     calls: list[tuple[str, float]] = field(default_factory=list)  # (message id, monotonic time)
     metadata: MetaData = field(default_factory=MetaData)
@@ -65,6 +69,9 @@ class Probe:
     def _on_order_placed(self, msg: Envelope, ctx: Context) -> list[Envelope]:
         self.calls.append((msg.id, time.monotonic()))
         self._effect(ctx, "charge")  # written before a failure: must be rolled back with it
+        if self.deadlocks:
+            self.deadlocks -= 1
+            raise deadlock()
         if self.fail_times:
             self.fail_times -= 1 if self.fail_times > 0 else 0
             raise RuntimeError("the card service is down")
@@ -181,6 +188,12 @@ class Bench:
     def pending(self, stream: str) -> int:
         info: Any = self.client.xpending(stream, NAME)
         return int(info["pending"])
+
+
+def deadlock() -> sa.exc.OperationalError:
+    """What SQLAlchemy raises when PostgreSQL chose this transaction as a deadlock's victim."""
+    return sa.exc.OperationalError("SELECT pg_advisory_xact_lock(...)", {},
+                                   psycopg.errors.DeadlockDetected("deadlock detected"))
 
 
 def text(value: Any) -> str:
@@ -495,6 +508,34 @@ def test_a_redelivered_id_is_not_handled_again_after_a_restart(bench: Bench) -> 
     assert bench.pending(bench.keys.event_stream("order.placed")) == 0, "the duplicate is acked"
 
 
+def test_a_process_started_after_redis_lost_its_data_publishes_its_recent_outbox_again(
+        bench: Bench) -> None:
+    """The participant charged, published `payment.charged` and stopped; Redis lost its data while
+    no process of it ran (a host reboot without AOF). The process that starts next has never seen
+    the old epoch, yet its database has: it publishes the charge again, with the same id, or the
+    controller would never learn of it (and a breach would compensate only the done steps,
+    leaving the customer charged). A start that follows no loss publishes nothing again."""
+    first_engine = bench.engine()
+    first = bench.runtime(engine=first_engine)
+    bench.send(order())
+    drain(first)
+    [charged] = bench.emitted("payment.charged")
+    first_engine.dispose()  # the process is gone; only its database remembers
+    for key in bench.client.scan_iter(match=f"{bench.keys.prefix}:*"):
+        bench.client.delete(key)  # every stream, group and the epoch marker
+
+    second = bench.runtime(engine=bench.engine(), consumer="c2")
+    poll_until(second, lambda: len(bench.emitted("payment.charged")) == 1,
+               what="the charge published again by the process started after the loss")
+    assert bench.emitted("payment.charged")[0].id == charged.id
+    drain(second)
+    assert bench.probe.effect_count(second.engine, "charge") == 1
+
+    third = bench.runtime(engine=bench.engine(), consumer="c3")  # a restart, Redis intact
+    drain(third)
+    assert len(bench.emitted("payment.charged")) == 1
+
+
 def test_an_event_committed_but_never_published_is_published_by_the_runtime(
         bench: Bench, monkeypatch: pytest.MonkeyPatch) -> None:
     """Redis goes away (or the process dies) between the commit and the XADD: the redelivered entry
@@ -687,3 +728,75 @@ def test_published_rows_are_marked_sent_with_the_next_batch_or_before_blocking(b
     assert unmarked() == [refunded]
     assert rt.poll() == 0
     assert unmarked() == []  # marked before blocking on the empty streams
+
+
+# -- lost races: deadlocks ----------------------------------------------------------------------
+
+
+def test_a_deadlock_is_retried_at_once_not_taken_for_a_database_outage(bench: Bench) -> None:
+    """A transaction chosen as a deadlock's victim lost a race; the database is fine. The batch
+    is run again at once, in the same poll, instead of the consumer pausing as for an outage."""
+    bench.probe.deadlocks = 2
+    rt = bench.runtime(PATIENT)
+    placed = order()
+    bench.send(placed)
+    assert rt.poll() == 1
+    assert [m for m, _ in bench.probe.calls] == [placed.id] * 3
+    assert bench.probe.effect_count(rt.engine, "charge") == 1
+    assert len(bench.emitted("payment.charged")) == 1
+    assert bench.pending(bench.keys.event_stream("order.placed")) == 0
+
+
+def test_two_trackers_in_the_per_message_fallback_lock_in_one_order_and_never_deadlock(
+        pg_database_url: str) -> None:
+    """Two trackers handle events of the same two workflows in opposite orders, each batch redone
+    message by message (a handler failed). Each message locks its workflow, as the tracker's
+    does; if the fallback took those locks message by message, in arrival order, each would hold
+    one and wait for the other. It takes the whole batch's first, sorted, as the unit of work
+    does, so one waits for the other and no transaction is chosen as a deadlock's victim."""
+    from controller.db import store
+    from controller.service.track import lock_batch
+    from participants.runtime.handling import BatchHandler
+    from participants.runtime.reading import Entry
+
+    cid_a, cid_b = f"wf-a-{uuid.uuid4().hex[:8]}", f"wf-b-{uuid.uuid4().hex[:8]}"
+    both_hold_one = threading.Barrier(2)
+    calls: list[int] = []
+
+    def batch(conn: sa.Connection, messages: list[Envelope], now: Any) -> list[list[Envelope]]:
+        calls.append(len(messages))
+        if len(messages) > 1:
+            raise RuntimeError("a handler failed: the batch again, message by message")
+        store.lock_many(conn, [messages[0].correlation_id])
+        # With per-message locking each holds one lock here; else the other waits for the
+        # batch's locks, and there is no one to meet.
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_hold_one.wait(timeout=3)
+        return [[]]
+
+    participant = Participant(NAME, batch=batch, batch_types=("order.placed",), lock=lock_batch)
+    engines = [make_engine(pg_database_url) for _ in range(2)]
+    create_tables(engines[0], runtime_metadata)
+    failures: list[BaseException] = []
+
+    def run(engine: Engine, first: Envelope, second: Envelope) -> None:
+        handler = BatchHandler(participant, engine, Keys("t"), ())
+        entries = [Entry("s", f"{i}-0", None, message=m) for i, m in enumerate((first, second))]
+        try:
+            done, _ = handler.handle(entries, [])
+            assert len(done) == 2
+        except BaseException as exc:  # reported below
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(engines[0], order(cid_a), order(cid_b))),
+               threading.Thread(target=run, args=(engines[1], order(cid_b), order(cid_a)))]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    finally:
+        for engine in engines:
+            engine.dispose()
+    assert not failures, failures
+    assert sorted(calls) == [1, 1, 1, 1, 2, 2], "each message handled once, no transaction run again"
