@@ -41,10 +41,16 @@ def cancel(flow: Flow, wf: lc.Workflow, now: datetime) -> list[lc.Effect]:
 
 
 def compensate(flow: Flow, wf: lc.Workflow, now: datetime) -> list[lc.Effect]:
-    """Compensate now: a running or paused workflow, or one whose compensation gave up."""
+    """Compensate now: a running or paused workflow, or one that needs attention: its failed
+    compensations are sent again, or, set aside by the sweeper with none failed, its compensation
+    goes on (or begins, if it had none)."""
     _require(wf, "compensate")
     if wf.status == WorkflowStatus.NEEDS_ATTENTION:
-        return _resend_failed_compensations(flow, wf, now)
+        if any(c.status == CompensationStatus.FAILED for c in wf.compensations.values()):
+            return _resend_failed_compensations(flow, wf, now)
+        if wf.compensations:
+            wf.status = WorkflowStatus.COMPENSATING
+            return [lc.Announce("workflow.compensating", wf.status, wf.reason), *lc.advance(flow, wf, now)]
     wf.paused_at = None
     effects = lc.begin_compensation(flow, wf, wf.reason or Reason.CANCELLED, now)
     return effects + lc.advance(flow, wf, now)

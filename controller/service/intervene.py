@@ -32,7 +32,11 @@ def intervene(services: Services, cid: str, request: Intervention, now: datetime
         wf = uow.load([cid]).get(cid)
         if wf is None:
             raise NotFound(f"no workflow {cid}")
-        flow = uow.flow(wf)
+        try:
+            flow = uow.flow(wf)
+        except KeyError:
+            raise Conflict(f"workflow {cid} runs {wf.flow} v{wf.flow_version}, which is not loaded: "
+                           "load that version of the flow to act on it") from None
         try:
             changes = interventions.ACTIONS[request.action].decide(flow, wf, now=now, **request.params)
         except interventions.NotApplicable as exc:

@@ -873,11 +873,14 @@ def test_a_workflow_the_sweep_cannot_decide_needs_attention_and_the_others_go_on
     """One whose flow version is no longer loaded, one whose compensation command fails
     validation (its step's recorded result lost its fields): each is set aside with a reason an
     operator can read, in the same pass that compensates the good one; GET and list answer."""
-    from sqlalchemy import update
+    from sqlalchemy import select, update
 
     from controller.db.tables import steps, workflows
 
     good, unloaded, invalid = (build(baton, "running", ORDER) for _ in range(3))
+    with baton.services.engine.connect() as conn:
+        kept = conn.execute(select(steps.c.result).where(
+            steps.c.correlation_id == invalid, steps.c.name == "reserve_inventory")).scalar_one()
     with baton.services.engine.begin() as conn:
         conn.execute(update(workflows).where(workflows.c.correlation_id == unloaded)
                      .values(flow_version=99))
@@ -899,6 +902,18 @@ def test_a_workflow_the_sweep_cannot_decide_needs_attention_and_the_others_go_on
     assert listed.status_code == 200, listed.get_data(as_text=True)
     assert {good, unloaded, invalid} <= {w["correlation_id"] for w in listed.get_json()["items"]}
     assert baton.sweep(utcnow() + timedelta(hours=3)) <= 1  # nothing is due for the set-aside ones
+    # An operator can act on them: the unloaded flow is named (409), the mended one compensates.
+    refused = baton.post(f"/v1/workflows/{unloaded}/compensate", {"reason": "try"})
+    assert refused.status_code == 409, refused.get_json()
+    assert "order_fulfillment v99, which is not loaded" in refused.get_json()["detail"]
+    with baton.services.engine.begin() as conn:
+        conn.execute(update(steps).where(steps.c.correlation_id == invalid,
+                                         steps.c.name == "reserve_inventory").values(result=kept))
+    mended = baton.post(f"/v1/workflows/{invalid}/compensate", {"reason": "result restored"})
+    assert mended.status_code == 200, mended.get_json()
+    assert mended.get_json()["status"] == "compensating"
+    assert [e["type"] for e in baton.entries(baton.keys.command_stream("inventory"))
+            if e["correlation_id"] == invalid] == ["inventory.release"]
 
 
 def test_an_intervention_while_redis_is_gone_answers_and_leaves_its_commands_to_the_relay(
