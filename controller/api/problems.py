@@ -106,9 +106,10 @@ def register(app: Flask) -> None:
     def _database_down(exc: OperationalError) -> Response:
         if lost_race(exc):  # the writes that retry a lost race lost every time: the database is up
             log.warning("a request kept losing races (deadlocks)", error=str(exc.orig)[:200])
-            return problem(409, "Conflict", "concurrent writes to the same workflows kept "
-                           "deadlocking with this request, which changed nothing; retry it",
-                           headers={"Retry-After": "1"})
+            # 503, not 409: the contract's 409s say the request itself cannot apply.
+            return problem(503, "Service Unavailable", "concurrent writes to the same workflows "
+                           "kept deadlocking with this request, which changed nothing (the "
+                           "database is up); retry it", headers={"Retry-After": "1"})
         log.warning("database unavailable", error=str(exc.orig)[:200])
         return problem(503, "Service Unavailable", "the database is unavailable; retry shortly",
                        headers={"Retry-After": "5"})

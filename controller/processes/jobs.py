@@ -39,8 +39,8 @@ def sweep() -> int:
 
 def trim_streams() -> int:
     """Bound Redis memory: drop stream entries every consumer group is done with, and those of
-    event streams no group reads (or some consumer the loaded flows declare has no group on) once
-    older than BATON_STREAM_RETENTION."""
+    event streams no group reads (and no loaded flow declares a consumer of) once older than
+    BATON_STREAM_RETENTION. A stream a declared consumer has no group on yet is kept whole."""
     services = _services()
     removed = trimming.trim_all(services.redis, services.keys, services.settings.stream_retention,
                                 trimming.declared_groups(services.catalog, services.keys))

@@ -45,11 +45,15 @@ def declared_groups(catalog: Catalog, keys: Keys) -> dict[str, set[str]]:
 def safe_trim_id(client: redis.Redis, stream: str, declared: Collection[str] = (),
                  unread: str | None = None) -> str | None:
     """The id to trim `stream` to, never past the smallest one an existing group still needs.
-    When no group reads it, or one of the `declared` groups is missing, no further than `unread`
-    either (an id of the retention's age; None: keep the stream whole)."""
+    When one of the `declared` groups is missing (its consumer has not started, or its group
+    went with Redis's data) the stream is kept whole: that consumer is owed every entry. When
+    no group reads it and none is declared, no further than `unread` (an id of the retention's
+    age; None: keep the stream whole)."""
     groups: Any = client.xinfo_groups(stream)
+    if not set(declared) <= {_text(group["name"]) for group in groups}:
+        return None
     needed = [_needed(client, stream, group) for group in groups]
-    if not groups or not set(declared) <= {_text(group["name"]) for group in groups}:
+    if not groups:
         if unread is None:
             return None
         needed.append(_parse(unread))

@@ -1,8 +1,9 @@
 """Keeps the SLA report's facts and rollup in step with the state they summarize.
 
-Called by the store in the transaction that writes that state: a workflow's save writes the
-facts that changed and appends their difference to `report_deltas` (append-only, so concurrent
-writers never wait for one another); recording a message writes the transitions it completes.
+Called by the unit of work (`controller/service/unit_of_work.py`) in the transaction that writes
+that state: a workflow's save writes the facts that changed and appends their difference to
+`report_deltas` (append-only, so concurrent writers never wait for one another); recording a
+message writes the transitions it completes.
 `fold_deltas` moves the deltas into `report_rollup`; `rebuild` recomputes everything from the base tables.
 """
 

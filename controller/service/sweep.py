@@ -18,6 +18,7 @@ from controller.domain import lifecycle
 from controller.domain.statuses import WorkflowStatus
 from controller.service.bootstrap import Services
 from controller.service.unit_of_work import UnitOfWork, unit_of_work
+from participants.runtime.db import retry_lost_races
 
 log = structlog.get_logger("baton.sweeper")
 
@@ -41,6 +42,7 @@ def sweep_once(services: Services, now: datetime, limit: int = 500, chunk: int =
     return acted
 
 
+@retry_lost_races  # a deadlock's victim: the chunk again at once, re-read
 def _sweep_chunk(services: Services, cids: list[str], now: datetime) -> tuple[int, int]:
     """A workflow another sweeper or the tracker holds is left: the next pass re-reads it."""
     acted = 0

@@ -1,8 +1,9 @@
 """Handling a batch of entries in one database transaction: the processed-id rows (one statement),
 the handlers' effects and their outbox rows commit together. If a handler fails, that transaction
 is rolled back and the batch handled again with each message in its own savepoint, so that only
-the failing one is left for a retry. Both ways take their locks in the same sorted orders, and a
-transaction chosen as a deadlock's victim is run again at once."""
+the failing one is left for a retry. Both ways take the runtime's locks (processed ids, then the
+participant's `lock` hook: the tracker's workflows) in the same sorted orders, and a transaction
+chosen as a deadlock's victim is run again at once."""
 
 from __future__ import annotations
 

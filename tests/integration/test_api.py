@@ -440,11 +440,13 @@ def test_a_kickoff_chosen_as_a_deadlocks_victim_is_run_again_and_answers_201(
     assert len(api.start_events()) == 1
 
 
-def test_a_request_that_keeps_losing_races_answers_409_not_a_database_outage(
+def test_a_request_that_keeps_losing_races_answers_503_saying_the_database_is_up(
         web: Api, monkeypatch: pytest.MonkeyPatch) -> None:
     calls = _losing_races(monkeypatch, 100)
-    problem = assert_problem(web.start(), 409)
-    assert "retry" in problem["detail"]
+    answer = web.start()
+    problem = assert_problem(answer, 503)
+    assert "retry" in problem["detail"] and "the database is up" in problem["detail"]
+    assert answer.headers["Retry-After"] == "1"
     assert len(calls) == 5
     assert web.start_events() == []
 
