@@ -15,7 +15,6 @@ from sqlalchemy import select
 
 from controller.db.tables import workflows
 from controller.domain import lifecycle
-from controller.domain.statuses import WorkflowStatus
 from controller.service.bootstrap import Services
 from controller.service.unit_of_work import UnitOfWork, unit_of_work
 from participants.runtime.db import retry_lost_races
@@ -65,15 +64,8 @@ def _act(uow: UnitOfWork, wf: lifecycle.Workflow, now: datetime) -> None:
     try:
         uow.apply(wf, lifecycle.on_time(uow.flow(wf), wf, now))
     except Exception as exc:  # whatever it is: one bad workflow must not stop the sweep
-        problem = f"the sweeper cannot decide it: {_problem(uow, wf, exc)}"
-        log.error("workflow set aside", status=WorkflowStatus.NEEDS_ATTENTION, problem=problem)
-        uow.set_aside(wf, problem, actor="sweeper")
+        uow.set_aside(wf, exc, actor="sweeper")
         return
     if wf.status != uow.before(wf).status:
         log.info("workflow changed by the clock", status=wf.status, reason=wf.reason)
 
-
-def _problem(uow: UnitOfWork, wf: lifecycle.Workflow, exc: Exception) -> str:
-    if (wf.flow, wf.flow_version) not in uow.catalog.flows:
-        return f"flow {wf.flow} version {wf.flow_version} is not loaded"
-    return f"{type(exc).__name__}: {exc}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from functools import partial
 
+import structlog
 from sqlalchemy import Connection
 
 from config.flows import Catalog
@@ -18,6 +19,7 @@ from contracts.payloads import Registry
 from contracts.streams import CONTROLLER
 from controller.db import store
 from controller.domain import lifecycle
+from controller.domain.statuses import WorkflowStatus
 from controller.service.unit_of_work import UnitOfWork
 from participants.runtime.participant import Participant
 
@@ -41,12 +43,29 @@ def track(catalog: Catalog, registry: Registry, conn: Connection, batch: list[En
     found = uow.load(m.correlation_id for m in batch)  # each message is seen in turn: load first
     uow.receive(batch)
     out: list[list[Envelope]] = []
+    aside: set[str] = set()
     for message in batch:
         wf = found.get(message.correlation_id)
         if wf is None:
             out.append([])
             continue
-        changes = lifecycle.on_message(uow.flow(wf), wf, message.type, message.id, message.data, now)
-        out.append(uow.apply(wf, changes))
+        out.append(_decide(uow, wf, message, aside))
     uow.flush()
     return out
+
+
+def _decide(uow: UnitOfWork, wf: lifecycle.Workflow, message: Envelope, aside: set[str]) -> list[Envelope]:
+    """What the lifecycle makes of one message. A workflow it cannot decide (its flow version no
+    longer loaded, a command whose payload fails validation) is set aside for an operator, once;
+    its later messages are only recorded, and the batch's other workflows go on."""
+    if wf.correlation_id in aside or (wf.status == WorkflowStatus.NEEDS_ATTENTION
+                                      and (wf.flow, wf.flow_version) not in uow.catalog.flows):
+        return []
+    try:
+        flow = uow.flow(wf)
+        return uow.apply(wf, lifecycle.on_message(flow, wf, message.type, message.id, message.data,
+                                                  uow.now))
+    except Exception as exc:  # whatever it is: one bad workflow must not stop the tracker
+        aside.add(wf.correlation_id)
+        with structlog.contextvars.bound_contextvars(correlation_id=wf.correlation_id):
+            return uow.set_aside(wf, exc, actor="tracker")

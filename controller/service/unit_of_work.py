@@ -37,6 +37,8 @@ from controller.service.bootstrap import Services
 from participants.runtime import outbox
 from participants.runtime.faults import crash_point
 
+log = structlog.get_logger("baton.unit_of_work")
+
 
 @dataclass
 class _New:
@@ -106,17 +108,25 @@ class UnitOfWork:
     def audit(self, row: dict[str, Any]) -> None:
         store.insert_audit(self.conn, row)
 
-    def set_aside(self, wf: lifecycle.Workflow, problem: str, actor: str) -> None:
-        """A workflow whose decision raised: saved as it was loaded (the lifecycle may have
-        changed `wf` half-way), but `needs_attention`, announced, with `problem` in its audit for
-        an operator. Nothing falls due for it any more; the unit's other workflows are untouched."""
+    def set_aside(self, wf: lifecycle.Workflow, exc: Exception, actor: str) -> list[Envelope]:
+        """A workflow whose decision raised `exc`: saved as it was loaded (the lifecycle may have
+        changed `wf` half-way), but `needs_attention`, announced, with the problem in its audit
+        for an operator. Nothing falls due for it any more; the unit's other workflows are
+        untouched. The announcement is returned (and published with the unit's messages)."""
         before = self.before(wf)
+        problem = f"the {actor} cannot decide it: {self._problem(wf, exc)}"
+        log.error("workflow set aside", correlation_id=wf.correlation_id, problem=problem)
         kept = replace(_snapshot(before), status=WorkflowStatus.NEEDS_ATTENTION)
         self._loaded[wf.correlation_id] = (kept, before)
-        self.apply(kept, [lifecycle.Announce(announce.NEEDS_ATTENTION, kept.status, kept.reason)])
         self.audit({"correlation_id": wf.correlation_id, "actor": actor, "action": "needs_attention",
                     "reason": problem, "at": self.now, "result": f"applied: {before.status} -> {kept.status}",
                     "details": None})
+        return self.apply(kept, [lifecycle.Announce(announce.NEEDS_ATTENTION, kept.status, kept.reason)])
+
+    def _problem(self, wf: lifecycle.Workflow, exc: Exception) -> str:
+        if (wf.flow, wf.flow_version) not in self.catalog.flows:
+            return f"flow {wf.flow} version {wf.flow_version} is not loaded"
+        return f"{type(exc).__name__}: {exc}"
 
     def flush(self) -> list[Envelope]:
         """Write everything this unit decided, in the order the report's facts need (a new

@@ -938,3 +938,32 @@ def test_an_intervention_while_redis_is_gone_answers_and_leaves_its_commands_to_
     assert outbox.relay_once(baton.services.engine, live, grace=timedelta(0)) >= 1
     [release] = [e for e in baton.entries(stream) if e["correlation_id"] == cid]
     assert (release["type"], release["attempt"]) == ("inventory.release", 1)
+
+
+def test_a_workflow_the_tracker_cannot_decide_is_set_aside_its_events_recorded_and_the_others_go_on(
+        baton: Baton) -> None:
+    """An event for a workflow whose flow version is no longer loaded: recorded on its timeline,
+    the workflow set aside once (needs_attention, audited by the tracker), later events recorded
+    only; another workflow's event goes on being decided."""
+    from sqlalchemy import update
+
+    from controller.db.tables import workflows
+
+    good, unloaded = build(baton, "running", ORDER), build(baton, "running", ORDER)
+    with baton.services.engine.begin() as conn:
+        conn.execute(update(workflows).where(workflows.c.correlation_id == unloaded)
+                     .values(flow_version=99))
+    baton.emit("payment.charged", unloaded)
+    baton.emit("shipment.scheduled", unloaded)
+    baton.emit("payment.charged", good)
+    baton.emit("shipment.scheduled", good)
+    assert baton.workflow(good)["status"] == "completed"
+    wf = baton.workflow(unloaded)
+    assert wf["status"] == "needs_attention", wf
+    [set_aside] = baton.audit(unloaded)
+    assert (set_aside["actor"], set_aside["action"]) == ("tracker", "needs_attention")
+    assert set_aside["reason"] == ("the tracker cannot decide it: flow order_fulfillment version 99 "
+                                   "is not loaded")
+    assert {"payment.charged", "shipment.scheduled"} <= {m["type"] for m in baton.timeline(unloaded)}
+    dead = baton.entries(baton.keys.dead_stream("controller"))
+    assert [e for e in dead if e.get("correlation_id") == unloaded] == []
