@@ -14,11 +14,11 @@ from sqlalchemy import (
     Column,
     Connection,
     DateTime,
+    Index,
     Integer,
     MetaData,
     String,
     Table,
-    UniqueConstraint,
     bindparam,
     insert,
     select,
@@ -63,9 +63,11 @@ reservations = Table(
     Column("status", String(16), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("released_at", DateTime(timezone=True)),
-    # The key that reserves an order once, even for two duplicates handled at the same moment.
-    UniqueConstraint("correlation_id", "order_id", "line", name="uq_inventory_reservations_order_line"),
 )
+# The key that reserves an order once, even for two duplicates handled at the same moment. An
+# index, not a constraint, so that `seed` can add it to a table created before it existed.
+ONCE_PER_LINE = Index("uq_inventory_reservations_order_line", reservations.c.correlation_id,
+                      reservations.c.order_id, reservations.c.line, unique=True)
 
 
 class Shortage(Exception):
@@ -73,7 +75,9 @@ class Shortage(Exception):
 
 
 def seed(conn: Connection) -> None:
-    """Insert the products of CATALOG that are missing; safe when several processes start at once."""
+    """Insert the products of CATALOG that are missing; safe when several processes start at once.
+    A reservations table older than its once-per-line key gets it."""
+    ONCE_PER_LINE.create(conn, checkfirst=True)
     rows = [{"product_id": p, "available": q} for p, q in CATALOG.items()]
     conn.execute(upsert(conn, stock).on_conflict_do_nothing(index_elements=["product_id"]), rows)
 

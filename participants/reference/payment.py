@@ -17,6 +17,7 @@ from sqlalchemy import (
     Column,
     Connection,
     DateTime,
+    Index,
     MetaData,
     String,
     Table,
@@ -73,9 +74,11 @@ ledger = Table(
     Column("note", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("payment_id", "kind", name="uq_payment_ledger_payment_kind"),
-    # The key that charges an order once, even for two duplicates handled at the same moment.
-    UniqueConstraint("correlation_id", "order_id", "kind", name="uq_payment_ledger_order_kind"),
 )
+# The key that charges an order once, even for two duplicates handled at the same moment. An
+# index, not a constraint, so that `seed` can add it to a ledger created before it existed.
+ONCE_PER_ORDER = Index("uq_payment_ledger_order_kind", ledger.c.correlation_id, ledger.c.order_id,
+                       ledger.c.kind, unique=True)
 
 
 class Declined(Exception):
@@ -115,6 +118,7 @@ _INSERT_LEDGER = insert(ledger)
 
 
 def seed(conn: Connection) -> None:
+    ONCE_PER_ORDER.create(conn, checkfirst=True)  # a ledger older than the key gets it too
     _add_accounts(conn, ACCOUNTS)
 
 

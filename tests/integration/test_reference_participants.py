@@ -542,3 +542,30 @@ def test_a_confirmation_is_recorded_once_per_order(world: World) -> None:
     [mail] = world.rows(select(notification.messages))
     assert (mail.notification_id, mail.order_id) == (one.data["notification_id"], order.data["order_id"])
     assert mail.subject == f"Your order {order.data['order_id']} is confirmed"
+
+
+@pytest.mark.parametrize("module", ["payment", "inventory"])
+def test_a_table_created_before_its_once_per_order_key_gets_it_at_setup(database_url: str,
+                                                                      module: str) -> None:
+    """An existing participant database (created before the key) is not altered by create_all:
+    the participant's setup adds the unique index that makes a duplicate apply once."""
+    import importlib
+
+    import sqlalchemy as sa
+
+    from participants.runtime.db import make_engine
+
+    mod = importlib.import_module(f"participants.reference.{module}")
+    index = mod.ONCE_PER_ORDER if module == "payment" else mod.ONCE_PER_LINE
+    engine = make_engine(database_url)
+    try:
+        mod.metadata.create_all(engine)
+        with engine.begin() as conn:
+            index.drop(conn)  # as a database of the earlier code has it
+        with engine.begin() as conn:
+            mod.seed(conn)
+            mod.seed(conn)  # every start runs it: the second finds the key there
+        names = {i["name"] for i in sa.inspect(engine).get_indexes(index.table.name) if i["unique"]}
+        assert index.name in names
+    finally:
+        engine.dispose()
