@@ -66,7 +66,7 @@ def failure_reasons(conn: Connection, flow: Flow, cid: str,
     without such a message, that it ran out of attempts unanswered. One query, and only when a
     step failed."""
     failed = [s for s in flow.steps
-              if (r := step_states.get(s.name)) is not None and r.status == "failed"]
+              if (r := step_states.get(s.name)) is not None and r.status == StepStatus.FAILED]
     if not failed:
         return {}
     types = {t for s in failed for t in (s.failed_on, s.done_on if s.fails_when else None) if t}
