@@ -53,7 +53,7 @@ def _valid(command: bool, traceparent: str | None) -> Envelope:
 def entries(draw: st.DrawFn) -> dict[Any, Any]:
     base = _valid(draw(st.booleans()), draw(st.none() | st.just("00-abc-def-01"))).to_fields()
     raw: dict[str, Any] = dict(base)
-    for name in draw(st.lists(st.sampled_from(FIELDS + ["x_extra"]), max_size=3, unique=True)):
+    for name in draw(st.lists(st.sampled_from([*FIELDS, "x_extra"]), max_size=3, unique=True)):
         how = draw(st.sampled_from(["drop", "set", "set", "set", "nul", "bytes"]))
         if how == "drop":
             raw.pop(name, None)
