@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
@@ -12,6 +13,7 @@ from contracts.envelope import COMMAND, EVENT
 from contracts.errors import InvalidMessage, UnknownMessageType, UnsupportedVersion
 
 FAILED_SUFFIX = "_failed"
+M = TypeVar("M")
 
 
 class Payload(Schema):
@@ -58,6 +60,9 @@ class Registry:
 
     _schemas: dict[tuple[str, int], PayloadSchema] = field(default_factory=dict)
     _kinds: dict[str, str] = field(default_factory=dict)
+    # The messages built from a payload validated here, by identity, while they live.
+    _vouched: weakref.WeakValueDictionary[int, Any] = field(
+        default_factory=weakref.WeakValueDictionary, repr=False, compare=False)
 
     def register(self, message_type: str, schema: PayloadSchema, *, version: int = 1,
                  kind: str = EVENT, failed_schema: PayloadSchema | None = None) -> None:
@@ -112,3 +117,13 @@ class Registry:
         except ValidationError as exc:
             raise InvalidMessage({f"data.{k}": v for k, v in exc.messages_dict.items()}) from exc
         return loaded
+
+    def vouch(self, message: M) -> M:
+        """`message`, recorded as built from a payload `validate` just returned, so that the
+        runtime does not validate it a second time before it leaves: once per hop. A copy made
+        with `dataclasses.replace` is another object, and is validated again."""
+        self._vouched[id(message)] = message
+        return message
+
+    def vouched(self, message: object) -> bool:
+        return self._vouched.get(id(message)) is message

@@ -11,12 +11,13 @@ from controller.domain import lifecycle
 
 
 def message_for(registry: Registry, wf: lifecycle.Workflow, effect: lifecycle.Effect) -> Envelope:
-    """The envelope of one effect, its payload checked against the registry."""
+    """The envelope of one effect, its payload checked against the registry here (and vouched
+    for: the runtime does not check it again before it leaves)."""
     if isinstance(effect, lifecycle.Command):
-        return _command(registry, wf, effect)
+        return registry.vouch(_command(registry, wf, effect))
     if isinstance(effect, lifecycle.Announce):
-        return _announce(registry, wf, effect)
-    return _emit(registry, wf, effect)
+        return registry.vouch(_announce(registry, wf, effect))
+    return registry.vouch(_emit(registry, wf, effect))
 
 
 def _command(registry: Registry, wf: lifecycle.Workflow, cmd: lifecycle.Command) -> Envelope:

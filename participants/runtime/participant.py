@@ -27,14 +27,15 @@ class Context:
 
     def event(self, message_type: str, data: Mapping[str, Any], *,
               version: int | None = None) -> Envelope:
-        """An event caused by the message at hand, its payload checked against the registry."""
+        """An event caused by the message at hand, its payload checked against the registry here,
+        and not again by the runtime before it leaves (an event built another way is)."""
         version = version or self.registry.latest(message_type)
         loaded = self.registry.validate(message_type, version, data)
-        return new_event(
+        return self.registry.vouch(new_event(
             message_type, loaded, correlation_id=self.message.correlation_id,
             causation_id=self.message.id, source=self.participant, version=version,
             traceparent=self.message.traceparent,
-        )
+        ))
 
 
 Emitted = Iterable[Envelope] | None
