@@ -51,7 +51,6 @@ def migrate() -> None:
 
 
 def _controller_process(name: str, body: Callable[[Any, Any], None]) -> None:
-    from controller.db import migrate as migrations
     from controller.service.bootstrap import build_services
     from participants.runtime.service import stop_on_signals
     from participants.runtime.startup import until_reachable
@@ -63,10 +62,23 @@ def _controller_process(name: str, body: Callable[[Any, Any], None]) -> None:
     except FlowDefinitionError as exc:  # BATON_FLOWS_DIRS holds a flow that cannot be loaded
         _configuration_error(exc)
     try:
-        if until_reachable(lambda: migrations.upgrade(services.engine), stop, "the database"):
+        if until_reachable(lambda: _prepare(services), stop, "the database"):
             body(services, stop)
+    except FlowDefinitionError as exc:  # a declared message type changed incompatibly
+        _configuration_error(exc)
     finally:
         services.close()
+
+
+def _prepare(services: Any) -> None:
+    """The schema up to date, and the declared message types checked against those recorded."""
+    from contracts.timefmt import utcnow
+    from controller.db import declared
+    from controller.db import migrate as migrations
+
+    migrations.upgrade(services.engine)
+    with services.engine.begin() as conn:
+        declared.record(conn, services.registry, utcnow())
 
 
 def _consumer_process(name: str, build: Callable[[Any], Any]) -> None:

@@ -201,3 +201,15 @@ report_deltas = Table(
     Column("bucket", BigInteger, nullable=False),
     *_sums(Integer),
 )
+
+
+# -- the message types flow files declared, as each (type, version) was last loaded ----------------
+# What a later start compares a declaration with: a field removed or retyped needs a new version.
+declared_schemas = Table(
+    "declared_schemas", metadata,
+    Column("type", String(128), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("schema", JSON, nullable=False),
+    Column("source", Text, nullable=False),
+    Column("recorded_at", _TS, nullable=False),
+)
