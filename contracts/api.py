@@ -101,22 +101,6 @@ class CompensationOut(Schema):
     finished_at = fields.Str(allow_none=True)
 
 
-class WorkflowOut(Schema):
-    correlation_id = fields.Str()
-    flow = fields.Str()
-    flow_version = fields.Int()
-    status = fields.Str()
-    reason = fields.Str(allow_none=True)
-    started_at = fields.Str()
-    deadline = fields.Str(allow_none=True)
-    finished_at = fields.Str(allow_none=True)
-    started_by = fields.Str()
-    input = fields.Dict()
-    search_attributes = fields.Dict(keys=fields.Str(), values=fields.Str())
-    steps = fields.List(fields.Nested(StepOut))
-    compensations = fields.List(fields.Nested(CompensationOut))
-
-
 class WorkflowSummaryOut(Schema):
     """A list item: the workflow without its input and steps (GET /v1/workflows/<cid> has them)."""
 
@@ -130,6 +114,14 @@ class WorkflowSummaryOut(Schema):
     finished_at = fields.Str(allow_none=True)
     started_by = fields.Str()
     search_attributes = fields.Dict(keys=fields.Str(), values=fields.Str())
+
+
+class WorkflowOut(WorkflowSummaryOut):
+    """The workflow as GET /v1/workflows/<cid> shows it: its summary, input, steps and compensations."""
+
+    input = fields.Dict()
+    steps = fields.List(fields.Nested(StepOut))
+    compensations = fields.List(fields.Nested(CompensationOut))
 
 
 class WorkflowPage(Schema):
