@@ -156,20 +156,28 @@ class Chaos:
             "BATON_BLOCK_MS": "500", "BATON_SWEEP_INTERVAL": "0.5", "BATON_RELAY_INTERVAL": "0.5",
             "BATON_LOG_LEVEL": "WARNING", **self.config.env,
         }
-        self.procs = Processes(env, self.logs)
-        for name in LINES:
-            if name[-1] == "2":
-                self.procs.lines[name] = self.procs.lines[name[:-1]]
+        self.procs = self.processes(env)
         release = subprocess.run(["/bin/sh", "-c", f"exec {self.procs.lines['release']}"],
                                  cwd=ROOT, env=env,
                                  capture_output=True, text=True, check=False)
         if release.returncode:
             raise RuntimeError(f"release failed: {release.stdout}{release.stderr}")
-        for name in LINES:
-            self.procs.start(name)
+        for name in self.procs.lines:
+            if name != "release":
+                self.procs.start(name)
         self.wait_ready(120)
         self.supervisor = threading.Thread(target=self.supervise, daemon=True, name="supervisor")
         self.supervisor.start()
+
+    def processes(self, env: dict[str, str]) -> Processes:
+        """The run's processes: LINES, each `<line>2` running its line's command."""
+        procs = Processes(env, self.logs)
+        procs.lines = {n: procs.lines[n[:-1] if n[-1] == "2" else n] for n in ("release", *LINES)}
+        return procs
+
+    def base_for(self, i: int, attempt: int) -> str:
+        """The API a kickoff goes to (one web here; a run with several spreads them)."""
+        return self.base
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -256,10 +264,11 @@ class Chaos:
         """POST until answered 201 or 200, always with the same Idempotency-Key."""
         body = self.order(i, kind)
         deadline = time.monotonic() + 180
-        last = ""
+        last, attempt = "", 0
         while time.monotonic() < deadline:
+            attempt += 1
             try:
-                r = session.post(f"{self.base}/v1/workflows", json=body, timeout=15,
+                r = session.post(f"{self.base_for(i, attempt)}/v1/workflows", json=body, timeout=15,
                                  headers={"Idempotency-Key": body["correlation_id"]})
             except requests.RequestException as exc:
                 last = type(exc).__name__

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,11 @@ class Settings:
     log_level: str = "INFO"
     log_format: str = "json"
     crash_points: frozenset[str] = field(default_factory=frozenset)
+    # This process's name in its consumer groups; "" for `<host>-<pid>`. Stable across restarts,
+    # a replica reads its own pending entries again at once instead of waiting for another to
+    # reclaim them. Unique per replica of a participant: BATON_CONSUMER, else `<host>-<name>`
+    # from HONCHO_PROCESS_NAME (`tracker.2`, which `honcho start -c` and `honcho export` set).
+    consumer_name: str = ""
 
     def participant_db(self, participant: str) -> str:
         return self.participant_database_url.replace("{name}", participant)
@@ -103,6 +109,19 @@ def _intervals(text: str) -> tuple[int, ...]:
     return tuple(int(s) for s in text.split(","))
 
 
+_CONSUMER = r"^[A-Za-z0-9_.:@-]{1,64}$"
+_HONCHO_NAME = "HONCHO_PROCESS_NAME"  # honcho's, not ours: `<line>.<n>`
+
+
+def _consumer_from_honcho(env: Mapping[str, str]) -> dict[str, str]:
+    """BATON_CONSUMER as honcho's replica name implies it, when BATON_CONSUMER is not given."""
+    name = env.get(_HONCHO_NAME, "")
+    if "BATON_CONSUMER" in env or not name:
+        return {}
+    implied = f"{socket.gethostname()}-{name}"[-64:]
+    return {"BATON_CONSUMER": implied} if re.fullmatch(_CONSUMER, implied) else {}
+
+
 # Environment variable -> (settings attribute, marshmallow field)
 _VARIABLES: dict[str, tuple[str, fields.Field]] = {
     "BATON_DATA_DIR": ("data_dir", fields.Str(validate=validate.Length(min=1))),
@@ -138,6 +157,7 @@ _VARIABLES: dict[str, tuple[str, fields.Field]] = {
         "log_level", fields.Str(validate=validate.OneOf(["DEBUG", "INFO", "WARNING", "ERROR"]))),
     "BATON_LOG_FORMAT": ("log_format", fields.Str(validate=validate.OneOf(["json", "console"]))),
     "BATON_CRASH_POINTS": ("crash_points", fields.Str()),
+    "BATON_CONSUMER": ("consumer_name", fields.Str(validate=validate.Regexp(_CONSUMER))),
 }
 # Read by other tools, never by Baton: allowed so that they do not count as typos.
 _FOREIGN_PREFIXES = ("BATON_TEST_",)
@@ -201,7 +221,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     )
     if unknown:
         raise SettingsError(f"{unknown[0]}: unknown variable (known: {', '.join(_VARIABLES)})")
-    present = {k: v for k, v in env.items() if k in _VARIABLES}
+    present = {k: v for k, v in env.items() if k in _VARIABLES} | _consumer_from_honcho(env)
     try:
         loaded = _ENV_SCHEMA.load(present, unknown=EXCLUDE)
     except ValidationError as exc:

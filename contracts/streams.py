@@ -41,5 +41,9 @@ class Keys:
         """Set once the alert of a `workflow.needs_attention` is queued: it is queued only once."""
         return f"{self.prefix}:alert-queued:{message_id}"
 
+    def lease(self, name: str) -> str:
+        """Held by the one active process of a kind (`clock`) while it lives; see processes/lease.py."""
+        return f"{self.prefix}:lease:{name}"
+
     def rq_queue(self, name: str) -> str:
         return f"{self.prefix}-{name}"

@@ -34,7 +34,7 @@ from sqlalchemy.exc import OperationalError
 
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
-from participants.runtime import epoch, outbox
+from participants.runtime import consumers, epoch, outbox
 from participants.runtime.db import create_tables, lost_race
 from participants.runtime.faults import crash_point
 from participants.runtime.handling import BatchHandler
@@ -56,7 +56,7 @@ class Runtime:
     client: redis.Redis  # decode_responses=False: garbage bytes must not break a read
     keys: Keys
     options: Options = field(default_factory=Options)
-    consumer: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    consumer: str = ""  # its name in the groups: BATON_CONSUMER (Options), else `<host>-<pid>`
     _last_reclaim: float = 0.0
     _last_cleanup: float = 0.0
     _seen: epoch.Seen | None = None  # Redis at the last check; from the database at start
@@ -65,6 +65,7 @@ class Runtime:
     _handler: BatchHandler = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.consumer = self.consumer or self.options.consumer_name or f"{socket.gethostname()}-{os.getpid()}"
         self._reader = Reader(self.participant, self.client, self.keys, self.options, self.consumer)
         self._handler = BatchHandler(self.participant, self.engine, self.keys, self.options.crash_points)
 
@@ -166,6 +167,7 @@ class Runtime:
         if time.monotonic() - self._last_cleanup > 300:
             cutoff = utcnow() - timedelta(seconds=self.options.redrive_window)
             outbox.delete_sent_before(self.engine, cutoff)
+            self._forget_dead_consumers()
             self._last_cleanup = time.monotonic()
         now = epoch.look(self.client, self.keys)
         if self._seen is None:
@@ -184,6 +186,14 @@ class Runtime:
         with self.engine.begin() as conn:  # only once re-driven: a crash before re-drives again
             epoch.save(conn, self.group, self.keys, now)
         self._seen = now
+
+    def _forget_dead_consumers(self) -> None:
+        """The consumers of replicas that are gone (each restart of a `<host>-<pid>` is a new one)."""
+        limit = consumers.idle_limit(self.options.visibility_timeout)
+        removed = consumers.forget_idle(self.client, self.participant.streams(self.keys), self.group,
+                                        limit, keep=self.consumer)
+        if removed:
+            log.info("forgot consumers idle with nothing pending", consumers=removed, idle_seconds=limit)
 
     def _relay_outbox(self) -> None:
         """Publish what this participant committed but never sent (killed, or Redis went away,

@@ -26,6 +26,7 @@ class Options:
     linger_ms: int = _DEFAULTS.linger_ms
     crash_points: Collection[str] = _DEFAULTS.crash_points
     redrive_window: float = _DEFAULTS.redrive_window  # seconds re-published after Redis lost its data
+    consumer_name: str = _DEFAULTS.consumer_name  # "" for `<host>-<pid>`
     # Publish this database's outbox rows left unsent. The controller's processes leave that to
     # the relay process; a participant's database has no other reader. Not a setting: a role.
     relay_outbox: bool = True

@@ -169,6 +169,8 @@ def test_settings_are_frozen() -> None:
     ("BATON_ALERT_WEBHOOK", "not a url"),
     ("BATON_LOG_LEVEL", "VERBOSE"),
     ("BATON_LOG_FORMAT", "xml"),
+    ("BATON_CONSUMER", "has space"),
+    ("BATON_CONSUMER", "x" * 65),
 ])
 def test_a_malformed_value_is_refused_naming_the_variable(name: str, value: str) -> None:
     message = refused({name: value})
@@ -284,3 +286,16 @@ def test_a_token_in_the_file_that_repeats_one_already_given_is_refused(tmp_path:
     assert message.startswith("BATON_TOKENS_FILE: line 2 "), message  # dev's secret again
     path.write_text(f"ops:operator:{sha('ops')}\n# again\nops:viewer:{sha('x')}\n", encoding="utf-8")
     assert refused({"BATON_TOKENS_FILE": str(path)}).startswith("BATON_TOKENS_FILE: line 3 ")
+
+
+def test_the_consumer_name_is_given_or_implied_by_honchos_replica_name() -> None:
+    """Stable across a replica's restarts: `honcho start -c tracker=3` and `honcho export` set
+    HONCHO_PROCESS_NAME (`tracker.2`); BATON_CONSUMER wins; neither: the runtime's `<host>-<pid>`."""
+    import socket
+
+    assert load_settings({}).consumer_name == ""
+    assert load_settings({"BATON_CONSUMER": "eu-1.tracker-2"}).consumer_name == "eu-1.tracker-2"
+    implied = load_settings({"HONCHO_PROCESS_NAME": "tracker.2"}).consumer_name
+    assert implied == f"{socket.gethostname()}-tracker.2"[-64:]
+    assert load_settings({"HONCHO_PROCESS_NAME": "tracker.2", "BATON_CONSUMER": "t2"}).consumer_name == "t2"
+    assert Options.from_settings(load_settings({"BATON_CONSUMER": "t2"})).consumer_name == "t2"
