@@ -59,8 +59,8 @@ def test_forgets_only_idle_consumers_that_own_nothing_pending(redis_client: redi
     redis_client.xgroup_create(stream, "inventory", id="0", mkstream=True)
     redis_client.xadd(stream, {"n": "1"})
     redis_client.xreadgroup("inventory", "dead-with-pending", {stream: ">"}, count=1)
-    redis_client.xreadgroup("inventory", "dead-empty", {stream: ">"}, count=1)  # nothing left
-    redis_client.xreadgroup("inventory", "me", {stream: ">"}, count=1)
+    redis_client.xgroup_createconsumer(stream, "inventory", "dead-empty")
+    redis_client.xgroup_createconsumer(stream, "inventory", "me")
     time.sleep(0.05)
 
     assert forget_idle(redis_client, [stream], "inventory", 3600, keep="me") == 0  # none idle long
