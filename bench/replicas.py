@@ -8,15 +8,18 @@ whatever exits, the reconciliation against the participants' ledgers), with 3 tr
 (two gunicorns on two ports, kickoffs spread over both), 2 clocks, 2 relays, 2 workers, 2 alerters
 and 2 of each participant, each replica with a consumer name of its own (BATON_CONSUMER, stable
 across its restarts). Faults are `kill -9`s only, among them the active clock's: the other clock
-must take the lease within its TTL. Beyond the reconciliation, every action the controller takes
-is checked to have been taken once: one message id per command attempt of a workflow in the
-controller's outbox (two sweeps or trackers deciding the same thing would make two), and no
-intervention audited twice.
+must take the lease within its TTL; and every shipping replica is stalled (SIGSTOP) for a few
+seconds, so that the orders with a one-second SLA placed meanwhile breach it. Beyond the
+reconciliation, every action the controller takes is checked to have been taken once: one outbox
+row per command attempt of a workflow and one id per command (two sweeps or trackers deciding the
+same thing would make two), one `workflow.completed` per workflow, no intervention audited twice.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -100,7 +103,22 @@ class Replicas(Chaos):
         faults: list[tuple[int, Any]] = [(int(n * (k + 0.5) / (kills + 1)), self.kill_random)
                                          for k in range(kills - 1)]
         faults.append((n // 2, self.kill_active_clock))
+        faults.append((n // 4, self.pause_shipping))
         return sorted(faults, key=lambda f: f[0])
+
+    def pause_shipping(self, seconds: float = 4.0) -> None:
+        """SIGSTOP every shipping replica for a while (a stall, not a crash: no one restarts
+        them): the orders with a one-second SLA placed meanwhile breach it and are compensated,
+        and the shipments scheduled late, once they go on, are cancelled."""
+        self.mark_exposed()
+        with self.lock:
+            pids = [p.pid for n, p in self.procs.running.items() if n.split(".")[0] == "shipping"]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        self.log(f"shipping paused ({len(pids)} replicas) for {seconds:.0f} s")
+        time.sleep(seconds)
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
 
     def kill_active_clock(self) -> None:
         """`kill -9` the clock that holds the lease; time until the other one holds it."""
