@@ -411,7 +411,7 @@ class Chaos:
         try:
             self.start_servers()
             self.start_processes()
-            self.log(f"{len(LINES)} processes up after {time.monotonic() - t0:.0f} s")
+            self.log(f"{len(self.procs.running)} processes up after {time.monotonic() - t0:.0f} s")
             self.drive()
             result = self.converge()
             self.figures.resent = self.count_logged("published outbox rows left unsent", "messages")

@@ -25,15 +25,17 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import requests
 import sqlalchemy as sa
 
-from bench.chaos import Chaos, Config
+from bench.chaos import TOKEN, Chaos, Config
 from bench.reconcile import PARTICIPANTS, Reconciliation
 from bench.servers import free_port
 from controller.cli.procfile import Processes
 
 REPLICAS = {"web": 2, "tracker": 3, "relay": 2, "clock": 2, "worker": 2, "alerts": 2,
             **dict.fromkeys(PARTICIPANTS, 2)}
+BREACHES = 3  # orders with a one-second SLA kicked off while shipping is stalled, beyond the load
 CLOCK_TTL = 3.0  # the lease's TTL at the run's sweep interval (clock.lease_ttl(0.5))
 
 # What the controller decided, each of which must have been decided once: a command keeps its id
@@ -116,7 +118,12 @@ class Replicas(Chaos):
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         self.log(f"shipping paused ({len(pids)} replicas) for {seconds:.0f} s")
-        time.sleep(seconds)
+        began = time.monotonic()
+        with requests.Session() as session:  # a few breaches whatever the load's mix brings now
+            session.headers["Authorization"] = f"Bearer {TOKEN}"
+            for k in range(BREACHES):
+                self.kick(session, self.config.workflows + k, "sla")
+        time.sleep(max(0.0, seconds - (time.monotonic() - began)))
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
 
