@@ -157,11 +157,16 @@ class Replicas(Chaos):
         gunicorn's workers and RQ's work horse included), PostgreSQL and Redis connections."""
         from controller.cli.procfile import descendants
 
-        by_line: dict[str, list[float]] = {}
+        by_line: dict[str, list[tuple[float, int, int]]] = {}
+        redis_port = int(self.servers.redis_url.rsplit(":", 1)[1].split("/")[0])
         for name, proc in self.procs.running.items():
-            total = sum(rss_mb(pid) for pid in descendants(proc.pid))
-            by_line.setdefault(name.split(".")[0], []).append(total)
-        self.rss = {line: sum(v) / len(v) for line, v in by_line.items()}
+            family = descendants(proc.pid)
+            cost = (sum(rss_mb(pid) for pid in family), connections(family, self.servers.pg_port),
+                    connections(family, redis_port))
+            by_line.setdefault(name.split(".")[0], []).append(cost)
+        self.rss = {line: sum(c[0] for c in v) / len(v) for line, v in by_line.items()}
+        self.per_copy = {line: tuple(sum(c[i] for c in v) / len(v) for i in range(3))
+                         for line, v in by_line.items()}
         with self.engine.connect() as conn:
             self.pg_connections = conn.execute(sa.text(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")).scalar_one()
@@ -180,6 +185,20 @@ class Replicas(Chaos):
         return result
 
 
+def connections(pids: set[int], port: int) -> int:
+    """TCP connections of these processes to a local server's port."""
+    import psutil
+
+    found = 0
+    for pid in pids:
+        try:
+            found += sum(1 for c in psutil.Process(pid).net_connections(kind="tcp")
+                         if c.raddr and c.raddr.port == port)
+        except psutil.Error:
+            continue
+    return found
+
+
 def rss_mb(pid: int) -> float:
     """Resident memory of a process, MB (from /proc)."""
     try:
@@ -190,6 +209,13 @@ def rss_mb(pid: int) -> float:
     except OSError:  # gone meanwhile
         pass
     return 0.0
+
+
+def per_copy_table(per_copy: dict[str, tuple[float, ...]]) -> str:
+    """RSS (MB, its forks included), PostgreSQL and Redis connections, per copy of each line."""
+    lines = ["line            RSS MB   PostgreSQL   Redis"]
+    lines += [f"{k:14} {v[0]:7.0f}   {v[1]:10.1f}   {v[2]:5.1f}" for k, v in sorted(per_copy.items())]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if hasattr(run, "rss"):
         print(f"processes                   {len(run.procs.lines) - 1}; PostgreSQL connections "
               f"{run.pg_connections}, Redis connections {run.redis_connections}")
-        print("RSS per replica (MB)        " + ", ".join(f"{k} {v:.0f}" for k, v in sorted(run.rss.items())))
+        print(per_copy_table(run.per_copy))
     return 1 if result.violations or not result.converged else 0
 
 

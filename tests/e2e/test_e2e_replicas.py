@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 
 from bench.chaos import Config, report
-from bench.replicas import BREACHES, CLOCK_TTL, Replicas
+from bench.replicas import BREACHES, CLOCK_TTL, Replicas, per_copy_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
@@ -28,8 +28,7 @@ def test_replicas_of_every_process_under_kill_9() -> None:
     summary = report(run.figures, result) + f"\nclock lease moved in {run.takeovers}"
     if hasattr(run, "rss"):
         summary += (f"\nPostgreSQL connections {run.pg_connections}, Redis connections "
-                    f"{run.redis_connections}, RSS per replica (MB) "
-                    + ", ".join(f"{k} {v:.0f}" for k, v in sorted(run.rss.items())))
+                    f"{run.redis_connections}\n" + per_copy_table(run.per_copy))
     print(summary)
 
     assert result.violations == [], summary
