@@ -206,3 +206,27 @@ def test_honcho_export_systemd_makes_units_that_run(environment: dict[str, str],
                                    *map(str, sorted(units.iterdir()))], capture_output=True,
                                   text=True, timeout=120, check=False, cwd=units)
         assert verified.returncode == 0 and not verified.stderr.strip(), verified
+
+
+def test_honcho_export_of_replicas_gives_each_copy_its_port_and_consumer_name(
+        environment: dict[str, str], tmp_path: Path) -> None:
+    """`honcho export -c tracker=3,web=2` (README, "Running at scale"): one unit per copy, each
+    with its own HONCHO_PROCESS_NAME, hence a consumer name of its own that its restarts keep,
+    and the web's copies on consecutive ports."""
+    from config.settings import load_settings
+
+    env = {**environment, "USER": pwd.getpwuid(os.getuid()).pw_name}
+    units = tmp_path / "units"
+    exported = shell(EXPORT.replace("systemd ", "-c tracker=3,web=2 systemd ")
+                     .replace("/etc/systemd/system", str(units)), env)
+    assert exported.returncode == 0, exported.stderr
+    names = {}
+    for n in (1, 2, 3):
+        unit_env = dict(shlex.split(e)[0].split("=", 1)
+                        for e in unit(units / f"baton-tracker-{n}.service")["Environment"])
+        assert unit_env["HONCHO_PROCESS_NAME"] == f"tracker.{n}"
+        names[n] = load_settings(unit_env).consumer_name
+    assert len(set(names.values())) == 3 and names[2].endswith("-tracker.2"), names
+    ports = [dict(shlex.split(e)[0].split("=", 1) for e in
+                  unit(units / f"baton-web-{n}.service")["Environment"])["PORT"] for n in (1, 2)]
+    assert ports == [env["PORT"], str(int(env["PORT"]) + 1)]
