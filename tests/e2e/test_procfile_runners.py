@@ -217,8 +217,8 @@ def test_honcho_export_of_replicas_gives_each_copy_its_port_and_consumer_name(
 
     env = {**environment, "USER": pwd.getpwuid(os.getuid()).pw_name}
     units = tmp_path / "units"
-    exported = shell(EXPORT.replace("systemd ", "-c tracker=3,web=2 systemd ")
-                     .replace("/etc/systemd/system", str(units)), env)
+    exported = shell(EXPORT.replace(" systemd /etc/systemd/system",
+                                    f" -c tracker=3,web=2 systemd {units}"), env)
     assert exported.returncode == 0, exported.stderr
     names = {}
     for n in (1, 2, 3):
