@@ -4,6 +4,7 @@ only when they own nothing pending, and two clocks ticking against one queue."""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 import uuid
@@ -117,3 +118,49 @@ def _wait(condition: Callable[[], object], what: str, timeout: float = 10.0) -> 
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.02)
+
+
+def test_a_replica_restarted_under_its_name_handles_what_it_left_pending_at_once(
+        redis_client: redis.Redis, redis_url: str, tmp_path: Path) -> None:
+    """BATON_CONSUMER (Options.consumer_name) kept across a restart: the entry a killed copy had
+    read is handled by its successor at start, not after a visibility timeout (30 s here)."""
+    from contracts.envelope import Envelope, new_event
+    from participants.runtime.db import make_engine
+    from participants.runtime.loop import Options, Runtime
+    from participants.runtime.participant import Context, Participant
+
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    handled: list[str] = []
+    payment = Participant("payment")
+
+    @payment.on_event("order.placed")
+    def placed(message: Envelope, ctx: Context) -> list[Envelope]:
+        handled.append(message.id)
+        return []
+
+    raw = redis.Redis.from_url(redis_url)
+    engine = make_engine(f"sqlite:///{tmp_path}/payment.db")
+    options = Options(visibility_timeout=30, block_ms=1, linger_ms=0, consumer_name="payment-2")
+    try:
+        first = Runtime(payment, engine, raw, keys, options)
+        assert first.consumer == "payment-2"
+        first.setup()
+        event = new_event("order.placed", {"order_id": "o-1", "customer_id": "c", "currency": "EUR",
+                                           "items": [{"product_id": "p", "quantity": 1, "unit_price": 1}],
+                                           "total_amount": 1}, correlation_id="o-1", source="test")
+        stream = keys.event_stream("order.placed")
+        raw.xadd(stream, event.to_fields())  # type: ignore[arg-type]
+        raw.xreadgroup("payment", "payment-2", {stream: ">"}, count=1)  # read, then killed
+        other = Runtime(payment, engine, raw, keys, dataclasses.replace(options, consumer_name="x"))
+        other._start()  # another name: not its entry, and not idle long enough to reclaim
+        assert handled == []
+        again = Runtime(payment, engine, raw, keys, options)
+        again._start()
+        assert handled == [event.id]
+        assert redis_client.xpending(stream, "payment")["pending"] == 0
+    finally:
+        for key in raw.scan_iter(match=f"{keys.prefix}:*"):
+            raw.delete(key)
+        raw.close()
+        engine.dispose()
+
