@@ -26,19 +26,20 @@ class HttpPool:
             "Host": f"{host}:{port}", "Content-Type": "application/json", **headers}.items())
         self._free: asyncio.LifoQueue[tuple[asyncio.StreamReader, asyncio.StreamWriter]] | None = None
         self._opened = 0
-        self._all: list[asyncio.StreamWriter] = []
+        self._all: set[asyncio.StreamWriter] = set()
 
-    async def _get(self, send_by: float) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    async def _get(self, send_by: float, fresh: bool = False,
+                   ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self._free is None:
             self._free = asyncio.LifoQueue()
-        if self._free.empty() and self._opened < self.size:
+        if fresh or (self._free.empty() and self._opened < self.size):
             self._opened += 1
             try:
                 reader, writer = await asyncio.open_connection(self.host, self.port)
             except BaseException:
                 self._opened -= 1
                 raise
-            self._all.append(writer)
+            self._all.add(writer)
             return reader, writer
         left = send_by - time.perf_counter()
         try:
@@ -47,14 +48,28 @@ class HttpPool:
             raise NotSent from None
 
     async def post(self, path: str, body: bytes, send_by: float = float("inf")) -> tuple[int, bytes, float]:
-        """(status, body, ms of the request alone)."""
-        reader, writer = await self._get(send_by)
+        """(status, body, ms of the request alone). A kept connection the server closed while it was
+        idle (gunicorn's keep-alive timeout) answers nothing: the request goes again on a new one."""
+        request = f"POST {path} HTTP/1.1\r\n{self._head}Content-Length: {len(body)}\r\n\r\n".encode() + body
+        try:
+            return await self._send(request, await self._get(send_by))
+        except _Stale:
+            return await self._send(request, await self._get(send_by, fresh=True))
+
+    async def _send(self, request: bytes, conn: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+                    ) -> tuple[int, bytes, float]:
+        reader, writer = conn
         ok = False
         try:
             t0 = time.perf_counter()
-            writer.write(f"POST {path} HTTP/1.1\r\n{self._head}Content-Length: {len(body)}\r\n\r\n"
-                         .encode() + body)
-            status, text, keep = await _response(reader)
+            writer.write(request)
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                if isinstance(exc, asyncio.IncompleteReadError) and exc.partial:
+                    raise
+                raise _Stale from exc
+            status, text, keep = await _response(head, reader)
             ms = (time.perf_counter() - t0) * 1000
             ok = keep
             return status, text, ms
@@ -64,6 +79,7 @@ class HttpPool:
                 self._free.put_nowait((reader, writer))
             else:
                 self._opened -= 1
+                self._all.discard(writer)
                 writer.close()
 
     async def close(self) -> None:
@@ -72,8 +88,11 @@ class HttpPool:
         self._all.clear()
 
 
-async def _response(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
-    head = await reader.readuntil(b"\r\n\r\n")
+class _Stale(Exception):
+    """The connection was closed before the request got any answer."""
+
+
+async def _response(head: bytes, reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
     lines = head.decode("latin-1").split("\r\n")
     parts = lines[0].split(" ", 2)
     if len(parts) < 2 or not parts[0].startswith("HTTP/1."):

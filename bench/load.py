@@ -76,6 +76,7 @@ class Watcher:
         self.on_finish: Callable[[], None] | None = None
         self.error: BaseException | None = None
         self._task: asyncio.Task[None] | None = None
+        self._halt = False
 
     def start(self, loop: Loop) -> None:
         async def _start() -> None:
@@ -83,16 +84,17 @@ class Watcher:
         loop.run(_start())
 
     def stop(self, loop: Loop) -> None:
+        """Ask the reader to stop after its current XREAD (it blocks 100 ms at most) and wait."""
         async def _stop() -> None:
-            if self._task:
+            self._halt = True
+            if self._task and not (await asyncio.wait([self._task], timeout=5))[0]:
                 self._task.cancel()
-                await asyncio.gather(self._task, return_exceptions=True)
         loop.run(_stop(), timeout=10)
 
     async def _run(self) -> None:
         client = aredis.Redis.from_url(self.url)
         try:
-            while True:
+            while not self._halt:
                 reply: Any = await client.xread(self.streams, count=5000, block=100)
                 now = time.perf_counter()
                 for stream_b, entries in reply or []:
@@ -100,9 +102,7 @@ class Watcher:
                     self.streams[stream] = entries[-1][0]
                     for _, fields in entries:
                         self._seen(fields.get(b"correlation_id", b"").decode(), stream, now)
-        except asyncio.CancelledError:
-            pass
-        except BaseException as exc:  # surfaced by the harness
+        except Exception as exc:  # surfaced by the harness
             self.error = exc
         finally:
             await client.aclose()

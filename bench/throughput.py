@@ -270,12 +270,15 @@ class BatonScenario(Scenario):
         if self.sqlite:
             self.database_url = f"sqlite:///{data}/baton.db"
         else:
+            # Each scenario its own databases on the one server: baton-pg keeps the names it had.
+            db = "baton" if self.name == "baton-pg" else self.name.replace("-", "_")
             self.uses_pg = True
-            self.database_url = self.servers.create_db("baton")
+            self.database_url = self.servers.create_db(db)
             for p in participants:
-                self.servers.create_db(f"p_{p}")
+                self.servers.create_db(f"{db}_p_{p}" if db != "baton" else f"p_{p}")
             env["DATABASE_URL"] = self.database_url
-            env["BATON_PARTICIPANT_DATABASE_URL"] = self.servers.pg_url("p_{name}")
+            env["BATON_PARTICIPANT_DATABASE_URL"] = self.servers.pg_url(
+                f"{db}_p_{{name}}" if db != "baton" else "p_{name}")
         procs = self._processes(env, {"release": procfile_lines()["release"], **lines})
         release = procs.start("release")
         if release.wait(timeout=120) != 0:
@@ -677,6 +680,7 @@ def run_scenario(name: str, servers: Servers, cfg: Settings, with_open: bool) ->
     finally:
         with contextlib.suppress(Exception):
             watcher.stop(loop)
+        with contextlib.suppress(Exception):
             loop.run(sc.aclose(), timeout=10)
         loop.close()
         sc.stop()
