@@ -184,21 +184,25 @@ def markdown(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_readme(out: dict[str, Any], command: str, details: str) -> None:
-    """Rewrite the marked block of bench/README.md (or append it to "Throughput and latency")."""
+def write_readme(out: dict[str, Any], command: str, details: str, path: Path = README) -> None:
+    """Rewrite the marked block of bench/README.md with this run."""
     m = out["machine"]
     machine = (f"{m['nproc']} x {m['cpu']}, {m['ram_gb']} GB RAM, Python {m['python']}; "
                + ", ".join(f"{k} {v}" for k, v in sorted(m.get("versions", {}).items())))
-    block = "\n\n".join([BEGIN, f"Command: `{command}`, at {out['at']} ({out['elapsed_s']:.0f} s).",
-                         f"Machine: {machine}.", markdown(out["summary"]), details, END])
-    text = README.read_text() if README.exists() else "# Benchmarks\n"
+    block = "\n\n".join([f"Command: `{command}`, at {out['at']} ({out['elapsed_s']:.0f} s).",
+                         f"Machine: {machine}.", markdown(out["summary"]), details])
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    path.write_text(rewrite_block(text, block))
+
+
+def rewrite_block(text: str, block: str) -> str:
+    """`text` with the block between the markers replaced (or added under "Throughput and latency")."""
+    block = f"{BEGIN}\n\n{block}\n\n{END}"
     if BEGIN in text and END in text:
-        text = text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
-    elif "## Throughput and latency" in text:
+        return text[:text.index(BEGIN)] + block + text[text.index(END) + len(END):]
+    if "## Throughput and latency" in text:
         at = text.index("## Throughput and latency")
         nxt = text.find("\n### ", at + 1)
         at_end = len(text) if nxt < 0 else nxt
-        text = text[:at_end].rstrip() + "\n\n" + block + "\n" + text[at_end:]
-    else:
-        text = text.rstrip() + "\n\n## Throughput and latency\n\n" + block + "\n"
-    README.write_text(text)
+        return text[:at_end].rstrip() + "\n\n" + block + "\n" + text[at_end:]
+    return text.rstrip() + "\n\n## Throughput and latency\n\n" + block + "\n"
