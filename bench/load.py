@@ -141,6 +141,7 @@ class Phase:
     scheduled: dict[str, float] = field(default_factory=dict)
     kick_ms: list[tuple[float, float]] = field(default_factory=list)  # (sent at, request ms)
     requests: int = 0
+    warmup_s: float = 0.0
     rejected: int = 0
     not_sent: int = 0
     errors: list[str] = field(default_factory=list)
@@ -173,10 +174,16 @@ async def _kick(kick: Kick, phase: Phase, cids: list[str], send_by: float) -> li
 
 async def closed_loop(kick: Kick, watcher: Watcher, new_cid: Callable[[], str], *, window: int,
                       concurrency: int, batch: int, warmup: float, duration: float,
-                      on_window: Callable[[str], None], workflows: int = 0) -> Phase:
+                      on_window: Callable[[str], None], workflows: int = 0,
+                      max_warmup: float = 60.0) -> Phase:
     """Keep `window` workflows in flight for warmup + duration seconds, or until `workflows` have
     finished in the measured part when it is given (a soak); on_window("start"/"end") brackets
-    the measured part (CPU sampling). Each request carries `batch` workflows."""
+    the measured part (CPU sampling). Each request carries `batch` workflows.
+
+    The warm-up lasts `warmup` seconds and at least until a window's worth of workflows has
+    finished (at most `max_warmup`): a queue that serves in arrival order (Celery's) finishes
+    nothing until the first window has gone through every step, and that transient is not its
+    throughput."""
     phase = Phase("closed")
     slots = asyncio.Semaphore(window)
     watcher.on_finish = slots.release
@@ -198,9 +205,13 @@ async def closed_loop(kick: Kick, watcher: Watcher, new_cid: Callable[[], str], 
             if failed:
                 await asyncio.sleep(0.01)
 
+    began, done_before = time.perf_counter(), len(watcher.done)
     tasks = [asyncio.create_task(kicker()) for _ in range(max(1, min(concurrency, window // batch)))]
     await asyncio.sleep(warmup)
+    while len(watcher.done) - done_before < window and time.perf_counter() - began < max_warmup:
+        await asyncio.sleep(0.1)
     phase.t0 = time.perf_counter()
+    phase.warmup_s = phase.t0 - began
     on_window("start")
     done_at_start = len(watcher.done)
     deadline = phase.t0 + duration

@@ -512,6 +512,7 @@ def _summarise(phase: Phase, watcher: Watcher, cpu: dict[str, float], me_cpu: fl
     return {
         "mode": phase.mode,
         "window_s": round(window, 2),
+        "warmup_s": round(phase.warmup_s, 1),
         "completed_in_window": completed_in_window,
         "workflows_per_s": round(completed_in_window / window, 1) if window else None,
         "latency_ms": {f"p{q}": _r(percentile(lat, q)) for q in (50, 95, 99)}
@@ -641,7 +642,7 @@ def run_scenario(name: str, servers: Servers, cfg: Settings, with_open: bool) ->
                 phase = loop.run(closed_loop(
                     sc.kick, watcher, new_cid, window=cfg.window, concurrency=sc.connections, batch=sc.batch,
                     warmup=cfg.warmup, duration=cfg.closed_seconds, on_window=on_window,
-                    workflows=cfg.workflows))
+                    workflows=cfg.workflows, max_warmup=10.0 if cfg.quick else 60.0))
             else:
                 assert rate is not None
                 phase = loop.run(open_loop(sc.kick, watcher, new_cid, rate=rate, warmup=min(cfg.warmup, 2.0),
@@ -818,6 +819,8 @@ def table(results: list[dict[str, Any]]) -> str:
             mode = p["mode"] if p["mode"] == "closed" else f"open {p.get('target_rate'):g}/s"
             if p.get("not_sent"):  # the system could not take kickoffs at the rate: not sustained
                 mode += f", {p['not_sent']} not sent"
+            if p.get("rejected"):  # answered other than 201/200 (a 429 from admission control, ...)
+                mode += f", {p['rejected']} rejected"
             v = p["workflows_per_s"]
             lat, kick = p["latency_ms"], p["kickoff_ms"]
             ratios = [_ratio(v / b) if v and b else "-" for b in base.values()]
