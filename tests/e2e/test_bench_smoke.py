@@ -56,6 +56,9 @@ def test_the_throughput_harness_runs_quick_and_baton_loses_nothing(tmp_path: Pat
     opened = [p for p in results["baton-pg"]["phases"] if p["mode"] == "open"]
     assert [p["target_rate"] for p in opened] == [10.0], results["baton-pg"]["phases"]
     assert opened[0]["kickoff_ms"]["p99"] is not None and opened[0]["latency_ms"]["p99"] is not None
+    # 10/s through 32 kept connections: most sit idle past gunicorn's keep-alive timeout and are
+    # reopened by the client, not answered as errors.
+    assert opened[0]["rejected"] == 0, opened[0]["reject_examples"]
     for name in ("baton-pg", "baton-core"):
         _nothing_lost(results[name])
     assert {"tracker", "web", "inventory"} <= set(results["baton-core"]["phases"][0]["cpu_s_per_1k_by_kind"])
