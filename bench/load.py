@@ -172,6 +172,34 @@ async def _kick(kick: Kick, phase: Phase, cids: list[str], send_by: float) -> li
     return failed
 
 
+class _Slots:
+    """The closed loop's window: `take(n)` waits until n slots are free and takes them at once (a
+    batch of 100 waits for 100, rather than holding a few while others hold the rest)."""
+
+    def __init__(self, size: int) -> None:
+        self.free = size
+        self.changed = asyncio.Event()
+        self.closed = False
+
+    def give(self, n: int = 1) -> None:
+        self.free += n
+        self.changed.set()
+
+    async def take(self, n: int) -> bool:
+        """Take n slots; False once closed."""
+        while self.free < n and not self.closed:
+            self.changed.clear()
+            await self.changed.wait()
+        if self.closed:
+            return False
+        self.free -= n
+        return True
+
+    def close(self) -> None:
+        self.closed = True
+        self.changed.set()
+
+
 async def closed_loop(kick: Kick, watcher: Watcher, new_cid: Callable[[], str], *, window: int,
                       concurrency: int, batch: int, warmup: float, duration: float,
                       on_window: Callable[[str], None], workflows: int = 0,
@@ -185,23 +213,17 @@ async def closed_loop(kick: Kick, watcher: Watcher, new_cid: Callable[[], str], 
     nothing until the first window has gone through every step, and that transient is not its
     throughput."""
     phase = Phase("closed")
-    slots = asyncio.Semaphore(window)
-    watcher.on_finish = slots.release
-    stopping = False
+    slots = _Slots(window)
+    watcher.on_finish = slots.give
 
     async def kicker() -> None:
-        while not stopping:
-            for _ in range(batch):
-                await slots.acquire()
-            if stopping:
-                return
+        while await slots.take(batch):
             cids = [new_cid() for _ in range(batch)]
             now = time.perf_counter()
             for cid in cids:
                 watcher.kicked[cid] = now
             failed = await _kick(kick, phase, cids, float("inf"))
-            for _ in failed:
-                slots.release()
+            slots.give(len(failed))
             if failed:
                 await asyncio.sleep(0.01)
 
@@ -221,9 +243,7 @@ async def closed_loop(kick: Kick, watcher: Watcher, new_cid: Callable[[], str], 
         await asyncio.sleep(min(0.5, left))
     phase.t1 = time.perf_counter()
     on_window("end")
-    stopping = True
-    for _ in range(window + batch * len(tasks)):  # wake every kicker blocked on a slot
-        slots.release()
+    slots.close()
     await asyncio.wait(tasks, timeout=60)
     watcher.on_finish = None
     return phase
