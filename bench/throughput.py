@@ -884,7 +884,8 @@ _SERVERS: Servers
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="short runs: the whole command under 2 min")
+    parser.add_argument("--quick", action="store_true",
+                        help="short runs: 3 s per scenario after a warm-up of at most 10 s (a smoke check)")
     parser.add_argument("--json", type=Path, help="where to write the results (default bench/results/)")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--skip", default="", help="comma-separated scenarios to leave out")
@@ -921,9 +922,8 @@ def main(argv: list[str] | None = None) -> int:
         earlier.setdefault("summary", verdict.summary(earlier["results"]))
         report_run(earlier, args.readme, earlier.get("command", "python -m bench.throughput"))
         return 0
-    # The load generator's threads mostly wait on sockets: hand the GIL over quickly, or each reply
-    # waits up to the default 5 ms switch interval behind the watcher (a convoy that would cap the
-    # client, not the system under test).
+    # The load loop runs in a thread beside the main one (which polls and samples /proc): hand the
+    # GIL over quickly, so a reply never waits the default 5 ms switch interval behind it.
     sys.setswitchinterval(0.0005)
 
     names = args.only.split(",") if args.only else list(SCENARIOS)
