@@ -873,7 +873,7 @@ def machine() -> dict[str, Any]:
     with contextlib.suppress(Exception):
         pg = subprocess.run([str(pg_bin() / "postgres"), "--version"], capture_output=True, text=True,
                             check=True)
-        versions["postgresql"] = pg.stdout.split()[-1]
+        versions["postgresql"] = pg.stdout.split()[2]  # "postgres (PostgreSQL) 15.18 (Debian ...)"
     return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "python": platform.python_version(), "kernel": platform.release(), "versions": versions}
 
@@ -919,7 +919,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.show:
         earlier = json.loads(args.show.read_text())
-        earlier.setdefault("summary", verdict.summary(earlier["results"]))
+        earlier["summary"] = verdict.summary(earlier["results"])  # with this code's verdict
         report_run(earlier, args.readme, earlier.get("command", "python -m bench.throughput"))
         return 0
     # The load loop runs in a thread beside the main one (which polls and samples /proc): hand the

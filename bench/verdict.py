@@ -58,7 +58,7 @@ def rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({"scenario": r["scenario"], "wf_s": v, "cpu_ms_per_wf": phase["cpu_s_per_1k"],
                     "client_cpu_ms_per_wf": phase["client_cpu_s_per_1k"],
                     "vs_bare": _ratio(v, base["bare"]), "vs_celery": _ratio(v, base["celery"]),
-                    "vs_dbos": _ratio(v, base["dbos"])})
+                    "vs_dbos": _ratio(v, base["dbos"]), "other_load_pct": phase.get("foreign_cpu_pct")})
     return out
 
 
@@ -171,6 +171,11 @@ def markdown(s: dict[str, Any]) -> str:
             continue
         lines.append(f"| {label} | {_n(r['wf_s'])} | {_n(r['cpu_ms_per_wf'])} | {_x(r['vs_bare'])} | "
                      f"{_x(r['vs_celery'])} | {_x(r['vs_dbos'])} |")
+    loads = [f"{r['scenario']} {r['other_load_pct']:.0f} %" for r in s["rows"]
+             if r.get("other_load_pct") is not None]
+    if loads:
+        lines += ["", "Other processes' share of the machine during each closed loop (a loaded machine "
+                  "skews every figure): " + ", ".join(loads) + "."]
     lines.append("")
     for lat in s["latency"]:
         lines.append(f"- {lat['scenario']} at {lat['rate']:g} wf/s open loop: sustained {_n(lat['wf_s'])}/s, "

@@ -38,7 +38,7 @@ def test_the_rows_give_each_scenario_against_bare_celery_and_dbos() -> None:
     rows = {r["scenario"]: r for r in verdict.rows(_results())}
     assert rows["baton-pg"] == {"scenario": "baton-pg", "wf_s": 500, "cpu_ms_per_wf": 3.5,
                                 "client_cpu_ms_per_wf": 0.1, "vs_bare": 0.25, "vs_celery": 6.25,
-                                "vs_dbos": None}
+                                "vs_dbos": None, "other_load_pct": None}
     assert rows["dbos"]["error"].startswith("RuntimeError")
 
 
