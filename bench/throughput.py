@@ -9,17 +9,21 @@ Scenarios:
   bare          the four participants on redis-py alone (bench/bare.py): the ceiling
   baton-pg      the Procfile's processes on PostgreSQL: REST kickoff through gunicorn, outbox, the
                 four reference participants, the tracker, `workflow.completed`
+  baton-batch   the same system, kicked off through `POST /v1/workflows:batch` (--batch per request)
+  baton-core    Baton's controller (web, tracker, relay, clock, worker) with the bare participants
+                of bench/bare.py: what the coordinator itself costs
   baton-sqlite  the same on the embedded default (SQLite files), with a check that nothing is lost
   celery        the flow as a Celery chain on the same Redis (bench/peers/celery_peer.py)
   dbos          the flow as a DBOS workflow on the same PostgreSQL (bench/peers/dbos_peer.py)
 
-Each runs closed-loop (a window of workflows in flight: throughput) and, for Baton (every scenario
-without --quick), open-loop at --rate workflows/s (latency). See bench/README.md.
+Each runs closed-loop (a window of workflows in flight: throughput); baton-pg also runs open-loop
+at each of --rates workflows/s (latency; --open-all for every scenario). See bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import http.client
 import importlib.metadata
@@ -45,9 +49,12 @@ from typing import Any
 import orjson
 import psutil
 import redis
+import redis.asyncio as aredis
 
 from bench import report as report_bench
-from bench.load import Phase, Watcher, closed_loop, open_loop, percentile
+from bench import verdict
+from bench.http_client import HttpPool
+from bench.load import Loop, Phase, Sent, Watcher, closed_loop, open_loop, percentile
 from bench.measure import Kinds
 from bench.servers import Servers, free_port, make_servers, pg_bin
 from controller.cli.procfile import Processes, procfile_lines
@@ -57,7 +64,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 TOKEN = "t-bench"
 PARTICIPANTS = ("inventory", "payment", "shipping", "notification")
-SCENARIOS = ("bare", "baton-pg", "baton-sqlite", "celery", "dbos")
+CORE = ("web", "tracker", "relay", "clock", "worker")  # the controller's Procfile lines
+SCENARIOS = ("bare", "baton-pg", "baton-batch", "baton-core", "baton-sqlite", "celery", "dbos")
 
 
 def order(cid: str) -> dict[str, Any]:
@@ -77,7 +85,7 @@ class Settings:
     warmup: float
     closed_seconds: float
     open_seconds: float
-    rate: float
+    rates: tuple[float, ...]
     window: int
     drain_timeout: float
     profile_dir: Path | None = None
@@ -86,6 +94,8 @@ class Settings:
     prefill: int = 0  # finished workflows put in Baton's PostgreSQL database before the run
     rss_every: float = 0.0  # closed loop: sample each process kind's RSS this often (a soak)
     workflows: int = 0  # closed loop: stop once this many have finished (a soak; --seconds bounds it)
+    connections: int = 32  # kickoff requests in flight at once
+    batch: int = 100  # baton-batch: workflows per POST /v1/workflows:batch
 
 
 # -- scenarios -------------------------------------------------------------------------------
@@ -99,10 +109,12 @@ class Scenario:
     prefix: str = field(default_factory=lambda: f"b{uuid.uuid4().hex[:6]}")
     kinds: Kinds = field(default_factory=Kinds)
     procs: Processes | None = None
-    kick_threads: int = 4
     uses_pg: bool = False
     extra_env: dict[str, str] = field(default_factory=dict)
     prefill: int = 0
+    connections: int = 32  # kickoff requests in flight at once (HTTP connections for Baton)
+    batch: int = 1  # workflows per kickoff request
+    _aredis: aredis.Redis | None = None
 
     def done_streams(self) -> list[str]:
         raise NotImplementedError
@@ -113,12 +125,22 @@ class Scenario:
     def start(self) -> None:
         raise NotImplementedError
 
-    def kick(self, cid: str) -> None:
+    async def kick(self, cids: list[str], send_by: float) -> Sent:
         raise NotImplementedError
+
+    async def aclose(self) -> None:
+        """Close what kick() opened, on the load loop."""
+        if self._aredis is not None:
+            await self._aredis.aclose()
 
     def stop(self) -> None:
         if self.procs:
             self.procs.stop_all()
+
+    def redis_client(self) -> aredis.Redis:
+        if self._aredis is None:
+            self._aredis = aredis.Redis.from_url(self.servers.redis_url, max_connections=self.connections + 8)
+        return self._aredis
 
     def checks(self, accepted: list[str], watcher: Watcher) -> dict[str, Any]:
         return {}
@@ -179,6 +201,14 @@ class Scenario:
             client.close()
 
 
+def participant_groups(prefix: str) -> list[tuple[str, str]]:
+    """The consumer groups the four participants read with (bare and Baton alike)."""
+    ev = f"{prefix}:event"
+    return [(f"{ev}:order.placed", "inventory"), (f"{ev}:order.placed", "payment"),
+            (f"{ev}:inventory.reserved", "shipping"), (f"{ev}:payment.charged", "shipping"),
+            (f"{ev}:payment.charged", "notification")]
+
+
 class BareScenario(Scenario):
     def done_streams(self) -> list[str]:
         return [f"{self.prefix}:event:shipment.scheduled"]
@@ -193,22 +223,19 @@ class BareScenario(Scenario):
         self._processes({}, lines)
         self._start_all(list(PARTICIPANTS))
         self._common_kinds()
-        self._local = threading.local()
-        ev = f"{self.prefix}:event"
-        self.wait_groups([(f"{ev}:order.placed", "inventory"), (f"{ev}:order.placed", "payment"),
-                          (f"{ev}:inventory.reserved", "shipping"), (f"{ev}:payment.charged", "shipping"),
-                          (f"{ev}:payment.charged", "notification")])
+        self.wait_groups(participant_groups(self.prefix))
 
-    def kick(self, cid: str) -> None:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = redis.Redis.from_url(self.servers.redis_url)
+    async def kick(self, cids: list[str], send_by: float) -> Sent:
         now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        mid = str(uuid.uuid4())
-        client.xadd(f"{self.prefix}:event:order.placed", {
-            "id": mid, "kind": "event", "type": "order.placed", "version": "1", "correlation_id": cid,
-            "causation_id": mid, "occurred_at": now, "source": "bench",
-            "data": orjson.dumps(order(cid)).decode()})
+        pipe = self.redis_client().pipeline(transaction=False)
+        for cid in cids:
+            mid = str(uuid.uuid4())
+            pipe.xadd(f"{self.prefix}:event:order.placed", {
+                "id": mid, "kind": "event", "type": "order.placed", "version": "1", "correlation_id": cid,
+                "causation_id": mid, "occurred_at": now, "source": "bench",
+                "data": orjson.dumps(order(cid)).decode()})
+        await pipe.execute()
+        return Sent([""] * len(cids))
 
     def python_pids(self) -> dict[str, list[int]]:
         return {k: self.kinds.pids(k) for k in PARTICIPANTS}
@@ -225,8 +252,10 @@ class BatonScenario(Scenario):
     def fail_streams(self) -> list[str]:
         return [f"{self.prefix}:event:workflow.{s}" for s in ("compensating", "needs_attention")]
 
+    def lines(self) -> dict[str, str]:
+        return procfile_lines()  # every line, as a deployment runs them (later flows' too)
+
     def start(self) -> None:
-        self.kick_threads = 8  # gunicorn serves 2 workers x 4 threads
         self.port = free_port()
         data = self.tmp / "data"
         env = {
@@ -235,19 +264,22 @@ class BatonScenario(Scenario):
             "BATON_STREAM_PREFIX": self.prefix, "BATON_TOKENS": f"bench:starter:{TOKEN}",
             "BATON_DATA_DIR": str(data),
         }
-        lines = procfile_lines()  # every line, as a deployment runs them (later flows' too)
+        lines = self.lines()
         participants = [m.group(1) for cmd in lines.values()
                         if (m := re.match(r"baton participant (\S+)", cmd))]
         if self.sqlite:
             self.database_url = f"sqlite:///{data}/baton.db"
         else:
+            # Each scenario its own databases on the one server: baton-pg keeps the names it had.
+            db = "baton" if self.name == "baton-pg" else self.name.replace("-", "_")
             self.uses_pg = True
-            self.database_url = self.servers.create_db("baton")
+            self.database_url = self.servers.create_db(db)
             for p in participants:
-                self.servers.create_db(f"p_{p}")
+                self.servers.create_db(f"{db}_p_{p}" if db != "baton" else f"p_{p}")
             env["DATABASE_URL"] = self.database_url
-            env["BATON_PARTICIPANT_DATABASE_URL"] = self.servers.pg_url("p_{name}")
-        procs = self._processes(env, lines)
+            env["BATON_PARTICIPANT_DATABASE_URL"] = self.servers.pg_url(
+                f"{db}_p_{{name}}" if db != "baton" else "p_{name}")
+        procs = self._processes(env, {"release": procfile_lines()["release"], **lines})
         release = procs.start("release")
         if release.wait(timeout=120) != 0:
             raise RuntimeError("release failed: " + (procs.log_dir / "release.log").read_text()[-2000:])
@@ -263,8 +295,12 @@ class BatonScenario(Scenario):
             print(f"bench: {self.name}: filled in {time.monotonic() - began:.0f} s", file=sys.stderr)
         self._start_all([n for n in lines if n != "release"])
         self._common_kinds()
-        self._local = threading.local()
-        self._conns: list[http.client.HTTPConnection] = []
+        self._wait_ready()
+        self.wait_groups([*participant_groups(self.prefix),
+                          (f"{self.prefix}:event:shipment.scheduled", "controller")])
+        self.http = HttpPool("127.0.0.1", self.port, self.connections, {"Authorization": f"Bearer {TOKEN}"})
+
+    def _wait_ready(self) -> None:
         deadline = time.monotonic() + 90
         while True:
             self.check_alive()
@@ -273,42 +309,37 @@ class BatonScenario(Scenario):
                 conn.request("GET", "/readyz")
                 if conn.getresponse().status == 200:
                     conn.close()
-                    break
+                    return
             if time.monotonic() > deadline:
                 raise RuntimeError("the API did not become ready")
             time.sleep(0.2)
-        ev = f"{self.prefix}:event"
-        self.wait_groups([(f"{ev}:order.placed", "inventory"), (f"{ev}:order.placed", "payment"),
-                          (f"{ev}:inventory.reserved", "shipping"), (f"{ev}:payment.charged", "shipping"),
-                          (f"{ev}:payment.charged", "notification"),
-                          (f"{ev}:shipment.scheduled", "controller")])
 
-    def kick(self, cid: str) -> None:
-        conn: http.client.HTTPConnection | None = getattr(self._local, "conn", None)
+    async def kick(self, cids: list[str], send_by: float) -> Sent:
+        if self.batch > 1:
+            return await self._kick_batch(cids, send_by)
+        (cid,) = cids
         body = orjson.dumps({"flow": "order_fulfillment", "input": order(cid), "correlation_id": cid})
-        headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
-        for attempt in (1, 2):
-            if conn is None:
-                conn = self._local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-                self._conns.append(conn)
-            try:
-                conn.request("POST", "/v1/workflows", body, headers)
-                resp = conn.getresponse()
-                text = resp.read()
-                break
-            except (OSError, http.client.HTTPException):
-                conn.close()
-                conn = self._local.conn = None
-                if attempt == 2:
-                    raise
-        if resp.status != 201:
-            raise RuntimeError(f"POST /v1/workflows answered {resp.status}: {text[:300]!r}")
+        status, text, ms = await self.http.post("/v1/workflows", body, send_by)
+        error = "" if status == 201 else f"POST /v1/workflows answered {status}: {text[:300]!r}"
+        return Sent([error], ms)
 
-    def stop(self) -> None:
+    async def _kick_batch(self, cids: list[str], send_by: float) -> Sent:
+        body = orjson.dumps({"workflows": [
+            {"flow": "order_fulfillment", "input": order(cid), "correlation_id": cid} for cid in cids]})
+        status, text, ms = await self.http.post("/v1/workflows:batch", body, send_by)
+        if status != 200:
+            return Sent([f"POST /v1/workflows:batch answered {status}: {text[:300]!r}"] * len(cids), ms)
+        items = orjson.loads(text)["items"]
+        if len(items) != len(cids):
+            return Sent([f"the batch answered {len(items)} items for {len(cids)}"] * len(cids), ms)
+        return Sent(["" if item["status"] in (200, 201) else orjson.dumps(item).decode()[:300]
+                     for item in items], ms)
+
+    async def aclose(self) -> None:
         # Idle keep-alive connections would hold gunicorn's graceful shutdown for its full timeout.
-        for conn in getattr(self, "_conns", []):
-            conn.close()
-        super().stop()
+        if hasattr(self, "http"):
+            await self.http.close()
+        await super().aclose()
 
     def python_pids(self) -> dict[str, list[int]]:
         out = {k: self.kinds.pids(k) for k in ("tracker", *PARTICIPANTS, "relay")}
@@ -370,6 +401,23 @@ class BatonSqlite(BatonScenario):
     sqlite = True
 
 
+class BatonBatch(BatonScenario):
+    """The same system, each request a `POST /v1/workflows:batch` of `batch` workflows."""
+
+
+class BatonCore(BatonScenario):
+    """Baton's controller processes with bench/bare.py's participants (redis-py, in memory, the
+    contract's wire format): what the coordinator itself costs."""
+
+    def lines(self) -> dict[str, str]:
+        procfile = procfile_lines()
+        lines = {n: procfile[n] for n in CORE}
+        url = self.servers.redis_url
+        lines |= {n: f"python -m bench.bare {n} --redis {url} --prefix {self.prefix} --commands"
+                  for n in PARTICIPANTS}
+        return lines
+
+
 class CeleryScenario(Scenario):
     def done_streams(self) -> list[str]:
         return [f"{self.prefix}:done"]
@@ -389,8 +437,11 @@ class CeleryScenario(Scenario):
         self._start_all(["celery"])
         self._common_kinds()
 
-    def kick(self, cid: str) -> None:
-        self._peer.kickoff(cid, order(cid))
+    async def kick(self, cids: list[str], send_by: float) -> Sent:
+        # Celery's client is synchronous: its calls run in the loop's default thread pool.
+        for cid in cids:
+            await asyncio.to_thread(self._peer.kickoff, cid, order(cid))
+        return Sent([""] * len(cids))
 
     def python_pids(self) -> dict[str, list[int]]:
         return {"celery": self.kinds.pids("celery")}
@@ -408,7 +459,6 @@ class DbosScenario(Scenario):
         self._processes(env, {"dbos": "python -m bench.peers.dbos_peer"})
         self._start_all(["dbos"])
         self._common_kinds()
-        self._local = threading.local()
         client = redis.Redis.from_url(self.servers.redis_url)
         deadline = time.monotonic() + 90
         try:
@@ -420,18 +470,20 @@ class DbosScenario(Scenario):
         finally:
             client.close()
 
-    def kick(self, cid: str) -> None:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            client = self._local.client = redis.Redis.from_url(self.servers.redis_url)
-        client.xadd(f"{self.prefix}:kick", {"correlation_id": cid, "order": orjson.dumps(order(cid))})
+    async def kick(self, cids: list[str], send_by: float) -> Sent:
+        pipe = self.redis_client().pipeline(transaction=False)
+        for cid in cids:
+            pipe.xadd(f"{self.prefix}:kick", {"correlation_id": cid, "order": orjson.dumps(order(cid))})
+        await pipe.execute()
+        return Sent([""] * len(cids))
 
     def python_pids(self) -> dict[str, list[int]]:
         return {"dbos": self.kinds.pids("dbos")}
 
 
 FACTORIES: dict[str, Callable[..., Scenario]] = {
-    "bare": BareScenario, "baton-pg": BatonScenario, "baton-sqlite": BatonSqlite,
+    "bare": BareScenario, "baton-pg": BatonScenario, "baton-batch": BatonBatch, "baton-core": BatonCore,
+    "baton-sqlite": BatonSqlite,
     "celery": CeleryScenario, "dbos": DbosScenario,
 }
 
@@ -460,6 +512,7 @@ def _summarise(phase: Phase, watcher: Watcher, cpu: dict[str, float], me_cpu: fl
     return {
         "mode": phase.mode,
         "window_s": round(window, 2),
+        "warmup_s": round(phase.warmup_s, 1),
         "completed_in_window": completed_in_window,
         "workflows_per_s": round(completed_in_window / window, 1) if window else None,
         "latency_ms": {f"p{q}": _r(percentile(lat, q)) for q in (50, 95, 99)}
@@ -476,6 +529,7 @@ def _summarise(phase: Phase, watcher: Watcher, cpu: dict[str, float], me_cpu: fl
         "machine_busy_pct": round(100 * kinds.machine_busy_s / (wall * ncpu), 1),
         "foreign_cpu_pct": round(100 * foreign / (wall * ncpu), 1),
         "accepted": len(phase.kicked),
+        "requests": phase.requests,
         "rejected": phase.rejected,
         "not_sent": phase.not_sent,
         "reject_examples": phase.errors,
@@ -534,25 +588,30 @@ def _r(v: float | None) -> float | None:
 def run_scenario(name: str, servers: Servers, cfg: Settings, with_open: bool) -> dict[str, Any]:
     tmp = servers.tmp / name
     tmp.mkdir()
-    sc = FACTORIES[name](name, servers, tmp, extra_env=dict(cfg.baton_env), prefill=cfg.prefill)
-    result: dict[str, Any] = {"scenario": name, "phases": []}
+    sc = FACTORIES[name](name, servers, tmp, extra_env=dict(cfg.baton_env), prefill=cfg.prefill,
+                         connections=cfg.connections, batch=cfg.batch if name == "baton-batch" else 1)
+    result: dict[str, Any] = {"scenario": name, "phases": [], "batch": sc.batch}
     t_start = time.monotonic()
+    loop = Loop()
+    watcher = Watcher(servers.redis_url, sc.done_streams(), sc.fail_streams())
     try:
         sc.start()
         result["startup_s"] = round(time.monotonic() - t_start, 1)
-        watcher = Watcher(servers.redis_url, sc.done_streams(), sc.fail_streams())
-        watcher.start()
+        watcher.start(loop)
         # One workflow end to end before measuring: everything is up and connected.
-        probe = new_cid()
-        watcher.kicked[probe] = time.perf_counter()
-        sc.kick(probe)
-        if watcher.wait_for([probe], 90):
+        probes = [new_cid() for _ in range(sc.batch)]
+        for cid in probes:
+            watcher.kicked[cid] = time.perf_counter()
+        sent = loop.run(sc.kick(probes, float("inf")))
+        if any(sent.errors):
+            raise RuntimeError(f"{name}: the probe kickoff failed: {next(e for e in sent.errors if e)}")
+        if watcher.wait_for(probes, 90):
             sc.check_alive()
             raise RuntimeError(f"{name}: the probe workflow did not finish in 90 s")
         me = psutil.Process()
-        accepted: list[str] = [probe]
+        accepted: list[str] = list(probes)
         profilers: list[subprocess.Popen[bytes]] = []
-        phases = [("closed", None)] + ([("open", cfg.rate)] if with_open else [])
+        phases = [("closed", None)] + ([("open", r) for r in cfg.rates] if with_open else [])
         for mode, rate in phases:
             closed_wfs = result["phases"][0]["workflows_per_s"] if result["phases"] else None
             if mode == "open" and cfg.quick and rate and (closed_wfs or 0) < rate / 2:
@@ -580,13 +639,14 @@ def run_scenario(name: str, servers: Servers, cfg: Settings, with_open: bool) ->
                         result["rss_series"] = sampler.series
 
             if mode == "closed":
-                phase = closed_loop(sc.kick, watcher, new_cid, window=cfg.window, threads=sc.kick_threads,
-                                    warmup=cfg.warmup, duration=cfg.closed_seconds, on_window=on_window,
-                                    workflows=cfg.workflows)
+                phase = loop.run(closed_loop(
+                    sc.kick, watcher, new_cid, window=cfg.window, concurrency=sc.connections, batch=sc.batch,
+                    warmup=cfg.warmup, duration=cfg.closed_seconds, on_window=on_window,
+                    workflows=cfg.workflows, max_warmup=10.0 if cfg.quick else 60.0))
             else:
                 assert rate is not None
-                phase = open_loop(sc.kick, watcher, new_cid, rate=rate, threads=max(16, sc.kick_threads),
-                                  warmup=min(cfg.warmup, 2.0), duration=cfg.open_seconds, on_window=on_window)
+                phase = loop.run(open_loop(sc.kick, watcher, new_cid, rate=rate, warmup=min(cfg.warmup, 2.0),
+                                           duration=cfg.open_seconds, on_window=on_window))
             for p in profilers:
                 p.wait(timeout=60)
             profilers.clear()
@@ -601,7 +661,7 @@ def run_scenario(name: str, servers: Servers, cfg: Settings, with_open: bool) ->
             sc.kinds.sample_rss()
             _progress(name, summary)
         if cfg.profile_dir and sc.uses_pg:
-            accepted += statement_census(sc, watcher, cfg)
+            accepted += statement_census(sc, watcher, cfg, loop)
         result["peak_rss_mb"] = {k: round(v, 1) for k, v in sc.kinds.peak_mb.items()}
         result["process_counts"] = sc.kinds.counts()
         # Still in flight when the drain timed out: slow, not necessarily lost (Baton's checks below
@@ -612,14 +672,18 @@ def run_scenario(name: str, servers: Servers, cfg: Settings, with_open: bool) ->
         result["failed_total"] = sum(1 for c in accepted if c in watcher.failed)
         result["unfinished"] = len(unfinished)
         result["checks"] = sc.checks(accepted, watcher)
-        watcher.halt.set()
-        watcher.join(timeout=5)
+        watcher.stop(loop)
         if watcher.error:
             raise watcher.error
     except Exception as exc:
         result["error"] = f"{type(exc).__name__}: {exc}"[:4000]
         print(f"  {name}: FAILED: {result['error'][:600]}", file=sys.stderr)
     finally:
+        with contextlib.suppress(Exception):
+            watcher.stop(loop)
+        with contextlib.suppress(Exception):
+            loop.run(sc.aclose(), timeout=10)
+        loop.close()
         sc.stop()
         if isinstance(sc, BatonScenario):
             result.setdefault("checks", {}).update(sc.after_stop())
@@ -668,7 +732,7 @@ def _pg_commits(servers: Servers) -> dict[str, int]:
     return {d: int(n) for d, n in (line.split("\t") for line in rows.splitlines())}
 
 
-def statement_census(sc: Scenario, watcher: Watcher, cfg: Settings, n: int = 200) -> list[str]:
+def statement_census(sc: Scenario, watcher: Watcher, cfg: Settings, loop: Loop, n: int = 200) -> list[str]:
     """Statements, server time and commits per workflow, per database: n workflows run to the end
     with nothing else in flight, so the figures do not depend on the machine's load."""
     assert cfg.profile_dir is not None
@@ -681,18 +745,19 @@ def statement_census(sc: Scenario, watcher: Watcher, cfg: Settings, n: int = 200
         print(f"  pg_stat_statements unavailable: {exc.stderr}", file=sys.stderr)
         return []
     cids = [new_cid() for _ in range(n)]
-    slots = threading.Semaphore(20)
 
-    def one(cid: str) -> None:
-        with slots:
-            watcher.kicked[cid] = time.perf_counter()
-            sc.kick(cid)
+    async def kick_all() -> None:
+        slots = asyncio.Semaphore(20)
 
-    threads = [threading.Thread(target=one, args=(c,)) for c in cids]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        async def one(group: list[str]) -> None:
+            async with slots:
+                for cid in group:
+                    watcher.kicked[cid] = time.perf_counter()
+                await sc.kick(group, float("inf"))
+
+        await asyncio.gather(*(one(cids[i:i + sc.batch]) for i in range(0, n, sc.batch)))
+
+    loop.run(kick_all())
     if watcher.wait_for(cids, 120):
         print("  census: some workflows did not finish", file=sys.stderr)
     time.sleep(1.0)  # the notification step and the relay's pass, which are off the completion path
@@ -754,6 +819,8 @@ def table(results: list[dict[str, Any]]) -> str:
             mode = p["mode"] if p["mode"] == "closed" else f"open {p.get('target_rate'):g}/s"
             if p.get("not_sent"):  # the system could not take kickoffs at the rate: not sustained
                 mode += f", {p['not_sent']} not sent"
+            if p.get("rejected"):  # answered other than 201/200 (a 429 from admission control, ...)
+                mode += f", {p['rejected']} rejected"
             v = p["workflows_per_s"]
             lat, kick = p["latency_ms"], p["kickoff_ms"]
             ratios = [_ratio(v / b) if v and b else "-" for b in base.values()]
@@ -806,7 +873,7 @@ def machine() -> dict[str, Any]:
     with contextlib.suppress(Exception):
         pg = subprocess.run([str(pg_bin() / "postgres"), "--version"], capture_output=True, text=True,
                             check=True)
-        versions["postgresql"] = pg.stdout.split()[-1]
+        versions["postgresql"] = pg.stdout.split()[2]  # "postgres (PostgreSQL) 15.18 (Debian ...)"
     return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
             "python": platform.python_version(), "kernel": platform.release(), "versions": versions}
 
@@ -817,14 +884,22 @@ _SERVERS: Servers
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.throughput", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="short runs: the whole command under 2 min")
+    parser.add_argument("--quick", action="store_true",
+                        help="short runs: 3 s per scenario after a warm-up of at most 10 s (a smoke check)")
     parser.add_argument("--json", type=Path, help="where to write the results (default bench/results/)")
     parser.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     parser.add_argument("--skip", default="", help="comma-separated scenarios to leave out")
     parser.add_argument("--seconds", type=float, help="closed-loop measured seconds per scenario")
     parser.add_argument("--open-seconds", type=float, help="open-loop measured seconds")
-    parser.add_argument("--rate", type=float, default=200.0, help="open-loop kickoffs per second")
-    parser.add_argument("--window", type=int, default=200, help="closed loop: workflows in flight")
+    parser.add_argument("--rates", default="200,300",
+                        help="open-loop kickoffs per second, comma-separated: one open loop each")
+    parser.add_argument("--window", type=int, default=1000, help="closed loop: workflows in flight")
+    parser.add_argument("--connections", type=int, default=32,
+                        help="kickoff requests in flight at once (keep-alive HTTP connections for Baton)")
+    parser.add_argument("--batch", type=int, default=100,
+                        help="baton-batch: workflows per POST /v1/workflows:batch")
+    parser.add_argument("--readme", action="store_true",
+                        help="rewrite the results block of bench/README.md with this run (or --show's)")
     parser.add_argument("--profile", type=Path, metavar="DIR",
                         help="py-spy every Python process during the closed loop; PG statement stats")
     parser.add_argument("--profile-mode", choices=("cpu", "wall"), default="cpu",
@@ -844,14 +919,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.show:
         earlier = json.loads(args.show.read_text())
-        m = earlier["machine"]
-        print(f"machine: {m['nproc']} x {m['cpu']}, {m['ram_gb']} GB RAM, Python {m['python']}")
-        print(table(earlier["results"]), kinds_table(earlier["results"]), rss_table(earlier["results"]),
-              sep="\n\n")
+        earlier["summary"] = verdict.summary(earlier["results"])  # with this code's verdict
+        report_run(earlier, args.readme, earlier.get("command", "python -m bench.throughput"))
         return 0
-    # The load generator's threads mostly wait on sockets: hand the GIL over quickly, or each reply
-    # waits up to the default 5 ms switch interval behind the watcher (a convoy that would cap the
-    # client, not the system under test).
+    # The load loop runs in a thread beside the main one (which polls and samples /proc): hand the
+    # GIL over quickly, so a reply never waits the default 5 ms switch interval behind it.
     sys.setswitchinterval(0.0005)
 
     names = args.only.split(",") if args.only else list(SCENARIOS)
@@ -863,7 +935,8 @@ def main(argv: list[str] | None = None) -> int:
         quick=args.quick, warmup=1.0 if args.quick else 5.0,
         closed_seconds=args.seconds or (3.0 if args.quick else 30.0),
         open_seconds=args.open_seconds or (3.0 if args.quick else 20.0),
-        rate=args.rate, window=args.window, drain_timeout=6.0 if args.quick else 60.0,
+        rates=tuple(float(r) for r in args.rates.split(",") if r), window=args.window,
+        drain_timeout=6.0 if args.quick else 60.0, connections=args.connections, batch=args.batch,
         profile_dir=args.profile, profile_mode=args.profile_mode,
         baton_env=tuple((kv.split("=", 1)[0], kv.split("=", 1)[-1]) for kv in args.baton_env),
         prefill=args.prefill, rss_every=args.rss_every, workflows=args.workflows,
@@ -876,10 +949,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print(f"bench: starting Redis (AOF everysec) and PostgreSQL in {servers.tmp}", file=sys.stderr)
         servers.start_redis()
-        if any(n in ("baton-pg", "dbos") for n in names):
+        if any(n in ("baton-pg", "baton-batch", "baton-core", "dbos") for n in names):
             servers.start_postgres(durable=not args.pg_fast)
         for name in names:
-            with_open = name == "baton-pg" or not args.quick or args.open_all
+            with_open = name == "baton-pg" or args.open_all
             results.append(run_scenario(name, servers, cfg, with_open))
         info = machine()
     finally:
@@ -887,24 +960,33 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "at": datetime.now(UTC).isoformat(timespec="seconds"), "quick": args.quick,
         "settings": {"baton_env": dict(cfg.baton_env), "closed_s": cfg.closed_seconds,
-                     "open_s": cfg.open_seconds, "rate": cfg.rate,
+                     "open_s": cfg.open_seconds, "rates": list(cfg.rates),
+                     "connections": cfg.connections, "batch": cfg.batch,
                      "window": cfg.window, "warmup_s": cfg.warmup, "pg_durable": not args.pg_fast,
                      "prefill": cfg.prefill, "workflows": cfg.workflows},
         "machine": info, "results": results, "elapsed_s": round(time.monotonic() - t0, 1),
+        "command": "python -m bench.throughput " + " ".join(sys.argv[1:] if argv is None else argv),
+        "summary": verdict.summary(results),
     }
     path = args.json or ROOT / "bench" / "results" / f"throughput-{datetime.now(UTC):%Y%m%dT%H%M%S}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2))
-    print()
-    print(f"machine: {info['nproc']} x {info['cpu']}, {info['ram_gb']} GB RAM, Python {info['python']}")
-    print(table(results))
-    print()
-    print(kinds_table(results))
-    if cfg.rss_every:
-        print()
-        print(rss_table(results))
+    report_run(out, args.readme, out["command"].strip())
     print(f"\nresults: {path}  ({out['elapsed_s']} s)")
     return 1 if any(r.get("error") for r in results) else 0
+
+
+def report_run(out: dict[str, Any], readme: bool, command: str) -> None:
+    """Print a run's tables; with readme, write them into bench/README.md's results block."""
+    m, results = out["machine"], out["results"]
+    print(f"\nmachine: {m['nproc']} x {m['cpu']}, {m['ram_gb']} GB RAM, Python {m['python']}\n")
+    print(verdict.markdown(out["summary"]), "", table(results), "", kinds_table(results), sep="\n")
+    if rss := rss_table(results):
+        print("", rss, sep="\n")
+    if readme:
+        details = f"Every phase, and CPU per process kind:\n\n{table(results)}\n\n{kinds_table(results)}"
+        verdict.write_readme(out, command, details)
+        print(f"\nwrote the results block of {verdict.README}")
 
 
 if __name__ == "__main__":
