@@ -32,7 +32,7 @@ def run_clock(services: Services, stop: threading.Event) -> None:
     from controller.processes import jobs
 
     interval = services.settings.sweep_interval
-    queue = sweep_queue(services.redis, services)
+    queue = sweep_queue(services.rq, services)
     log.info("clock started", interval=interval)
     last_trim = 0.0
     while not stop.is_set():
