@@ -69,6 +69,16 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
 
 
 @pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis Cluster of 3 primaries (tests/cluster.py), started on first use and shared by
+    the session's tests, each with keys of its own prefix: `redis+cluster://127.0.0.1:p1,...`."""
+    from tests.cluster import Cluster
+
+    with Cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster.url
+
+
+@pytest.fixture(scope="session")
 def _pg_admin() -> Iterator[Engine]:
     """Engine on BATON_TEST_DATABASE_URL's database, to create and drop test schemas."""
     engine = sa.create_engine(_server_env("BATON_TEST_DATABASE_URL"), isolation_level="AUTOCOMMIT")
