@@ -54,7 +54,11 @@ class Cluster:
                  binary: str | None = None) -> None:
         self.directory = Path(directory)
         self.binary = binary or os.environ.get("BATON_TEST_REDIS_SERVER") or "redis-server"
-        self.cli = shutil.which("redis-cli") or str(Path(self.binary).with_name("redis-cli"))
+        cli = shutil.which("redis-cli") or str(Path(self.binary).with_name("redis-cli"))
+        if not Path(cli).exists():
+            raise RuntimeError("redis-cli not found: a Redis Cluster is created with "
+                               "`redis-cli --cluster create` (apt-get install redis-tools)")
+        self.cli = cli
         self.replicas = replicas
         self.ports = _free_ports(primaries * (1 + replicas))
         self.procs: dict[int, subprocess.Popen[bytes]] = {}
