@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ import redis
 
 from bench import throughput as tp
 from bench.load import Watcher, closed_loop
-from bench.servers import Servers, make_servers
+from bench.servers import HOST, Servers, make_servers
 from participants.runtime.connect import by_slot, connect
 from tests.cluster import Cluster
 
@@ -131,6 +132,16 @@ def measure(name: str, servers: Servers, cfg: tp.Settings, cluster: Cluster | No
     finally:
         watcher.halt.set()
         sc.stop()
+        _drop_databases(servers)
+
+
+def _drop_databases(servers: Servers) -> None:
+    """The next run creates them afresh (bench.throughput runs `baton-pg` once per command)."""
+    assert servers.pg_bin is not None
+    for name in servers.created_dbs:
+        subprocess.run([str(servers.pg_bin / "dropdb"), "-h", HOST, "-p", str(servers.pg_port),
+                        "-U", "baton", "--force", name], check=True, capture_output=True)
+    servers.created_dbs.clear()
 
 
 def main(argv: list[str] | None = None) -> int:
