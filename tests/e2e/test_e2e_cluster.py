@@ -5,13 +5,20 @@ its replica taking over, after which every workflow still completes with its eff
 
 from __future__ import annotations
 
+import json
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
+import redis
 
+from contracts import lifecycle_events
+from contracts.envelope import new_event
 from participants.runtime.connect import connect
 from tests.cluster import Cluster
 from tests.system import CONTROLLER, ORDER_PARTICIPANTS, System, order_input, wait_until
@@ -20,9 +27,21 @@ pytestmark = pytest.mark.slow
 
 
 def cluster_system(tmp: Path, database_url: str, participant_url: str, cluster_url: str,
-                   rq_url: str) -> System:
+                   rq_url: str, **env: str) -> System:
     return System(tmp, database_url, cluster_url, participant_url,
-                  extra_env={"BATON_RQ_REDIS_URL": rq_url})
+                  extra_env={"BATON_RQ_REDIS_URL": rq_url, **env})
+
+
+class _Hook(BaseHTTPRequestHandler):
+    posts: list[dict[str, Any]] = []
+
+    def do_POST(self) -> None:
+        _Hook.posts.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
 
 
 @pytest.fixture
@@ -102,3 +121,39 @@ def test_a_primary_killed_mid_run_loses_nothing(
             assert "Redis restarted" in system.logs("tracker") + system.logs("inventory")
         finally:
             system.close_cleanly()
+
+
+def test_an_alert_is_queued_once_on_rqs_server_and_delivered(
+        tmp_path: Path, pg_database_url: str, pg_participant_url: str, redis_cluster_url: str,
+        redis_url: str) -> None:
+    """The `alerts` process reads `workflow.needs_attention` from the cluster and queues the
+    webhook, with its once-only marker in one MULTI/EXEC, on RQ's single server, where the
+    `worker` process takes it: an event delivered twice is posted once."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook = f"http://127.0.0.1:{server.server_port}/hook"
+    system = cluster_system(tmp_path, pg_database_url, pg_participant_url, redis_cluster_url,
+                            redis_url, BATON_ALERT_WEBHOOK=hook)
+    try:
+        system.start("web", "alerts", "worker")
+        cid = system.start_order()
+        event = new_event(lifecycle_events.NEEDS_ATTENTION, {
+            "flow": "order_fulfillment", "flow_version": 1, "correlation_id": cid,
+            "status": "needs_attention", "reason": "step_failed"},
+            correlation_id=cid, causation_id=cid, source="controller")
+        for _ in range(2):  # the same event twice, as a redelivery after a rollback would
+            system.redis.xadd(system.keys.event_stream(event.type), event.to_fields())  # type: ignore[arg-type]
+        wait_until(lambda: any(p["workflow"]["correlation_id"] == cid for p in _Hook.posts), 30,
+                   "the webhook to be posted")
+        time.sleep(1.5)  # a second job would be taken at once by the idle worker
+        assert [p["workflow"]["correlation_id"] for p in _Hook.posts].count(cid) == 1
+        assert system.redis.exists(system.keys.alert_queued(event.id)) == 0  # not on the cluster
+        rq = redis.Redis.from_url(redis_url)
+        try:
+            assert rq.exists(system.keys.alert_queued(event.id)) == 1  # with the job, on RQ's
+        finally:
+            rq.close()
+    finally:
+        system.close_cleanly()
+        server.shutdown()
+        server.server_close()
