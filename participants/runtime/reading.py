@@ -19,9 +19,9 @@ from participants.runtime.options import MAX_ENTRY_BYTES, Options
 from participants.runtime.participant import Participant
 
 log = structlog.get_logger("baton.runtime")
-# On a cluster, how long a read blocks on each slot's streams when the others had nothing (ms):
-# short, since a message on another slot waits for it.
-SLOT_BLOCK_MS = 50
+# On a cluster, how long one round of reads over every slot blocks at most when all are empty
+# (ms), shared among the slots: a message that arrives meanwhile waits about this much at most.
+ROUND_BLOCK_MS = 100
 
 
 class Malformed(Exception):
@@ -53,13 +53,13 @@ class Reader:
 
     def read(self, start: str, block: int | None = None, count: int | None = None) -> list[Entry]:
         """One XREADGROUP over the consumer's streams; on a cluster one per hash slot they fall
-        in (`connect.by_slot`), each blocking at most SLOT_BLOCK_MS and only while the slots read
-        before it had nothing."""
+        in (`connect.by_slot`), each blocking for its share of ROUND_BLOCK_MS, and only while the
+        slots read before it had nothing."""
         groups = connect.by_slot(self.client, self.participant.streams(self.keys))
         if len(groups) > 1:  # each slot in turn comes first: a busy one cannot starve the rest
             turn = next(self._turns) % len(groups)
             groups = groups[turn:] + groups[:turn]
-            block = None if block is None else min(block, SLOT_BLOCK_MS)
+            block = None if block is None else min(block, max(2, ROUND_BLOCK_MS // len(groups)))
         found: list[Entry] = []
         for streams in groups:
             found += self._read(streams, start, None if found else block,
