@@ -19,6 +19,8 @@ from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from config import redis_urls
+
 ROLES = ("starter", "viewer", "operator")
 
 
@@ -42,6 +44,7 @@ class Settings:
     data_dir: Path = Path(".baton")
     database_url: str = ""
     redis_url: str | None = None
+    rq_redis_url: str | None = None  # RQ's (sweeps, alerts); REDIS_URL's when it is one server
     port: int = 8000
     stream_prefix: str = "baton"
     tokens: tuple[Token, ...] = ()
@@ -97,6 +100,21 @@ def _database_url(value: str) -> None:
                               f"{', '.join(_DATABASES.values())}")
 
 
+def _redis_url(value: str) -> None:
+    try:
+        redis_urls.check(value)
+    except ValueError as exc:
+        raise ValidationError(str(exc)) from exc
+
+
+def _rq_redis_url(value: str) -> None:
+    """RQ runs on one server: it does not support Redis Cluster."""
+    _redis_url(value)
+    if redis_urls.is_cluster(value):
+        raise ValidationError("RQ does not support Redis Cluster: name one Redis server "
+                              "(redis://host:port[/db])")
+
+
 def _participant_database_url(value: str) -> None:
     """The same, with each `{name}` standing for a participant's name."""
     _database_url(value.replace("{name}", "name"))
@@ -126,7 +144,8 @@ def _consumer_from_honcho(env: Mapping[str, str]) -> dict[str, str]:
 _VARIABLES: dict[str, tuple[str, fields.Field]] = {
     "BATON_DATA_DIR": ("data_dir", fields.Str(validate=validate.Length(min=1))),
     "DATABASE_URL": ("database_url", fields.Str(validate=_database_url)),
-    "REDIS_URL": ("redis_url", fields.Str(validate=validate.Regexp(r"^(redis|rediss|unix)://"))),
+    "REDIS_URL": ("redis_url", fields.Str(validate=_redis_url)),
+    "BATON_RQ_REDIS_URL": ("rq_redis_url", fields.Str(validate=_rq_redis_url)),
     "PORT": ("port", fields.Int(validate=validate.Range(min=1, max=65535))),
     "BATON_STREAM_PREFIX": (
         "stream_prefix", fields.Str(validate=validate.Regexp(r"^[A-Za-z0-9_.-]{1,32}$"))),
@@ -244,6 +263,9 @@ def _build(loaded: dict[str, Any]) -> Settings:
         if not directory.is_dir():
             raise SettingsError(f"BATON_FLOWS_DIRS: {directory} is not a directory")
     crash = frozenset(p for p in values.pop("crash_points", "").split(",") if p)
+    if redis_urls.is_cluster(values.get("redis_url")) and not values.get("rq_redis_url"):
+        raise SettingsError("BATON_RQ_REDIS_URL: required when REDIS_URL names a Redis Cluster: "
+                            "RQ (the sweeps and alert jobs) needs one Redis server")
     values.setdefault("database_url", f"sqlite:///{data_dir}/baton.db")
     values.setdefault("participant_database_url", f"sqlite:///{data_dir}/participant-{{name}}.db")
     return Settings(data_dir=data_dir, tokens=tokens, flows_dirs=flows_dirs, crash_points=crash,

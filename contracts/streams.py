@@ -37,6 +37,11 @@ class Keys:
         """A marker whose disappearance means Redis lost its data."""
         return f"{self.prefix}:epoch"
 
+    def epoch_on(self, n: int) -> str:
+        """The epoch marker of one primary of a Redis Cluster: the hash tag `{n}` puts it in a
+        slot that primary serves (participants/runtime/epoch.py picks n)."""
+        return f"{self.prefix}:epoch:{{{n}}}"
+
     def alert_queued(self, message_id: str) -> str:
         """Set once the alert of a `workflow.needs_attention` is queued: it is queued only once."""
         return f"{self.prefix}:alert-queued:{message_id}"

@@ -10,6 +10,9 @@
 # The servers are skipped when only the unit tier is asked for: `-m unit`, or paths all under
 # tests/unit.
 # Environment: BATON_FORCE_INSTALL=1 reinstalls the package even if setup.cfg is unchanged.
+# BATON_TEST_REDIS_CLUSTER=1 gives the tests' `redis_url` a Redis Cluster of 3 primaries instead of
+# the single server (RQ's tests stay on the single one). The cluster tests (tests/*/test_*cluster*)
+# start their clusters themselves either way, with this redis-server and redis-cli (tests/cluster.py).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."

@@ -52,20 +52,43 @@ def _server_env(name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
-    """URL of the test Redis server (database 0), from BATON_TEST_REDIS_URL."""
+def redis_url(request: pytest.FixtureRequest) -> str:
+    """URL of the test Redis server (database 0), from BATON_TEST_REDIS_URL; with
+    BATON_TEST_REDIS_CLUSTER=1, the session's Redis Cluster instead (`redis_cluster_url`), so that
+    a tier's tests run on a cluster as they are."""
+    if os.environ.get("BATON_TEST_REDIS_CLUSTER") == "1":
+        return str(request.getfixturevalue("redis_cluster_url"))
+    return _server_env("BATON_TEST_REDIS_URL")
+
+
+@pytest.fixture(scope="session")
+def rq_redis_url() -> str:
+    """A single Redis server, whatever `redis_url` is: RQ's (it does not support Redis Cluster)."""
     return _server_env("BATON_TEST_REDIS_URL")
 
 
 @pytest.fixture
 def redis_client(redis_url: str) -> Iterator[redis.Redis]:
-    """A decode_responses client. The server is shared by tests running at the same time (two
-    pytest workers): a test uses keys of its own prefix and never flushes the database."""
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    """A decode_responses client (of a cluster, if `redis_url` names one). The server is shared
+    by tests running at the same time (two pytest workers): a test uses keys of its own prefix
+    and never flushes the database."""
+    from participants.runtime.connect import connect
+
+    client = connect(redis_url, decode_responses=True)
     try:
         yield client
     finally:
         client.close()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Redis Cluster of 3 primaries (tests/cluster.py), started on first use and shared by
+    the session's tests, each with keys of its own prefix: `redis+cluster://127.0.0.1:p1,...`."""
+    from tests.cluster import Cluster
+
+    with Cluster(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster.url
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ The tracker and the participants run beside it as runtimes the test polls by han
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -14,6 +15,7 @@ import redis
 from flask.testing import FlaskClient
 from structlog.testing import capture_logs
 
+from config.redis_urls import is_cluster
 from config.settings import Settings, load_settings
 from contracts.streams import Keys
 from controller.api.app import create_app
@@ -21,6 +23,7 @@ from controller.db import migrate
 from controller.service.bootstrap import Services, build_services
 from controller.service.track import build_tracker
 from participants.reference import build
+from participants.runtime.connect import connect
 from participants.runtime.db import make_engine
 from participants.runtime.loop import Options, Runtime
 
@@ -51,6 +54,8 @@ def environment(database_url: str, redis_url: str, tmp_path: Path, keys: Keys, t
         "DATABASE_URL": database_url, "REDIS_URL": redis_url, "BATON_STREAM_PREFIX": keys.prefix,
         "BATON_TOKENS": tokens, "BATON_DATA_DIR": str(tmp_path / "data"),
     }
+    if is_cluster(redis_url):  # RQ on the plain test server (BATON_TEST_REDIS_CLUSTER=1)
+        env["BATON_RQ_REDIS_URL"] = os.environ["BATON_TEST_REDIS_URL"]
     if flows:
         flows_dir = tmp_path / "flows"
         flows_dir.mkdir(exist_ok=True)
@@ -75,7 +80,7 @@ def running_app(database_url: str, redis_url: str, tmp_path: Path, tokens: str, 
     finally:
         engine.dispose()
     services = build_services(settings)
-    raw = redis.Redis.from_url(redis_url)
+    raw = connect(redis_url)
     try:
         with capture_logs() if quiet else nullcontext():
             yield App(create_app(settings, services).test_client(), services, keys, raw, settings)

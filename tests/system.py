@@ -12,12 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 import sqlalchemy as sa
 
 from contracts.streams import Keys
 from controller.cli.client import ApiClient
 from controller.cli.procfile import ROOT, Processes, procfile_lines
+from participants.runtime.connect import connect
 
 BIN = Path(sys.executable).parent
 TOKENS = {"starter": "t-starter", "viewer": "t-viewer", "operator": "t-operator"}
@@ -79,7 +79,7 @@ class System:
         self.base = f"http://127.0.0.1:{self.port}"
         self.api = ApiClient(self.base, TOKENS["operator"])
         self.http = self.api.session  # the client's own session, for a test that reads raw answers
-        self.redis = redis.Redis.from_url(redis_url, decode_responses=True)
+        self.redis = connect(redis_url, decode_responses=True)  # one server, or a cluster
 
     def start(self, *names: str) -> None:
         """The named processes; by default the controller's and order_fulfillment's (each process

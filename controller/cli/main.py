@@ -131,7 +131,7 @@ def alerts() -> None:
     from controller.processes.alerts import build_alerter
 
     _consumer_process("alerts", lambda services: build_alerter(
-        services.catalog, services.registry, services.settings, services.redis))
+        services.catalog, services.registry, services.settings, services.rq))
 
 
 @main.command()

@@ -40,7 +40,7 @@ def clock_lease(services: Services) -> Lease:
 
 def run_clock(services: Services, stop: threading.Event, lease: Lease | None = None) -> None:
     interval = services.settings.sweep_interval
-    queue = sweep_queue(services.redis, services)
+    queue = sweep_queue(services.rq, services)
     lease = lease or clock_lease(services)
     log.info("clock started", interval=interval, lease_ttl=lease.ttl)
     last_trim = 0.0

@@ -5,14 +5,15 @@ from __future__ import annotations
 import threading
 from datetime import timedelta
 
-import redis
 import structlog
 from sqlalchemy.exc import OperationalError
 
 from controller.service.bootstrap import Services
 from participants.runtime import outbox
+from participants.runtime.connect import UNAVAILABLE
 
 log = structlog.get_logger("baton.relay")
+_PASSING: tuple[type[Exception], ...] = (OperationalError, *UNAVAILABLE)
 
 
 def run_relay(services: Services, stop: threading.Event) -> None:
@@ -24,7 +25,7 @@ def run_relay(services: Services, stop: threading.Event) -> None:
         try:
             sent = outbox.relay_once(services.engine, services.redis, grace=grace,
                                      crash_points=services.settings.crash_points)
-        except (OperationalError, redis.ConnectionError) as exc:
+        except _PASSING as exc:
             log.warning("relay backing off", error=str(exc)[:200])
             sent = 0
         if sent:

@@ -37,18 +37,18 @@ def run_worker(services: Services, stop: threading.Event) -> None:
     queues = [services.keys.rq_queue("alerts"), services.keys.rq_queue("sweeps")]
     while not stop.is_set():
         try:
-            worker = _Worker(queues, connection=services.redis, serializer=JSONSerializer,
+            worker = _Worker(queues, connection=services.rq, serializer=JSONSerializer,
                              maintenance_interval=30, stop=stop)
             # RQ raised the socket timeout above its blocking dequeue's; connections made before
             # keep Baton's shorter one (BATON_REDIS_TIMEOUT): make them again.
-            services.redis.connection_pool.disconnect()
+            services.rq.connection_pool.disconnect()
             worker.work(with_scheduler=True, logging_level="WARNING")
         except redis.RedisError as exc:  # raised before or after its loop (birth, teardown)
             log.warning("RQ worker failed", error=repr(exc)[:200])
         _handle_signals(stop)  # RQ's handlers belong to the worker that just ended
         if not stop.is_set():
             log.warning("RQ worker loop ended; starting another once Redis answers")
-            _wait_for_redis(services.redis, stop)
+            _wait_for_redis(services.rq, stop)
 
 
 def _handle_signals(stop: threading.Event) -> None:

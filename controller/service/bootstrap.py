@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import redis
+from redis import Redis
 from sqlalchemy import Engine
 
 from config.flows import Catalog, load_catalog
@@ -20,13 +20,21 @@ from participants.runtime.service import redis_client
 class Services:
     settings: Settings
     engine: Engine
-    redis: redis.Redis
+    redis: Redis  # the streams' (one server or a cluster)
     catalog: Catalog
     registry: Registry
     keys: Keys
+    rq_redis: Redis | None = None  # RQ's own server (BATON_RQ_REDIS_URL), if it has one
+
+    @property
+    def rq(self) -> Redis:
+        """RQ's Redis (sweeps, alerts): one server, `redis` itself unless REDIS_URL is a cluster."""
+        return self.rq_redis if self.rq_redis is not None else self.redis
 
     def close(self) -> None:
         self.redis.close()
+        if self.rq_redis is not None:
+            self.rq_redis.close()
         self.engine.dispose()
 
 
@@ -36,4 +44,5 @@ def build_services(settings: Settings) -> Services:
     return Services(
         settings=settings, engine=make_engine(settings.database_url), redis=redis_client(settings),
         catalog=catalog, registry=registry, keys=Keys(settings.stream_prefix),
+        rq_redis=redis_client(settings, rq=True) if settings.rq_redis_url else None,
     )

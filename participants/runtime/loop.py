@@ -34,7 +34,7 @@ from sqlalchemy.exc import OperationalError
 
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
-from participants.runtime import consumers, epoch, outbox
+from participants.runtime import connect, consumers, epoch, outbox
 from participants.runtime.db import create_tables, lost_race
 from participants.runtime.faults import crash_point
 from participants.runtime.handling import BatchHandler
@@ -107,7 +107,7 @@ class Runtime:
                 # delivery and, over a long outage, send good entries to the dead letters.
                 log.warning("database unavailable: not reading until it is back", error=str(exc)[:200])
                 resume = self._wait_for_database(stop)
-            except redis.ConnectionError as exc:
+            except connect.UNAVAILABLE as exc:  # on a cluster, a failover under way too
                 log.warning("backing off: Redis is unavailable", error=str(exc)[:200])
                 stop.wait(1.0)
             except redis.ResponseError as exc:

@@ -4,7 +4,9 @@ others after their last allowed delivery, with the last handler error kept to sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -12,11 +14,14 @@ import structlog
 
 from contracts.envelope import COMMAND, EVENT, Envelope, decode_fields
 from contracts.streams import Keys
-from participants.runtime import deadletter
+from participants.runtime import connect, deadletter
 from participants.runtime.options import MAX_ENTRY_BYTES, Options
 from participants.runtime.participant import Participant
 
 log = structlog.get_logger("baton.runtime")
+# On a cluster, how long one round of reads over every slot blocks at most when all are empty
+# (ms), shared among the slots: a message that arrives meanwhile waits about this much at most.
+ROUND_BLOCK_MS = 100
 
 
 class Malformed(Exception):
@@ -40,16 +45,33 @@ class Reader:
     keys: Keys
     options: Options
     consumer: str
+    _turns: Iterator[int] = field(default_factory=itertools.count, repr=False)
 
     @property
     def group(self) -> str:
         return self.participant.name
 
     def read(self, start: str, block: int | None = None, count: int | None = None) -> list[Entry]:
-        streams = {s: start for s in self.participant.streams(self.keys)}
+        """One XREADGROUP over the consumer's streams; on a cluster one per hash slot they fall
+        in (`connect.by_slot`), each blocking for its share of ROUND_BLOCK_MS, and only while the
+        slots read before it had nothing."""
+        groups = connect.by_slot(self.client, self.participant.streams(self.keys))
+        if len(groups) > 1:  # each slot in turn comes first: a busy one cannot starve the rest
+            turn = next(self._turns) % len(groups)
+            groups = groups[turn:] + groups[:turn]
+            block = None if block is None else min(block, max(2, ROUND_BLOCK_MS // len(groups)))
+        found: list[Entry] = []
+        for streams in groups:
+            found += self._read(streams, start, None if found else block,
+                                (count or self.options.read_count) - len(found))
+            if len(found) >= (count or self.options.read_count):
+                break
+        return found
+
+    def _read(self, streams: list[str], start: str, block: int | None, count: int) -> list[Entry]:
         reply: Any = self.client.xreadgroup(
-            self.group, self.consumer, streams,  # type: ignore[arg-type]
-            count=count or self.options.read_count, block=block,
+            self.group, self.consumer, dict.fromkeys(streams, start),
+            count=count, block=block,
         )
         return [
             Entry(_text(stream), _text(entry_id), fields or None)

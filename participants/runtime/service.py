@@ -14,6 +14,7 @@ from config.logging import configure_logging
 from config.settings import Settings, SettingsError, load_settings
 from contracts.errors import FlowDefinitionError
 from contracts.streams import Keys
+from participants.runtime.connect import connect
 from participants.runtime.db import make_engine
 from participants.runtime.loop import Options, Runtime
 from participants.runtime.participant import Participant
@@ -36,14 +37,16 @@ def redis_url(settings: Settings) -> str:
     return settings.redis_url or ensure_server(settings.data_dir)
 
 
-def redis_client(settings: Settings, *, decode: bool = False) -> redis.Redis:
-    """Every command times out, so that a half-open connection cannot hang a publish that holds
-    row locks; a blocking read (BLOCK BATON_BLOCK_MS) gets that much longer. RQ's worker raises
-    the timeout of its own client further for its blocking dequeue."""
-    return redis.Redis.from_url(redis_url(settings), decode_responses=decode,
-                                health_check_interval=30,
-                                socket_connect_timeout=settings.redis_timeout,
-                                socket_timeout=settings.redis_timeout + settings.block_ms / 1000)
+def redis_client(settings: Settings, *, decode: bool = False, rq: bool = False) -> redis.Redis:
+    """The streams' Redis (REDIS_URL: one server or a cluster), or with `rq` RQ's, which is one
+    server (BATON_RQ_REDIS_URL, else REDIS_URL's). Every command times out, so that a half-open
+    connection cannot hang a publish that holds row locks; a blocking read (BLOCK
+    BATON_BLOCK_MS) gets that much longer. RQ's worker raises the timeout of its own client
+    further for its blocking dequeue."""
+    url = (settings.rq_redis_url if rq else None) or redis_url(settings)
+    return connect(url, decode_responses=decode, health_check_interval=30,
+                   socket_connect_timeout=settings.redis_timeout,
+                   socket_timeout=settings.redis_timeout + settings.block_ms / 1000)
 
 
 def run_participant(participant: Participant, settings: Settings, database_url: str) -> None:

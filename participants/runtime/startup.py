@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-import redis
 import structlog
 from sqlalchemy.exc import OperationalError
 
+from participants.runtime.connect import UNAVAILABLE
+
 log = structlog.get_logger("baton.startup")
+_RETRIED: tuple[type[Exception], ...] = (OperationalError, *UNAVAILABLE)
 
 
 def until_reachable(action: Callable[[], object], stop: threading.Event, what: str, *,
@@ -22,7 +24,7 @@ def until_reachable(action: Callable[[], object], stop: threading.Event, what: s
         try:
             action()
             return True
-        except (OperationalError, redis.ConnectionError, redis.TimeoutError) as exc:
+        except _RETRIED as exc:
             if not quiet:
                 log.warning("unavailable at start: retrying", waiting_for=what, error=str(exc)[:200],
                             retry_in=pause)

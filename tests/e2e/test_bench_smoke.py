@@ -72,3 +72,21 @@ def test_the_harness_kicks_off_through_the_batch_endpoint(tmp_path: Path) -> Non
     assert r["batch"] == 20 and r["phases"][0]["requests"] > 0
     assert r["completed_total"] >= 20, r
     _nothing_lost(r)
+
+
+def test_the_cluster_harness_runs_single_and_cluster_in_one_run(tmp_path: Path) -> None:
+    """`python -m bench.cluster`: the whole system on one Redis, then on a 3-primary cluster."""
+    out = tmp_path / "cluster.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cluster", "--seconds", "1.5", "--warmup", "0.5",
+         "--window", "10", "--json", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert "cluster / single throughput" in proc.stdout, proc.stdout
+    results = {r["scenario"]: r for r in json.loads(out.read_text())}
+    assert set(results) == {"single-0", "cluster-0"}
+    for name, r in results.items():
+        assert r["completed_in_window"] > 0 and r["unfinished_after_drain"] == 0, (name, r)
+        assert r["failed"] == 0, (name, r)

@@ -24,8 +24,8 @@ from participants.runtime.participant import Context
 
 
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    made = redis.Redis.from_url(redis_url)
+def client(rq_redis_url: str) -> Iterator[redis.Redis]:
+    made = redis.Redis.from_url(rq_redis_url)
     yield made
     made.close()
 

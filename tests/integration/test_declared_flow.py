@@ -24,6 +24,7 @@ from contracts.streams import Keys
 from controller.api.app import create_app
 from controller.db import migrate
 from controller.service.bootstrap import build_services
+from participants.runtime.connect import connect
 from participants.runtime.db import make_engine
 
 T = TypeVar("T")
@@ -112,7 +113,7 @@ def wait_for(probe: Callable[[], T | None], seconds: float, what: str) -> T:
 def keys(redis_url: str) -> Iterator[Keys]:
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     yield keys
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     for key in client.scan_iter(match=f"{keys.prefix}:*"):
         client.delete(key)
     client.close()
@@ -158,7 +159,7 @@ def web(tmp_path: Path, flows_dir: Path, redis_url: str, keys: Keys) -> Iterator
     finally:
         engine.dispose()
     services = build_services(settings)
-    raw = redis.Redis.from_url(redis_url)
+    raw = connect(redis_url)
     try:
         yield Web(create_app(settings, services).test_client(), raw, keys)
     finally:
@@ -288,7 +289,7 @@ def test_a_participant_validates_with_the_declared_types_of_baton_flows_dirs(
     env.update({"BATON_PARTICIPANT_DATABASE_URL": f"sqlite:///{tmp_path}/{{name}}.db",
                 "BATON_MAX_DELIVERIES": "1", "BATON_VISIBILITY_TIMEOUT": "0.2",
                 "BATON_BLOCK_MS": "50", "BATON_LOG_LEVEL": "WARNING"})
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client = connect(redis_url, decode_responses=True)
     samples: dict[str, dict[str, Any]] = {
         "good": {"member_id": "m-1", "email": "ann@example.com"},
         "emits a bad event": {"member_id": "m-2", "email": "bob@example.com",

@@ -19,8 +19,10 @@ from contracts.streams import Keys
 from contracts.timefmt import utcnow
 from controller.db import migrate
 from participants.runtime import outbox
+from participants.runtime.connect import connect
 from participants.runtime.db import make_engine
 from participants.runtime.tables import outbox as outbox_table
+from tests.cluster import plain_redis_only
 
 ORDER = {"order_id": "ord-1", "customer_id": "cust-gold",
          "items": [{"product_id": "SKU-001", "quantity": 2, "unit_price": 5.0}],
@@ -52,7 +54,7 @@ class Bench:
 def bench(database_url: str, redis_url: str) -> Iterator[Bench]:
     engine = make_engine(database_url)
     migrate.upgrade(engine)
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     try:
         yield Bench(database_url, redis_url, engine, client, keys)
@@ -136,10 +138,11 @@ class _HeldPipeline:
         return getattr(self._inner, name)
 
 
+@plain_redis_only
 def test_two_relays_at_once_never_publish_a_row_twice(pg_database_url: str, redis_url: str) -> None:
     engine = make_engine(pg_database_url)
     migrate.upgrade(engine)
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     held: Any = HeldClient.from_url(redis_url)
     held.arrived, held.release = threading.Event(), threading.Event()
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")

@@ -18,6 +18,7 @@ from contracts.envelope import COMMAND, Envelope, decode_fields, new_command, ne
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
 from participants.reference import NAMES, build, inventory, notification, payment, shipping
+from participants.runtime.connect import connect
 from participants.runtime.db import make_engine
 from participants.runtime.loop import Options, Runtime
 from tests.unit.test_reference_participants import FRIDAY
@@ -83,7 +84,7 @@ def pg_world(pg_database_url: str, redis_url: str) -> Iterator[World]:
 
 def _world(database_url: str, redis_url: str) -> Iterator[World]:
     engine = make_engine(database_url)
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     try:
         yield World(engine, client, keys)

@@ -84,7 +84,7 @@ def test_two_clocks_one_active_and_the_other_takes_over(app: App) -> None:
     """Two clocks against one queue: only the lease holder enqueues; stopping it (its lease given
     back) or letting its lease lapse moves the work to the other within a tick or a TTL."""
     services = app.services
-    queue = Queue(services.keys.rq_queue("sweeps"), connection=services.redis,
+    queue = Queue(services.keys.rq_queue("sweeps"), connection=services.rq,
                   serializer=JSONSerializer)
     leases = [clock.clock_lease(services), clock.clock_lease(services)]
     stops = [threading.Event(), threading.Event()]

@@ -24,10 +24,12 @@ from sqlalchemy import Column, Engine, Integer, MetaData, String, Table, func, i
 from contracts.envelope import Envelope, decode_fields, new_command, new_event
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
+from participants.runtime.connect import connect
 from participants.runtime.db import create_tables, make_engine
 from participants.runtime.loop import Options, Runtime
 from participants.runtime.participant import Context, Participant
 from participants.runtime.tables import metadata as runtime_metadata
+from tests.cluster import plain_redis_only
 
 NAME = "probe"
 # linger_ms=0: each poll handles what one read found (test_a_busy_consumer_lingers_… sets it)
@@ -208,7 +210,7 @@ def stream_of(keys: Keys, envelope: Envelope) -> str:
 
 @pytest.fixture
 def bench(database_url: str, redis_url: str) -> Iterator[Bench]:
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     keys = Keys(f"t{uuid.uuid4().hex[:8]}")
     made = Bench(database_url, redis_url, client, keys, Probe())
     try:
@@ -282,6 +284,7 @@ def test_setup_creates_a_consumer_group_on_every_stream_and_can_run_twice(bench:
         assert [text(g["name"]) for g in groups] == [NAME]
 
 
+@plain_redis_only
 def test_an_entry_is_acknowledged_only_after_its_effects_commit(bench: Bench) -> None:
     witness = cast(AckWitness, AckWitness.from_url(bench.redis_url))
     witness.witness_engine = sa.create_engine(bench.database_url)  # a reader outside the runtime
@@ -398,7 +401,7 @@ def test_the_dead_letter_says_why_the_handler_of_another_consumer_failed(bench: 
     entry_id = bench.send(order())
     failing.poll()
     assert len(bench.probe.calls) == 1 and bench.dead() == []
-    other = bench.runtime(once, consumer="c2", client=redis.Redis.from_url(bench.redis_url))
+    other = bench.runtime(once, consumer="c2", client=connect(bench.redis_url))
     try:
         poll_until(other, lambda: len(bench.dead()) == 1, what="the entry is dead-lettered")
     finally:

@@ -30,6 +30,7 @@ from controller.service import sweep as sweeper
 from controller.service.bootstrap import Services
 from controller.service.start import StartRequest, start_workflow
 from controller.service.track import build_tracker
+from participants.runtime.connect import connect
 from participants.runtime.db import make_engine
 from participants.runtime.loop import Options, Runtime
 from participants.runtime.tables import outbox as outbox_table
@@ -152,7 +153,7 @@ class Controller:
 @pytest.fixture
 def controller(database_url: str, redis_url: str) -> Iterator[Controller]:
     engine = make_engine(database_url)
-    client = redis.Redis.from_url(redis_url)
+    client = connect(redis_url)
     keys = Keys(f"t{uuid.uuid4().hex[:10]}")
     try:
         migrate.upgrade(engine)

@@ -1,0 +1,76 @@
+"""The Redis client from one URL: `redis.Redis` for a single server, `redis.cluster.RedisCluster`
+for a Redis Cluster (`redis+cluster://host:port[,host:port...]`, config/redis_urls.py), and what
+the rest of the runtime needs to know of the difference: which keys one command may touch (those
+of one hash slot), which servers hold data of their own (every primary), and which errors mean
+"Redis is away for now" (a failover under way counts).
+
+The wire format is the same on both: the stream names carry no hash tag, so the streams of one
+consumer spread over the cluster and a read over several of them is one XREADGROUP per slot.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, cast
+
+import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
+
+from config import redis_urls
+
+# Redis, or a part of the cluster, cannot answer now: wait and try again. On a cluster a failover
+# shows as CLUSTERDOWN or TRYAGAIN, a slot no primary covers yet, or a write refused by a
+# primary just demoted (READONLY) until the client learns the new layout.
+UNAVAILABLE: tuple[type[Exception], ...] = (
+    redis.ConnectionError, redis.TimeoutError, ClusterDownError, TryAgainError,
+    SlotNotCoveredError, redis.ReadOnlyError,
+)
+
+
+def connect(url: str, **options: Any) -> redis.Redis:
+    """A client for `url`; `options` are redis-py's connection options (timeouts, decoding).
+    A cluster client answers the same commands as `redis.Redis` (typed as one here); it learns
+    the cluster's layout from the first node that answers, and again after a failover."""
+    if not redis_urls.is_cluster(url):
+        return redis.Redis.from_url(url, **options)
+    parsed = redis_urls.parse_cluster(url)
+    client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in parsed.nodes],
+                          username=parsed.username, password=parsed.password, ssl=parsed.ssl,
+                          **options)
+    return cast(redis.Redis, client)
+
+
+def is_cluster(client: Any) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def by_slot(client: Any, keys: Iterable[str]) -> list[list[str]]:
+    """`keys` in groups that one command may touch: all of them on one server, one group per
+    hash slot on a cluster (in the order of each slot's first key)."""
+    keys = list(keys)
+    if not is_cluster(client):
+        return [keys] if keys else []
+    groups: dict[int, list[str]] = {}
+    for key in keys:
+        groups.setdefault(client.keyslot(key), []).append(key)
+    return list(groups.values())
+
+
+def primaries(client: Any) -> list[tuple[str, redis.Redis]]:
+    """Each server that holds data of its own, by name (`host:port`), with a client of it: the
+    one server, or every primary of the cluster as the client last learnt them."""
+    if not is_cluster(client):
+        return [("", client)]
+    nodes = sorted(client.get_primaries(), key=lambda n: n.name)
+    return [(n.name, client.get_redis_connection(n)) for n in nodes]
+
+
+def key_on(client: Any, node_name: str, key_for: Any, tries: int = 100_000) -> str | None:
+    """The first of `key_for(0)`, `key_for(1)`, ... that the primary `node_name` holds (None if
+    none of `tries` does): a key of Baton's own on each server, for the epoch markers."""
+    for i in range(tries):
+        key = key_for(i)
+        if client.get_node_from_key(key).name == node_name:
+            return str(key)
+    return None
