@@ -4,7 +4,8 @@ others after their last allowed delivery, with the last handler error kept to sa
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -13,6 +14,7 @@ import structlog
 from contracts.envelope import COMMAND, EVENT, Envelope, decode_fields
 from contracts.streams import Keys
 from participants.runtime import deadletter
+from participants.runtime.leases import Leases
 from participants.runtime.options import MAX_ENTRY_BYTES, Options
 from participants.runtime.participant import Participant
 
@@ -40,13 +42,30 @@ class Reader:
     keys: Keys
     options: Options
     consumer: str
+    leases: Leases = field(init=False)
+
+    def __post_init__(self) -> None:
+        partitions = [s for s in self.participant.streams(self.keys) if self.keys.is_partition(s)]
+        object.__setattr__(self, "leases", Leases(
+            self.client, self.keys, self.group, self.consumer, partitions,
+            ttl=self.options.visibility_timeout))
 
     @property
     def group(self) -> str:
         return self.participant.name
 
+    def reading(self) -> list[str]:
+        """The streams this consumer reads now: every one of its participant's but the partitions
+        of partitioned types, of which only those it holds the lease of (`leases`)."""
+        owned = self.leases.owned
+        return [s for s in self.participant.streams(self.keys)
+                if s in owned or not self.keys.is_partition(s)]
+
     def read(self, start: str, block: int | None = None, count: int | None = None) -> list[Entry]:
-        streams = {s: start for s in self.participant.streams(self.keys)}
+        streams = {s: start for s in self.reading()}
+        if not streams:  # every stream it reads is a partition, and none is its share now
+            time.sleep((block or 0) / 1000)
+            return []
         reply: Any = self.client.xreadgroup(
             self.group, self.consumer, streams,  # type: ignore[arg-type]
             count=count or self.options.read_count, block=block,
@@ -57,22 +76,43 @@ class Reader:
             for entry_id, fields in entries
         ]
 
+    def take_over(self, partitions: list[str]) -> list[Entry]:
+        """Claim every entry left pending on partitions whose lease this consumer just took
+        (their last reader crashed, or handed them over), to be handled before any new one."""
+        claimed: list[Entry] = []
+        for stream in partitions:
+            start: str | None = "-"
+            while start:
+                batch, start = self._claim_pending(stream, 0, backoff=False, start=start)
+                claimed += batch
+        return claimed
+
     def reclaim(self) -> list[Entry]:
         """Claim entries idle past their backoff; dead-letter those delivered too often."""
         claimed: list[Entry] = []
         base_ms = int(self.options.visibility_timeout * 1000)
-        for stream in self.participant.streams(self.keys):
-            pending: Any = self.client.xpending_range(stream, self.group, "-", "+", 100, idle=base_ms)
-            for p in pending:
-                entry_id, count = _text(p["message_id"]), int(p["times_delivered"])
-                if p["time_since_delivered"] < base_ms * min(2 ** (count - 1), 32):
-                    continue
-                if count >= self.options.max_deliveries:
-                    self._dead_letter_by_id(stream, entry_id, count)
-                    continue
-                got: Any = self.client.xclaim(stream, self.group, self.consumer, base_ms, [entry_id])
-                claimed += [Entry(stream, _text(i), f or None, count + 1) for i, f in got]
+        for stream in self.reading():
+            claimed += self._claim_pending(stream, base_ms, backoff=True)[0]
         return claimed
+
+    def _claim_pending(self, stream: str, base_ms: int, *, backoff: bool,
+                       start: str = "-") -> tuple[list[Entry], str | None]:
+        """What it claimed of a page of pending entries from `start`, and where the next page
+        starts (None: that was the last)."""
+        claimed: list[Entry] = []
+        pending: Any = self.client.xpending_range(stream, self.group, start, "+", 100,
+                                                  idle=base_ms or None)
+        for p in pending:
+            entry_id, count = _text(p["message_id"]), int(p["times_delivered"])
+            if backoff and p["time_since_delivered"] < base_ms * min(2 ** (count - 1), 32):
+                continue
+            if count >= self.options.max_deliveries:
+                self._dead_letter_by_id(stream, entry_id, count)
+                continue
+            got: Any = self.client.xclaim(stream, self.group, self.consumer, base_ms, [entry_id])
+            claimed += [Entry(stream, _text(i), f or None, count + 1) for i, f in got]
+        last = _text(pending[-1]["message_id"]) if len(pending) == 100 else None
+        return claimed, last and f"({last}"
 
     def decode(self, entry: Entry) -> bool:
         """Decode and check the entry (True), or dead-letter and acknowledge it (False)."""
@@ -103,7 +143,7 @@ class Reader:
                 raise Malformed(f"a {msg.kind} for {msg.target!r} on the command stream of {self.group}")
             if msg.type not in self.participant.commands:
                 raise Malformed(f"{self.group} has no handler for command {msg.type}")
-        elif msg.kind != EVENT or entry.stream != self.keys.event_stream(msg.type):
+        elif msg.kind != EVENT or entry.stream != self.keys.stream_of(msg.type, msg.data):
             raise Malformed(f"a {msg.kind} of type {msg.type} does not belong on {entry.stream}")
 
     def remember_failures(self, entries: list[Entry]) -> None:
