@@ -25,6 +25,9 @@ _RENEW = _MINE + "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 _RELEASE = _MINE + "return redis.call('del', KEYS[1]) end return 0"
 
 
+RETRY_TAKE = 0.2  # seconds: how soon a consumer tries again to take a partition of its share
+
+
 def share(partitions: list[str], live: list[str], consumer: str) -> set[str]:
     """The partitions `consumer` is to read: the i-th (in the order given) goes to the
     (i mod n)-th of the n live consumers, sorted by name."""
@@ -68,6 +71,8 @@ class Leases:
         kept = {p for p, ok in zip(keep, replies[:len(keep)], strict=True) if ok}
         taken = [p for p, ok in zip(take, replies[len(keep) + len(drop):], strict=True) if ok]
         self.owned = kept | set(taken)
+        if len(self.owned) < len(mine):  # its share is still held by the one handing it over:
+            self._next = time.monotonic() + min(self.ttl / 3, RETRY_TAKE)  # not idle for a third
         return taken
 
     def release(self) -> None:
