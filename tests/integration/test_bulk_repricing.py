@@ -81,6 +81,11 @@ def test_a_batch_is_approved_once_canaried_and_rolled_out_over_partitions(world:
     assert canary.data["progress"]["done"] == 4  # 10 % of 40, judged before the rest went out
     assert prices_in(world, catalog.products, skus) == dict.fromkeys(skus, 18.0)
     assert prices_in(world, search.index, skus) == dict.fromkeys(skus, 18.0)
+    r = world.client.get("/v1/reports/sla?flow=bulk_repricing",
+                         headers={"Authorization": f"Bearer {OPERATOR}", "Accept": "application/json"})
+    assert r.status_code == 200
+    assert r.get_json()["progress"] == [{"flow": "bulk_repricing", "workflows": 1, "skus": 40,
+                                         "published": 40, "done": 40, "failed": 0, "reverted": 0}]
 
 
 def test_a_canary_failing_past_its_threshold_is_reverted_and_the_workflow_compensated(
