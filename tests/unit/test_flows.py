@@ -443,3 +443,12 @@ def test_a_retry_policy_on_an_event_step_is_refused(tmp_path: Path, registry: Re
     assert error.errors == {"steps": {0: {"retry": [
         "only a step of kind command is retried by the controller; an event step's participant "
         "retries its own work"]}}}
+
+
+def test_progress_on_names_events_of_the_flow(tmp_path: Path, registry: Registry) -> None:
+    good = load_file(write(tmp_path, "a.yaml", small_flow(progress_on=["order.placed"])), registry)
+    assert good.progress_on == ("order.placed",)
+    with pytest.raises(FlowDefinitionError) as caught:
+        load_file(write(tmp_path, "b.yaml", small_flow(name="other", progress_on=["payment.refund"])),
+                  registry)
+    assert caught.value.errors == {"progress_on": ["payment.refund is not an event of this flow"]}
