@@ -96,6 +96,11 @@ class Repricing:
         p.on_command("repricing.publish_canary")(lambda m, c: self.on_publish(m, c, canary=True))
         p.on_command("repricing.publish_rest")(lambda m, c: self.on_publish(m, c, canary=False))
         p.on_command("repricing.revert_canary")(self.on_revert)
+        # The steps watch_canary and confirm_rollout react to these: pricing reads them (its group
+        # on their streams is what the trimming and the diagnosis expect), and has nothing to do
+        # then, the catalog's answers being counted as they come.
+        p.on_event("repricing.canary_published")(lambda m, c: [])
+        p.on_event("repricing.rest_published")(lambda m, c: [])
         p.on_event("catalog.sku_price_applied")(lambda m, c: self.on_answer(m, c, APPLIED))
         p.on_event("catalog.sku_price_rejected")(lambda m, c: self.on_answer(m, c, REJECTED))
 
