@@ -31,6 +31,7 @@ from sqlalchemy import (
     Row,
     String,
     Table,
+    bindparam,
     select,
     update,
 )
@@ -178,11 +179,9 @@ class Repricing:
     def _publish(self, ctx: Context, batch: Row[Any], rows: list[Row[Any]]) -> list[Envelope]:
         """Set each SKU's price in the price list, a revision up, and announce it."""
         revisions = self._set_prices(ctx.conn, batch, [(r.sku, r.price) for r in rows], ctx.now)
-        for chunk in _chunks(rows, 500):
-            for r in chunk:
-                ctx.conn.execute(update(self.skus).where(
-                    self.skus.c.correlation_id == batch.correlation_id, self.skus.c.sku == r.sku,
-                ).values(revision=revisions[r.sku]))
+        if rows:  # one executemany, not a round trip per SKU
+            ctx.conn.execute(_SET_REVISION, [
+                {"cid": batch.correlation_id, "the_sku": r.sku, "rev": revisions[r.sku]} for r in rows])
         return [ctx.event("sku_price.published", {
             "repricing_id": batch.repricing_id, "sku": r.sku, "price": _amount(r.price),
             "previous_price": _amount(r.previous_price), "currency": batch.currency,
@@ -291,6 +290,11 @@ class Repricing:
         return {**_id(msg), "progress": {
             "skus": batch.skus, "published": batch.published, "done": batch.done,
             "failed": batch.failed, "reverted": batch.reverted}}
+
+
+_SET_REVISION = update(skus).where(
+    skus.c.correlation_id == bindparam("cid"), skus.c.sku == bindparam("the_sku"),
+).values(revision=bindparam("rev"))
 
 
 def _id(msg: Envelope) -> dict[str, Any]:
