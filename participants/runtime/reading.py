@@ -44,8 +44,12 @@ class Reader:
     consumer: str
     leases: Leases = field(init=False)
 
+    _streams: list[str] = field(init=False, repr=False)
+
     def __post_init__(self) -> None:
-        partitions = [s for s in self.participant.streams(self.keys) if self.keys.is_partition(s)]
+        streams = self.participant.streams(self.keys)
+        partitions = [s for s in streams if self.keys.is_partition(s)]
+        object.__setattr__(self, "_streams", streams)  # the handlers are registered: fixed now
         object.__setattr__(self, "leases", Leases(
             self.client, self.keys, self.group, self.consumer, partitions,
             ttl=self.options.visibility_timeout))
@@ -57,9 +61,10 @@ class Reader:
     def reading(self) -> list[str]:
         """The streams this consumer reads now: every one of its participant's but the partitions
         of partitioned types, of which only those it holds the lease of (`leases`)."""
-        owned = self.leases.owned
-        return [s for s in self.participant.streams(self.keys)
-                if s in owned or not self.keys.is_partition(s)]
+        if not self.leases.partitions:
+            return self._streams
+        owned, partitions = self.leases.owned, set(self.leases.partitions)
+        return [s for s in self._streams if s in owned or s not in partitions]
 
     def read(self, start: str, block: int | None = None, count: int | None = None) -> list[Entry]:
         streams = {s: start for s in self.reading()}
