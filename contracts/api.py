@@ -122,6 +122,9 @@ class WorkflowOut(WorkflowSummaryOut):
     input = fields.Dict()
     steps = fields.List(fields.Nested(StepOut))
     compensations = fields.List(fields.Nested(CompensationOut))
+    progress = fields.Dict(allow_none=True, metadata={"description": (
+        "For a flow with `progress_on` (e.g. bulk_repricing): the counts its last progress event "
+        "carried, e.g. skus, published, done, failed, reverted; null otherwise or before any.")})
 
 
 class WorkflowPage(Schema):

@@ -8,12 +8,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates, validates_schema
 
 from contracts.envelope import COMMAND, EVENT, TYPE_PATTERN
 from contracts.errors import FlowDefinitionError
 from contracts.json_payloads import FAILED_SCHEMA, JsonPayload, schema_problems
 from contracts.payloads import Registry, failed_type
+from contracts.streams import MAX_PARTITIONS, Partitioning
 
 _TYPE = validate.Regexp(TYPE_PATTERN, error="must be a message type such as payment.charged")
 
@@ -24,6 +25,7 @@ class Declaration:
     kind: str
     version: int
     payload: JsonPayload
+    partitioning: Partitioning | None = None
 
     @property
     def source(self) -> str:
@@ -39,12 +41,44 @@ class MessageSchema(Schema):
     kind = fields.Str(load_default=EVENT, validate=validate.OneOf([EVENT, COMMAND]))
     version = fields.Int(load_default=1, strict=True, validate=validate.Range(min=1))
     schema = fields.Dict(keys=fields.Str(), required=True)
+    # An event type appended to `P:event:<type>:<n>`, n from this field (contracts.streams).
+    partition_by = fields.Str(load_default=None, validate=validate.Length(min=1))
+    partitions = fields.Int(load_default=None, strict=True,
+                            validate=validate.Range(min=1, max=MAX_PARTITIONS))
 
     @validates("schema")
     def _json_schema(self, value: dict[str, Any], **kwargs: Any) -> None:
         problems = schema_problems(value)
         if problems:
             raise ValidationError(problems)
+
+    @validates_schema
+    def _partitioning(self, data: dict[str, Any], **kwargs: Any) -> None:
+        by, count = data.get("partition_by"), data.get("partitions")
+        if by is None and count is None:
+            return
+        if by is None or count is None:
+            missing = "partition_by" if by is None else "partitions"
+            raise ValidationError("partition_by and partitions go together", missing)
+        if data.get("kind", EVENT) != EVENT:
+            raise ValidationError("only an event type is partitioned; a command has one stream "
+                                  "per participant", "partition_by")
+        problem = _key_problem(data.get("schema") or {}, by)
+        if problem:
+            raise ValidationError(problem, "partition_by")
+
+
+def _key_problem(schema: Mapping[str, Any], name: str) -> str | None:
+    """Why `name` cannot be the partition key of payloads of `schema`, or None: every payload
+    must carry it, as a string or an integer."""
+    prop = _mapping(schema.get("properties")).get(name)
+    if not isinstance(prop, Mapping):
+        return f"{name} is not a property of the schema"
+    if name not in _list(schema.get("required")):
+        return f"{name} must be required: every event needs its partition key"
+    if prop.get("type") not in ("string", "integer"):
+        return f"{name} must be of type string or integer, not {prop.get('type')}"
+    return None
 
 
 _MESSAGE = MessageSchema()
@@ -68,8 +102,9 @@ def read_messages(section: Any, source: str) -> list[Declaration]:
         except ValidationError as exc:
             problems.update(_keyed(at, exc.messages))
             continue
+        part = raw["partition_by"] and Partitioning(raw["partition_by"], raw["partitions"])
         found.append(Declaration(message_type, raw["kind"], raw["version"],
-                                 JsonPayload(raw["schema"], source)))
+                                 JsonPayload(raw["schema"], source), part or None))
     if problems:
         raise FlowDefinitionError(source, problems)
     return found
@@ -92,6 +127,10 @@ def declare(registry: Registry, declarations: Iterable[Declaration]) -> None:
 def _admit(registry: Registry, new: Declaration) -> bool:
     """Whether `new` is to be registered: False for an identical redeclaration."""
     at = f"messages.{new.type}"
+    if registry.knows(new.type) and registry.partitioning(new.type) != new.partitioning:
+        raise FlowDefinitionError(new.source, {f"{at}.partition_by": [
+            f"{new.type} is declared {_partitioned_as(registry.partitioning(new.type))} elsewhere: "
+            "every declaration of a type says the same, since that decides its streams"]})
     if registry.knows(new.type) and registry.kind(new.type) != new.kind:
         raise FlowDefinitionError(new.source, {f"{at}.kind": [
             f"{new.type} is a {registry.kind(new.type)}{_where(registry, new.type)}, not a {new.kind}"]})
@@ -117,6 +156,10 @@ def _admit(registry: Registry, new: Declaration) -> bool:
     return True  # optional fields added: the later declaration wins
 
 
+def _partitioned_as(part: Partitioning | None) -> str:
+    return f"partitioned by {part.field} in {part.partitions}" if part else "unpartitioned"
+
+
 def _where(registry: Registry, message_type: str) -> str:
     schema = registry.schema(message_type, registry.latest(message_type))
     return f" in {schema.source}" if isinstance(schema, JsonPayload) and schema.source else ""
@@ -129,6 +172,7 @@ def _register(registry: Registry, d: Declaration) -> None:
         known = registry.knows(answer) and d.version in registry.versions(answer)
         failed = registry.schema(answer, d.version) if known else JsonPayload(FAILED_SCHEMA, d.source)
     registry.register(d.type, d.payload, version=d.version, kind=d.kind, failed_schema=failed)
+    registry.partition(d.type, d.partitioning)
 
 
 def breaking_changes(old: Mapping[str, Any], new: Mapping[str, Any], at: str = "") -> list[str]:

@@ -80,6 +80,9 @@ class Flow:
     command_timeout_seconds: float
     command_max_attempts: int
     description: str = ""
+    # Events whose `data.progress` (an object of counts) is the workflow's progress: the last of
+    # them recorded is what GET /v1/workflows/<cid> shows (a bulk flow's SKUs done, failed...).
+    progress_on: tuple[str, ...] = ()
 
     def step(self, name: str) -> Step:
         for step in self.steps:
@@ -183,6 +186,7 @@ class FlowSchema(Schema):
     command_timeout_seconds = fields.Float(load_default=10.0, validate=validate.Range(min=0.1))
     command_max_attempts = fields.Int(load_default=5, strict=True,
                                       validate=validate.Range(min=1, max=100))
+    progress_on = fields.List(fields.Str(validate=_TYPE), load_default=list)
     # Message types the file declares: read and registered by `contracts.declarations` before
     # any flow is loaded, since a flow may use a type another file declares.
     messages = fields.Raw(load_default=None)
@@ -214,7 +218,7 @@ def _build(raw: dict[str, Any]) -> Flow:
         completes_when=tuple(raw["completes_when"] or required),
         search_attributes=tuple(raw["search_attributes"]), alert_webhook=raw["alert_webhook"],
         command_timeout_seconds=raw["command_timeout_seconds"],
-        command_max_attempts=raw["command_max_attempts"],
+        command_max_attempts=raw["command_max_attempts"], progress_on=tuple(raw["progress_on"]),
     )
 
 
@@ -251,6 +255,9 @@ def _check(flow: Flow, registry: Registry) -> dict[str, object]:
     _check_type(registry, flow.start_event, "event", "start_event", problems)
     for i, step in enumerate(flow.steps):
         problems.update(_check_step(step, f"steps.{i}", registry, emitted))
+    strangers = [t for t in flow.progress_on if t not in flow.event_types()]
+    if strangers:
+        problems["progress_on"] = [f"{t} is not an event of this flow" for t in strangers]
     unknown = [n for n in flow.completes_when if n not in names]
     if unknown:
         problems["completes_when"] = [f"no such step: {n}" for n in unknown]

@@ -11,6 +11,7 @@ from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from contracts.envelope import COMMAND, EVENT
 from contracts.errors import InvalidMessage, UnknownMessageType, UnsupportedVersion
+from contracts.streams import Partitioning
 
 FAILED_SUFFIX = "_failed"
 M = TypeVar("M")
@@ -60,6 +61,7 @@ class Registry:
 
     _schemas: dict[tuple[str, int], PayloadSchema] = field(default_factory=dict)
     _kinds: dict[str, str] = field(default_factory=dict)
+    _partitioned: dict[str, Partitioning] = field(default_factory=dict)
     # The messages built from a payload validated here, by identity, while they live.
     _vouched: weakref.WeakValueDictionary[int, Any] = field(
         default_factory=weakref.WeakValueDictionary, repr=False, compare=False)
@@ -81,6 +83,20 @@ class Registry:
             self.register(message_type, schema)
         for message_type, schema in commands.items():
             self.register(message_type, schema, kind=COMMAND, failed_schema=failed_schema)
+
+    def partition(self, message_type: str, partitioning: Partitioning | None) -> None:
+        """Declare (or, with None, undeclare) that events of `message_type` are partitioned."""
+        if partitioning is None:
+            self._partitioned.pop(message_type, None)
+        else:
+            self._partitioned[message_type] = partitioning
+
+    def partitioning(self, message_type: str) -> Partitioning | None:
+        return self._partitioned.get(message_type)
+
+    def partitioned(self) -> dict[str, Partitioning]:
+        """Every partitioned event type: what `Keys(prefix, registry.partitioned())` needs."""
+        return dict(self._partitioned)
 
     def kind(self, message_type: str) -> str:
         try:

@@ -129,3 +129,6 @@ class SlaReport(Schema):
     breaches = fields.Nested(Breaches)
     slowest = fields.List(fields.Nested(Slow))
     series = fields.Nested(Series)
+    progress = fields.List(fields.Dict(), metadata={"description": (
+        "Per flow with progress events (bulk_repricing): `flow`, `workflows`, and the sums of "
+        "each workflow's last counts (skus, published, done, failed, reverted).")})

@@ -41,6 +41,7 @@ class App:
         participant by name. Set up (its consumer groups made), never started: poll it."""
         built = (build_tracker(self.services.catalog, self.services.registry)
                  if participant == "controller" else build(participant))
+        built.adopt_registry(self.services.registry)  # as its process does: the flows' types too
         rt = Runtime(built, self.services.engine, self.raw, self.keys, options, consumer=consumer)
         rt.setup()
         return rt
@@ -80,6 +81,7 @@ def running_app(database_url: str, redis_url: str, tmp_path: Path, tokens: str, 
     finally:
         engine.dispose()
     services = build_services(settings)
+    keys = services.keys  # the same prefix, with the partitioned types the flows declare
     raw = connect(redis_url)
     try:
         with capture_logs() if quiet else nullcontext():

@@ -14,7 +14,7 @@ from controller.api.auth import OPERATOR, VIEWER, requires
 from controller.api.problems import may_answer, problem
 from controller.reporting import render_csv as report_csv
 from controller.reporting import render_html as report_html
-from controller.reporting.sla import ReportQuery, sla_report, step_order
+from controller.reporting.sla import ReportQuery, progress_on, sla_report, step_order
 from controller.service.bootstrap import Services
 
 blp = Blueprint("reports", __name__, url_prefix="/v1/reports", description="SLA reports")
@@ -42,7 +42,8 @@ def sla(query: dict[str, Any]) -> Any:
     report_query = ReportQuery(now=utcnow(), flow=query.get("flow"), start=query.get("start"),
                                end=query.get("end"), limit=query["limit"])
     with services.engine.begin() as conn:  # one transaction: one snapshot, and SET LOCAL
-        report = sla_report(conn, report_query, step_order(services.catalog))
+        report = sla_report(conn, report_query, step_order(services.catalog),
+                            progress_on(services.catalog))
     if kind == CSV:
         return Response(report_csv.render(report), mimetype=CSV, headers={
             "Content-Disposition": 'attachment; filename="sla-report.csv"'})

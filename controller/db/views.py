@@ -35,8 +35,21 @@ def workflow(conn: Connection, catalog: Catalog, cid: str, actor: str | None = N
                          .where(attributes.c.correlation_id == cid))
     flow = catalog.flows.get((row.flow, row.flow_version))
     reasons = failure_reasons(conn, flow, cid, step_rows) if flow else {}
-    return render(flow or _Unloaded.of(step_rows), row, row.started_by, row.input, step_rows,
+    view = render(flow or _Unloaded.of(step_rows), row, row.started_by, row.input, step_rows,
                   list(comp_rows), {a.name: a.value for a in attrs}, reasons)
+    if flow and flow.progress_on:
+        view["progress"] = progress(conn, flow, cid)
+    return view
+
+
+def progress(conn: Connection, flow: Flow, cid: str) -> dict[str, Any] | None:
+    """The `progress` of the last event of `flow.progress_on` the workflow recorded: one row read
+    (the per-unit state stays with the participant that counts it)."""
+    data = conn.execute(select(messages.c.data).where(
+        messages.c.correlation_id == cid, messages.c.type.in_(flow.progress_on),
+    ).order_by(messages.c.seq.desc()).limit(1)).scalar()
+    found = data.get("progress") if isinstance(data, dict) else None
+    return found if isinstance(found, dict) else None
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,8 @@ def declared_groups(catalog: Catalog, keys: Keys) -> dict[str, set[str]]:
         declared.setdefault(stream, set()).add(group)
 
     for t in catalog.event_types():
-        need(keys.event_stream(t), CONTROLLER)
+        for stream in keys.event_streams(t):  # a partitioned type's every partition
+            need(stream, CONTROLLER)
     for flow in catalog.flows.values():
         for step in flow.steps:
             if step.kind == APPROVAL_STEP:
@@ -37,8 +38,8 @@ def declared_groups(catalog: Catalog, keys: Keys) -> dict[str, set[str]]:
             if step.kind == COMMAND_STEP or step.compensation:
                 need(keys.command_stream(step.participant), step.participant)
             if step.kind != COMMAND_STEP:  # a command step's triggers are the controller's
-                for t in step.reacts_to:
-                    need(keys.event_stream(t), step.participant)
+                for stream in (s for t in step.reacts_to for s in keys.event_streams(t)):
+                    need(stream, step.participant)
     return declared
 
 

@@ -24,6 +24,7 @@ from contracts.timefmt import format_ts
 from controller.reporting import facts as rf
 from controller.reporting import lists as report_lists
 from controller.reporting import outcomes as o
+from controller.reporting import progress as report_progress
 from controller.reporting import read as report_read
 from controller.reporting.sql import is_postgres
 
@@ -46,8 +47,10 @@ class ReportQuery:
 
 
 def sla_report(conn: Connection, query: ReportQuery,
-               step_order: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
-    """The whole report; `step_order` (flow -> step names as defined) orders the steps."""
+               step_order: Mapping[str, Sequence[str]] | None = None,
+               progress_on: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+    """The whole report; `step_order` (flow -> step names as defined) orders the steps;
+    `progress_on` (flow -> its progress events) gives the flows whose progress is summed."""
     scope = query.scope
     report: dict[str, Any] = {
         "generated_at": format_ts(query.now),
@@ -56,7 +59,7 @@ def sla_report(conn: Connection, query: ReportQuery,
         "to": format_ts(query.end) if query.end else None,
         "flows": [], "steps": [], "transitions": [],
         "breaches": {"total": 0, "items": []}, "slowest": [],
-        "series": {"bucket_seconds": 3600, "items": []},
+        "series": {"bucket_seconds": 3600, "items": []}, "progress": [],
     }
     if scope.empty:
         return report
@@ -70,7 +73,13 @@ def sla_report(conn: Connection, query: ReportQuery,
                           "items": report_lists.breaches(conn, scope, query.limit)}
     report["slowest"] = report_lists.slowest(conn, scope, query.limit)
     report["series"] = report_lists.series(conn, scope)
+    report["progress"] = report_progress.progress_rows(conn, scope, progress_on or {})
     return report
+
+
+def progress_on(catalog: Catalog) -> dict[str, tuple[str, ...]]:
+    """The flows that report progress, and the events that carry it, as their latest versions say."""
+    return {flow.name: flow.progress_on for flow in catalog.all_latest() if flow.progress_on}
 
 
 def step_order(catalog: Catalog) -> dict[str, list[str]]:

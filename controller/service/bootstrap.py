@@ -43,6 +43,6 @@ def build_services(settings: Settings) -> Services:
     catalog = load_catalog(registry, settings.flows_dirs)
     return Services(
         settings=settings, engine=make_engine(settings.database_url), redis=redis_client(settings),
-        catalog=catalog, registry=registry, keys=Keys(settings.stream_prefix),
+        catalog=catalog, registry=registry, keys=Keys(settings.stream_prefix, registry.partitioned()),
         rq_redis=redis_client(settings, rq=True) if settings.rq_redis_url else None,
     )

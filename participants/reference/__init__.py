@@ -1,5 +1,6 @@
 """The reference participants: `inventory`, `payment`, `shipping`, `notification` of `order_fulfillment`
-and `pricing`, `catalog`, `search` of `price_change`, each with its own tables and business rules.
+and `pricing`, `catalog`, `search` of `price_change` and `bulk_repricing`, each with its own tables
+and business rules.
 
 `build(name)` returns a fresh Participant for one of NAMES; the Procfile runs one per process.
 """
@@ -8,7 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from participants.reference import catalog, inventory, notification, payment, pricing, search, shipping
+from participants.reference import (
+    catalog,
+    inventory,
+    notification,
+    payment,
+    pricing,
+    repricing,
+    search,
+    shipping,
+)
 from participants.runtime.participant import Participant
 
 NAMES = ("inventory", "payment", "shipping", "notification", "pricing", "catalog", "search")
@@ -17,7 +27,7 @@ REFERENCE: dict[str, Callable[[], Participant]] = {
     payment.NAME: payment.build,
     shipping.NAME: shipping.build,
     notification.NAME: notification.build,
-    pricing.NAME: pricing.build,
+    pricing.NAME: repricing.build,  # price_change's commands and bulk_repricing's
     catalog.NAME: catalog.build,
     search.NAME: search.build,
 }

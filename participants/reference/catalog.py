@@ -8,7 +8,8 @@ so with `catalog.price_update_failed`, and the controller walks the published ch
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -82,9 +83,8 @@ def product(conn: Connection, product_id: str) -> Row[Any] | None:
     return conn.execute(select(products).where(products.c.product_id == product_id)).first()
 
 
-def apply(conn: Connection, msg: Envelope, now: datetime) -> Row[Any]:
+def apply(conn: Connection, data: Mapping[str, Any], now: datetime) -> Row[Any]:
     """Apply the event's price if it is newer; the product as it now stands. Discontinued if it is."""
-    data = msg.data
     product_id = data["product_id"]
     _list(conn, {product_id: status_of(product_id)})
     conn.execute(update(products).where(  # conditional: an older or repeated price changes nothing
@@ -111,7 +111,7 @@ def build() -> Participant:
     @p.on_event("price.published")
     def on_published(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
         try:
-            row = apply(ctx.conn, msg, ctx.now)
+            row = apply(ctx.conn, msg.data, ctx.now)
         except Discontinued as exc:
             data = {"change_id": msg.data["change_id"], "product_id": msg.data["product_id"],
                     "reason": str(exc)}
@@ -121,9 +121,37 @@ def build() -> Participant:
     @p.on_event("price.reverted")
     def on_reverted(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
         try:
-            row = apply(ctx.conn, msg, ctx.now)
+            row = apply(ctx.conn, msg.data, ctx.now)
         except Discontinued:
             return []  # it never took the change's price
         return [_updated(ctx, msg, row)]
 
+    register_bulk(p)
     return p
+
+
+def sku_change(data: Mapping[str, Any]) -> dict[str, Any]:
+    """A `sku_price.*` event of `bulk_repricing` as the change `apply` takes."""
+    return {"product_id": data["sku"], "change_id": data["repricing_id"], "price": data["price"],
+            "currency": data["currency"], "revision": data["revision"]}
+
+
+def register_bulk(p: Participant) -> None:
+    """`bulk_repricing`'s per-SKU events, partitioned by SKU: a published price is applied and
+    answered (`catalog.sku_price_applied`, or `catalog.sku_price_rejected` for a discontinued
+    product); a reverted one is applied and not answered (no one waits for it)."""
+
+    @p.on_event("sku_price.published")
+    def on_sku_published(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
+        answer = {"repricing_id": msg.data["repricing_id"], "sku": msg.data["sku"]}
+        try:
+            row = apply(ctx.conn, sku_change(msg.data), ctx.now)
+        except Discontinued as exc:
+            return [ctx.event("catalog.sku_price_rejected", {**answer, "reason": str(exc)})]
+        return [ctx.event("catalog.sku_price_applied", {**answer, "revision": row.revision})]
+
+    @p.on_event("sku_price.reverted")
+    def on_sku_reverted(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
+        with contextlib.suppress(Discontinued):  # a discontinued one never took the price
+            apply(ctx.conn, sku_change(msg.data), ctx.now)
+        return []

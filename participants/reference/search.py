@@ -7,7 +7,7 @@ one tells it to: the undo is a reaction, not a command.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from sqlalchemy import (
 )
 
 from contracts.envelope import Envelope
+from participants.reference.catalog import sku_change
 from participants.reference.pricing import amount, cents
 from participants.runtime.db import upsert
 from participants.runtime.participant import Context, Participant
@@ -51,9 +52,8 @@ def indexed(conn: Connection, product_id: str) -> Row[Any] | None:
     return conn.execute(select(index).where(index.c.product_id == product_id)).first()
 
 
-def reindex(conn: Connection, msg: Envelope, now: datetime) -> Row[Any]:
+def reindex(conn: Connection, data: Mapping[str, Any], now: datetime) -> Row[Any]:
     """Index the event's price if it is newer than the indexed one; the entry as it now stands."""
-    data = msg.data
     row = {"product_id": data["product_id"], "price": cents(data["price"]),
            "currency": data["currency"], "revision": data["revision"],
            "change_id": data["change_id"], "indexed_at": now}
@@ -72,11 +72,19 @@ def build() -> Participant:
     p = Participant(NAME, metadata=metadata)
 
     def on_price(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
-        entry = reindex(ctx.conn, msg, ctx.now)
+        entry = reindex(ctx.conn, msg.data, ctx.now)
         return [ctx.event("search.price_indexed", {
             "change_id": msg.data["change_id"], "product_id": entry.product_id,
             "price": amount(entry.price), "currency": entry.currency, "revision": entry.revision})]
 
     p.on_event("price.published")(on_price)
     p.on_event("price.reverted")(on_price)
+
+    def on_sku_price(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
+        """`bulk_repricing`'s per-SKU prices, partitioned by SKU: indexed, not answered."""
+        reindex(ctx.conn, sku_change(msg.data), ctx.now)
+        return []
+
+    p.on_event("sku_price.published")(on_sku_price)
+    p.on_event("sku_price.reverted")(on_sku_price)
     return p

@@ -119,6 +119,10 @@ class Runtime:
             self._mark_sent()
         except OperationalError as exc:  # the relay sends them again: consumers dedupe
             log.warning("published rows left unmarked", rows=len(self._unmarked), error=str(exc)[:200])
+        try:
+            self._reader.leases.release()  # its partitions move now, not after the lease's TTL
+        except redis.RedisError as exc:
+            log.warning("leases left to expire", error=str(exc)[:200])
         log.info("participant stopped", participant=self.group)
 
     def _start(self) -> None:
@@ -140,7 +144,7 @@ class Runtime:
 
     def poll(self) -> int:
         """One cycle: reclaim what is due, read a batch, handle it; returns entries handled."""
-        handled = 0
+        handled = self._rebalance()
         if time.monotonic() - self._last_reclaim >= self.options.visibility_timeout / 2:
             self._recover_lost_redis()
             if self.options.relay_outbox:
@@ -160,6 +164,13 @@ class Runtime:
                 time.sleep(rest)
                 entries += self._reader.read(">", count=self.options.read_count - len(entries))
         return handled + self._process(entries)
+
+    def _rebalance(self) -> int:
+        """Keep this consumer's share of the partitions it reads (`leases`); what was left pending
+        on a partition it takes over is handled before anything new is read from it."""
+        if not self._reader.leases.due():
+            return 0
+        return self._process(self._reader.take_over(self._reader.leases.refresh()))
 
     def _recover_lost_redis(self) -> None:
         """Compare what Redis shows with what this consumer saw last (in memory, or at start in

@@ -42,7 +42,7 @@ class Pending:
 def stream_for(keys: Keys, envelope: Envelope) -> str:
     if envelope.kind == COMMAND:
         return keys.command_stream(envelope.target or "")
-    return keys.event_stream(envelope.type)
+    return keys.stream_of(envelope.type, envelope.data)
 
 
 def enqueue(conn: Connection, keys: Keys, envelopes: Iterable[Envelope], now: datetime) -> list[Pending]:

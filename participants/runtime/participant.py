@@ -125,7 +125,7 @@ class Participant:
 
     def streams(self, keys: Keys) -> list[str]:
         types = dict.fromkeys([*self.events, *self.batch_types, *(t for j in self.joins for t in j.types)])
-        streams = [keys.event_stream(t) for t in types]
+        streams = [s for t in types for s in keys.event_streams(t)]
         if self.commands:
             streams.append(keys.command_stream(self.name))
         return streams

@@ -5,6 +5,7 @@ others after their last allowed delivery, with the last handler error kept to sa
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,6 +16,7 @@ import structlog
 from contracts.envelope import COMMAND, EVENT, Envelope, decode_fields
 from contracts.streams import Keys
 from participants.runtime import connect, deadletter
+from participants.runtime.leases import Leases
 from participants.runtime.options import MAX_ENTRY_BYTES, Options
 from participants.runtime.participant import Participant
 
@@ -46,23 +48,45 @@ class Reader:
     options: Options
     consumer: str
     _turns: Iterator[int] = field(default_factory=itertools.count, repr=False)
+    leases: Leases = field(init=False)
+    _streams: list[str] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        streams = self.participant.streams(self.keys)
+        partitions = [s for s in streams if self.keys.is_partition(s)]
+        object.__setattr__(self, "_streams", streams)  # the handlers are registered: fixed now
+        object.__setattr__(self, "leases", Leases(
+            self.client, self.keys, self.group, self.consumer, partitions,
+            ttl=self.options.visibility_timeout))
 
     @property
     def group(self) -> str:
         return self.participant.name
 
+    def reading(self) -> list[str]:
+        """The streams this consumer reads now: every one of its participant's but the partitions
+        of partitioned types, of which only those it holds the lease of (`leases`)."""
+        if not self.leases.partitions:
+            return self._streams
+        owned, partitions = self.leases.owned, set(self.leases.partitions)
+        return [s for s in self._streams if s in owned or s not in partitions]
+
     def read(self, start: str, block: int | None = None, count: int | None = None) -> list[Entry]:
         """One XREADGROUP over the consumer's streams; on a cluster one per hash slot they fall
         in (`connect.by_slot`), each blocking for its share of ROUND_BLOCK_MS, and only while the
         slots read before it had nothing."""
-        groups = connect.by_slot(self.client, self.participant.streams(self.keys))
+        streams = self.reading()
+        if not streams:  # every stream it reads is a partition, and none is its share now
+            time.sleep((block or 0) / 1000)
+            return []
+        groups = connect.by_slot(self.client, streams)
         if len(groups) > 1:  # each slot in turn comes first: a busy one cannot starve the rest
             turn = next(self._turns) % len(groups)
             groups = groups[turn:] + groups[:turn]
             block = None if block is None else min(block, max(2, ROUND_BLOCK_MS // len(groups)))
         found: list[Entry] = []
-        for streams in groups:
-            found += self._read(streams, start, None if found else block,
+        for group in groups:
+            found += self._read(group, start, None if found else block,
                                 (count or self.options.read_count) - len(found))
             if len(found) >= (count or self.options.read_count):
                 break
@@ -79,22 +103,43 @@ class Reader:
             for entry_id, fields in entries
         ]
 
+    def take_over(self, partitions: list[str]) -> list[Entry]:
+        """Claim every entry left pending on partitions whose lease this consumer just took
+        (their last reader crashed, or handed them over), to be handled before any new one."""
+        claimed: list[Entry] = []
+        for stream in partitions:
+            start: str | None = "-"
+            while start:
+                batch, start = self._claim_pending(stream, 0, backoff=False, start=start)
+                claimed += batch
+        return claimed
+
     def reclaim(self) -> list[Entry]:
         """Claim entries idle past their backoff; dead-letter those delivered too often."""
         claimed: list[Entry] = []
         base_ms = int(self.options.visibility_timeout * 1000)
-        for stream in self.participant.streams(self.keys):
-            pending: Any = self.client.xpending_range(stream, self.group, "-", "+", 100, idle=base_ms)
-            for p in pending:
-                entry_id, count = _text(p["message_id"]), int(p["times_delivered"])
-                if p["time_since_delivered"] < base_ms * min(2 ** (count - 1), 32):
-                    continue
-                if count >= self.options.max_deliveries:
-                    self._dead_letter_by_id(stream, entry_id, count)
-                    continue
-                got: Any = self.client.xclaim(stream, self.group, self.consumer, base_ms, [entry_id])
-                claimed += [Entry(stream, _text(i), f or None, count + 1) for i, f in got]
+        for stream in self.reading():
+            claimed += self._claim_pending(stream, base_ms, backoff=True)[0]
         return claimed
+
+    def _claim_pending(self, stream: str, base_ms: int, *, backoff: bool,
+                       start: str = "-") -> tuple[list[Entry], str | None]:
+        """What it claimed of a page of pending entries from `start`, and where the next page
+        starts (None: that was the last)."""
+        claimed: list[Entry] = []
+        pending: Any = self.client.xpending_range(stream, self.group, start, "+", 100,
+                                                  idle=base_ms or None)
+        for p in pending:
+            entry_id, count = _text(p["message_id"]), int(p["times_delivered"])
+            if backoff and p["time_since_delivered"] < base_ms * min(2 ** (count - 1), 32):
+                continue
+            if count >= self.options.max_deliveries:
+                self._dead_letter_by_id(stream, entry_id, count)
+                continue
+            got: Any = self.client.xclaim(stream, self.group, self.consumer, base_ms, [entry_id])
+            claimed += [Entry(stream, _text(i), f or None, count + 1) for i, f in got]
+        last = _text(pending[-1]["message_id"]) if len(pending) == 100 else None
+        return claimed, last and f"({last}"
 
     def decode(self, entry: Entry) -> bool:
         """Decode and check the entry (True), or dead-letter and acknowledge it (False)."""
@@ -125,7 +170,7 @@ class Reader:
                 raise Malformed(f"a {msg.kind} for {msg.target!r} on the command stream of {self.group}")
             if msg.type not in self.participant.commands:
                 raise Malformed(f"{self.group} has no handler for command {msg.type}")
-        elif msg.kind != EVENT or entry.stream != self.keys.event_stream(msg.type):
+        elif msg.kind != EVENT or entry.stream != self.keys.stream_of(msg.type, msg.data):
             raise Malformed(f"a {msg.kind} of type {msg.type} does not belong on {entry.stream}")
 
     def remember_failures(self, entries: list[Entry]) -> None:

@@ -57,7 +57,8 @@ def run_participant(participant: Participant, settings: Settings, database_url: 
     engine = make_engine(database_url)
     client = redis_client(settings)
     try:
-        Runtime(participant, engine, client, Keys(settings.stream_prefix),
+        Runtime(participant, engine, client,
+                Keys(settings.stream_prefix, participant.registry.partitioned()),
                 Options.from_settings(settings)).run(stop)
     finally:
         client.close()

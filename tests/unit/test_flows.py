@@ -71,10 +71,10 @@ def refused(path: Path, registry: Registry) -> FlowDefinitionError:
 
 def test_the_shipped_catalog_loads_the_reference_flow(registry: Registry) -> None:
     catalog = load_catalog(registry)
-    assert catalog.names() == ["order_fulfillment", "price_change"]
+    assert catalog.names() == ["bulk_repricing", "order_fulfillment", "price_change"]
     flow = catalog.latest("order_fulfillment")
     assert catalog.get("order_fulfillment", 1) is flow
-    assert [f.name for f in catalog.all_latest()] == ["order_fulfillment", "price_change"]
+    assert [f.name for f in catalog.all_latest()] == ["bulk_repricing", "order_fulfillment", "price_change"]
     assert (flow.version, flow.start_event, flow.sla_seconds) == (1, "order.placed", 300)
     assert flow.completes_when == ("schedule_shipment",)
     assert flow.search_attributes == ("order_id", "customer_id")
@@ -138,7 +138,7 @@ def test_an_extra_directory_adds_flows_and_versions(tmp_path: Path, registry: Re
     write(tmp_path, "small_v2.yml", small_flow(version=2, sla_seconds=90))
     write(tmp_path, "README.txt", "not a flow: ignored")
     catalog = load_catalog(registry, [tmp_path])
-    assert catalog.names() == ["order_fulfillment", "price_change", "small_order"]
+    assert catalog.names() == ["bulk_repricing", "order_fulfillment", "price_change", "small_order"]
     assert catalog.latest("small_order").version == 2
     assert catalog.get("small_order", 1).sla_seconds == 300
     assert catalog.get("small_order", 2).sla_seconds == 90
@@ -147,7 +147,7 @@ def test_an_extra_directory_adds_flows_and_versions(tmp_path: Path, registry: Re
 def test_the_same_definition_in_two_files_is_accepted(tmp_path: Path, registry: Registry) -> None:
     write(tmp_path, "copy.yaml", reference_document())
     catalog = load_catalog(registry, [tmp_path])
-    assert list(catalog.flows) == [("order_fulfillment", 1), ("price_change", 1)]
+    assert list(catalog.flows) == [("bulk_repricing", 1), ("order_fulfillment", 1), ("price_change", 1)]
     assert isinstance(catalog, Catalog)
 
 
@@ -443,3 +443,12 @@ def test_a_retry_policy_on_an_event_step_is_refused(tmp_path: Path, registry: Re
     assert error.errors == {"steps": {0: {"retry": [
         "only a step of kind command is retried by the controller; an event step's participant "
         "retries its own work"]}}}
+
+
+def test_progress_on_names_events_of_the_flow(tmp_path: Path, registry: Registry) -> None:
+    good = load_file(write(tmp_path, "a.yaml", small_flow(progress_on=["order.placed"])), registry)
+    assert good.progress_on == ("order.placed",)
+    with pytest.raises(FlowDefinitionError) as caught:
+        load_file(write(tmp_path, "b.yaml", small_flow(name="other", progress_on=["payment.refund"])),
+                  registry)
+    assert caught.value.errors == {"progress_on": ["payment.refund is not an event of this flow"]}

@@ -111,6 +111,9 @@ def test_the_participants_are_registered_by_name() -> None:
     assert NAMES[-3:] == PARTICIPANTS
     for name in PARTICIPANTS:
         assert build(name).name == name
-    assert set(build("pricing").commands) == {"price.evaluate", "price.publish", "price.revert"}
-    assert set(build("catalog").events) == {"price.published", "price.reverted"}
-    assert set(build("search").events) == {"price.published", "price.reverted"}
+    bulk = {"repricing.evaluate", "repricing.publish_canary", "repricing.publish_rest",
+            "repricing.revert_canary"}  # and bulk_repricing's (tests/integration/test_bulk_repricing.py)
+    assert set(build("pricing").commands) == {"price.evaluate", "price.publish", "price.revert", *bulk}
+    per_sku = {"sku_price.published", "sku_price.reverted"}
+    assert set(build("catalog").events) == {"price.published", "price.reverted", *per_sku}
+    assert set(build("search").events) == {"price.published", "price.reverted", *per_sku}

@@ -1,0 +1,128 @@
+"""The `bulk_repricing` reference flow in-process (the REST API through Flask's test client, the
+tracker, pricing, catalog and search polled by hand) on real Redis and both databases: one
+approval for the batch, the canary, the rest over partitioned streams, the progress the API shows,
+and a failed canary walked back to `compensated`."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from contracts.envelope import decode_fields
+from contracts.streams import partition_of
+from participants.reference import catalog, pricing, search
+from tests.integration.test_price_change import OPERATOR, STARTER, World, running
+
+
+@pytest.fixture
+def world(database_url: str, redis_url: str, tmp_path: Path) -> Iterator[World]:
+    with running(database_url, redis_url, tmp_path) as made:
+        yield made
+
+
+def batch(skus: list[str], **extra: Any) -> dict[str, Any]:
+    return {"repricing_id": f"r-{uuid.uuid4().hex[:8]}", "category": "shoes", "currency": "EUR",
+            "canary_percent": 10, "failure_threshold_percent": 10,
+            "changes": [{"sku": s, "current_price": 20.0, "price": 18.0} for s in skus], **extra}
+
+
+def start(world: World, data: dict[str, Any]) -> str:
+    r = world.client.post("/v1/workflows", json={"flow": "bulk_repricing", "input": data},
+                          headers={"Authorization": f"Bearer {STARTER}"})
+    assert r.status_code == 201, r.get_json()
+    cid: str = r.get_json()["correlation_id"]
+    return cid
+
+
+def sku_events(world: World, message_type: str, cid: str) -> dict[str, list[tuple[int, Any]]]:
+    """Each SKU's events of `message_type`, with the partition each was read from."""
+    found: dict[str, list[tuple[int, Any]]] = {}
+    for n, stream in enumerate(world.keys.event_streams(message_type)):
+        entries: Any = world.raw.xrange(stream)
+        for _, fields in entries:
+            event = decode_fields(fields)
+            if event.correlation_id == cid:
+                found.setdefault(event.data["sku"], []).append((n, event))
+    return found
+
+
+def prices_in(world: World, table: Any, skus: list[str]) -> dict[str, float]:
+    with world.services.engine.connect() as conn:
+        rows = conn.execute(select(table.c.product_id, table.c.price)
+                            .where(table.c.product_id.in_(skus))).all()
+    return {r.product_id: pricing.amount(r.price) for r in rows}
+
+
+def test_a_batch_is_approved_once_canaried_and_rolled_out_over_partitions(world: World) -> None:
+    skus = [f"BULK-{uuid.uuid4().hex[:6]}-{n:03d}" for n in range(40)]
+    cid = start(world, batch(skus))
+    world.drain()
+    wf = world.workflow(cid)
+    assert wf["status"] == "running" and world.steps(cid)["approve"] == "active"
+    assert wf["progress"] is None  # nothing published before the approval
+    assert world.signal(cid, "approve").status_code == 200
+    world.drain()
+    wf = world.workflow(cid)
+    assert (wf["status"], wf["reason"]) == ("completed", None), wf
+    assert set(world.steps(cid).values()) == {"done"}
+    assert wf["progress"] == {"skus": 40, "published": 40, "done": 40, "failed": 0, "reverted": 0}
+    published = sku_events(world, "sku_price.published", cid)
+    assert sorted(published) == sorted(skus)
+    for sku, events in published.items():  # on the partition the rule names, once
+        assert [n for n, _ in events] == [partition_of(sku, 16)]
+    assert len({n for events in published.values() for n, _ in events}) > 8
+    assert world.raw.xlen(world.keys.event_stream("sku_price.published")) == 0
+    [canary] = world.emitted("repricing.canary_passed", cid)
+    assert canary.data["progress"]["done"] == 4  # 10 % of 40, judged before the rest went out
+    assert prices_in(world, catalog.products, skus) == dict.fromkeys(skus, 18.0)
+    assert prices_in(world, search.index, skus) == dict.fromkeys(skus, 18.0)
+    r = world.client.get("/v1/reports/sla?flow=bulk_repricing",
+                         headers={"Authorization": f"Bearer {OPERATOR}", "Accept": "application/json"})
+    assert r.status_code == 200
+    assert r.get_json()["progress"] == [{"flow": "bulk_repricing", "workflows": 1, "skus": 40,
+                                         "published": 40, "done": 40, "failed": 0, "reverted": 0}]
+
+
+def test_a_canary_failing_past_its_threshold_is_reverted_and_the_workflow_compensated(
+        world: World) -> None:
+    skus = [f"BULK-{uuid.uuid4().hex[:6]}-{n:03d}" for n in range(40)]
+    skus[1] = f"DISC-{uuid.uuid4().hex[:6]}"  # the catalog refuses a discontinued product
+    cid = start(world, batch(skus))
+    world.drain()
+    world.signal(cid, "approve")
+    world.drain()
+    wf = world.workflow(cid)
+    assert (wf["status"], wf["reason"]) == ("compensated", "step_failed"), wf
+    steps = world.steps(cid)
+    assert (steps["watch_canary"], steps["publish_rest"]) == ("failed", "pending")
+    assert wf["compensations"][0]["command"] == "repricing.revert_canary"
+    assert wf["progress"] == {"skus": 40, "published": 4, "done": 3, "failed": 1, "reverted": 4}
+    [failed] = world.emitted("repricing.canary_failed", cid)
+    assert failed.data["failure_rate_percent"] == 25.0
+    assert sorted(sku_events(world, "sku_price.reverted", cid)) == sorted(skus[:4])
+    assert sorted(sku_events(world, "sku_price.published", cid)) == sorted(skus[:4])
+    live = [s for s in skus[:4] if not s.startswith("DISC-")]
+    assert prices_in(world, catalog.products, live) == dict.fromkeys(live, 20.0)  # restored
+    assert prices_in(world, search.index, live) == dict.fromkeys(live, 20.0)
+
+
+def test_a_batch_listing_a_sku_twice_is_rejected_before_any_approval(world: World) -> None:
+    skus = [f"BULK-{uuid.uuid4().hex[:6]}-{n:03d}" for n in range(5)]
+    cid = start(world, batch([*skus, skus[0]]))
+    world.drain()
+    wf = world.workflow(cid)
+    assert wf["status"] == "compensated" and world.steps(cid)["evaluate_batch"] == "failed"
+    [evaluated] = world.emitted("repricing.evaluated", cid)
+    assert evaluated.data["violations"] == [f"{skus[0]} is listed twice"]
+
+
+def test_the_start_input_is_checked_against_the_declared_schema(world: World) -> None:
+    r = world.client.post("/v1/workflows", json={"flow": "bulk_repricing", "input": batch([])},
+                          headers={"Authorization": f"Bearer {OPERATOR}"})
+    assert r.status_code == 422
+    assert "changes" in str(r.get_json()["errors"])
