@@ -205,14 +205,25 @@ class Runtime:
         if not entries:
             return 0
         good = [e for e in entries if self._reader.decode(e)]
-        done, pending = self._handler.handle(good, self._unmarked)
-        self._unmarked = []  # marked sent in that commit
+        skipped: list[Entry] = []
+        if self.participant.ignore is not None:
+            ignored = [e.message is not None and self.participant.ignore(e.message) for e in good]
+            skipped = [e for e, no in zip(good, ignored, strict=True) if no]
+            good = [e for e, no in zip(good, ignored, strict=True) if not no]
+        done: list[Entry] = list(skipped)
+        pending: list[outbox.Pending] = []
+        if good or not skipped:  # a batch of ignored entries alone needs no transaction
+            done[:0], pending = self._handler.handle(good, self._unmarked)
+            self._unmarked = []  # marked sent in that commit
         self._reader.remember_failures(good)
-        crash_point("runtime.before_publish", self.options.crash_points)
-        outbox.send(self.client, pending, self.options.crash_points)
+        points = self.options.crash_points
+        crash_point("runtime.before_publish", points)
+        pipe = self.client.pipeline(transaction=False)  # publish, then ack: one round trip
+        outbox.send(pipe, pending, points)
+        crash_point("runtime.before_ack", points)
+        self._reader.ack(done, pipe)
+        pipe.execute()
         self._unmarked += [p.seq for p in pending]
-        crash_point("runtime.before_ack", self.options.crash_points)
-        self._reader.ack(done)
         return len(entries)
 
     def _mark_sent(self) -> None:
