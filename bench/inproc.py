@@ -33,7 +33,7 @@ from typing import Any
 import psutil
 import redis
 import structlog
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import Engine, event, func, select, text
 
 from bench.servers import make_servers
 from bench.throughput import TOKEN, order
@@ -263,6 +263,8 @@ def run(args: argparse.Namespace, pg_pid: int | None, redis_url: str, url: str,
     wall = time.perf_counter() - t0
     done = _completed(engine)
     _table(clock, args.n, wall, done)
+    if args.trips and engine.dialect.name == "postgresql":
+        _hot_updates(engine, args.n)
     if args.statements:
         for (name, text), count in sorted(clock.texts.items(), key=lambda kv: (kv[0][0], -kv[1])):
             print(f"{name:<13}{count / args.n:6.1f}  {text}")
@@ -270,6 +272,20 @@ def run(args: argparse.Namespace, pg_pid: int | None, redis_url: str, url: str,
         profiler.dump_stats(str(args.profile))
         pstats.Stats(str(args.profile)).sort_stats("tottime").print_stats(args.top)
     return 0 if done == args.n else 1
+
+
+def _hot_updates(engine: Engine, n: int) -> None:
+    """Row updates per workflow on the controller's tables, and how many were HOT (no index
+    entry written; PostgreSQL's statistics, flushed when a backend's transaction ends)."""
+    time.sleep(1.0)  # the statistics collector's delay
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+            " WHERE n_tup_upd + n_tup_ins > 0 ORDER BY relname")).all()
+    print(f"{'table':<24}{'inserts/wf':>12}{'updates/wf':>12}{'HOT':>8}")
+    for r in rows:
+        print(f"{r.relname:<24}{r.n_tup_ins / n:>12.2f}{r.n_tup_upd / n:>12.2f}"
+              f"{(r.n_tup_hot_upd / r.n_tup_upd if r.n_tup_upd else 0):>8.0%}")
 
 
 def _completed(engine: Any) -> int:
