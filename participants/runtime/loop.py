@@ -2,7 +2,8 @@
 
 A batch read with XREADGROUP is handled in one database transaction: the processed-id rows (one
 statement), the handlers' effects and their outbox rows commit together; then the outbox is published
-and only then are the entries acknowledged. The published rows are marked sent in the next batch's
+and only then are the entries acknowledged (one pipeline, XADDs before XACKs, which Redis runs in
+that order). The published rows are marked sent in the next batch's
 transaction (or in one of their own before the consumer blocks on an empty stream): one commit per
 batch. If a handler fails, that transaction is rolled back and the batch handled again with each
 message in its own savepoint, so only the failing one is retried.
