@@ -33,7 +33,7 @@ from typing import Any
 import psutil
 import redis
 import structlog
-from sqlalchemy import Engine, event, func, select
+from sqlalchemy import Engine, event, func, select, text
 
 from bench.servers import make_servers
 from bench.throughput import TOKEN, order
@@ -65,7 +65,26 @@ class Clock:
         self.root = psutil.Process(pg_pid) if pg_pid else None
         self.statements: dict[str, int] = defaultdict(int)
         self.texts: dict[tuple[str, str], int] = defaultdict(int)
+        self.trips: dict[tuple[str, str], int] = defaultdict(int)
+        self.marks: dict[tuple[str, str], int] = {}
+        self.batches: dict[str, int] = defaultdict(int)
         self.current = ""
+
+    def trip(self, kind: str) -> None:
+        """A round trip to PostgreSQL (`pg`) or Redis (`redis`), charged to the current component."""
+        self.trips[(self.current, kind)] += 1
+
+    def polled(self, name: str, handled: int) -> None:
+        """A poll that handled nothing: its round trips are the idle ones, not the batches'."""
+        if handled:
+            self.batches[name] += 1
+            self.marks = dict(self.trips)
+            return
+        for key in [k for k in self.trips if k[0] == name]:
+            moved = self.trips[key] - self.marks.get(key, 0)
+            self.trips[key] -= moved
+            self.trips[("idle", key[1])] += moved
+        self.marks = dict(self.trips)
 
     def count(self, _conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
         self.statements[self.current] += 1
@@ -92,6 +111,36 @@ class Clock:
             self.pg[name] += self._pg_cpu() - pg0
 
 
+def count_round_trips(clock: Clock) -> None:
+    """Count every request sent to PostgreSQL (an execute, executemany, COMMIT or ROLLBACK that
+    has a transaction to end, and psycopg's implicit BEGIN before a transaction's first statement,
+    the pool's pre-ping included) and to Redis (one per command or pipeline sent)."""
+    import psycopg
+    from psycopg import pq
+    from redis.connection import AbstractConnection
+
+    def wrap(cls: Any, name: str, kind: str, begins: bool = False, ends: bool = False) -> None:
+        inner = getattr(cls, name)
+
+        def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+            conn = getattr(self, "connection", self) if kind == "pg" else None
+            status = conn.pgconn.transaction_status if conn is not None else None
+            if begins and status == pq.TransactionStatus.IDLE and not conn.autocommit:
+                clock.trip(kind)  # the BEGIN psycopg sends first
+            if not ends or status != pq.TransactionStatus.IDLE:
+                clock.trip(kind)
+                if name == "commit":
+                    clock.trip("commit")
+            return inner(self, *args, **kwargs)
+        setattr(cls, name, counted)
+
+    wrap(psycopg.Cursor, "execute", "pg", begins=True)
+    wrap(psycopg.Cursor, "executemany", "pg", begins=True)
+    wrap(psycopg.Connection, "commit", "pg", ends=True)
+    wrap(psycopg.Connection, "rollback", "pg", ends=True)
+    wrap(AbstractConnection, "send_packed_command", "redis")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-n", type=int, default=2000, help="workflows (default 2000)")
@@ -103,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--api", action="store_true",
                     help="kick off through the Flask app (the web process's code, without gunicorn)")
     ap.add_argument("--statements", action="store_true", help="print each component's statements")
+    ap.add_argument("--trips", action="store_true",
+                    help="count round trips to PostgreSQL and Redis per component")
     ap.add_argument("--log", action="store_true", help="keep INFO logs (to stderr), as processes do")
     args = ap.parse_args(argv)
 
@@ -167,6 +218,8 @@ def run(args: argparse.Namespace, pg_pid: int | None, redis_url: str, url: str,
     system = InProcess.start(redis_url, url, purl, args.read_count)
     engine, client, keys, runtimes = system.engine, system.client, system.keys, system.runtimes
     clock = Clock(pg_pid)
+    if args.trips:
+        count_round_trips(clock)
     for e in {engine, *(rt.engine for rt in runtimes.values())}:
         event.listen(e, "before_cursor_execute", clock.count)
 
@@ -198,7 +251,9 @@ def run(args: argparse.Namespace, pg_pid: int | None, redis_url: str, url: str,
         handled = 0
         for name, rt in runtimes.items():
             with clock.charge(name):
-                handled += rt.poll()
+                got = rt.poll()
+            clock.polled(name, got)
+            handled += got
         if started >= args.n and handled == 0 and _completed(engine) >= args.n:
             break
         if started >= args.n and handled == 0:
@@ -208,6 +263,8 @@ def run(args: argparse.Namespace, pg_pid: int | None, redis_url: str, url: str,
     wall = time.perf_counter() - t0
     done = _completed(engine)
     _table(clock, args.n, wall, done)
+    if args.trips and engine.dialect.name == "postgresql":
+        _hot_updates(engine, args.n)
     if args.statements:
         for (name, text), count in sorted(clock.texts.items(), key=lambda kv: (kv[0][0], -kv[1])):
             print(f"{name:<13}{count / args.n:6.1f}  {text}")
@@ -215,6 +272,20 @@ def run(args: argparse.Namespace, pg_pid: int | None, redis_url: str, url: str,
         profiler.dump_stats(str(args.profile))
         pstats.Stats(str(args.profile)).sort_stats("tottime").print_stats(args.top)
     return 0 if done == args.n else 1
+
+
+def _hot_updates(engine: Engine, n: int) -> None:
+    """Row updates per workflow on the controller's tables, and how many were HOT (no index
+    entry written; PostgreSQL's statistics, flushed when a backend's transaction ends)."""
+    time.sleep(1.0)  # the statistics collector's delay
+    with engine.connect() as conn:
+        rows = conn.execute(text(
+            "SELECT relname, n_tup_ins, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+            " WHERE n_tup_upd + n_tup_ins > 0 ORDER BY relname")).all()
+    print(f"{'table':<24}{'inserts/wf':>12}{'updates/wf':>12}{'HOT':>8}")
+    for r in rows:
+        print(f"{r.relname:<24}{r.n_tup_ins / n:>12.2f}{r.n_tup_upd / n:>12.2f}"
+              f"{(r.n_tup_hot_upd / r.n_tup_upd if r.n_tup_upd else 0):>8.0%}")
 
 
 def _completed(engine: Any) -> int:
@@ -232,6 +303,17 @@ def _table(clock: Clock, n: int, wall: float, done: int) -> None:
     own, pg = sum(clock.own.values()), sum(clock.pg.values())
     print(f"{'total':<14}{per(own):>14}{per(pg):>16}{sum(clock.statements.values()) / n:>15.1f}")
     print(f"CPU ceiling on 2 cores: {2 * n / (own + pg):.0f} wf/s")
+    if clock.trips:
+        kinds = ("pg", "commit", "redis")
+        print(f"{'component':<14}{'pg trips/wf':>14}{'commits/wf':>12}{'redis trips/wf':>16}"
+              f"{'batches/wf':>12}{'pg/batch':>10}{'redis/batch':>12}")
+        for name in [*clock.own, "idle", "total"]:
+            got = [sum(v for (c, k), v in clock.trips.items() if k == kind and name in (c, "total"))
+                   for kind in kinds]
+            b = clock.batches.get(name, 0)
+            per_batch = f"{got[0] / b:>10.2f}{got[2] / b:>12.2f}" if b else ""
+            print(f"{name:<14}{got[0] / n:>14.2f}{got[1] / n:>12.2f}{got[2] / n:>16.2f}"
+                  f"{b / n:>12.2f}{per_batch}")
 
 
 if __name__ == "__main__":

@@ -40,6 +40,26 @@ def workflow_saved(conn: Connection, before: Facts, after: Facts) -> None:
 
 def workflows_saved(conn: Connection, states: Iterable[tuple[Facts, Facts]]) -> None:
     """The same for many workflows (each as its facts before and after), in two statements."""
+    changed, replaced = _changes(conn, states)
+    if changed:
+        _upsert_facts(conn, changed)
+    _append(conn, rf.deltas(replaced, changed))
+
+
+def recorded_and_saved(conn: Connection, recorded: list[Envelope],
+                       states: Iterable[tuple[Facts, Facts]]) -> None:
+    """`messages_recorded` and `workflows_saved` at once (the tracker's batch): the transitions'
+    query, then one upsert of every new or changed fact and one append of the rollup's delta.
+    A transition's key (kind `transition`) is never a workflow's or a step's."""
+    added = _transitions_of(conn, recorded)
+    changed, replaced = _changes(conn, states)
+    if added or changed:
+        _upsert_facts(conn, [*added, *changed])
+    _append(conn, rf.deltas(replaced, [*added, *changed]))
+
+
+def _changes(conn: Connection, states: Iterable[tuple[Facts, Facts]]) -> tuple[list[rf.Fact], list[rf.Fact]]:
+    """The facts new or changed, and those they replace (deleting a fact gone, which never happens)."""
     changed: list[rf.Fact] = []
     replaced: list[rf.Fact] = []
     for before, after in states:
@@ -51,9 +71,7 @@ def workflows_saved(conn: Connection, states: Iterable[tuple[Facts, Facts]]) -> 
                 report_facts.c.item == f.item))
         changed += now_changed
         replaced += [before[f.key] for f in now_changed if f.key in before] + gone
-    if changed:
-        _upsert_facts(conn, changed)
-    _append(conn, rf.deltas(replaced, changed))
+    return changed, replaced
 
 
 def message_recorded(conn: Connection, message: Envelope) -> None:
@@ -64,13 +82,17 @@ def messages_recorded(conn: Connection, recorded: list[Envelope]) -> None:
     """The transitions these new messages complete: each with its cause, and with messages it
     caused that arrived first, in one query. None until the workflow exists
     (`workflow_inserted` catches up)."""
+    _add(conn, _transitions_of(conn, recorded))
+
+
+def _transitions_of(conn: Connection, recorded: list[Envelope]) -> list[rf.Fact]:
     if not recorded:
-        return
+        return []
     cids = sorted({m.correlation_id for m in recorded})
     ids = sorted({m.id for m in recorded})
-    _add(conn, [rf.transition(r.flow, r.started_at, r.correlation_id, r.cause_type, r.cause_at, r.id,
-                              r.type, r.source, r.occurred_at)
-                for r in conn.execute(_related(), {"cids": cids, "ids": ids})])
+    return [rf.transition(r.flow, r.started_at, r.correlation_id, r.cause_type, r.cause_at, r.id,
+                          r.type, r.source, r.occurred_at)
+            for r in conn.execute(_related(), {"cids": cids, "ids": ids})]
 
 
 @cache

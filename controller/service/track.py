@@ -26,7 +26,23 @@ from participants.runtime.participant import Participant
 
 def build_tracker(catalog: Catalog, registry: Registry) -> Participant:
     return Participant(CONTROLLER, registry=registry, batch=partial(track, catalog, registry),
-                       batch_types=tuple(catalog.event_types()), lock=lock_batch)
+                       batch_types=tuple(catalog.event_types()), lock=lock_batch,
+                       ignore=partial(own_start_event, _start_only(catalog)))
+
+
+def own_start_event(start_types: frozenset[str], message: Envelope) -> bool:
+    """A start event the controller published itself: the kickoff recorded it on the timeline and
+    applied it to the new workflow in the same transaction, so it tells the tracker nothing."""
+    return message.source == CONTROLLER and message.type in start_types
+
+
+def _start_only(catalog: Catalog) -> frozenset[str]:
+    """The start events of the loaded flows that no step or compensation waits for as its answer."""
+    answers = {t for flow in catalog.flows.values() for step in flow.steps
+               for t in (step.done_on, step.failed_on,
+                         *((step.compensation.answer, step.compensation.failed_answer)
+                           if step.compensation else ()))}
+    return frozenset(f.start_event for f in catalog.flows.values()) - answers
 
 
 def lock_batch(conn: Connection, batch: list[Envelope]) -> None:

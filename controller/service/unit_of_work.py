@@ -133,11 +133,11 @@ class UnitOfWork:
         workflow before the messages that name it); the messages to publish."""
         self._insert_new()
         fresh = store.record_messages(self.conn, self._timeline, self.now)
-        report_store.messages_recorded(self.conn, [m for m in fresh if m.id not in self._untraced])
         changed = [(wf, before) for wf, before in self._loaded.values() if wf != before]
         store.save_many(self.conn, changed)
-        report_store.workflows_saved(self.conn, [(rf.of_workflow(before), rf.of_workflow(wf))
-                                                 for wf, before in changed])
+        traced = [m for m in fresh if m.id not in self._untraced]
+        states = [(rf.of_workflow(before), rf.of_workflow(wf)) for wf, before in changed]
+        report_store.recorded_and_saved(self.conn, traced, states)  # one upsert, one delta
         sent, self.messages, self._timeline, self._new = self.messages, [], [], []
         self._loaded = {cid: (wf, _snapshot(wf)) for cid, (wf, _) in self._loaded.items()}
         return sent

@@ -6,8 +6,9 @@ All of an order's items are reserved or none; stock never goes below zero, even 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import (
@@ -24,7 +25,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
 
 from contracts.envelope import Envelope
 from participants.runtime.db import upsert
@@ -89,120 +89,154 @@ def available(conn: Connection, product_id: str) -> int | None:
     return level
 
 
-# The statements of every order, built once (building one costs more than running it).
-# Conditional decrement: two consumers at once can never take more than there is.
-_TAKE = update(stock).where(
-    stock.c.product_id == bindparam("product"), stock.c.available >= bindparam("quantity")
-).values(available=stock.c.available - bindparam("quantity"))
-_OF_ORDER = select(reservations.c.reservation_id, reservations.c.product_id, reservations.c.quantity,
-                   reservations.c.status).where(
-    reservations.c.correlation_id == bindparam("cid"), reservations.c.order_id == bindparam("order"),
-).order_by(reservations.c.line)
+# The statements of every batch, built once (building one costs more than running it).
+_LOCK = (select(stock.c.product_id, stock.c.available)
+         .where(stock.c.product_id.in_(bindparam("products", expanding=True)))
+         .order_by(stock.c.product_id).with_for_update())
+_OF_ORDERS = (select(reservations).where(reservations.c.correlation_id.in_(bindparam("cids", expanding=True)))
+              .order_by(reservations.c.created_at, reservations.c.line))
+_RELEASE = (update(reservations).where(reservations.c.reservation_id == bindparam("rid"))
+            .values(status=RELEASED, released_at=bindparam("at")))
+_LEVEL = update(stock).where(stock.c.product_id == bindparam("product")).values(available=bindparam("level"))
+# What an order asks for, and the event that answers its failure.
+RESERVES = {"order.placed": "inventory.reservation_failed", "inventory.reserve": "inventory.reserve_failed"}
+OrderKey = tuple[str, str]  # (correlation_id, order_id)
 
 
-def _take(conn: Connection, product_id: str, quantity: int) -> None:
-    taken = conn.execute(_TAKE, {"product": product_id, "quantity": quantity})
-    if taken.rowcount == 1:
-        return
-    level = available(conn, product_id)
-    if level is None:
-        raise Shortage(f"unknown product {product_id}")
-    raise Shortage(f"insufficient stock for {product_id}: requested {quantity}, available {level}")
+@dataclass
+class Stock:
+    """A batch's view of the stock and reservations it touches, read once under the stock rows'
+    locks; the orders are reserved and released in memory, message by message, then written in
+    one statement per kind of row (`write`)."""
 
+    levels: dict[str, int]  # locked: no one else changes them before this transaction ends
+    orders: dict[OrderKey, list[dict[str, Any]]]  # each order's reservation rows, by line
+    new: list[dict[str, Any]] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)  # ids of rows already stored
+    changed: set[str] = field(default_factory=set)  # products whose level moved
 
-def _of_order(conn: Connection, msg: Envelope, order_id: str) -> list[dict[str, Any]]:
-    rows = conn.execute(_OF_ORDER, {"cid": msg.correlation_id, "order": order_id})
-    return [dict(r._mapping) for r in rows]
+    @classmethod
+    def load(cls, conn: Connection, batch: list[Envelope]) -> Stock:
+        """Lock, in product order, every stock row the batch may change, then read its orders'
+        reservations: a concurrent handler of the same order took the same first lock, so what it
+        committed is seen here, and nothing is reserved twice. Releases name no products: their
+        reservations are read once before the locks, to know which to take."""
+        cids = sorted({m.correlation_id for m in batch})
+        wanted = {i["product_id"] for m in batch if m.type in RESERVES for i in m.data["items"]}
+        if any(m.type not in RESERVES for m in batch):
+            wanted |= {r.product_id for r in conn.execute(_OF_ORDERS, {"cids": cids})}
+        levels: dict[str, int] = {}
+        tried: set[str] = set()
+        while True:  # a second round only if a reservation committed meanwhile names another product
+            levels |= cls._lock(conn, sorted(wanted - tried))
+            tried |= wanted
+            rows = [dict(r._mapping) for r in conn.execute(_OF_ORDERS, {"cids": cids})]
+            wanted = {r["product_id"] for r in rows} - tried
+            if not wanted:
+                break
+        keys = {(m.correlation_id, m.data["order_id"]) for m in batch}
+        orders: dict[OrderKey, list[dict[str, Any]]] = {}
+        for row in rows:
+            if (row["correlation_id"], row["order_id"]) in keys:
+                orders.setdefault((row["correlation_id"], row["order_id"]), []).append(row)
+        return cls(levels, orders)
 
+    @staticmethod
+    def _lock(conn: Connection, products: list[str]) -> dict[str, int]:
+        if not products:
+            return {}
+        return {r.product_id: r.available for r in conn.execute(_LOCK, {"products": products})}
 
-def reserve(conn: Connection, msg: Envelope, now: datetime) -> list[dict[str, Any]]:
-    """Reserve every item of the order or none (Shortage); a repeat answers the same reservations."""
-    order_id = msg.data["order_id"]
-    made = _of_order(conn, msg, order_id) or _new_reservations(conn, msg, now)
-    if any(r["status"] == RELEASED for r in made):
-        raise Shortage(f"order {order_id} was reserved and released; it is not reserved again")
-    return [{k: r[k] for k in ("reservation_id", "product_id", "quantity")} for r in made]
+    def reserve(self, msg: Envelope, now: datetime) -> list[dict[str, Any]]:
+        """Reserve every item of the order or none (Shortage); a repeat answers the same reservations."""
+        order_id = msg.data["order_id"]
+        made = self.orders.get((msg.correlation_id, order_id)) or self._take(msg, now)
+        if any(r["status"] == RELEASED for r in made):
+            raise Shortage(f"order {order_id} was reserved and released; it is not reserved again")
+        return [{k: r[k] for k in ("reservation_id", "product_id", "quantity")} for r in made]
 
+    def _take(self, msg: Envelope, now: datetime) -> list[dict[str, Any]]:
+        order_id, items = msg.data["order_id"], msg.data["items"]
+        taken: dict[str, int] = {}
+        for item in sorted(items, key=lambda i: i["product_id"]):  # the first at fault, by product id
+            product, quantity = item["product_id"], item["quantity"]
+            if product not in self.levels:
+                raise Shortage(f"unknown product {product}")
+            level = self.levels[product] - taken.get(product, 0)
+            if level < quantity:
+                raise Shortage(f"insufficient stock for {product}: requested {quantity}, available {level}")
+            taken[product] = taken.get(product, 0) + quantity
+        for product, quantity in taken.items():
+            self.levels[product] -= quantity
+            self.changed.add(product)
+        rows = [_row(msg, order_id, line, item, now) for line, item in enumerate(items)]
+        self.new += rows
+        self.orders[(msg.correlation_id, order_id)] = rows
+        return rows
 
-def _new_reservations(conn: Connection, msg: Envelope, now: datetime) -> list[dict[str, Any]]:
-    """Claim the order first, with its reservation rows: a duplicate handled at the same moment
-    inserts the same (correlation_id, order_id, line), waits for this transaction, then fails on
-    the unique key and answers the reservations this one made. The savepoint undoes the claim with
-    the stock taken when an item is short."""
-    order_id, items = msg.data["order_id"], msg.data["items"]
-    rows = [_row(msg, order_id, line, item, now) for line, item in enumerate(items)]
-    try:
-        with conn.begin_nested():
-            conn.execute(insert(reservations), rows)
-            for item in sorted(items, key=lambda i: i["product_id"]):  # one lock order: no deadlock
-                _take(conn, item["product_id"], item["quantity"])
-    except IntegrityError:
-        made = _of_order(conn, msg, order_id)  # committed by the duplicate that came first
-        if not made:
-            raise
-        return made
-    return rows
+    def release(self, msg: Envelope, now: datetime) -> list[str]:
+        """Give back the stock of the order's reservations once; the ids of all of them, in order."""
+        rows = self.orders.get((msg.correlation_id, msg.data["order_id"]), [])
+        for row in rows:
+            if row["status"] != RESERVED:
+                continue
+            row["status"], row["released_at"] = RELEASED, now
+            if not any(row is n for n in self.new):
+                self.released.append(row["reservation_id"])
+            if row["product_id"] in self.levels:  # a product gone from the catalog gets nothing back
+                self.levels[row["product_id"]] += row["quantity"]
+                self.changed.add(row["product_id"])
+        return [row["reservation_id"] for row in rows]
+
+    def write(self, conn: Connection, now: datetime) -> None:
+        if self.new:
+            conn.execute(insert(reservations), self.new)
+        if self.released:
+            conn.execute(_RELEASE, [{"rid": r, "at": now} for r in self.released])
+        if self.changed:
+            conn.execute(_LEVEL, [{"product": p, "level": self.levels[p]} for p in sorted(self.changed)])
 
 
 def _row(msg: Envelope, order_id: str, line: int, item: dict[str, Any], now: datetime) -> dict[str, Any]:
     return {
         "reservation_id": f"res_{uuid.uuid4().hex}", "correlation_id": msg.correlation_id,
         "order_id": order_id, "line": line, "product_id": item["product_id"],
-        "quantity": item["quantity"], "status": RESERVED, "created_at": now,
+        "quantity": item["quantity"], "status": RESERVED, "created_at": now, "released_at": None,
     }
 
 
-def release(conn: Connection, msg: Envelope, now: datetime) -> list[str]:
-    """Give back the stock of the order's reservations once; the ids of all of them, in order."""
-    rows = conn.execute(
-        select(reservations).where(reservations.c.correlation_id == msg.correlation_id,
-                                   reservations.c.order_id == msg.data["order_id"])
-        .order_by(reservations.c.created_at, reservations.c.line)
-    ).all()
-    for row in rows:
-        if row.status == RESERVED:
-            _give_back(conn, row.reservation_id, row.product_id, row.quantity, now)
-    return [row.reservation_id for row in rows]
+def handle(p: Participant, conn: Connection, batch: list[Envelope], now: datetime) -> list[list[Envelope]]:
+    """The batch's orders reserved and released in memory, in order, then written at once: what
+    each message emits. No savepoint: a short order takes nothing, so there is nothing to undo."""
+    found = Stock.load(conn, batch)
+    out = [_answer(found, Context(conn, msg, now, NAME, p.registry)) for msg in batch]
+    found.write(conn, now)
+    return out
 
 
-def _give_back(conn: Connection, reservation_id: str, product_id: str, quantity: int, now: datetime) -> None:
-    # Flip the status first, conditionally: a concurrent release gives the stock back only once.
-    flipped = conn.execute(
-        update(reservations)
-        .where(reservations.c.reservation_id == reservation_id, reservations.c.status == RESERVED)
-        .values(status=RELEASED, released_at=now)
-    )
-    if flipped.rowcount == 1:
-        conn.execute(update(stock).where(stock.c.product_id == product_id)
-                     .values(available=stock.c.available + quantity))
-
-
-def _answer(msg: Envelope, ctx: Context, failed_type: str) -> Iterable[Envelope]:
+def _answer(found: Stock, ctx: Context) -> list[Envelope]:
+    msg = ctx.message
     order_id = msg.data["order_id"]
+    if msg.type not in RESERVES:  # inventory.release
+        released = found.release(msg, ctx.now)
+        return [ctx.event("inventory.released", {"order_id": order_id, "released_reservations": released})]
     try:
-        made = reserve(ctx.conn, msg, ctx.now)
+        made = found.reserve(msg, ctx.now)
     except Shortage as exc:
-        return [ctx.event(failed_type, {"order_id": order_id, "reason": str(exc)})]
+        return [ctx.event(RESERVES[msg.type], {"order_id": order_id, "reason": str(exc)})]
     return [ctx.event("inventory.reserved", {"order_id": order_id, "reservations": made})]
 
 
 def build() -> Participant:
+    """Every message through `handle`, a batch at once; the handler tables name what it reads
+    (and route one message at a time through the same code)."""
     p = Participant(NAME, metadata=metadata, on_setup=seed)
+    p.batch = partial(handle, p)
 
-    @p.on_event("order.placed")
-    def on_order_placed(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
-        return _answer(msg, ctx, "inventory.reservation_failed")
+    def one(msg: Envelope, ctx: Context) -> list[Envelope]:
+        return handle(p, ctx.conn, [msg], ctx.now)[0]
 
-    @p.on_command("inventory.reserve")
-    def on_reserve(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
-        return _answer(msg, ctx, "inventory.reserve_failed")
-
-    @p.on_command("inventory.release")
-    def on_release(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
-        released = release(ctx.conn, msg, ctx.now)
-        data = {"order_id": msg.data["order_id"], "released_reservations": released}
-        return [ctx.event("inventory.released", data)]
-
+    p.events["order.placed"] = one
+    p.commands["inventory.reserve"] = one
+    p.commands["inventory.release"] = one
     return p
-
-

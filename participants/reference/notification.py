@@ -6,9 +6,8 @@ One confirmation per order, however often `payment.charged` arrives; each arriva
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from datetime import datetime
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from sqlalchemy import Column, Connection, DateTime, MetaData, String, Table, Text, bindparam, select
@@ -60,24 +59,36 @@ def _insert_message(dialect: str) -> Any:
     return upsert(dialect, messages).on_conflict_do_nothing()
 
 
-_RECORDED = select(messages.c.notification_id).where(messages.c.order_id == bindparam("order"),
-                                                     messages.c.template == TEMPLATE)
+_RECORDED = select(messages.c.order_id, messages.c.notification_id).where(
+    messages.c.order_id.in_(bindparam("orders", expanding=True)), messages.c.template == TEMPLATE)
 
 
-def record(conn: Connection, msg: Envelope, now: datetime) -> str:
-    """Record the order's confirmation unless there is one; the id of the one recorded."""
-    conn.execute(_insert_message(conn.dialect.name), compose(msg, now))
-    notification_id: str = conn.execute(_RECORDED, {"order": msg.data["order_id"]}).scalar_one()
-    return notification_id
+def record(conn: Connection, batch: list[Envelope], now: datetime) -> dict[str, str]:
+    """Record each order's confirmation unless there is one, in one statement (the first of the
+    batch's messages for an order composes it); the id of each order's one confirmation."""
+    first = {m.data["order_id"]: m for m in reversed(batch)}  # the earliest message of each order
+    rows = [compose(first[order_id], now) for order_id in sorted(first)]  # one lock order
+    conn.execute(_insert_message(conn.dialect.name), rows)
+    return {r.order_id: r.notification_id for r in conn.execute(_RECORDED, {"orders": sorted(first)})}
+
+
+def handle(p: Participant, conn: Connection, batch: list[Envelope], now: datetime) -> list[list[Envelope]]:
+    """Every `payment.charged` of the batch at once: one insert, one read; a `notification.sent` each."""
+    recorded = record(conn, batch, now)
+    out: list[list[Envelope]] = []
+    for msg in batch:
+        data = {"order_id": msg.data["order_id"], "channel": CHANNEL,
+                "notification_id": recorded[msg.data["order_id"]]}
+        out.append([Context(conn, msg, now, NAME, p.registry).event("notification.sent", data)])
+    return out
 
 
 def build() -> Participant:
     p = Participant(NAME, metadata=metadata)
+    p.batch = partial(handle, p)
 
-    @p.on_event("payment.charged")
-    def on_charged(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
-        notification_id = record(ctx.conn, msg, ctx.now)
-        data = {"order_id": msg.data["order_id"], "channel": CHANNEL, "notification_id": notification_id}
-        return [ctx.event("notification.sent", data)]
+    @p.on_event("payment.charged")  # what it reads; the runtime calls `handle`
+    def on_charged(msg: Envelope, ctx: Context) -> list[Envelope]:
+        return handle(p, ctx.conn, [msg], ctx.now)[0]
 
     return p

@@ -6,10 +6,10 @@ Amounts are kept in cents; a customer's used credit never exceeds its limit, eve
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_HALF_UP, Decimal
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from sqlalchemy import (
@@ -28,7 +28,6 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.exc import IntegrityError
 
 from contracts.envelope import Envelope
 from participants.runtime.db import upsert
@@ -105,120 +104,155 @@ def _insert_accounts(dialect: str) -> Any:
     return upsert(dialect, accounts).on_conflict_do_nothing(index_elements=["customer_id"])
 
 
-_CHARGE_OF = select(ledger).where(
-    ledger.c.kind == CHARGE, ledger.c.correlation_id == bindparam("cid"),
-    ledger.c.order_id == bindparam("order"),
-)
-# Conditional: two consumers at once cannot overdraw the account.
-_DEBIT = update(accounts).where(
-    accounts.c.customer_id == bindparam("customer"),
-    accounts.c.used + bindparam("amount") <= accounts.c.credit_limit,
-).values(used=accounts.c.used + bindparam("amount"))
-_INSERT_LEDGER = insert(ledger)
-
-
 def seed(conn: Connection) -> None:
     ONCE_PER_ORDER.create(conn, checkfirst=True)  # a ledger older than the key gets it too
     _add_accounts(conn, ACCOUNTS)
 
 
-def _charge_of(conn: Connection, msg: Envelope) -> dict[str, Any] | None:
-    """The order's one charge row, whatever its status."""
-    row = conn.execute(_CHARGE_OF, {"cid": msg.correlation_id, "order": msg.data["order_id"]}).first()
-    return dict(row._mapping) if row else None
+# The statements of every batch, built once (building one costs more than running it).
+_LOCK = (select(accounts).where(accounts.c.customer_id.in_(bindparam("customers", expanding=True)))
+         .order_by(accounts.c.customer_id).with_for_update())
+_OF_ORDERS = select(ledger).where(ledger.c.correlation_id.in_(bindparam("cids", expanding=True)))
+_REFUNDED = update(ledger).where(ledger.c.entry_id == bindparam("entry")).values(status=REFUNDED)
+_USED = (update(accounts).where(accounts.c.customer_id == bindparam("customer"))
+         .values(used=bindparam("now_used")))
+CHARGES = {"order.placed", "payment.charge"}
+OrderKey = tuple[str, str]  # (correlation_id, order_id)
 
 
-def charge(conn: Connection, msg: Envelope, now: datetime) -> dict[str, Any]:
-    """The `payment.charged` payload of the order's charge, made now if needed; Declined if refused."""
-    entry = _charge_of(conn, msg) or _new_charge(conn, msg, now)
-    if entry["status"] == REFUNDED:
-        raise Declined(f"order {entry['order_id']} was charged and refunded; it is not charged again")
-    return {"order_id": entry["order_id"], "payment_id": entry["payment_id"],
-            "amount": entry["amount"] / 100, "currency": entry["currency"],
-            "customer_id": entry["customer_id"]}
+@dataclass
+class Credit:
+    """A batch's view of the accounts and charges it touches, read once under the accounts' row
+    locks; orders are charged and refunded in memory, message by message, then written in one
+    statement per kind of row (`write`)."""
+
+    accounts: dict[str, dict[str, Any]]  # locked: no one else changes them before the commit
+    charges: dict[OrderKey, dict[str, Any]]  # each order's one charge row
+    new: list[dict[str, Any]] = field(default_factory=list)
+    refunded: list[str] = field(default_factory=list)  # entry ids of charges already stored
+    changed: set[str] = field(default_factory=set)  # customers whose used credit moved
+
+    @classmethod
+    def load(cls, conn: Connection, batch: list[Envelope]) -> Credit:
+        """Add the customers seen for the first time, then lock, in customer order, every account
+        the batch may change, then read its orders' charges: a concurrent handler of the same
+        order took the same lock first, so what it committed is seen here and nothing is charged
+        twice. Refunds name no customer: their charges are read once before the locks."""
+        cids = sorted({m.correlation_id for m in batch})
+        wanted = {m.data["customer_id"] for m in batch if m.type in CHARGES}
+        if wanted:
+            _add_accounts(conn, dict.fromkeys(sorted(wanted), DEFAULT_LIMIT))
+        if any(m.type not in CHARGES for m in batch):
+            wanted |= {r.customer_id for r in conn.execute(_OF_ORDERS, {"cids": cids})}
+        found: dict[str, dict[str, Any]] = {}
+        tried: set[str] = set()
+        while True:  # a second round only if a charge committed meanwhile names another customer
+            if wanted - tried:
+                rows = conn.execute(_LOCK, {"customers": sorted(wanted - tried)})
+                found |= {r.customer_id: dict(r._mapping) for r in rows}
+            tried |= wanted
+            entries = [dict(r._mapping) for r in conn.execute(_OF_ORDERS, {"cids": cids})]
+            wanted = {e["customer_id"] for e in entries} - tried
+            if not wanted:
+                break
+        keys = {(m.correlation_id, m.data["order_id"]) for m in batch}
+        charges = {(e["correlation_id"], e["order_id"]): e for e in entries
+                   if e["kind"] == CHARGE and (e["correlation_id"], e["order_id"]) in keys}
+        return cls(found, charges)
+
+    def charge(self, msg: Envelope, now: datetime) -> dict[str, Any]:
+        """The `payment.charged` payload of the order's charge, made now if needed; Declined if refused."""
+        entry = self.charges.get((msg.correlation_id, msg.data["order_id"])) or self._debit(msg, now)
+        if entry["status"] == REFUNDED:
+            raise Declined(f"order {entry['order_id']} was charged and refunded; it is not charged again")
+        return {"order_id": entry["order_id"], "payment_id": entry["payment_id"],
+                "amount": entry["amount"] / 100, "currency": entry["currency"],
+                "customer_id": entry["customer_id"]}
+
+    def _debit(self, msg: Envelope, now: datetime) -> dict[str, Any]:
+        data = msg.data
+        customer, amount = data["customer_id"], cents(data["total_amount"])
+        account = self.accounts[customer]
+        if account["used"] + amount > account["credit_limit"]:
+            excess = account["used"] + amount - account["credit_limit"]
+            raise Declined(f"card declined: credit limit {money(account['credit_limit'])} "
+                           f"{data['currency']} exceeded by {money(excess)}")
+        account["used"] += amount
+        self.changed.add(customer)
+        entry = {
+            "entry_id": f"led_{uuid.uuid4().hex}", "payment_id": f"pay_{uuid.uuid4().hex}",
+            "kind": CHARGE, "status": CHARGED, "correlation_id": msg.correlation_id,
+            "order_id": data["order_id"], "customer_id": customer, "amount": amount,
+            "currency": data["currency"], "note": None, "created_at": now,
+        }
+        self.new.append(entry)
+        self.charges[(msg.correlation_id, data["order_id"])] = entry
+        return entry
+
+    def refund(self, msg: Envelope, now: datetime) -> dict[str, Any] | None:
+        """The `payment.refunded` payload, refunding the charge at most once; None if nothing was charged."""
+        row = self.charges.get((msg.correlation_id, msg.data["order_id"]))
+        if row is None:
+            return None
+        if row["status"] == CHARGED:
+            row["status"] = REFUNDED
+            if not any(row is n for n in self.new):
+                self.refunded.append(row["entry_id"])
+            self.new.append({**row, "entry_id": f"led_{uuid.uuid4().hex}", "kind": REFUND,
+                             "status": REFUNDED, "note": msg.data.get("reason"), "created_at": now})
+            if row["customer_id"] in self.accounts:
+                self.accounts[row["customer_id"]]["used"] -= row["amount"]
+                self.changed.add(row["customer_id"])
+        return {"order_id": row["order_id"], "payment_id": row["payment_id"], "amount": row["amount"] / 100}
+
+    def write(self, conn: Connection) -> None:
+        if self.new:
+            conn.execute(_INSERT_LEDGER, self.new)
+        if self.refunded:
+            conn.execute(_REFUNDED, [{"entry": e} for e in self.refunded])
+        if self.changed:
+            conn.execute(_USED, [{"customer": c, "now_used": self.accounts[c]["used"]}
+                                 for c in sorted(self.changed)])
 
 
-def _new_charge(conn: Connection, msg: Envelope, now: datetime) -> dict[str, Any]:
-    """Claim the order first, with its charge row: a duplicate handled at the same moment inserts
-    the same (correlation_id, order_id, kind), waits for this transaction, then fails on the
-    unique key and answers the charge this one made. The savepoint undoes the claim on a decline."""
-    data = msg.data
-    customer, amount = data["customer_id"], cents(data["total_amount"])
-    _add_accounts(conn, {customer: DEFAULT_LIMIT})
-    entry = {
-        "entry_id": f"led_{uuid.uuid4().hex}", "payment_id": f"pay_{uuid.uuid4().hex}",
-        "kind": CHARGE, "status": CHARGED, "correlation_id": msg.correlation_id,
-        "order_id": data["order_id"], "customer_id": customer, "amount": amount,
-        "currency": data["currency"], "created_at": now,
-    }
+_INSERT_LEDGER = insert(ledger)
+
+
+def handle(p: Participant, conn: Connection, batch: list[Envelope], now: datetime) -> list[list[Envelope]]:
+    """The batch's orders charged and refunded in memory, in order, then written at once: what
+    each message emits. No savepoint: a declined charge writes nothing, so there is nothing to undo."""
+    credit = Credit.load(conn, batch)
+    out = [_answer(credit, Context(conn, msg, now, NAME, p.registry)) for msg in batch]
+    credit.write(conn)
+    return out
+
+
+def _answer(credit: Credit, ctx: Context) -> list[Envelope]:
+    msg = ctx.message
+    order_id = msg.data["order_id"]
+    if msg.type not in CHARGES:  # payment.refund
+        refunded = credit.refund(msg, ctx.now)
+        if refunded is None:
+            reason = f"no charge to refund for order {order_id}"
+            return [ctx.event("payment.refund_failed", {"order_id": order_id, "reason": reason})]
+        return [ctx.event("payment.refunded", refunded)]
     try:
-        with conn.begin_nested():
-            conn.execute(_INSERT_LEDGER, entry)
-            if conn.execute(_DEBIT, {"customer": customer, "amount": amount}).rowcount != 1:
-                raise Declined(_decline_reason(conn, customer, amount, data["currency"]))
-    except IntegrityError:
-        made = _charge_of(conn, msg)  # committed by the duplicate that came first
-        if made is None:
-            raise
-        return made
-    return entry
-
-
-def _decline_reason(conn: Connection, customer: str, amount: int, currency: str) -> str:
-    account = conn.execute(select(accounts).where(accounts.c.customer_id == customer)).one()
-    excess = account.used + amount - account.credit_limit
-    return f"card declined: credit limit {money(account.credit_limit)} {currency} exceeded by {money(excess)}"
-
-
-def refund(conn: Connection, msg: Envelope, now: datetime) -> dict[str, Any] | None:
-    """The `payment.refunded` payload, refunding the charge at most once; None if nothing was charged."""
-    row = _charge_of(conn, msg)
-    if row is None:
-        return None
-    if row["status"] == CHARGED:
-        _refund(conn, row, msg.data.get("reason"), now)
-    return {"order_id": row["order_id"], "payment_id": row["payment_id"], "amount": row["amount"] / 100}
-
-
-def _refund(conn: Connection, charged: dict[str, Any], reason: str | None, now: datetime) -> None:
-    flipped = conn.execute(  # conditional: a concurrent refund restores the credit only once
-        update(ledger).where(ledger.c.entry_id == charged["entry_id"], ledger.c.status == CHARGED)
-        .values(status=REFUNDED)
-    )
-    if flipped.rowcount != 1:
-        return
-    entry = {**charged, "entry_id": f"led_{uuid.uuid4().hex}", "kind": REFUND,
-             "status": REFUNDED, "note": reason, "created_at": now}
-    conn.execute(insert(ledger).values(**entry))
-    conn.execute(update(accounts).where(accounts.c.customer_id == charged["customer_id"])
-                 .values(used=accounts.c.used - charged["amount"]))
-
-
-def _answer_charge(msg: Envelope, ctx: Context, failed_type: str) -> Iterable[Envelope]:
-    try:
-        charged = charge(ctx.conn, msg, ctx.now)
+        charged = credit.charge(msg, ctx.now)
     except Declined as exc:
-        return [ctx.event(failed_type, {"order_id": msg.data["order_id"], "reason": str(exc)})]
+        return [ctx.event("payment.charge_failed", {"order_id": order_id, "reason": str(exc)})]
     return [ctx.event("payment.charged", charged)]
 
 
 def build() -> Participant:
+    """Every message through `handle`, a batch at once; the handler tables name what it reads
+    (and route one message at a time through the same code)."""
     p = Participant(NAME, metadata=metadata, on_setup=seed)
+    p.batch = partial(handle, p)
 
-    @p.on_event("order.placed")
-    def on_order_placed(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
-        return _answer_charge(msg, ctx, "payment.charge_failed")
+    def one(msg: Envelope, ctx: Context) -> list[Envelope]:
+        return handle(p, ctx.conn, [msg], ctx.now)[0]
 
-    @p.on_command("payment.charge")
-    def on_charge(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
-        return _answer_charge(msg, ctx, "payment.charge_failed")
-
-    @p.on_command("payment.refund")
-    def on_refund(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
-        refunded = refund(ctx.conn, msg, ctx.now)
-        if refunded is None:
-            reason = f"no charge to refund for order {msg.data['order_id']}"
-            return [ctx.event("payment.refund_failed", {"order_id": msg.data["order_id"], "reason": reason})]
-        return [ctx.event("payment.refunded", refunded)]
-
+    p.events["order.placed"] = one
+    p.commands["payment.charge"] = one
+    p.commands["payment.refund"] = one
     return p

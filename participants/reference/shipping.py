@@ -6,9 +6,8 @@ Joins `inventory.reserved` and `payment.charged` of one workflow, in either orde
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
 from datetime import UTC, date, datetime, timedelta
-from functools import cache
+from functools import cache, partial
 from typing import Any
 
 from sqlalchemy import (
@@ -29,7 +28,8 @@ from sqlalchemy import (
     update,
 )
 
-from contracts.envelope import Envelope
+from contracts.envelope import COMMAND, Envelope
+from participants.runtime import joins
 from participants.runtime.db import upsert
 from participants.runtime.participant import Context, Participant
 
@@ -148,7 +148,7 @@ def cancel(conn: Connection, msg: Envelope, now: datetime) -> str | None:
 
 
 def _answer(ctx: Context, order_id: str, units: int | None, basis: datetime,
-            failed_type: str) -> Iterable[Envelope]:
+            failed_type: str) -> list[Envelope]:
     try:
         data = schedule(ctx.conn, ctx.message.correlation_id, order_id, units, basis, ctx.now)
     except OverParcelLimit as exc:
@@ -156,33 +156,58 @@ def _answer(ctx: Context, order_id: str, units: int | None, basis: datetime,
     return [ctx.event("shipment.scheduled", data)]
 
 
-def build() -> Participant:
-    p = Participant(NAME, metadata=metadata)
+JOINED = ("inventory.reserved", "payment.charged")
 
-    @p.on_event("inventory.reserved")  # runs before the join below: remembers the units
-    def on_reserved(msg: Envelope, ctx: Context) -> None:
-        remember_units(ctx.conn, msg)
 
-    @p.join("schedule", "inventory.reserved", "payment.charged")
-    def on_both(msgs: dict[str, Envelope], ctx: Context) -> Iterable[Envelope]:
-        reserved, charged = msgs["inventory.reserved"], msgs["payment.charged"]
-        basis = max(reserved.occurred_at, charged.occurred_at)
-        order_id = reserved.data["order_id"]
-        return _answer(ctx, order_id, units_of(reserved), basis, "shipment.scheduling_failed")
+def handle(p: Participant, conn: Connection, batch: list[Envelope], now: datetime) -> list[list[Envelope]]:
+    """What each message of the batch emits. Events only (the choreography): the units of every
+    `inventory.reserved` remembered in one statement, the join decided for the whole batch in a
+    few (`joins.arrive_many`), then each completed order scheduled. A batch with a command (the
+    orchestrated variant) is handled message by message, in order."""
+    if any(m.kind == COMMAND for m in batch):
+        return [_one(Context(conn, m, now, NAME, p.registry)) for m in batch]
+    reserved = [{"correlation_id": m.correlation_id, "order_id": m.data["order_id"], "units": units_of(m)}
+                for m in batch if m.type == "inventory.reserved"]
+    if reserved:
+        conn.execute(_insert_order(conn.dialect.name),
+                     sorted(reserved, key=lambda r: (r["correlation_id"], r["order_id"])))
+    complete = joins.arrive_many(conn, NAME, "schedule", JOINED, batch)
+    return [_on_both(Context(conn, m, now, NAME, p.registry), both) if both else []
+            for m, both in zip(batch, complete, strict=True)]
 
-    @p.on_command("shipment.schedule")
-    def on_schedule(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
-        order_id = msg.data["order_id"]
+
+def _on_both(ctx: Context, msgs: dict[str, Envelope]) -> list[Envelope]:
+    reserved, charged = msgs["inventory.reserved"], msgs["payment.charged"]
+    basis = max(reserved.occurred_at, charged.occurred_at)
+    order_id = reserved.data["order_id"]
+    return _answer(ctx, order_id, units_of(reserved), basis, "shipment.scheduling_failed")
+
+
+def _one(ctx: Context) -> list[Envelope]:
+    msg, order_id = ctx.message, ctx.message.data["order_id"]
+    if msg.type in JOINED:
+        if msg.type == "inventory.reserved":  # before the join: remembers the units
+            remember_units(ctx.conn, msg)
+        both = joins.arrive(ctx.conn, NAME, "schedule", JOINED, msg)
+        return _on_both(ctx, both) if both else []
+    if msg.type == "shipment.schedule":
         units = known_units(ctx.conn, msg.correlation_id, order_id)  # None: not seen, not checked
         return _answer(ctx, order_id, units, msg.occurred_at, "shipment.schedule_failed")
+    shipment_id = cancel(ctx.conn, msg, ctx.now)  # shipment.cancel
+    if shipment_id is None:
+        reason = f"no shipment to cancel for order {order_id}"
+        return [ctx.event("shipment.cancel_failed", {"order_id": order_id, "reason": reason})]
+    return [ctx.event("shipment.cancelled", {"order_id": order_id, "shipment_id": shipment_id})]
 
-    @p.on_command("shipment.cancel")
-    def on_cancel(msg: Envelope, ctx: Context) -> Iterable[Envelope]:
-        order_id = msg.data["order_id"]
-        shipment_id = cancel(ctx.conn, msg, ctx.now)
-        if shipment_id is None:
-            reason = f"no shipment to cancel for order {order_id}"
-            return [ctx.event("shipment.cancel_failed", {"order_id": order_id, "reason": reason})]
-        return [ctx.event("shipment.cancelled", {"order_id": order_id, "shipment_id": shipment_id})]
 
+def build() -> Participant:
+    """Every message through `handle`, a batch at once; the command table names what it answers."""
+    p = Participant(NAME, metadata=metadata, batch_types=JOINED)
+    p.batch = partial(handle, p)
+
+    def one(msg: Envelope, ctx: Context) -> list[Envelope]:
+        return _one(ctx)
+
+    p.commands["shipment.schedule"] = one
+    p.commands["shipment.cancel"] = one
     return p

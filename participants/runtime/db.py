@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -12,7 +13,7 @@ import structlog
 from sqlalchemy import Connection, Engine, MetaData, Table, create_engine, event, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, DisconnectionError
 
 log = structlog.get_logger("baton.db")
 P = ParamSpec("P")
@@ -21,6 +22,9 @@ T = TypeVar("T")
 # serialization_failure. The database is fine: the transaction may be run again at once.
 _LOST_RACE = frozenset({"40P01", "40001"})
 RACE_ATTEMPTS = 5
+# A pooled connection idle longer than this is pinged before use (a dead one replaced); one in
+# steady use is not: a ping per transaction was one more round trip on every batch and request.
+PING_AFTER_IDLE = 1.0
 
 
 def _dumps(value: Any) -> str:
@@ -36,14 +40,37 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         # Bounded waits: with the database down, callers fail fast (503) instead of hanging.
-        return create_engine(url, pool_pre_ping=True, pool_size=pool_size, max_overflow=pool_size,
-                             pool_timeout=10, connect_args={"connect_timeout": 5}, **_JSON)
+        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_timeout=10,
+                               connect_args={"connect_timeout": 5}, **_JSON)
+        _ping_after_idle(engine)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"timeout": 30}, **_JSON)
     event.listen(engine, "connect", _sqlite_connect)
     event.listen(engine, "begin", _sqlite_begin)
     return engine
+
+
+def _ping_after_idle(engine: Engine) -> None:
+    """Ping a connection before use only if it sat idle in the pool past PING_AFTER_IDLE: a
+    server restarted meanwhile left it dead, and the pool replaces it (DisconnectionError) instead
+    of failing the caller. A connection that dies while in steady use fails its transaction: the
+    pool then drops every connection older than the failure, and the caller's retry reconnects
+    (the runtime waits for the database and handles the batch again; the API answers 503)."""
+    @event.listens_for(engine, "checkin")
+    def idle_from(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.pop("idle_since", None)
+        if since is None or time.monotonic() - since <= PING_AFTER_IDLE:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise DisconnectionError("a pooled connection left idle is dead") from exc
 
 
 def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -43,6 +43,57 @@ def arrive(conn: Connection, consumer: str, join_name: str, types: tuple[str, ..
     return {t: arrived[t] for t in types}
 
 
+def arrive_many(conn: Connection, consumer: str, join_name: str, types: tuple[str, ...],
+                batch: list[Envelope]) -> list[dict[str, Envelope] | None]:
+    """`arrive` for each message of `batch` in turn, in a few statements for them all: the
+    state rows created or locked in one (in correlation ID order), their arrivals read in one,
+    the set decided in memory message by message, then the arrivals forgotten (a retry), recorded
+    and the joins fired, one statement each. What each message completes, or None."""
+    cids = sorted({m.correlation_id for m in batch})
+    if not cids:
+        return []
+    keys = [{"consumer": consumer, "join_name": join_name, "correlation_id": c} for c in cids]
+    fired = {r.correlation_id: r.fired_at for r in conn.execute(_lock_states(conn.dialect.name), keys)}
+    arrived: dict[str, dict[str, Envelope]] = {c: {} for c in cids}
+    for r in conn.execute(_ARRIVED_OF, {"w_consumer": consumer, "w_join_name": join_name, "cids": cids}):
+        arrived[r.correlation_id][r.message_type] = decode_fields(_loads(r.envelope))
+    forget: set[str] = set()
+    new: dict[tuple[str, str], Envelope] = {}
+    fire: dict[str, Any] = {}
+    out: list[dict[str, Envelope] | None] = []
+    for message in batch:
+        cid, got = message.correlation_id, arrived[message.correlation_id]
+        if fired[cid] is not None and _retried(message, got.get(message.type)):
+            forget.add(cid)
+            new = {k: m for k, m in new.items() if k[0] != cid}
+            fired[cid] = fire[cid] = None
+            got.clear()
+        if message.type not in got:
+            got[message.type] = new[(cid, message.type)] = message
+        if fired[cid] is not None or any(t not in got for t in types):
+            out.append(None)
+            continue
+        fired[cid] = fire[cid] = utcnow()
+        out.append({t: got[t] for t in types})
+    _write(conn, keys[0], forget, new, fire)
+    return out
+
+
+def _write(conn: Connection, key: dict[str, str], forget: set[str], new: dict[tuple[str, str], Envelope],
+           fire: dict[str, Any]) -> None:
+    where = {"w_consumer": key["consumer"], "w_join_name": key["join_name"]}
+    if forget:
+        conn.execute(_FORGET_OF, {**where, "cids": sorted(forget)})
+    if new:
+        conn.execute(_INSERT_ARRIVAL, [
+            {"consumer": key["consumer"], "join_name": key["join_name"], "correlation_id": cid,
+             "message_type": t, "envelope": orjson.dumps(m.to_fields()).decode()}
+            for (cid, t), m in new.items()])
+    if fire:
+        conn.execute(_FIRE, [{**where, "w_correlation_id": cid, "fired_at": at}
+                             for cid, at in sorted(fire.items())])
+
+
 def _retried(message: Envelope, recorded: Envelope | None) -> bool:
     """Whether `message` is the controller re-emitting the recorded arrival of its type (the
     `retry` intervention): a new id caused by the original, or by what the original caused when
@@ -63,6 +114,16 @@ def _lock_state(dialect: str) -> Any:
     ).returning(join_state.c.fired_at)
 
 
+@cache
+def _lock_states(dialect: str) -> Any:
+    """`_lock_state` for many rows, each returned with its correlation ID."""
+    stmt = upsert(dialect, join_state)
+    return stmt.on_conflict_do_update(
+        index_elements=[join_state.c.consumer, join_state.c.join_name, join_state.c.correlation_id],
+        set_={"fired_at": join_state.c.fired_at},
+    ).returning(join_state.c.correlation_id, join_state.c.fired_at)
+
+
 def _where(key: dict[str, str]) -> dict[str, str]:
     return {f"w_{k}": v for k, v in key.items()}
 
@@ -72,6 +133,12 @@ def _matches(table: Table) -> list[Any]:
 
 
 _ARRIVED = select(join_arrival.c.message_type, join_arrival.c.envelope).where(*_matches(join_arrival))
+_OF_MANY = [join_arrival.c.consumer == bindparam("w_consumer"),
+            join_arrival.c.join_name == bindparam("w_join_name"),
+            join_arrival.c.correlation_id.in_(bindparam("cids", expanding=True))]
+_ARRIVED_OF = select(join_arrival.c.correlation_id, join_arrival.c.message_type,
+                     join_arrival.c.envelope).where(*_OF_MANY)
+_FORGET_OF = delete(join_arrival).where(*_OF_MANY)
 _INSERT_ARRIVAL = insert(join_arrival)
 _FIRE = update(join_state).where(*_matches(join_state))
 _FORGET = delete(join_arrival).where(*_matches(join_arrival))

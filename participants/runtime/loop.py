@@ -2,7 +2,8 @@
 
 A batch read with XREADGROUP is handled in one database transaction: the processed-id rows (one
 statement), the handlers' effects and their outbox rows commit together; then the outbox is published
-and only then are the entries acknowledged. The published rows are marked sent in the next batch's
+and only then are the entries acknowledged (one pipeline, XADDs before XACKs, which Redis runs in
+that order). The published rows are marked sent in the next batch's
 transaction (or in one of their own before the consumer blocks on an empty stream): one commit per
 batch. If a handler fails, that transaction is rolled back and the batch handled again with each
 message in its own savepoint, so only the failing one is retried.
@@ -226,14 +227,25 @@ class Runtime:
         if not entries:
             return 0
         good = [e for e in entries if self._reader.decode(e)]
-        done, pending = self._handler.handle(good, self._unmarked)
-        self._unmarked = []  # marked sent in that commit
+        skipped: list[Entry] = []
+        if self.participant.ignore is not None:
+            ignored = [e.message is not None and self.participant.ignore(e.message) for e in good]
+            skipped = [e for e, no in zip(good, ignored, strict=True) if no]
+            good = [e for e, no in zip(good, ignored, strict=True) if not no]
+        done: list[Entry] = list(skipped)
+        pending: list[outbox.Pending] = []
+        if good or not skipped:  # a batch of ignored entries alone needs no transaction
+            done[:0], pending = self._handler.handle(good, self._unmarked)
+            self._unmarked = []  # marked sent in that commit
         self._reader.remember_failures(good)
-        crash_point("runtime.before_publish", self.options.crash_points)
-        outbox.send(self.client, pending, self.options.crash_points)
+        points = self.options.crash_points
+        crash_point("runtime.before_publish", points)
+        pipe = self.client.pipeline(transaction=False)  # publish, then ack: one round trip
+        outbox.send(pipe, pending, points)
+        crash_point("runtime.before_ack", points)
+        self._reader.ack(done, pipe)
+        pipe.execute()
         self._unmarked += [p.seq for p in pending]
-        crash_point("runtime.before_ack", self.options.crash_points)
-        self._reader.ack(done)
         return len(entries)
 
     def _mark_sent(self) -> None:

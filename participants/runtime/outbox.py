@@ -82,11 +82,21 @@ def publish_or_leave(engine: Engine, client: redis.Redis, pending: Sequence[Pend
                     messages=len(pending))
 
 
-def send(client: redis.Redis, pending: Sequence[Pending], crash_points: Collection[str] = ()) -> None:
-    """XADD the rows in one round trip, without marking them: the caller marks them with
-    `mark_sent` before the relay's grace is out (else the relay sends them again)."""
-    if pending:
-        _xadd(client, pending, "outbox", crash_points)
+def send(pipe: Any, pending: Sequence[Pending], crash_points: Collection[str] = ()) -> None:
+    """Queue the rows' XADDs on `pipe` (a pipeline without MULTI), without marking them: Redis
+    runs them before whatever the caller queues next (the consumer's XACKs), in the caller's one
+    round trip. The caller marks them with `mark_sent` before the relay's grace is out (else the
+    relay sends them again). With crash points set (tests only) the XADDs go at once, between
+    `outbox.before_xadd` and `outbox.after_xadd`, so a kill can fall between publish and ack."""
+    if not pending:
+        return
+    if crash_points:
+        crash_point("outbox.before_xadd", crash_points)
+    for row in pending:
+        pipe.xadd(row.stream, row.fields)
+    if crash_points:
+        pipe.execute()
+        crash_point("outbox.after_xadd", crash_points)
 
 
 def mark_sent(conn: Connection, seqs: Sequence[int]) -> None:

@@ -96,6 +96,9 @@ class Participant:
     # runs the batch's messages one by one in one transaction, calls it first with them all, so
     # that two consumers never take those locks message by message in crossing orders.
     lock: Locker | None = None
+    # Messages it has nothing to do with although it reads their stream (the tracker: the start
+    # events it published itself): acknowledged without a claim or a transaction.
+    ignore: Callable[[Envelope], bool] | None = None
 
     _own_registry: Registry | None = field(default=None, init=False, repr=False, compare=False)
     _default_registry: Registry | None = field(default=None, init=False, repr=False, compare=False)

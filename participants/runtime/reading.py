@@ -180,17 +180,21 @@ class Reader:
             ttl = max(86400, int(32 * self.options.visibility_timeout * self.options.max_deliveries))
             deadletter.remember(self.client, self.keys, self.group, failures, ttl)
 
-    def ack(self, entries: list[Entry]) -> None:
+    def ack(self, entries: list[Entry], pipe: Any = None) -> None:
+        """Acknowledge the entries (and forget their errors) in one round trip; queued on `pipe`
+        instead when given, for the caller to execute."""
         by_stream: dict[str, list[str]] = {}
         for entry in entries:
             by_stream.setdefault(entry.stream, []).append(entry.entry_id)
+        own = pipe is None
         if not by_stream:
             return
-        pipe = self.client.pipeline(transaction=False)
+        pipe = self.client.pipeline(transaction=False) if own else pipe
         for stream, ids in by_stream.items():
             pipe.xack(stream, self.group, *ids)
             deadletter.forget(pipe, self.keys, self.group, stream, ids)  # same round trip
-        pipe.execute()
+        if own:
+            pipe.execute()
 
     def _dead_letter_by_id(self, stream: str, entry_id: str, count: int) -> None:
         found: Any = self.client.xrange(stream, entry_id, entry_id)
