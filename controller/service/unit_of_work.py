@@ -147,8 +147,11 @@ class UnitOfWork:
             return
         store.insert_workflows(self.conn, [(n.workflow, n.columns) for n in self._new],
                                {n.workflow.correlation_id: n.attributes for n in self._new})
+        report_store.workflows_saved(self.conn, [({}, rf.of_workflow(n.workflow))
+                                                 for n in self._new if not n.early])
         for n in self._new:
-            report_store.workflow_inserted(self.conn, n.workflow, early=n.early)
+            if n.early:  # its facts, and the transitions among the messages recorded before it
+                report_store.workflow_inserted(self.conn, n.workflow)
 
     def correlation_ids(self) -> list[str]:
         return sorted({*self._loaded, *(n.workflow.correlation_id for n in self._new)})
