@@ -69,12 +69,19 @@ class Refused:
     errors: dict[str, Any]
 
 
-class _OnItsOwn(fields.Nested):
-    """A batch item: one that does not load is that item's `Refused`, not the request's 422."""
+class _OnItsOwn(fields.Raw):
+    """A batch item, loaded by `schema`: one that does not load is that item's `Refused`, not the
+    request's 422. So the document says any value is accepted here, and which values start."""
+
+    def __init__(self, schema: type[Schema]) -> None:
+        super().__init__(metadata={"anyOf": [
+            {"$ref": "#/components/schemas/BatchItem"},
+            {"description": "anything else: answered as this item's 422"}]})
+        self.schema = schema()
 
     def deserialize(self, value: Any, attr: str | None = None, data: Any = None, **kwargs: Any) -> Any:
-        try:
-            return super().deserialize(value, attr, data, **kwargs)
+        try:  # null too: an item like any other
+            return self.schema.load(value)
         except ValidationError as exc:
             messages = exc.messages if isinstance(exc.messages, dict) else {"_body": exc.messages}
             return Refused(messages)

@@ -107,6 +107,7 @@ def test_each_item_answers_on_its_own_in_request_order(api: Api) -> None:
     assert twice in assert_item_problem(answers[5], 409)["detail"]
     assert set(assert_item_problem(answers[6], 422)["errors"]) == {"sla_seconds", "surprise"}
     assert assert_item_problem(answers[7], 422)["errors"]
+    assert assert_item_problem(batch(api, [None])[0], 422)["errors"]
     assert answers[8]["workflow"]["flow"] == "quick_order"
     made = [a["workflow"]["correlation_id"] for a in answers if a["status"] == 201]
     for cid in made:  # as GET shows it
