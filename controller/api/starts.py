@@ -4,6 +4,7 @@ single start would answer). Both go through `start_workflows`."""
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 from typing import Any
 
@@ -19,7 +20,9 @@ from controller.db import views
 from controller.domain.errors import ControllerError, InvalidInput
 from controller.service.bootstrap import Services
 from controller.service.start import Outcome, Started, StartRequest, start_workflow, start_workflows
+from controller.service.unmarked import Unmarked
 
+_MAKING = threading.Lock()  # one Unmarked per app, whichever request thread comes first
 _OVERLOADED = ("The consumers are too far behind: retry after `Retry-After` seconds "
                "(BATON_MAX_BACKLOG)")
 
@@ -54,6 +57,18 @@ def _services() -> Services:
     return services
 
 
+def _unmarked(services: Services) -> Unmarked:
+    """This process's rows published and not marked yet (one commit per kickoff)."""
+    found: Unmarked | None = current_app.extensions.get("baton_unmarked")
+    if found is None:
+        with _MAKING:
+            found = current_app.extensions.get("baton_unmarked")
+            if found is None:
+                found = current_app.extensions["baton_unmarked"] = Unmarked(services.engine)
+                services.on_close(found.close)
+    return found
+
+
 def _start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     services, actor = _services(), current_actor()
     current_app.extensions["baton_admission"].check()
@@ -61,7 +76,8 @@ def _start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
     if key is not None and not 1 <= len(key) <= 255:
         raise InvalidInput("Idempotency-Key must be 1 to 255 characters",
                            {"Idempotency-Key": ["1 to 255 characters"]})
-    started = start_workflow(services, _request({**body, "idempotency_key": key}, actor.name), utcnow())
+    started = start_workflow(services, _request({**body, "idempotency_key": key}, actor.name),
+                             utcnow(), _unmarked(services))
     body_out = started.view
     if body_out is None:  # a replay: as stored
         body_out = _stored(services, [started.correlation_id])[started.correlation_id]
@@ -73,7 +89,8 @@ def start_batch(services: Services, actor: str, items: list[Any], now: datetime)
     """Every item's answer in request order: those that did not load are their 422 at once, the
     rest go through one unit of work; a replay is answered with its workflow as stored."""
     requests = {i: _request(item, actor) for i, item in enumerate(items) if not isinstance(item, Refused)}
-    outcomes = dict(zip(requests, start_workflows(services, list(requests.values()), now), strict=True))
+    found = start_workflows(services, list(requests.values()), now, _unmarked(services))
+    outcomes = dict(zip(requests, found, strict=True))
     stored = _stored(services, [o.correlation_id for o in outcomes.values()
                                 if isinstance(o, Started) and o.view is None])
     answers = [_refused(item) if isinstance(item, Refused) else _answer(outcomes[i], stored)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import redis
 from sqlalchemy import Engine
@@ -25,7 +26,15 @@ class Services:
     registry: Registry
     keys: Keys
 
+    _closing: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def on_close(self, action: Callable[[], None]) -> None:
+        """Run `action` first when the services close (while the database is still there)."""
+        self._closing.append(action)
+
     def close(self) -> None:
+        for action in self._closing:
+            action()
         self.redis.close()
         self.engine.dispose()
 

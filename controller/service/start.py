@@ -25,6 +25,7 @@ from controller.domain import lifecycle
 from controller.domain.errors import Conflict, ControllerError, InvalidInput, NotFound
 from controller.service.bootstrap import Services
 from controller.service.unit_of_work import UnitOfWork, unit_of_work
+from controller.service.unmarked import Unmarked
 from participants.runtime.db import retry_lost_races
 
 
@@ -56,9 +57,10 @@ class Started:
 Outcome = Started | ControllerError
 
 
-def start_workflow(services: Services, request: StartRequest, now: datetime) -> Started:
+def start_workflow(services: Services, request: StartRequest, now: datetime,
+                   unmarked: Unmarked | None = None) -> Started:
     """One start: a batch of one, its error raised."""
-    outcome = start_workflows(services, [request], now)[0]
+    outcome = start_workflows(services, [request], now, unmarked)[0]
     if isinstance(outcome, ControllerError):
         raise outcome
     return outcome
@@ -75,9 +77,11 @@ class _Ready:
 
 
 @retry_lost_races  # a deadlock's victim rolled back: run again at once, not answered 503
-def start_workflows(services: Services, requests: Sequence[StartRequest], now: datetime) -> list[Outcome]:
+def start_workflows(services: Services, requests: Sequence[StartRequest], now: datetime,
+                    unmarked: Unmarked | None = None) -> list[Outcome]:
     """Every request's outcome, in order, from one transaction: what fails alone (unknown flow,
-    bad input, key reused with another body, correlation ID taken) is that item's error."""
+    bad input, key reused with another body, correlation ID taken) is that item's error.
+    `unmarked`: see `unit_of_work` (one commit per kickoff)."""
     outcomes: dict[int, Outcome] = {}
     ready: list[_Ready] = []
     for index, request in enumerate(requests):
@@ -89,18 +93,19 @@ def start_workflows(services: Services, requests: Sequence[StartRequest], now: d
         except ControllerError as exc:
             outcomes[index] = exc
     if ready:
-        outcomes.update(_record(services, ready, now))
+        outcomes.update(_record(services, ready, now, unmarked))
     return [outcomes[i] for i in range(len(requests))]
 
 
-def _record(services: Services, ready: list[_Ready], now: datetime) -> dict[int, Outcome]:
+def _record(services: Services, ready: list[_Ready], now: datetime,
+            unmarked: Unmarked | None) -> dict[int, Outcome]:
     try:
-        with unit_of_work(services, now, "api") as uow:
+        with unit_of_work(services, now, "api", unmarked) as uow:
             return _start_all(uow, ready)
     except IntegrityError:
         # A writer that took no lock won a race on a key or an ID (the locks make it rare): the
         # same decisions again see its row, which turns only the items it took into a 200 or a 409.
-        with unit_of_work(services, now, "api") as uow:
+        with unit_of_work(services, now, "api", unmarked) as uow:
             return _start_all(uow, ready)
 
 

@@ -13,8 +13,10 @@ from typing import Any
 
 import orjson
 import pytest
-from sqlalchemy import event
+from sqlalchemy import event, func, select
 
+from controller.service.unmarked import Unmarked
+from participants.runtime.tables import outbox as outbox_table
 from tests.integration.test_api import (
     ALICE,
     OTTO,
@@ -251,6 +253,9 @@ def _counting(api: Api) -> Counter[str]:
 
 
 def test_a_batch_costs_the_same_statements_and_one_commit_whatever_its_size(big: Api) -> None:
+    """The rows a kickoff published are marked sent by the next one, in its one transaction."""
+    use_unmarked(big, Unmarked(big.services.engine, 60.0))
+    batch(big, [item()])  # leaves its row for the next one to mark
     counts = _counting(big)
     batch(big, [item(idempotency_key=f"k-{uuid.uuid4().hex}") for _ in range(2)])
     small = dict(counts)
@@ -260,7 +265,32 @@ def test_a_batch_costs_the_same_statements_and_one_commit_whatever_its_size(big:
     if big.services.engine.dialect.name == "sqlite":  # no RETURNING in order from a multi-row insert
         assert (small.pop("INSERT INTO baton_outbox"), large.pop("INSERT INTO baton_outbox")) == (2, 200)
     assert large == small
-    assert small["COMMIT"] == 2, small  # the unit of work's, and the claim of its outbox rows
+    assert small["COMMIT"] == 1 and small["UPDATE baton_outbox SET"] == 1, small
+
+
+def test_published_rows_are_marked_sent_by_the_next_kickoff_or_when_idle(api: Api) -> None:
+    use_unmarked(api, Unmarked(api.services.engine, 0.2))
+    batch(api, [item(), item()])
+    assert _unsent(api) == 2
+    batch(api, [item()])
+    assert _unsent(api) == 1
+    wait = time.monotonic() + 10
+    while _unsent(api) and time.monotonic() < wait:
+        time.sleep(0.05)
+    assert _unsent(api) == 0
+    assert len(api.start_events()) == 3
+
+
+def use_unmarked(api: Api, unmarked: Unmarked) -> None:
+    api.client.application.extensions["baton_unmarked"] = unmarked
+    api.services.on_close(unmarked.close)
+
+
+def _unsent(api: Api) -> int:
+    with api.services.engine.connect() as conn:
+        found: int = conn.execute(select(func.count()).select_from(outbox_table)
+                                  .where(outbox_table.c.sent_at.is_(None))).scalar_one()
+    return found
 
 
 def test_concurrent_conflicting_batches_start_each_workflow_once(big: Api) -> None:
