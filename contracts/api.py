@@ -9,6 +9,7 @@ from typing import Any
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from contracts.envelope import CORRELATION_PATTERN
+from contracts.envelope_rules import NO_NUL_PATTERN
 from contracts.flows import Flow
 from contracts.jsonsafe import wide_integer_errors
 from contracts.statuses import Reason, WorkflowStatus
@@ -56,7 +57,8 @@ def start_body(check: InputCheck, base: type[StartBody] = StartBody) -> type[Sch
 class BatchItem(StartBody):
     """One start of a batch: a body of `POST /v1/workflows` and its own idempotency key."""
 
-    idempotency_key = fields.Str(validate=validate.Length(min=1, max=255))
+    idempotency_key = fields.Str(validate=[validate.Length(min=1, max=255), validate.Regexp(
+        NO_NUL_PATTERN, error="must not contain a NUL character")])
 
 
 MAX_BATCH = 1000

@@ -207,11 +207,27 @@ def _validate_input(registry: Registry, flow: Flow, data: dict[str, Any]) -> dic
     wide = wide_integer_errors(data, "input")
     if wide:
         raise InvalidInput("input holds integers JSON here cannot carry", wide)
+    nul: dict[str, object] = {f"input.{p}".rstrip("."): ["a NUL character, which the database cannot store"]
+           for p in _nul_paths(data)}
+    if nul:  # refused here, as this item's 422, rather than failing a batch's transaction
+        raise InvalidInput("input holds a NUL character", nul)
     try:
         return registry.validate(flow.start_event, registry.latest(flow.start_event), data)
     except InvalidMessage as exc:
         errors = {"input." + k.removeprefix("data."): v for k, v in exc.errors.items()}
         raise InvalidInput(f"input does not match the schema of {flow.start_event}", errors) from exc
+
+
+def _nul_paths(value: Any, path: str = "") -> list[str]:
+    """The dotted path of every string (or key) in `value` holding a NUL character."""
+    if isinstance(value, str):
+        return [path] if "\x00" in value else []
+    if isinstance(value, dict):
+        return [p for k, v in value.items()
+                for p in ([f"{path}{k}"] if "\x00" in k else _nul_paths(v, f"{path}{k}."))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in _nul_paths(v, f"{path}{i}.")]
+    return []
 
 
 def _attributes(flow: Flow, data: dict[str, Any]) -> dict[str, str]:

@@ -129,6 +129,15 @@ def test_an_items_problem_is_the_one_a_single_post_answers(api: Api) -> None:
     assert batch(api, [unknown])[0]["problem"] == assert_problem(api.post("/v1/workflows", unknown), 404)
 
 
+def test_a_nul_character_is_that_items_422_on_every_database(api: Api) -> None:
+    answers = batch(api, [item(input=order_input(customer_id="cust\x00a")), item(),
+                          item(idempotency_key="key\x00"), item(input={**order_input(), "x\x00": 1})])
+    assert statuses(answers) == [422, 201, 422, 422]
+    assert "input.customer_id" in answers[0]["problem"]["errors"]
+    assert "idempotency_key" in answers[2]["problem"]["errors"]
+    assert "input.x\x00" in answers[3]["problem"]["errors"]
+
+
 def test_an_empty_batch_answers_no_items(web: Api) -> None:
     assert batch(web, []) == []
 
