@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 
 from contracts.envelope import CORRELATION_PATTERN
+from contracts.envelope_rules import NO_NUL_PATTERN
 from contracts.flows import Flow
 from contracts.jsonsafe import wide_integer_errors
 from contracts.statuses import Reason, WorkflowStatus
@@ -30,21 +32,71 @@ class StartBody(Schema):
         CORRELATION_PATTERN, error="1 to 128 characters from [A-Za-z0-9._:-]"))
 
 
-# The errors of a flow's input, keyed `input.<field>`: none for a flow not loaded (a 404 later).
-InputErrors = Callable[[str, dict[str, Any]], dict[str, Any]]
+# A flow's input checked: its errors keyed `input.<field>`, and the input as validated when it has
+# none; neither for a flow not loaded (a 404 later).
+InputCheck = Callable[[str, dict[str, Any]], tuple[dict[str, Any], "dict[str, Any] | None"]]
+CHECKED = "checked_input"  # where a loaded start body keeps its input as validated
 
 
-def start_body(input_errors: InputErrors) -> type[Schema]:
+def start_body(check: InputCheck, base: type[StartBody] = StartBody) -> type[Schema]:
     """StartBody checking `input` against the flow's schema even when other fields are wrong,
-    so that one 422 names every bad field, the body's and `input.*` alike."""
+    so that one 422 names every bad field, the body's and `input.*` alike; the input as
+    validated is handed on under CHECKED, so that the start does not validate it again."""
     def check_input(schema: Schema, data: dict[str, Any], **kwargs: Any) -> None:
         if "flow" in data and "input" in data:  # both valid as fields
-            errors = input_errors(data["flow"], data["input"])
+            errors, checked = check(data["flow"], data["input"])
             if errors:
                 raise ValidationError(errors)
+            if checked is not None:
+                data[CHECKED] = checked  # `data` is what `load` returns
 
-    check = validates_schema(skip_on_field_errors=False)(check_input)
-    return type("StartBody", (StartBody,), {"_check_input": check})
+    validator = validates_schema(skip_on_field_errors=False)(check_input)
+    return type(base.__name__, (base,), {"_check_input": validator})
+
+
+class BatchItem(StartBody):
+    """One start of a batch: a body of `POST /v1/workflows` and its own idempotency key."""
+
+    idempotency_key = fields.Str(validate=[validate.Length(min=1, max=255), validate.Regexp(
+        NO_NUL_PATTERN, error="must not contain a NUL character")])
+
+
+MAX_BATCH = 1000
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A batch item that does not match its schema: its errors, answered as its 422."""
+
+    errors: dict[str, Any]
+
+
+class _OnItsOwn(fields.Raw):
+    """A batch item, loaded by `schema`: one that does not load is that item's `Refused`, not the
+    request's 422. So the document says any value is accepted here, and which values start."""
+
+    def __init__(self, schema: type[Schema]) -> None:
+        super().__init__(metadata={"anyOf": [
+            {"$ref": "#/components/schemas/BatchItem"},
+            {"description": "anything else: answered as this item's 422"}]})
+        self.schema = schema()
+
+    def deserialize(self, value: Any, attr: str | None = None, data: Any = None, **kwargs: Any) -> Any:
+        try:  # null too: an item like any other
+            return self.schema.load(value)
+        except ValidationError as exc:
+            messages = exc.messages if isinstance(exc.messages, dict) else {"_body": exc.messages}
+            return Refused(messages)
+
+
+def batch_body(check: InputCheck) -> type[Schema]:
+    """`{"workflows": [...]}`: up to MAX_BATCH items, each loaded on its own."""
+    item = start_body(check, BatchItem)
+    return type("BatchBody", (Schema,), {
+        "Meta": type("Meta", (), {"unknown": RAISE}),
+        "workflows": fields.List(_OnItsOwn(item), required=True, validate=validate.Length(max=MAX_BATCH),
+                                 metadata={"description": f"at most {MAX_BATCH} starts"}),
+    })
 
 
 class WorkflowFilter(Schema):
@@ -191,6 +243,18 @@ class Problem(Schema):
     status = fields.Int()
     detail = fields.Str()
     errors = fields.Dict()
+
+
+class BatchItemOut(Schema):
+    """One item's answer: its status and the workflow (201, 200) or the problem (404, 409, 422)."""
+
+    status = fields.Int(validate=validate.OneOf([201, 200, 404, 409, 422]))
+    workflow = fields.Nested(WorkflowOut)
+    problem = fields.Nested(Problem)
+
+
+class BatchOut(Schema):
+    items = fields.List(fields.Nested(BatchItemOut), metadata={"description": "in request order"})
 
 
 class InterventionBody(Schema):

@@ -8,6 +8,7 @@ from flask import Flask, Response, request
 
 from config.logging import configure_logging
 from config.settings import Settings, SettingsError, load_settings
+from contracts.api import BatchItem
 from contracts.errors import FlowDefinitionError
 from controller.api import flows as routes_flows
 from controller.api import health as routes_health
@@ -48,6 +49,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     app.extensions["baton_admission"] = Admission(services.redis, services.keys, settings.max_backlog)
     api = problems.ProblemApi(app, spec_kwargs={"components": {"securitySchemes": {
         "bearer": {"type": "http", "scheme": "bearer"}}}, "security": [{"bearer": []}]})
+    api.spec.components.schema("BatchItem", schema=BatchItem)  # what a batch's item may be
     api.register_blueprint(routes_workflows.blueprint(services.catalog, services.registry))
     api.register_blueprint(routes_interventions.blueprint(services.catalog))
     api.register_blueprint(routes_flows.blp)

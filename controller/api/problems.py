@@ -29,12 +29,27 @@ BODY = (413, 415)
 
 def problem(status: int, title: str, detail: str, errors: Any = None,
             headers: dict[str, str] | None = None) -> Response:
+    response = Response(status=status, mimetype=PROBLEM, headers=headers)
+    response.set_data(_json(problem_body(status, title, detail, errors)))
+    return response
+
+
+def problem_body(status: int, title: str, detail: str, errors: Any = None) -> dict[str, Any]:
+    """The problem document itself: also each refused item of a batch."""
     body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     if errors:
         body["errors"] = flatten(errors) if isinstance(errors, dict) else {"_body": errors}
-    response = Response(status=status, mimetype=PROBLEM, headers=headers)
-    response.set_data(_json(body))
-    return response
+    return body
+
+
+def of_error(exc: ControllerError) -> dict[str, Any]:
+    return problem_body(exc.status, exc.title, exc.detail, exc.errors)
+
+
+def schema_mismatch(errors: Any) -> str:
+    """The detail of a 422 from a schema: every field it names."""
+    names = flatten(errors) if isinstance(errors, dict) else map(str, errors)
+    return "the request does not match its schema: " + ", ".join(names)
 
 
 def may_answer(blp: Blueprint, *statuses: int) -> Callable[[F], F]:
@@ -86,8 +101,7 @@ class ProblemApi(Api):
         status = error.code or 500
         detail = data.get("message") or error.description or error.name
         if status == 422 and errors:
-            names = flatten(errors) if isinstance(errors, dict) else map(str, errors)
-            detail = "the request does not match its schema: " + ", ".join(names)
+            detail = schema_mismatch(errors)
         return problem(status, error.name, str(detail), errors, data.get("headers"))
 
 

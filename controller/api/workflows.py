@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from flask import current_app, request
+from flask import current_app
 from flask_smorest import Blueprint
 from marshmallow import RAISE
 
@@ -13,21 +13,19 @@ from config.flows import Catalog
 from contracts.api import (
     ListQuery,
     PageQuery,
-    Problem,
     TimelinePage,
     WorkflowOut,
     WorkflowPage,
     list_query,
-    start_body,
 )
 from contracts.payloads import Registry
 from contracts.timefmt import utcnow
-from controller.api.auth import OPERATOR, READERS, STARTER, current_actor, requires
-from controller.api.problems import BODY, PROBLEM, may_answer
+from controller.api import starts
+from controller.api.auth import READERS, current_actor, requires
+from controller.api.problems import may_answer
 from controller.db import views
-from controller.domain.errors import InvalidInput
 from controller.service.bootstrap import Services
-from controller.service.start import StartRequest, input_errors, start_workflow
+from controller.service.start import check_input
 
 _FILTERS = set(ListQuery().fields)
 
@@ -35,20 +33,11 @@ _FILTERS = set(ListQuery().fields)
 def blueprint(catalog: Catalog, registry: Registry) -> Blueprint:
     """The routes, their schemas completed from the loaded flows: a start's input is checked with
     the rest of its body; the list filters by each search attribute they declare."""
-    blp = Blueprint("workflows", __name__, url_prefix="/v1/workflows", description="Workflows")
+    blp = Blueprint("workflows", __name__, url_prefix="/v1", description="Workflows")
 
-    @blp.route("", methods=["POST"])
-    @requires(STARTER, OPERATOR)
-    @blp.arguments(start_body(partial(input_errors, catalog, registry)))
-    @blp.response(201, WorkflowOut)
-    @blp.alt_response(200, schema=WorkflowOut, description="The same Idempotency-Key and body again")
-    @blp.alt_response(429, schema=Problem, content_type=PROBLEM, description="The consumers "
-                      "are too far behind: retry after `Retry-After` seconds (BATON_MAX_BACKLOG)")
-    @may_answer(blp, 401, 403, 404, 409, *BODY, 503)
-    def start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
-        return _start(body)
+    starts.routes(blp, partial(check_input, catalog, registry))  # the POSTs
 
-    @blp.route("", methods=["GET"])
+    @blp.route("/workflows", methods=["GET"])
     @requires(*READERS)
     @blp.arguments(list_query(catalog.flows.values()), location="query", unknown=RAISE)
     @blp.response(200, WorkflowPage)
@@ -56,14 +45,14 @@ def blueprint(catalog: Catalog, registry: Registry) -> Blueprint:
     def list_workflows(query: dict[str, Any]) -> dict[str, Any]:
         return _list(query)
 
-    @blp.route("/<cid>", methods=["GET"])
+    @blp.route("/workflows/<cid>", methods=["GET"])
     @requires(*READERS)
     @blp.response(200, WorkflowOut)
     @may_answer(blp, 401, 404, 503)
     def get_workflow(cid: str) -> dict[str, Any]:
         return _get(cid)
 
-    @blp.route("/<cid>/timeline", methods=["GET"])
+    @blp.route("/workflows/<cid>/timeline", methods=["GET"])
     @requires(*READERS)
     @blp.arguments(PageQuery, location="query", unknown=RAISE)
     @blp.response(200, TimelinePage)
@@ -77,25 +66,6 @@ def blueprint(catalog: Catalog, registry: Registry) -> Blueprint:
 def _services() -> Services:
     services: Services = current_app.extensions["baton"]
     return services
-
-
-def _start(body: dict[str, Any]) -> tuple[dict[str, Any], int, dict[str, str]]:
-    services, actor = _services(), current_actor()
-    current_app.extensions["baton_admission"].check()
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not 1 <= len(key) <= 255:
-        raise InvalidInput("Idempotency-Key must be 1 to 255 characters",
-                           {"Idempotency-Key": ["1 to 255 characters"]})
-    req = StartRequest(flow=body["flow"], input=body["input"], actor=actor.name,
-                       sla_seconds=body.get("sla_seconds"),
-                       correlation_id=body.get("correlation_id"), idempotency_key=key)
-    started = start_workflow(services, req, utcnow())
-    body_out = started.view
-    if body_out is None:  # a replay: as stored
-        with services.engine.connect() as conn:
-            body_out = views.workflow(conn, services.catalog, started.correlation_id)
-    location = {"Location": f"/v1/workflows/{started.correlation_id}"}
-    return body_out, 201 if started.created else 200, location
 
 
 def _list(query: dict[str, Any]) -> dict[str, Any]:

@@ -103,24 +103,42 @@ _LOAD = (
 )
 
 
-def early_messages(conn: Connection, correlation_id: str) -> list[Envelope]:
-    """Events recorded for a correlation ID before its workflow started, in arrival order."""
-    return [
-        Envelope(m.id, m.kind, m.type, m.version, m.correlation_id, m.causation_id, m.occurred_at,
-                 m.source, m.data)
-        for m in conn.execute(_EARLY, {"cid": correlation_id})
-    ]
+def early_messages_of(conn: Connection, correlation_ids: list[str]) -> dict[str, list[Envelope]]:
+    """Events recorded for these correlation IDs before their workflows started, each ID's in
+    arrival order: one query however many."""
+    found: dict[str, list[Envelope]] = {}
+    if not correlation_ids:
+        return found
+    for m in conn.execute(_EARLY, {"cids": correlation_ids}):
+        found.setdefault(m.correlation_id, []).append(Envelope(
+            m.id, m.kind, m.type, m.version, m.correlation_id, m.causation_id, m.occurred_at,
+            m.source, m.data))
+    return found
 
 
-_EARLY = select(messages).where(messages.c.correlation_id == bindparam("cid"),
-                                messages.c.kind == EVENT).order_by(messages.c.seq)
+_EARLY = select(messages).where(_in_batch(messages), messages.c.kind == EVENT).order_by(messages.c.seq)
 
 
-def started_with_key(conn: Connection, actor: str, idempotency_key: str) -> tuple[str, str] | None:
-    """The correlation ID and request hash of the workflow `actor` started with this key."""
-    row = conn.execute(select(workflows.c.correlation_id, workflows.c.request_hash).where(
-        workflows.c.started_by == actor, workflows.c.idempotency_key == idempotency_key)).first()
-    return None if row is None else (row.correlation_id, row.request_hash)
+def taken(conn: Connection, correlation_ids: list[str]) -> set[str]:
+    """Those of these correlation IDs a workflow has."""
+    return set(conn.execute(_TAKEN, {"cids": correlation_ids}).scalars())
+
+
+_TAKEN = select(workflows.c.correlation_id).where(_in_batch(workflows))
+
+
+def started_with_keys(conn: Connection, actor: str, keys: list[str]) -> dict[str, tuple[str, str]]:
+    """By idempotency key: the correlation ID and request hash of the workflow `actor` started
+    with it, for those of `keys` it used."""
+    if not keys:
+        return {}
+    rows = conn.execute(_KEYED, {"actor": actor, "keys": keys})
+    return {r.idempotency_key: (r.correlation_id, r.request_hash) for r in rows}
+
+
+_KEYED = select(workflows.c.idempotency_key, workflows.c.correlation_id, workflows.c.request_hash).where(
+    workflows.c.started_by == bindparam("actor"),
+    workflows.c.idempotency_key.in_(bindparam("keys", expanding=True)))
 
 
 def insert_workflows(conn: Connection, new: list[tuple[lifecycle.Workflow, dict[str, Any]]],

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from redis import Redis
 from sqlalchemy import Engine
@@ -31,7 +32,15 @@ class Services:
         """RQ's Redis (sweeps, alerts): one server, `redis` itself unless REDIS_URL is a cluster."""
         return self.rq_redis if self.rq_redis is not None else self.redis
 
+    _closing: list[Callable[[], None]] = field(default_factory=list, repr=False)
+
+    def on_close(self, action: Callable[[], None]) -> None:
+        """Run `action` first when the services close (while the database is still there)."""
+        self._closing.append(action)
+
     def close(self) -> None:
+        for action in self._closing:
+            action()
         self.redis.close()
         if self.rq_redis is not None:
             self.rq_redis.close()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+import redis
 import structlog
 from sqlalchemy import Connection
 
@@ -34,6 +35,7 @@ from controller.reporting import facts as rf
 from controller.reporting import store as report_store
 from controller.service import effects
 from controller.service.bootstrap import Services
+from controller.service.unmarked import Unmarked
 from participants.runtime import outbox
 from participants.runtime.faults import crash_point
 
@@ -147,29 +149,54 @@ class UnitOfWork:
             return
         store.insert_workflows(self.conn, [(n.workflow, n.columns) for n in self._new],
                                {n.workflow.correlation_id: n.attributes for n in self._new})
+        report_store.workflows_saved(self.conn, [({}, rf.of_workflow(n.workflow))
+                                                 for n in self._new if not n.early])
         for n in self._new:
-            report_store.workflow_inserted(self.conn, n.workflow, early=n.early)
+            if n.early:  # its facts, and the transitions among the messages recorded before it
+                report_store.workflow_inserted(self.conn, n.workflow)
 
     def correlation_ids(self) -> list[str]:
         return sorted({*self._loaded, *(n.workflow.correlation_id for n in self._new)})
 
 
 @contextmanager
-def unit_of_work(services: Services, now: datetime, name: str) -> Iterator[UnitOfWork]:
+def unit_of_work(services: Services, now: datetime, name: str,
+                 unmarked: Unmarked | None = None) -> Iterator[UnitOfWork]:
     """A transaction of its own, committed when the block ends without an exception (rolled back
     otherwise), then its messages published; what fails to publish stays in the outbox for the
-    relay. `<name>.before_commit` and `<name>.after_commit` are crash points (tests only)."""
-    points = services.settings.crash_points
-    with services.engine.begin() as conn:
-        uow = UnitOfWork(conn, services.catalog, services.registry, now)
-        yield uow
-        cids = uow.correlation_ids()
-        sent = uow.flush()
-        crash_point(f"{name}.before_commit", points if sent else ())
-        pending = outbox.enqueue(conn, services.keys, sent, now)
+    relay. With `unmarked` (the API's kickoffs), the rows published earlier are marked sent in
+    this transaction and this unit's are left to the next: one commit, not two (see
+    `unmarked.py`). `<name>.before_commit` and `<name>.after_commit` are crash points (tests only)."""
+    points, marking = services.settings.crash_points, unmarked.take() if unmarked else []
+    try:
+        with services.engine.begin() as conn:
+            uow = UnitOfWork(conn, services.catalog, services.registry, now)
+            yield uow
+            cids = uow.correlation_ids()
+            sent = uow.flush()
+            outbox.mark_sent(conn, marking)
+            crash_point(f"{name}.before_commit", points if sent else ())
+            pending = outbox.enqueue(conn, services.keys, sent, now)
+    except BaseException:
+        if unmarked:
+            unmarked.add(marking)  # still to mark: by the next unit
+        raise
     crash_point(f"{name}.after_commit", points if pending else ())
     with _bound(cids):
-        outbox.publish_or_leave(services.engine, services.redis, pending, points)
+        if unmarked is None:
+            outbox.publish_or_leave(services.engine, services.redis, pending, points)
+        else:
+            _send(services, pending, unmarked)
+
+
+def _send(services: Services, pending: list[outbox.Pending], unmarked: Unmarked) -> None:
+    try:
+        outbox.send(services.redis, pending, services.settings.crash_points)
+    except redis.RedisError as exc:
+        log.warning("publish after commit failed; the relay will send it", error=repr(exc)[:200],
+                    messages=len(pending))
+        return
+    unmarked.add([p.seq for p in pending])
 
 
 def _bound(cids: list[str]) -> Any:

@@ -35,7 +35,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 MAX_EXAMPLES = {"positive": 15, "negative": 10}
 # Operations that must be in the document, whatever else is added later.
 REQUIRED = {
-    "POST /v1/workflows", "GET /v1/workflows", "GET /v1/workflows/{cid}",
+    "POST /v1/workflows", "POST /v1/workflows:batch", "GET /v1/workflows", "GET /v1/workflows/{cid}",
     "GET /v1/workflows/{cid}/timeline", "POST /v1/workflows/{cid}/cancel",
     "POST /v1/workflows/{cid}/compensate", "POST /v1/workflows/{cid}/retry",
     "POST /v1/workflows/{cid}/steps/{step}/skip", "POST /v1/workflows/{cid}/pause",
@@ -51,6 +51,7 @@ REQUIRED = {
 INTERVENTION = {400, 401, 403, 404, 409, 413, 415, 422, 503}
 PROBLEMS = {
     "POST /v1/workflows": {400, 401, 403, 404, 409, 413, 415, 422, 429, 503},
+    "POST /v1/workflows:batch": {400, 401, 403, 413, 415, 422, 429, 503},
     "GET /v1/workflows": {400, 401, 422, 503},
     "GET /v1/workflows/{cid}": {400, 401, 404, 503},
     "GET /v1/workflows/{cid}/timeline": {400, 401, 404, 422, 503},
