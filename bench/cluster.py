@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="where to write the figures")
     args = parser.parse_args(argv)
     cfg = tp.Settings(quick=True, warmup=args.warmup, closed_seconds=args.seconds, open_seconds=0,
-                      rate=0, window=args.window, drain_timeout=60)
+                      rates=(), window=args.window, drain_timeout=60)
     servers = make_servers()
     results: list[dict[str, Any]] = []
     try:

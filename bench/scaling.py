@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     cfg = Settings(quick=False, warmup=args.warmup, closed_seconds=args.seconds, open_seconds=0,
-                   rate=0, window=args.window, drain_timeout=max(10.0, 2 * args.seconds))
+                   rates=(), window=args.window, drain_timeout=max(10.0, 2 * args.seconds))
     for n in sizes:
         throughput.FACTORIES[scenario_name(n)] = partial(ReplicatedBaton, replicas=n)
     servers = make_servers()
