@@ -13,58 +13,57 @@ hash slot, per-node pipelines), not what more machines would give. See bench/REA
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
-import redis
+from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.cluster import RedisCluster as AsyncCluster
 
 from bench import throughput as tp
-from bench.load import Watcher, closed_loop
+from bench.load import Watcher
 from bench.servers import HOST, Servers, make_servers
-from participants.runtime.connect import by_slot, connect
+from config import redis_urls
 from tests.cluster import Cluster
 
 
 class SlotWatcher(Watcher):
-    """bench.load's Watcher, reading its streams one hash slot at a time (a cluster refuses a
-    read across slots)."""
+    """bench.load's Watcher, reading its streams one at a time (a cluster refuses a read across
+    hash slots)."""
 
-    def run(self) -> None:
-        client = connect(self.url)
+    async def _run(self) -> None:
+        parsed = redis_urls.parse_cluster(self.url)
+        client = AsyncCluster(startup_nodes=[ClusterNode(h, p) for h, p in parsed.nodes])
         try:
-            while not self.halt.is_set():
-                for streams in by_slot(client, list(self.streams)):
-                    reply: Any = client.xread({s: self.streams[s] for s in streams},
-                                              count=2000, block=20)
-                    self._record(reply or [], time.perf_counter())
-        except BaseException as exc:  # surfaced by the harness
+            while not self._halt:
+                found = False
+                for stream in list(self.streams):
+                    reply: Any = await client.xread({stream: self.streams[stream]}, count=5000)
+                    found = self._record(reply or [], time.perf_counter()) or found
+                if not found:
+                    await asyncio.sleep(0.02)
+        except Exception as exc:  # surfaced by the harness
             self.error = exc
         finally:
-            client.close()
+            await client.aclose()
 
-    def _record(self, reply: list[Any], now: float) -> None:
+    def _record(self, reply: list[Any], now: float) -> bool:
         for stream_b, entries in reply:
             stream = stream_b.decode()
             self.streams[stream] = entries[-1][0]
             for _, fields in entries:
-                cid = fields.get(b"correlation_id", b"").decode()
-                if cid in self.done or cid in self.failed:
-                    continue
-                if stream in self.done_streams:
-                    self.done[cid] = now
-                else:
-                    self.failed[cid] = stream
-                if self.on_finish and cid in self.kicked:
-                    self.on_finish()
+                self._seen(fields.get(b"correlation_id", b"").decode(), stream, now)
+        return bool(reply)
 
 
+@dataclass
 class OnCluster(tp.BatonScenario):
     """`baton-pg` with REDIS_URL a cluster (its `servers.redis_url`), RQ on the single server;
     the cluster's nodes count as `redis` in the CPU figures."""
@@ -76,63 +75,27 @@ class OnCluster(tp.BatonScenario):
         for pid in self.node_pids:
             self.kinds.add("redis", pid)
 
-    def wait_groups(self, wanted: list[tuple[str, str]], timeout: float = 90) -> None:
-        client = connect(self.servers.redis_url, decode_responses=True)
-        deadline = time.monotonic() + timeout
-        try:
-            while True:
-                self.check_alive()
-                missing = [(s, g) for s, g in wanted if g not in _groups(client, s)]
-                if not missing:
-                    return
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.name}: consumer groups missing: {missing}")
-                time.sleep(0.1)
-        finally:
-            client.close()
-
-
-def _groups(client: redis.Redis, stream: str) -> set[str]:
-    try:
-        return {g["name"] for g in client.xinfo_groups(stream)}
-    except redis.ResponseError:
-        return set()
+    def make_watcher(self) -> Watcher:
+        return SlotWatcher(self.servers.redis_url, self.done_streams(), self.fail_streams())
 
 
 def measure(name: str, servers: Servers, cfg: tp.Settings, cluster: Cluster | None) -> dict[str, Any]:
-    """One closed-loop run of the whole system; the figures bench.throughput reports for it."""
-    tmp = servers.tmp / name
-    tmp.mkdir()
-    sc: tp.BatonScenario = tp.BatonScenario(name, servers, tmp)
-    if cluster:
-        rq = {"BATON_RQ_REDIS_URL": servers.redis_url}
-        sc = OnCluster(name, dataclasses.replace(servers, redis_url=cluster.url), tmp, extra_env=rq)
-        sc.node_pids = tuple(p.pid for p in cluster.procs.values())
-    watcher = SlotWatcher(sc.servers.redis_url, sc.done_streams(), sc.fail_streams())
+    """One closed-loop run of the whole system (bench.throughput's run_scenario); its figures."""
+    def on_cluster(name: str, servers: Servers, tmp: Path, **options: Any) -> OnCluster:
+        assert cluster is not None
+        env = {**options.pop("extra_env", {}), "BATON_RQ_REDIS_URL": servers.redis_url}
+        return OnCluster(name, dataclasses.replace(servers, redis_url=cluster.url), tmp,
+                         extra_env=env, node_pids=tuple(p.pid for p in cluster.procs.values()),
+                         **options)
+
+    tp.FACTORIES[name] = on_cluster if cluster else tp.BatonScenario
     try:
-        sc.start()
-        watcher.start()
-        probe = tp.new_cid()
-        watcher.kicked[probe] = time.perf_counter()
-        sc.kick(probe)
-        if watcher.wait_for([probe], 90):
-            raise RuntimeError(f"{name}: the probe workflow did not finish in 90 s")
-        sc.kinds.window_start()
-        me, me0 = psutil.Process(), sum(psutil.Process().cpu_times()[:2])
-        phase = closed_loop(sc.kick, watcher, tp.new_cid, window=cfg.window, threads=sc.kick_threads,
-                            warmup=cfg.warmup, duration=cfg.closed_seconds,
-                            on_window=lambda edge: None)
-        still_open = watcher.wait_for(phase.kicked, cfg.drain_timeout)
-        cpu = sc.kinds.window_end()
-        summary = tp._summarise(phase, watcher, cpu, sum(me.cpu_times()[:2]) - me0, sc.kinds,
-                                still_open)
-        summary["scenario"] = name
-        tp._progress(name, summary)
-        return summary
+        result = tp.run_scenario(name, servers, cfg, with_open=False)
     finally:
-        watcher.halt.set()
-        sc.stop()
         _drop_databases(servers)
+    if "error" in result or not result["phases"]:
+        raise RuntimeError(f"{name}: {result.get('error', 'no phase measured')}")
+    return {**result["phases"][0], "scenario": name}
 
 
 def _drop_databases(servers: Servers) -> None:

@@ -58,6 +58,7 @@ from bench.load import Loop, Phase, Sent, Watcher, closed_loop, open_loop, perce
 from bench.measure import Kinds
 from bench.servers import Servers, free_port, make_servers, pg_bin
 from controller.cli.procfile import Processes, procfile_lines
+from participants.runtime.connect import connect
 from participants.runtime.db import make_engine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,6 +146,10 @@ class Scenario:
     def checks(self, accepted: list[str], watcher: Watcher) -> dict[str, Any]:
         return {}
 
+    def make_watcher(self) -> Watcher:
+        """What reads the finished workflows' streams (bench/cluster.py reads a cluster's)."""
+        return Watcher(self.servers.redis_url, self.done_streams(), self.fail_streams())
+
     def python_pids(self) -> dict[str, list[int]]:
         """Processes worth profiling, by kind."""
         return {}
@@ -179,7 +184,7 @@ class Scenario:
             raise RuntimeError(f"{self.name}: {sorted(dead)} exited early ({dead}); {name}.log:\n{log}")
 
     def wait_groups(self, wanted: list[tuple[str, str]], timeout: float = 90) -> None:
-        client = redis.Redis.from_url(self.servers.redis_url, decode_responses=True)
+        client = connect(self.servers.redis_url, decode_responses=True)
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -376,7 +381,7 @@ class BatonScenario(Scenario):
         out["accepted_missing_in_db"] = sum(1 for c in accepted if c not in found)
         out["accepted_not_completed_in_db"] = len(not_completed)
         out["not_completed_examples"] = {c: found.get(c) for c in not_completed[:5]}
-        client = redis.Redis.from_url(self.servers.redis_url, decode_responses=True)
+        client = connect(self.servers.redis_url, decode_responses=True)
         try:
             out["dead_letters"] = {k: client.xlen(k) for k in client.scan_iter(f"{self.prefix}:dead:*")}
         finally:
@@ -593,7 +598,7 @@ def run_scenario(name: str, servers: Servers, cfg: Settings, with_open: bool) ->
     result: dict[str, Any] = {"scenario": name, "phases": [], "batch": sc.batch}
     t_start = time.monotonic()
     loop = Loop()
-    watcher = Watcher(servers.redis_url, sc.done_streams(), sc.fail_streams())
+    watcher = sc.make_watcher()
     try:
         sc.start()
         result["startup_s"] = round(time.monotonic() - t_start, 1)

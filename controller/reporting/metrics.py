@@ -152,7 +152,9 @@ def _buckets(row: Any) -> tuple[list[tuple[str, float]], float]:
 def outbox_families(conn: Connection, now: datetime) -> list[Metric]:
     n, oldest = conn.execute(select(func.count(), func.min(outbox.c.created_at))
                              .where(outbox.c.sent_at.is_(None))).one()
-    backlog = GaugeMetricFamily("baton_outbox_backlog", "Outbox rows not yet marked sent (a kickoff's are marked within 1 s of their XADD)", value=n)
+    backlog = GaugeMetricFamily(
+        "baton_outbox_backlog",
+        "Outbox rows not yet marked sent (a kickoff's are marked within 1 s of their XADD)", value=n)
     age = GaugeMetricFamily("baton_outbox_oldest_unsent_seconds",
                             "Age of the oldest unpublished outbox row (0 when none)",
                             value=(now - oldest).total_seconds() if oldest else 0.0)
