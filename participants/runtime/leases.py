@@ -47,14 +47,22 @@ class Leases:
     ttl: float  # seconds: a crashed consumer's partitions move after this
     owned: set[str] = field(default_factory=set)
     _next: float = 0.0
+    _valid_until: float = 0.0  # monotonic: `owned` is trusted until then (half a TTL after a refresh)
 
     def due(self) -> bool:
         return bool(self.partitions) and time.monotonic() >= self._next
 
+    def held(self) -> set[str]:
+        """The partitions this consumer may read now. A consumer that could not refresh in time
+        (a long batch, a stalled machine) reads none of them until it has: its leases may have
+        expired and been taken, and two readers of one partition would break the order per key."""
+        return self.owned if time.monotonic() < self._valid_until else set()
+
     def refresh(self) -> list[str]:
         """Beat, keep this consumer's share and take what of it is free; returns the partitions
         newly taken, in order, whose pending entries the caller handles first."""
-        self._next = time.monotonic() + self.ttl / 3
+        began = time.monotonic()
+        self._next = began + self.ttl / 3
         mine = share(self.partitions, self._live(), self.consumer)
         ttl_ms = str(int(self.ttl * 1000))
         keep = [p for p in self.partitions if p in self.owned and p in mine]
@@ -71,6 +79,7 @@ class Leases:
         kept = {p for p, ok in zip(keep, replies[:len(keep)], strict=True) if ok}
         taken = [p for p, ok in zip(take, replies[len(keep) + len(drop):], strict=True) if ok]
         self.owned = kept | set(taken)
+        self._valid_until = began + self.ttl / 2  # each lease was set or renewed after `began`
         if len(self.owned) < len(mine):  # its share is still held by the one handing it over:
             self._next = time.monotonic() + min(self.ttl / 3, RETRY_TAKE)  # not idle for a third
         return taken

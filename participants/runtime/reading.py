@@ -68,7 +68,7 @@ class Reader:
         of partitioned types, of which only those it holds the lease of (`leases`)."""
         if not self.leases.partitions:
             return self._streams
-        owned, partitions = self.leases.owned, set(self.leases.partitions)
+        owned, partitions = self.leases.held(), set(self.leases.partitions)
         return [s for s in self._streams if s in owned or s not in partitions]
 
     def read(self, start: str, block: int | None = None, count: int | None = None) -> list[Entry]:

@@ -4,7 +4,8 @@ each live consumer of a group reads."""
 
 from __future__ import annotations
 
-from typing import Any
+import time
+from typing import Any, cast
 
 import pytest
 
@@ -12,7 +13,7 @@ from contracts.declarations import declare, read_messages
 from contracts.errors import FlowDefinitionError
 from contracts.registry import default_registry
 from contracts.streams import Keys, Partitioning, partition_of
-from participants.runtime.leases import share
+from participants.runtime.leases import Leases, share
 
 # (key, partitions, n): the vectors docs/wire-format.md gives authors in other languages.
 VECTORS = [
@@ -111,3 +112,14 @@ def test_the_live_consumers_share_the_partitions_round_robin() -> None:
     assert set().union(*shares.values()) == set(partitions)
     assert not shares["a"] & shares["b"] and not shares["b"] & shares["c"]
     assert share(partitions, [], "a") == set(partitions)  # alone, before its first beat is seen
+
+
+def test_a_consumer_that_missed_its_refresh_reads_none_of_its_partitions() -> None:
+    """Its leases may have expired and been taken by another copy meanwhile: reading on would put
+    two readers on one partition (the entries of one key handled out of order)."""
+    leases = Leases(cast(Any, None), Keys("t"), "g", "c1", ["t:event:x:0", "t:event:x:1"], ttl=3.0,
+                    owned={"t:event:x:0"})
+    leases._valid_until = time.monotonic() + 1.0
+    assert leases.held() == {"t:event:x:0"}
+    leases._valid_until = time.monotonic() - 0.001
+    assert leases.held() == set()
