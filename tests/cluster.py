@@ -24,7 +24,8 @@ import redis
 HOST = "127.0.0.1"
 # BATON_TEST_REDIS_CLUSTER=1: the tests' `redis_url` is a cluster (tests/conftest.py)
 ON_CLUSTER = os.environ.get("BATON_TEST_REDIS_CLUSTER") == "1"
-plain_redis_only = pytest.mark.skipif(ON_CLUSTER, reason="wraps redis.Redis, a single server's client")
+# Wraps redis.Redis, a single server's client: deselected (not skipped) when ON_CLUSTER (conftest).
+plain_redis_only = pytest.mark.plain_redis_only
 NODE_TIMEOUT_MS = 1000  # a failover in about two seconds
 
 

@@ -25,8 +25,14 @@ HERE = Path(__file__).parent
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Mark each test with its folder's tier; a test outside the tiers' folders is an error."""
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark each test with its folder's tier; a test outside the tiers' folders is an error. On
+    a cluster (BATON_TEST_REDIS_CLUSTER=1) the plain_redis_only tests are deselected, not skipped."""
+    if os.environ.get("BATON_TEST_REDIS_CLUSTER") == "1":
+        gone = [i for i in items if i.get_closest_marker("plain_redis_only")]
+        if gone:
+            config.hook.pytest_deselected(items=gone)
+            items[:] = [i for i in items if i not in gone]
     for item in items:
         parts = item.path.relative_to(HERE).parts if item.path.is_relative_to(HERE) else ()
         if not parts:
