@@ -215,6 +215,7 @@ class Chaos:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             proc.wait()
+            _wait_dead(family)  # a dying gunicorn worker still holds the port
             self.killed.add(name)
         self.figures.kills[name] += 1
         self.log(f"kill -9 {name} ({len(family)} processes)")
@@ -433,6 +434,13 @@ class Chaos:
         if hasattr(self, "engine"):
             self.engine.dispose()
         self.servers.close(keep=self.config.keep)
+
+
+def _wait_dead(pids: set[int], timeout: float = 10.0) -> None:
+    """Until every one of `pids` is gone or a zombie (whose sockets are closed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_state(pid) not in ("X", "Z") for pid in pids):
+        time.sleep(0.02)
 
 
 def _state(pid: int) -> str:
