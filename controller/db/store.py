@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
+import orjson
 from sqlalchemy import Connection, Table, bindparam, insert, select, text, update
 
 from contracts.envelope import EVENT, Envelope
+from controller.db import bulk
 from controller.db.tables import attributes, audit, compensations, messages, steps, workflows
 from controller.domain import lifecycle
 from participants.runtime.db import upsert
@@ -48,13 +50,19 @@ def record_messages(conn: Connection, batch: Iterable[Envelope], received_at: da
     fresh = {m.id: m for m in batch}
     if not fresh:
         return []
-    rows = [{
-        "id": m.id, "correlation_id": m.correlation_id, "kind": m.kind, "type": m.type,
-        "version": m.version, "source": m.source, "causation_id": m.causation_id,
-        "occurred_at": m.occurred_at, "received_at": received_at, "target": m.target, "data": m.data,
-    } for m in fresh.values()]
-    added = set(conn.execute(_record_statement(conn.dialect.name), rows).scalars())
+    rows = [(m.id, m.correlation_id, m.kind, m.type, m.version, m.source, m.causation_id,
+             m.occurred_at, received_at, m.target, m.data) for m in fresh.values()]
+    if conn.dialect.name == "postgresql":
+        added = {r[0] for r in bulk.insert(conn, messages, _MESSAGE, rows,
+                                           "ON CONFLICT (id) DO NOTHING RETURNING id")}
+    else:
+        added = set(conn.execute(_record_statement(conn.dialect.name),
+                                 [dict(zip(_MESSAGE, r, strict=True)) for r in rows]).scalars())
     return [m for m in fresh.values() if m.id in added]
+
+
+_MESSAGE = ("id", "correlation_id", "kind", "type", "version", "source", "causation_id",
+            "occurred_at", "received_at", "target", "data")
 
 
 @cache
@@ -68,9 +76,13 @@ def load(conn: Connection, correlation_id: str) -> lifecycle.Workflow | None:
 
 def load_many(conn: Connection, correlation_ids: Iterable[str]) -> dict[str, lifecycle.Workflow]:
     """The workflows of these correlation IDs that exist, each with its steps, compensations and
-    the first event of each type it has seen: four queries, however many workflows."""
+    the first event of each type it has seen: one query on PostgreSQL, four on SQLite, however
+    many workflows."""
+    cids = sorted(set(correlation_ids))
+    if conn.dialect.name == "postgresql":
+        return _load_pg(conn, cids) if cids else {}
     found: dict[str, lifecycle.Workflow] = {}
-    for row in conn.execute(_LOAD[0], {"cids": sorted(set(correlation_ids))}):
+    for row in conn.execute(_LOAD[0], {"cids": cids}):
         found[row.correlation_id] = lifecycle.Workflow(
             row.correlation_id, row.flow, row.flow_version, row.started_at, row.start_message_id,
             status=row.status, reason=row.reason, deadline=row.deadline, finished_at=row.finished_at,
@@ -78,15 +90,63 @@ def load_many(conn: Connection, correlation_ids: Iterable[str]) -> dict[str, lif
         )
     if not found:
         return found
-    cids = {"cids": sorted(found)}
-    for s in conn.execute(_LOAD[1], cids):
+    params = {"cids": sorted(found)}
+    for s in conn.execute(_LOAD[1], params):
         found[s.correlation_id].steps[s.name] = lifecycle.Step(**_fields(s, lifecycle.Step))
-    for c in conn.execute(_LOAD[2], cids):
+    for c in conn.execute(_LOAD[2], params):
         found[c.correlation_id].compensations[c.step] = lifecycle.Compensation(
             **_fields(c, lifecycle.Compensation))
-    for m in conn.execute(_LOAD[3], cids):
+    for m in conn.execute(_LOAD[3], params):
         found[m.correlation_id].seen.setdefault(m.type, (m.id, m.data))
     return found
+
+
+def _load_pg(conn: Connection, cids: list[str]) -> dict[str, lifecycle.Workflow]:
+    """PostgreSQL: each workflow in one row, its steps, compensations and first events of each
+    type as JSON arrays (times as ISO text): one query, which psycopg prepares."""
+    found: dict[str, lifecycle.Workflow] = {}
+    with bulk.cursor(conn) as cur:
+        cur.execute(_LOAD_PG, (cids,))
+        for (cid, flow, version, started_at, start_id, status, reason, deadline, finished_at,
+             paused_at, step_rows, comp_rows, seen_rows) in cur:
+            wf = found[cid] = lifecycle.Workflow(
+                cid, flow, version, started_at.astimezone(UTC), start_id, status=status, reason=reason,
+                deadline=_utc(deadline), finished_at=_utc(finished_at), paused_at=_utc(paused_at))
+            for n, st, s_at, f_at, dl, seq, att, cmd, nxt, result in orjson.loads(step_rows or "[]"):
+                wf.steps[n] = lifecycle.Step(n, st, _iso(s_at), _iso(f_at), _iso(dl), seq, att, cmd,
+                                             _iso(nxt), result)
+            for step, pos, command, cmd, st, att, sent, nxt, f_at in orjson.loads(comp_rows or "[]"):
+                wf.compensations[step] = lifecycle.Compensation(
+                    step, pos, command, cmd, st, att, _iso(sent), _iso(nxt), _iso(f_at))
+            for type_, mid, data in orjson.loads(seen_rows or "[]"):
+                wf.seen[type_] = (mid, data)
+    return found
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+def _iso(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
+
+
+def _json_rows(alias: str, names: Iterable[str]) -> str:
+    return f"json_agg(json_build_array({', '.join(f'{alias}.{n}' for n in names)}))"
+
+
+_LOAD_PG = (
+    "SELECT w.correlation_id, w.flow, w.flow_version, w.started_at, w.start_message_id, w.status,"
+    " w.reason, w.deadline, w.finished_at, w.paused_at,"
+    f" (SELECT {_json_rows('s', [f.name for f in fields(lifecycle.Step)])}"
+    "   FROM workflow_steps s WHERE s.correlation_id = w.correlation_id)::text,"
+    f" (SELECT {_json_rows('c', [f.name for f in fields(lifecycle.Compensation)])}"
+    "   FROM workflow_compensations c WHERE c.correlation_id = w.correlation_id)::text,"
+    " (SELECT json_agg(json_build_array(e.type, e.id, e.data) ORDER BY e.seq) FROM"
+    "   (SELECT DISTINCT ON (m.type) m.type, m.id, m.data, m.seq FROM workflow_messages m"
+    f"    WHERE m.correlation_id = w.correlation_id AND m.kind = '{EVENT}' ORDER BY m.type, m.seq) e)::text"
+    " FROM workflows w WHERE w.correlation_id = ANY(%s::varchar[])"
+)
 
 
 def _in_batch(table: Table) -> Any:
@@ -167,11 +227,17 @@ def _empty(wf: lifecycle.Workflow) -> lifecycle.Workflow:
 def save_many(conn: Connection, changes: list[tuple[lifecycle.Workflow, lifecycle.Workflow]]) -> None:
     """Write what changed in each workflow since its snapshot (`before`, taken at load): one
     statement per kind of row, and no UPDATE of a workflow row that did not change."""
-    rows = [{"_cid": wf.correlation_id, **_workflow_row(wf)} for wf, before in changes
-            if _workflow_row(wf) != _workflow_row(before)]
-    if rows:
+    rows = [{"_cid": wf.correlation_id, **row} for wf, before in changes
+            if (row := _workflow_row(wf)) != _workflow_row(before)]
+    if rows and conn.dialect.name == "postgresql":
+        bulk.update(conn, workflows, ("correlation_id",), _WORKFLOW,
+                    [tuple(r.values()) for r in rows])
+    elif rows:
         conn.execute(_update_workflow(), rows)
     _save_children(conn, changes)
+
+
+_WORKFLOW = ("status", "reason", "deadline", "finished_at", "paused_at", "next_due_at")
 
 
 def _workflow_row(wf: lifecycle.Workflow) -> dict[str, Any]:
@@ -193,10 +259,25 @@ def _save_children(conn: Connection, changes: list[tuple[lifecycle.Workflow, lif
     for wf, before in changes:
         _diff(wf.correlation_id, wf.steps, before.steps, new_steps, changed_steps)
         _diff(wf.correlation_id, wf.compensations, before.compensations, new_comps, changed_comps)
+    if conn.dialect.name == "postgresql":
+        for table, key, new, changed in ((steps, "name", new_steps, changed_steps),
+                                         (compensations, "step", new_comps, changed_comps)):
+            _bulk_rows(conn, table, key, new, changed)
+        return
     for statement, rows in ((insert(steps), new_steps), (_update_step(), changed_steps),
                             (insert(compensations), new_comps), (_update_compensation(), changed_comps)):
         if rows:
             conn.execute(statement, rows)
+
+
+def _bulk_rows(conn: Connection, table: Table, key: str, new: list[dict[str, Any]],
+               changed: list[dict[str, Any]]) -> None:
+    """PostgreSQL: the new rows in one INSERT, the changed ones in one UPDATE (`bulk`)."""
+    if new:
+        bulk.insert(conn, table, tuple(new[0]), [tuple(r.values()) for r in new])
+    if changed:
+        columns = tuple(changed[0])[2:]  # after "_cid" and "_name"
+        bulk.update(conn, table, ("correlation_id", key), columns, [tuple(r.values()) for r in changed])
 
 
 def _diff(cid: str, current: dict[str, Any], previous: dict[str, Any], inserts: list[dict[str, Any]],
