@@ -50,19 +50,16 @@ def record_messages(conn: Connection, batch: Iterable[Envelope], received_at: da
     fresh = {m.id: m for m in batch}
     if not fresh:
         return []
-    rows = [(m.id, m.correlation_id, m.kind, m.type, m.version, m.source, m.causation_id,
-             m.occurred_at, received_at, m.target, m.data) for m in fresh.values()]
+    rows = [{
+        "id": m.id, "correlation_id": m.correlation_id, "kind": m.kind, "type": m.type,
+        "version": m.version, "source": m.source, "causation_id": m.causation_id,
+        "occurred_at": m.occurred_at, "received_at": received_at, "target": m.target, "data": m.data,
+    } for m in fresh.values()]
     if conn.dialect.name == "postgresql":
-        added = {r[0] for r in bulk.insert(conn, messages, _MESSAGE, rows,
-                                           "ON CONFLICT (id) DO NOTHING RETURNING id")}
+        added = {r[0] for r in bulk.insert(conn, messages, rows, "ON CONFLICT (id) DO NOTHING RETURNING id")}
     else:
-        added = set(conn.execute(_record_statement(conn.dialect.name),
-                                 [dict(zip(_MESSAGE, r, strict=True)) for r in rows]).scalars())
+        added = set(conn.execute(_record_statement(conn.dialect.name), rows).scalars())
     return [m for m in fresh.values() if m.id in added]
-
-
-_MESSAGE = ("id", "correlation_id", "kind", "type", "version", "source", "causation_id",
-            "occurred_at", "received_at", "target", "data")
 
 
 @cache
@@ -230,14 +227,16 @@ def save_many(conn: Connection, changes: list[tuple[lifecycle.Workflow, lifecycl
     rows = [{"_cid": wf.correlation_id, **row} for wf, before in changes
             if (row := _workflow_row(wf)) != _workflow_row(before)]
     if rows and conn.dialect.name == "postgresql":
-        bulk.update(conn, workflows, ("correlation_id",), _WORKFLOW,
-                    [tuple(r.values()) for r in rows])
+        bulk.update(conn, workflows, ("correlation_id",), [_keyed(r, "correlation_id") for r in rows])
     elif rows:
         conn.execute(_update_workflow(), rows)
     _save_children(conn, changes)
 
 
-_WORKFLOW = ("status", "reason", "deadline", "finished_at", "paused_at", "next_due_at")
+def _keyed(row: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """An update's row with its keys ("_cid", "_name": SQLAlchemy's bind names) as column names."""
+    out = dict(zip(keys, tuple(row.values())[:len(keys)], strict=True))
+    return out | {k: v for k, v in row.items() if not k.startswith("_")}
 
 
 def _workflow_row(wf: lifecycle.Workflow) -> dict[str, Any]:
@@ -273,11 +272,8 @@ def _save_children(conn: Connection, changes: list[tuple[lifecycle.Workflow, lif
 def _bulk_rows(conn: Connection, table: Table, key: str, new: list[dict[str, Any]],
                changed: list[dict[str, Any]]) -> None:
     """PostgreSQL: the new rows in one INSERT, the changed ones in one UPDATE (`bulk`)."""
-    if new:
-        bulk.insert(conn, table, tuple(new[0]), [tuple(r.values()) for r in new])
-    if changed:
-        columns = tuple(changed[0])[2:]  # after "_cid" and "_name"
-        bulk.update(conn, table, ("correlation_id", key), columns, [tuple(r.values()) for r in changed])
+    bulk.insert(conn, table, new)
+    bulk.update(conn, table, ("correlation_id", key), [_keyed(r, "correlation_id", key) for r in changed])
 
 
 def _diff(cid: str, current: dict[str, Any], previous: dict[str, Any], inserts: list[dict[str, Any]],

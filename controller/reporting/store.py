@@ -136,7 +136,7 @@ def _transitions(conn: Connection, correlation_id: str) -> list[rf.Fact]:
 
 def _add(conn: Connection, facts: list[rf.Fact]) -> None:
     if facts and conn.dialect.name == "postgresql":
-        bulk.insert(conn, report_facts, _FACT, [tuple(f.row().values()) for f in facts])
+        bulk.insert(conn, report_facts, [f.row() for f in facts])
     elif facts:
         conn.execute(insert(report_facts), [f.row() for f in facts])
     _append(conn, rf.deltas((), facts))
@@ -145,17 +145,15 @@ def _add(conn: Connection, facts: list[rf.Fact]) -> None:
 def _upsert_facts(conn: Connection, facts: Iterable[rf.Fact]) -> None:
     rows = sorted(facts, key=lambda f: (f.correlation_id, *f.key))
     if conn.dialect.name == "postgresql":
-        bulk.insert(conn, report_facts, _FACT, [tuple(f.row().values()) for f in rows], _ON_FACT)
+        bulk.insert(conn, report_facts, [f.row() for f in rows], _ON_FACT)
         return
     conn.execute(_upsert(conn.dialect.name), [f.row() for f in rows])
 
 
-# A fact's row, in the order of `Fact.row`, and its upsert's conflict clause (PostgreSQL's `bulk`).
-_FACT = ("correlation_id", "item", "flow", "kind", "name", "to_type", "participant", "started_at",
-         "hour", "duration_ms", "bucket", *FLAGS)
+# The facts' upsert on PostgreSQL (`bulk`): a fact's columns replace the stored ones.
 _KEY = ("correlation_id", "kind", "item")
 _ON_FACT = (f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
-            + ", ".join(f"{c} = excluded.{c}" for c in _FACT if c not in _KEY))
+            + ", ".join(f"{c.name} = excluded.{c.name}" for c in report_facts.c if c.name not in _KEY))
 
 
 @cache
@@ -169,12 +167,14 @@ def _upsert(dialect: str) -> Any:
 
 def _append(conn: Connection, found: rf.Delta) -> None:
     if found and conn.dialect.name == "postgresql":
-        bulk.insert(conn, report_deltas, (*_SUBJECT, "hour", "bucket", *_SUMS),
-                    [(*key, *sums) for key, sums in sorted(found.items())])
+        bulk.insert(conn, report_deltas, _delta_rows(found))
     elif found:
-        conn.execute(insert(report_deltas), [
-            {**dict(zip((*_SUBJECT, "hour", "bucket"), key, strict=True)),
-             **dict(zip(_SUMS, sums, strict=True))} for key, sums in sorted(found.items())])
+        conn.execute(insert(report_deltas), _delta_rows(found))
+
+
+def _delta_rows(found: rf.Delta) -> list[dict[str, Any]]:
+    return [{**dict(zip((*_SUBJECT, "hour", "bucket"), key, strict=True)),
+             **dict(zip(_SUMS, sums, strict=True))} for key, sums in sorted(found.items())]
 
 
 def fold_deltas(conn: Connection) -> None:
