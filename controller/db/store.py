@@ -78,6 +78,12 @@ def load_many(conn: Connection, correlation_ids: Iterable[str]) -> dict[str, lif
     cids = sorted(set(correlation_ids))
     if conn.dialect.name == "postgresql":
         return _load_pg(conn, cids) if cids else {}
+    return load_by_table(conn, cids)
+
+
+def load_by_table(conn: Connection, cids: list[str]) -> dict[str, lifecycle.Workflow]:
+    """`load_many` in four portable queries, one per table (SQLite's; the reference the tests
+    hold PostgreSQL's one query to)."""
     found: dict[str, lifecycle.Workflow] = {}
     for row in conn.execute(_LOAD[0], {"cids": cids}):
         found[row.correlation_id] = lifecycle.Workflow(
@@ -204,16 +210,22 @@ def insert_workflows(conn: Connection, new: list[tuple[lifecycle.Workflow, dict[
     and compensations, and the search attributes of each (by correlation ID)."""
     if not new:
         return
-    conn.execute(insert(workflows), [{**_workflow_row(wf), "correlation_id": wf.correlation_id,
-                                      "flow": wf.flow, "flow_version": wf.flow_version,
-                                      "started_at": wf.started_at,
-                                      "start_message_id": wf.start_message_id, **extra}
-                                     for wf, extra in new])
+    _insert(conn, workflows, [{**_workflow_row(wf), "correlation_id": wf.correlation_id,
+                               "flow": wf.flow, "flow_version": wf.flow_version,
+                               "started_at": wf.started_at, "start_message_id": wf.start_message_id,
+                               **extra} for wf, extra in new])
     _save_children(conn, [(wf, _empty(wf)) for wf, _ in new])
-    rows = [{"correlation_id": cid, "name": name, "value": value}
-            for cid, found in attrs.items() for name, value in found.items()]
-    if rows:
-        conn.execute(attributes.insert(), rows)
+    _insert(conn, attributes, [{"correlation_id": cid, "name": name, "value": value}
+                               for cid, found in attrs.items() for name, value in found.items()])
+
+
+def _insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Rows into a table in one statement: `bulk`'s on PostgreSQL when they all name the same
+    columns (a column a row leaves out must get its default), SQLAlchemy's otherwise."""
+    if rows and conn.dialect.name == "postgresql" and len({tuple(r) for r in rows}) == 1:
+        bulk.insert(conn, table, rows)
+    elif rows:
+        conn.execute(insert(table), rows)
 
 
 def _empty(wf: lifecycle.Workflow) -> lifecycle.Workflow:
@@ -272,7 +284,7 @@ def _save_children(conn: Connection, changes: list[tuple[lifecycle.Workflow, lif
 def _bulk_rows(conn: Connection, table: Table, key: str, new: list[dict[str, Any]],
                changed: list[dict[str, Any]]) -> None:
     """PostgreSQL: the new rows in one INSERT, the changed ones in one UPDATE (`bulk`)."""
-    bulk.insert(conn, table, new)
+    _insert(conn, table, new)
     bulk.update(conn, table, ("correlation_id", key), [_keyed(r, "correlation_id", key) for r in changed])
 
 

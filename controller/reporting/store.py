@@ -10,6 +10,7 @@ message writes the transitions it completes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC
 from functools import cache
 from typing import Any
 
@@ -91,9 +92,28 @@ def _transitions_of(conn: Connection, recorded: list[Envelope]) -> list[rf.Fact]
         return []
     cids = sorted({m.correlation_id for m in recorded})
     ids = sorted({m.id for m in recorded})
+    if conn.dialect.name == "postgresql":
+        with bulk.cursor(conn) as cur:
+            cur.execute(_RELATED_PG, (cids, ids, ids))
+            return [rf.transition(flow, started_at.astimezone(UTC), cid, cause_type,
+                                  cause_at.astimezone(UTC), effect_id, effect_type, source,
+                                  effect_at.astimezone(UTC))
+                    for flow, started_at, cid, cause_type, cause_at, effect_id, effect_type, source,
+                    effect_at in cur]
     return [rf.transition(r.flow, r.started_at, r.correlation_id, r.cause_type, r.cause_at, r.id,
                           r.type, r.source, r.occurred_at)
             for r in conn.execute(_related(), {"cids": cids, "ids": ids})]
+
+
+# `_related` on PostgreSQL through psycopg: a fixed text (arrays, not expanded IN lists), prepared.
+_RELATED_PG = (
+    "SELECT w.flow, w.started_at, w.correlation_id, cause.type, cause.occurred_at, effect.id,"
+    " effect.type, effect.source, effect.occurred_at FROM workflows w"
+    " JOIN workflow_messages effect ON effect.correlation_id = w.correlation_id"
+    " JOIN workflow_messages cause ON cause.id = effect.causation_id"
+    " WHERE cause.correlation_id = effect.correlation_id AND effect.id <> cause.id"
+    " AND w.correlation_id = ANY(%s::varchar[])"
+    " AND (effect.id = ANY(%s::varchar[]) OR cause.id = ANY(%s::varchar[]))")
 
 
 @cache
