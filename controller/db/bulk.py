@@ -25,6 +25,14 @@ def cursor(conn: Connection) -> Any:
     return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
 
 
+def rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """A query of fixed text (arrays as `= ANY(%s::varchar[])`, not expanded lists) through
+    psycopg: parsed once, prepared after a few runs, no SQLAlchemy compile or result objects."""
+    with cursor(conn) as cur:
+        cur.execute(sql, params)
+        return cur.fetchall() if cur.description else []
+
+
 def insert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]],
            suffix: str = "") -> list[tuple[Any, ...]]:
     """INSERT the rows (each by column name, all with the same columns) in one statement, in

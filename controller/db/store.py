@@ -12,7 +12,7 @@ from functools import cache
 from typing import Any
 
 import orjson
-from sqlalchemy import Connection, Table, bindparam, insert, select, text, update
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 from contracts.envelope import EVENT, Envelope
 from controller.db import bulk
@@ -34,15 +34,15 @@ def lock_many(conn: Connection, correlation_ids: Iterable[str], *, wait: bool = 
     if conn.dialect.name != "postgresql" or not cids:
         return set(cids)
     if wait:
-        conn.execute(_LOCK, {"cids": cids})
+        bulk.rows(conn, _LOCK, (cids,))
         return set(cids)
-    return set(conn.execute(_TRY_LOCK, {"cids": cids}).scalars())
+    return {c for (c,) in bulk.rows(conn, _TRY_LOCK, (cids,))}
 
 
-_KEYS = ("(SELECT DISTINCT c, hashtextextended(c, 0) AS k FROM unnest(CAST(:cids AS text[])) AS c"
+_KEYS = ("(SELECT DISTINCT c, hashtextextended(c, 0) AS k FROM unnest(%s::text[]) AS c"
          " ORDER BY k) AS keys")
-_LOCK = text(f"SELECT pg_advisory_xact_lock(k) FROM {_KEYS}")
-_TRY_LOCK = text(f"SELECT c FROM {_KEYS} WHERE pg_try_advisory_xact_lock(k)")
+_LOCK = f"SELECT pg_advisory_xact_lock(k) FROM {_KEYS}"
+_TRY_LOCK = f"SELECT c FROM {_KEYS} WHERE pg_try_advisory_xact_lock(k)"
 
 
 def record_messages(conn: Connection, batch: Iterable[Envelope], received_at: datetime) -> list[Envelope]:
@@ -172,6 +172,12 @@ def early_messages_of(conn: Connection, correlation_ids: list[str]) -> dict[str,
     found: dict[str, list[Envelope]] = {}
     if not correlation_ids:
         return found
+    if conn.dialect.name == "postgresql":
+        for mid, kind, type_, version, cid, cause, at, source, data in bulk.rows(
+                conn, _EARLY_PG, (correlation_ids,)):
+            found.setdefault(cid, []).append(Envelope(mid, kind, type_, version, cid, cause,
+                                                      at.astimezone(UTC), source, orjson.loads(data)))
+        return found
     for m in conn.execute(_EARLY, {"cids": correlation_ids}):
         found.setdefault(m.correlation_id, []).append(Envelope(
             m.id, m.kind, m.type, m.version, m.correlation_id, m.causation_id, m.occurred_at,
@@ -180,11 +186,19 @@ def early_messages_of(conn: Connection, correlation_ids: list[str]) -> dict[str,
 
 
 _EARLY = select(messages).where(_in_batch(messages), messages.c.kind == EVENT).order_by(messages.c.seq)
+_EARLY_PG = ("SELECT id, kind, type, version, correlation_id, causation_id, occurred_at, source,"
+             f" data::text FROM workflow_messages WHERE correlation_id = ANY(%s::varchar[])"
+             f" AND kind = '{EVENT}' ORDER BY seq")
 
 
 def taken(conn: Connection, correlation_ids: list[str]) -> set[str]:
     """Those of these correlation IDs a workflow has."""
+    if conn.dialect.name == "postgresql":
+        return {c for (c,) in bulk.rows(conn, _TAKEN_PG, (correlation_ids,))}
     return set(conn.execute(_TAKEN, {"cids": correlation_ids}).scalars())
+
+
+_TAKEN_PG = "SELECT correlation_id FROM workflows WHERE correlation_id = ANY(%s::varchar[])"
 
 
 _TAKEN = select(workflows.c.correlation_id).where(_in_batch(workflows))
