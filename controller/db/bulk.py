@@ -6,8 +6,10 @@ tracker's CPU per batch. Here the rows travel as one JSON document (orjson write
 `json_populate_recordset` turns back into rows of the table's own type, so a statement's text is
 the same whatever the number of rows: psycopg parses it once and prepares it after a few runs.
 (Arrays per column through `unnest` were measured too: psycopg dumps a list in Python, element by
-element, twice as slow as the JSON.) Each statement runs on the SQLAlchemy connection's own
-psycopg connection, in its transaction. PostgreSQL only: SQLite keeps the SQLAlchemy path.
+element, twice as slow as the JSON.) Each statement goes through `exec_driver_sql`, in the
+connection's transaction: no compile, no type processing, but SQLAlchemy's error handling (a lost
+connection invalidates the pool and raises `OperationalError`, which the runtime waits out; a
+lost race raises `IntegrityError`). PostgreSQL only: SQLite keeps the SQLAlchemy path.
 """
 
 from __future__ import annotations
@@ -20,36 +22,27 @@ import orjson
 from sqlalchemy import Connection, Table
 
 
-def cursor(conn: Connection) -> Any:
-    """A psycopg cursor on the connection's transaction (its first statement begins it)."""
-    return conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-
-
-def rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-    """A query of fixed text (arrays as `= ANY(%s::varchar[])`, not expanded lists) through
-    psycopg: parsed once, prepared after a few runs, no SQLAlchemy compile or result objects."""
-    with cursor(conn) as cur:
-        cur.execute(sql, params)
-        return cur.fetchall() if cur.description else []
+def query(conn: Connection, sql: str, params: Sequence[Any]) -> Sequence[Any]:
+    """A statement of fixed text (arrays as `= ANY(%s::varchar[])`, not expanded lists) with
+    psycopg's placeholders: parsed once, prepared after a few runs. Its rows, as tuples."""
+    result = conn.exec_driver_sql(sql, tuple(params))
+    return result.all() if result.returns_rows else []
 
 
 def insert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]],
-           suffix: str = "") -> list[tuple[Any, ...]]:
+           suffix: str = "") -> Sequence[Any]:
     """INSERT the rows (each by column name, all with the same columns) in one statement, in
     their order; `suffix` (ON CONFLICT, RETURNING) is appended as is. What RETURNING gives."""
     if not rows:
         return []
-    with cursor(conn) as cur:
-        cur.execute(_insert_sql(table, tuple(rows[0]), suffix), (_document(rows),))
-        return cur.fetchall() if cur.description else []
+    return query(conn, _insert_sql(table, tuple(rows[0]), suffix), (_document(rows),))
 
 
 def update(conn: Connection, table: Table, keys: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
     """UPDATE one row per given row in one statement: the row whose `keys` columns hold the given
     row's values gets its other columns."""
     if rows:
-        with cursor(conn) as cur:
-            cur.execute(_update_sql(table, tuple(keys), tuple(rows[0])), (_document(rows),))
+        query(conn, _update_sql(table, tuple(keys), tuple(rows[0])), (_document(rows),))
 
 
 def _document(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -34,9 +34,9 @@ def lock_many(conn: Connection, correlation_ids: Iterable[str], *, wait: bool = 
     if conn.dialect.name != "postgresql" or not cids:
         return set(cids)
     if wait:
-        bulk.rows(conn, _LOCK, (cids,))
+        bulk.query(conn, _LOCK, (cids,))
         return set(cids)
-    return {c for (c,) in bulk.rows(conn, _TRY_LOCK, (cids,))}
+    return {c for (c,) in bulk.query(conn, _TRY_LOCK, (cids,))}
 
 
 _KEYS = ("(SELECT DISTINCT c, hashtextextended(c, 0) AS k FROM unnest(%s::text[]) AS c"
@@ -108,21 +108,19 @@ def _load_pg(conn: Connection, cids: list[str]) -> dict[str, lifecycle.Workflow]
     """PostgreSQL: each workflow in one row, its steps, compensations and first events of each
     type as JSON arrays (times as ISO text): one query, which psycopg prepares."""
     found: dict[str, lifecycle.Workflow] = {}
-    with bulk.cursor(conn) as cur:
-        cur.execute(_LOAD_PG, (cids,))
-        for (cid, flow, version, started_at, start_id, status, reason, deadline, finished_at,
-             paused_at, step_rows, comp_rows, seen_rows) in cur:
-            wf = found[cid] = lifecycle.Workflow(
-                cid, flow, version, started_at.astimezone(UTC), start_id, status=status, reason=reason,
-                deadline=_utc(deadline), finished_at=_utc(finished_at), paused_at=_utc(paused_at))
-            for n, st, s_at, f_at, dl, seq, att, cmd, nxt, result in orjson.loads(step_rows or "[]"):
-                wf.steps[n] = lifecycle.Step(n, st, _iso(s_at), _iso(f_at), _iso(dl), seq, att, cmd,
-                                             _iso(nxt), result)
-            for step, pos, command, cmd, st, att, sent, nxt, f_at in orjson.loads(comp_rows or "[]"):
-                wf.compensations[step] = lifecycle.Compensation(
-                    step, pos, command, cmd, st, att, _iso(sent), _iso(nxt), _iso(f_at))
-            for type_, mid, data in orjson.loads(seen_rows or "[]"):
-                wf.seen[type_] = (mid, data)
+    for (cid, flow, version, started_at, start_id, status, reason, deadline, finished_at,
+         paused_at, step_rows, comp_rows, seen_rows) in bulk.query(conn, _LOAD_PG, (cids,)):
+        wf = found[cid] = lifecycle.Workflow(
+            cid, flow, version, started_at.astimezone(UTC), start_id, status=status, reason=reason,
+            deadline=_utc(deadline), finished_at=_utc(finished_at), paused_at=_utc(paused_at))
+        for n, st, s_at, f_at, dl, seq, att, cmd, nxt, result in orjson.loads(step_rows or "[]"):
+            wf.steps[n] = lifecycle.Step(n, st, _iso(s_at), _iso(f_at), _iso(dl), seq, att, cmd,
+                                         _iso(nxt), result)
+        for step, pos, command, cmd, st, att, sent, nxt, f_at in orjson.loads(comp_rows or "[]"):
+            wf.compensations[step] = lifecycle.Compensation(
+                step, pos, command, cmd, st, att, _iso(sent), _iso(nxt), _iso(f_at))
+        for type_, mid, data in orjson.loads(seen_rows or "[]"):
+            wf.seen[type_] = (mid, data)
     return found
 
 
@@ -173,7 +171,7 @@ def early_messages_of(conn: Connection, correlation_ids: list[str]) -> dict[str,
     if not correlation_ids:
         return found
     if conn.dialect.name == "postgresql":
-        for mid, kind, type_, version, cid, cause, at, source, data in bulk.rows(
+        for mid, kind, type_, version, cid, cause, at, source, data in bulk.query(
                 conn, _EARLY_PG, (correlation_ids,)):
             found.setdefault(cid, []).append(Envelope(mid, kind, type_, version, cid, cause,
                                                       at.astimezone(UTC), source, orjson.loads(data)))
@@ -194,7 +192,7 @@ _EARLY_PG = ("SELECT id, kind, type, version, correlation_id, causation_id, occu
 def taken(conn: Connection, correlation_ids: list[str]) -> set[str]:
     """Those of these correlation IDs a workflow has."""
     if conn.dialect.name == "postgresql":
-        return {c for (c,) in bulk.rows(conn, _TAKEN_PG, (correlation_ids,))}
+        return {c for (c,) in bulk.query(conn, _TAKEN_PG, (correlation_ids,))}
     return set(conn.execute(_TAKEN, {"cids": correlation_ids}).scalars())
 
 

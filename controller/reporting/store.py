@@ -93,13 +93,11 @@ def _transitions_of(conn: Connection, recorded: list[Envelope]) -> list[rf.Fact]
     cids = sorted({m.correlation_id for m in recorded})
     ids = sorted({m.id for m in recorded})
     if conn.dialect.name == "postgresql":
-        with bulk.cursor(conn) as cur:
-            cur.execute(_RELATED_PG, (cids, ids, ids))
-            return [rf.transition(flow, started_at.astimezone(UTC), cid, cause_type,
-                                  cause_at.astimezone(UTC), effect_id, effect_type, source,
-                                  effect_at.astimezone(UTC))
-                    for flow, started_at, cid, cause_type, cause_at, effect_id, effect_type, source,
-                    effect_at in cur]
+        return [rf.transition(flow, started_at.astimezone(UTC), cid, cause_type,
+                              cause_at.astimezone(UTC), effect_id, effect_type, source,
+                              effect_at.astimezone(UTC))
+                for flow, started_at, cid, cause_type, cause_at, effect_id, effect_type, source,
+                effect_at in bulk.query(conn, _RELATED_PG, (cids, ids, ids))]
     return [rf.transition(r.flow, r.started_at, r.correlation_id, r.cause_type, r.cause_at, r.id,
                           r.type, r.source, r.occurred_at)
             for r in conn.execute(_related(), {"cids": cids, "ids": ids})]
