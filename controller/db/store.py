@@ -207,10 +207,14 @@ def started_with_keys(conn: Connection, actor: str, keys: list[str]) -> dict[str
     with it, for those of `keys` it used."""
     if not keys:
         return {}
+    if conn.dialect.name == "postgresql":
+        return {key: (cid, digest) for key, cid, digest in bulk.query(conn, _KEYED_PG, (actor, keys))}
     rows = conn.execute(_KEYED, {"actor": actor, "keys": keys})
     return {r.idempotency_key: (r.correlation_id, r.request_hash) for r in rows}
 
 
+_KEYED_PG = ("SELECT idempotency_key, correlation_id, request_hash FROM workflows"
+             " WHERE started_by = %s AND idempotency_key = ANY(%s::varchar[])")
 _KEYED = select(workflows.c.idempotency_key, workflows.c.correlation_id, workflows.c.request_hash).where(
     workflows.c.started_by == bindparam("actor"),
     workflows.c.idempotency_key.in_(bindparam("keys", expanding=True)))
