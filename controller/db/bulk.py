@@ -1,4 +1,4 @@
-"""Many rows in one PostgreSQL statement through psycopg itself, for the tracker's hot writes.
+"""Many rows in one PostgreSQL statement of fixed text, for the tracker's and the kickoff's hot writes.
 
 SQLAlchemy renders an executemany INSERT as one long VALUES list with a parameter per cell,
 which psycopg then parses anew each time (too long for its query cache): about a third of the

@@ -103,7 +103,7 @@ def _transitions_of(conn: Connection, recorded: list[Envelope]) -> list[rf.Fact]
             for r in conn.execute(_related(), {"cids": cids, "ids": ids})]
 
 
-# `_related` on PostgreSQL through psycopg: a fixed text (arrays, not expanded IN lists), prepared.
+# `_related` on PostgreSQL (`bulk.query`): a fixed text (arrays, not expanded IN lists), prepared.
 _RELATED_PG = (
     "SELECT w.flow, w.started_at, w.correlation_id, cause.type, cause.occurred_at, effect.id,"
     " effect.type, effect.source, effect.occurred_at FROM workflows w"
