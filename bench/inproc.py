@@ -149,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--read-count", type=int, default=100)
     ap.add_argument("--profile", type=Path, help="write cProfile stats here and print the top")
     ap.add_argument("--top", type=int, default=30)
+    ap.add_argument("--profile-only", metavar="COMPONENT",
+                    help="profile only this component's calls (start, tracker, a participant)")
     ap.add_argument("--api", action="store_true",
                     help="kick off through the Flask app (the web process's code, without gunicorn)")
     ap.add_argument("--statements", action="store_true", help="print each component's statements")
@@ -240,17 +242,18 @@ def run(args: argparse.Namespace, pg_pid: int | None, redis_url: str, url: str,
 
     profiler = cProfile.Profile(time.process_time) if args.profile else None  # CPU, not waits
     t0 = time.perf_counter()
-    if profiler:
+    only = args.profile_only
+    if profiler and not only:
         profiler.enable()
     started = 0
     while True:
-        with clock.charge("start"):
+        with clock.charge("start"), _profiled(profiler, only == "start"):
             for _ in range(min(args.batch, args.n - started)):
                 kick(f"b-{uuid.uuid4().hex[:20]}")
                 started += 1
         handled = 0
         for name, rt in runtimes.items():
-            with clock.charge(name):
+            with clock.charge(name), _profiled(profiler, only == name):
                 got = rt.poll()
             clock.polled(name, got)
             handled += got
@@ -258,7 +261,7 @@ def run(args: argparse.Namespace, pg_pid: int | None, redis_url: str, url: str,
             break
         if started >= args.n and handled == 0:
             time.sleep(0.01)
-    if profiler:
+    if profiler and not only:
         profiler.disable()
     wall = time.perf_counter() - t0
     done = _completed(engine)
@@ -272,6 +275,19 @@ def run(args: argparse.Namespace, pg_pid: int | None, redis_url: str, url: str,
         profiler.dump_stats(str(args.profile))
         pstats.Stats(str(args.profile)).sort_stats("tottime").print_stats(args.top)
     return 0 if done == args.n else 1
+
+
+@contextlib.contextmanager
+def _profiled(profiler: cProfile.Profile | None, on: bool) -> Iterator[None]:
+    """Profile the block (`--profile-only`: one component's calls)."""
+    if profiler is None or not on:
+        yield
+        return
+    profiler.enable()
+    try:
+        yield
+    finally:
+        profiler.disable()
 
 
 def _hot_updates(engine: Engine, n: int) -> None:

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import fields
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, insert, select, text, update
+import orjson
+from sqlalchemy import Connection, Table, bindparam, insert, select, update
 
 from contracts.envelope import EVENT, Envelope
+from controller.db import bulk
 from controller.db.tables import attributes, audit, compensations, messages, steps, workflows
 from controller.domain import lifecycle
 from participants.runtime.db import upsert
@@ -32,15 +34,15 @@ def lock_many(conn: Connection, correlation_ids: Iterable[str], *, wait: bool = 
     if conn.dialect.name != "postgresql" or not cids:
         return set(cids)
     if wait:
-        conn.execute(_LOCK, {"cids": cids})
+        bulk.query(conn, _LOCK, (cids,))
         return set(cids)
-    return set(conn.execute(_TRY_LOCK, {"cids": cids}).scalars())
+    return {c for (c,) in bulk.query(conn, _TRY_LOCK, (cids,))}
 
 
-_KEYS = ("(SELECT DISTINCT c, hashtextextended(c, 0) AS k FROM unnest(CAST(:cids AS text[])) AS c"
+_KEYS = ("(SELECT DISTINCT c, hashtextextended(c, 0) AS k FROM unnest(%s::text[]) AS c"
          " ORDER BY k) AS keys")
-_LOCK = text(f"SELECT pg_advisory_xact_lock(k) FROM {_KEYS}")
-_TRY_LOCK = text(f"SELECT c FROM {_KEYS} WHERE pg_try_advisory_xact_lock(k)")
+_LOCK = f"SELECT pg_advisory_xact_lock(k) FROM {_KEYS}"
+_TRY_LOCK = f"SELECT c FROM {_KEYS} WHERE pg_try_advisory_xact_lock(k)"
 
 
 def record_messages(conn: Connection, batch: Iterable[Envelope], received_at: datetime) -> list[Envelope]:
@@ -53,7 +55,10 @@ def record_messages(conn: Connection, batch: Iterable[Envelope], received_at: da
         "version": m.version, "source": m.source, "causation_id": m.causation_id,
         "occurred_at": m.occurred_at, "received_at": received_at, "target": m.target, "data": m.data,
     } for m in fresh.values()]
-    added = set(conn.execute(_record_statement(conn.dialect.name), rows).scalars())
+    if conn.dialect.name == "postgresql":
+        added = {r[0] for r in bulk.insert(conn, messages, rows, "ON CONFLICT (id) DO NOTHING RETURNING id")}
+    else:
+        added = set(conn.execute(_record_statement(conn.dialect.name), rows).scalars())
     return [m for m in fresh.values() if m.id in added]
 
 
@@ -68,9 +73,19 @@ def load(conn: Connection, correlation_id: str) -> lifecycle.Workflow | None:
 
 def load_many(conn: Connection, correlation_ids: Iterable[str]) -> dict[str, lifecycle.Workflow]:
     """The workflows of these correlation IDs that exist, each with its steps, compensations and
-    the first event of each type it has seen: four queries, however many workflows."""
+    the first event of each type it has seen: one query on PostgreSQL, four on SQLite, however
+    many workflows."""
+    cids = sorted(set(correlation_ids))
+    if conn.dialect.name == "postgresql":
+        return _load_pg(conn, cids) if cids else {}
+    return load_by_table(conn, cids)
+
+
+def load_by_table(conn: Connection, cids: list[str]) -> dict[str, lifecycle.Workflow]:
+    """`load_many` in four portable queries, one per table (SQLite's; the reference the tests
+    hold PostgreSQL's one query to)."""
     found: dict[str, lifecycle.Workflow] = {}
-    for row in conn.execute(_LOAD[0], {"cids": sorted(set(correlation_ids))}):
+    for row in conn.execute(_LOAD[0], {"cids": cids}):
         found[row.correlation_id] = lifecycle.Workflow(
             row.correlation_id, row.flow, row.flow_version, row.started_at, row.start_message_id,
             status=row.status, reason=row.reason, deadline=row.deadline, finished_at=row.finished_at,
@@ -78,15 +93,61 @@ def load_many(conn: Connection, correlation_ids: Iterable[str]) -> dict[str, lif
         )
     if not found:
         return found
-    cids = {"cids": sorted(found)}
-    for s in conn.execute(_LOAD[1], cids):
+    params = {"cids": sorted(found)}
+    for s in conn.execute(_LOAD[1], params):
         found[s.correlation_id].steps[s.name] = lifecycle.Step(**_fields(s, lifecycle.Step))
-    for c in conn.execute(_LOAD[2], cids):
+    for c in conn.execute(_LOAD[2], params):
         found[c.correlation_id].compensations[c.step] = lifecycle.Compensation(
             **_fields(c, lifecycle.Compensation))
-    for m in conn.execute(_LOAD[3], cids):
+    for m in conn.execute(_LOAD[3], params):
         found[m.correlation_id].seen.setdefault(m.type, (m.id, m.data))
     return found
+
+
+def _load_pg(conn: Connection, cids: list[str]) -> dict[str, lifecycle.Workflow]:
+    """PostgreSQL: each workflow in one row, its steps, compensations and first events of each
+    type as JSON arrays (times as ISO text): one query, which psycopg prepares."""
+    found: dict[str, lifecycle.Workflow] = {}
+    for (cid, flow, version, started_at, start_id, status, reason, deadline, finished_at,
+         paused_at, step_rows, comp_rows, seen_rows) in bulk.query(conn, _LOAD_PG, (cids,)):
+        wf = found[cid] = lifecycle.Workflow(
+            cid, flow, version, started_at.astimezone(UTC), start_id, status=status, reason=reason,
+            deadline=_utc(deadline), finished_at=_utc(finished_at), paused_at=_utc(paused_at))
+        for n, st, s_at, f_at, dl, seq, att, cmd, nxt, result in orjson.loads(step_rows or "[]"):
+            wf.steps[n] = lifecycle.Step(n, st, _iso(s_at), _iso(f_at), _iso(dl), seq, att, cmd,
+                                         _iso(nxt), result)
+        for step, pos, command, cmd, st, att, sent, nxt, f_at in orjson.loads(comp_rows or "[]"):
+            wf.compensations[step] = lifecycle.Compensation(
+                step, pos, command, cmd, st, att, _iso(sent), _iso(nxt), _iso(f_at))
+        for type_, mid, data in orjson.loads(seen_rows or "[]"):
+            wf.seen[type_] = (mid, data)
+    return found
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return None if value is None else value.astimezone(UTC)
+
+
+def _iso(value: str | None) -> datetime | None:
+    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
+
+
+def _json_rows(alias: str, names: Iterable[str]) -> str:
+    return f"json_agg(json_build_array({', '.join(f'{alias}.{n}' for n in names)}))"
+
+
+_LOAD_PG = (
+    "SELECT w.correlation_id, w.flow, w.flow_version, w.started_at, w.start_message_id, w.status,"
+    " w.reason, w.deadline, w.finished_at, w.paused_at,"
+    f" (SELECT {_json_rows('s', [f.name for f in fields(lifecycle.Step)])}"
+    "   FROM workflow_steps s WHERE s.correlation_id = w.correlation_id)::text,"
+    f" (SELECT {_json_rows('c', [f.name for f in fields(lifecycle.Compensation)])}"
+    "   FROM workflow_compensations c WHERE c.correlation_id = w.correlation_id)::text,"
+    " (SELECT json_agg(json_build_array(e.type, e.id, e.data) ORDER BY e.seq) FROM"
+    "   (SELECT DISTINCT ON (m.type) m.type, m.id, m.data, m.seq FROM workflow_messages m"
+    f"    WHERE m.correlation_id = w.correlation_id AND m.kind = '{EVENT}' ORDER BY m.type, m.seq) e)::text"
+    " FROM workflows w WHERE w.correlation_id = ANY(%s::varchar[])"
+)
 
 
 def _in_batch(table: Table) -> Any:
@@ -109,6 +170,12 @@ def early_messages_of(conn: Connection, correlation_ids: list[str]) -> dict[str,
     found: dict[str, list[Envelope]] = {}
     if not correlation_ids:
         return found
+    if conn.dialect.name == "postgresql":
+        for mid, kind, type_, version, cid, cause, at, source, data in bulk.query(
+                conn, _EARLY_PG, (correlation_ids,)):
+            found.setdefault(cid, []).append(Envelope(mid, kind, type_, version, cid, cause,
+                                                      at.astimezone(UTC), source, orjson.loads(data)))
+        return found
     for m in conn.execute(_EARLY, {"cids": correlation_ids}):
         found.setdefault(m.correlation_id, []).append(Envelope(
             m.id, m.kind, m.type, m.version, m.correlation_id, m.causation_id, m.occurred_at,
@@ -117,11 +184,19 @@ def early_messages_of(conn: Connection, correlation_ids: list[str]) -> dict[str,
 
 
 _EARLY = select(messages).where(_in_batch(messages), messages.c.kind == EVENT).order_by(messages.c.seq)
+_EARLY_PG = ("SELECT id, kind, type, version, correlation_id, causation_id, occurred_at, source,"
+             f" data::text FROM workflow_messages WHERE correlation_id = ANY(%s::varchar[])"
+             f" AND kind = '{EVENT}' ORDER BY seq")
 
 
 def taken(conn: Connection, correlation_ids: list[str]) -> set[str]:
     """Those of these correlation IDs a workflow has."""
+    if conn.dialect.name == "postgresql":
+        return {c for (c,) in bulk.query(conn, _TAKEN_PG, (correlation_ids,))}
     return set(conn.execute(_TAKEN, {"cids": correlation_ids}).scalars())
+
+
+_TAKEN_PG = "SELECT correlation_id FROM workflows WHERE correlation_id = ANY(%s::varchar[])"
 
 
 _TAKEN = select(workflows.c.correlation_id).where(_in_batch(workflows))
@@ -132,10 +207,14 @@ def started_with_keys(conn: Connection, actor: str, keys: list[str]) -> dict[str
     with it, for those of `keys` it used."""
     if not keys:
         return {}
+    if conn.dialect.name == "postgresql":
+        return {key: (cid, digest) for key, cid, digest in bulk.query(conn, _KEYED_PG, (actor, keys))}
     rows = conn.execute(_KEYED, {"actor": actor, "keys": keys})
     return {r.idempotency_key: (r.correlation_id, r.request_hash) for r in rows}
 
 
+_KEYED_PG = ("SELECT idempotency_key, correlation_id, request_hash FROM workflows"
+             " WHERE started_by = %s AND idempotency_key = ANY(%s::varchar[])")
 _KEYED = select(workflows.c.idempotency_key, workflows.c.correlation_id, workflows.c.request_hash).where(
     workflows.c.started_by == bindparam("actor"),
     workflows.c.idempotency_key.in_(bindparam("keys", expanding=True)))
@@ -147,16 +226,22 @@ def insert_workflows(conn: Connection, new: list[tuple[lifecycle.Workflow, dict[
     and compensations, and the search attributes of each (by correlation ID)."""
     if not new:
         return
-    conn.execute(insert(workflows), [{**_workflow_row(wf), "correlation_id": wf.correlation_id,
-                                      "flow": wf.flow, "flow_version": wf.flow_version,
-                                      "started_at": wf.started_at,
-                                      "start_message_id": wf.start_message_id, **extra}
-                                     for wf, extra in new])
+    _insert(conn, workflows, [{**_workflow_row(wf), "correlation_id": wf.correlation_id,
+                               "flow": wf.flow, "flow_version": wf.flow_version,
+                               "started_at": wf.started_at, "start_message_id": wf.start_message_id,
+                               **extra} for wf, extra in new])
     _save_children(conn, [(wf, _empty(wf)) for wf, _ in new])
-    rows = [{"correlation_id": cid, "name": name, "value": value}
-            for cid, found in attrs.items() for name, value in found.items()]
-    if rows:
-        conn.execute(attributes.insert(), rows)
+    _insert(conn, attributes, [{"correlation_id": cid, "name": name, "value": value}
+                               for cid, found in attrs.items() for name, value in found.items()])
+
+
+def _insert(conn: Connection, table: Table, rows: list[dict[str, Any]]) -> None:
+    """Rows into a table in one statement: `bulk`'s on PostgreSQL when they all name the same
+    columns (a column a row leaves out must get its default), SQLAlchemy's otherwise."""
+    if rows and conn.dialect.name == "postgresql" and len({tuple(r) for r in rows}) == 1:
+        bulk.insert(conn, table, rows)
+    elif rows:
+        conn.execute(insert(table), rows)
 
 
 def _empty(wf: lifecycle.Workflow) -> lifecycle.Workflow:
@@ -167,11 +252,19 @@ def _empty(wf: lifecycle.Workflow) -> lifecycle.Workflow:
 def save_many(conn: Connection, changes: list[tuple[lifecycle.Workflow, lifecycle.Workflow]]) -> None:
     """Write what changed in each workflow since its snapshot (`before`, taken at load): one
     statement per kind of row, and no UPDATE of a workflow row that did not change."""
-    rows = [{"_cid": wf.correlation_id, **_workflow_row(wf)} for wf, before in changes
-            if _workflow_row(wf) != _workflow_row(before)]
-    if rows:
+    rows = [{"_cid": wf.correlation_id, **row} for wf, before in changes
+            if (row := _workflow_row(wf)) != _workflow_row(before)]
+    if rows and conn.dialect.name == "postgresql":
+        bulk.update(conn, workflows, ("correlation_id",), [_keyed(r, "correlation_id") for r in rows])
+    elif rows:
         conn.execute(_update_workflow(), rows)
     _save_children(conn, changes)
+
+
+def _keyed(row: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """An update's row with its keys ("_cid", "_name": SQLAlchemy's bind names) as column names."""
+    out = dict(zip(keys, tuple(row.values())[:len(keys)], strict=True))
+    return out | {k: v for k, v in row.items() if not k.startswith("_")}
 
 
 def _workflow_row(wf: lifecycle.Workflow) -> dict[str, Any]:
@@ -193,10 +286,22 @@ def _save_children(conn: Connection, changes: list[tuple[lifecycle.Workflow, lif
     for wf, before in changes:
         _diff(wf.correlation_id, wf.steps, before.steps, new_steps, changed_steps)
         _diff(wf.correlation_id, wf.compensations, before.compensations, new_comps, changed_comps)
+    if conn.dialect.name == "postgresql":
+        for table, key, new, changed in ((steps, "name", new_steps, changed_steps),
+                                         (compensations, "step", new_comps, changed_comps)):
+            _bulk_rows(conn, table, key, new, changed)
+        return
     for statement, rows in ((insert(steps), new_steps), (_update_step(), changed_steps),
                             (insert(compensations), new_comps), (_update_compensation(), changed_comps)):
         if rows:
             conn.execute(statement, rows)
+
+
+def _bulk_rows(conn: Connection, table: Table, key: str, new: list[dict[str, Any]],
+               changed: list[dict[str, Any]]) -> None:
+    """PostgreSQL: the new rows in one INSERT, the changed ones in one UPDATE (`bulk`)."""
+    _insert(conn, table, new)
+    bulk.update(conn, table, ("correlation_id", key), [_keyed(r, "correlation_id", key) for r in changed])
 
 
 def _diff(cid: str, current: dict[str, Any], previous: dict[str, Any], inserts: list[dict[str, Any]],

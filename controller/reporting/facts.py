@@ -12,7 +12,7 @@ bound, inclusive: the value itself below 100 ms, else rounded up to two signific
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -177,15 +177,17 @@ Delta = dict[tuple[object, ...], list[int]]
 def deltas(removed: Iterable[Fact], added: Iterable[Fact]) -> Delta:
     """The rollup's change, by (subject..., hour, bucket): [rows, n, *FLAGS]; zero sums dropped."""
     found: Delta = {}
+    width = 2 + len(FLAGS)
     for sign, facts in ((-1, removed), (1, added)):
         for f in facts:
-            sums = found.setdefault((*f.subject, f.hour, f.bucket), [0] * (2 + len(FLAGS)))
-            for i, v in enumerate(_counts(f)):
-                sums[i] += sign * v
+            key = (f.flow, f.kind, f.name, f.to_type, f.participant, f.hour, f.bucket)
+            sums = found.get(key)
+            if sums is None:
+                sums = found[key] = [0] * width
+            sums[0] += sign
+            if f.duration_ms is not None:
+                sums[1] += sign
+            for i, v in enumerate(f.flags, 2):
+                if v:
+                    sums[i] += sign * v
     return {k: v for k, v in found.items() if any(v)}
-
-
-def _counts(f: Fact) -> Iterator[int]:
-    yield 1
-    yield int(f.duration_ms is not None)
-    yield from f.flags

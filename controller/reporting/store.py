@@ -10,12 +10,14 @@ message writes the transitions it completes.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import UTC
 from functools import cache
 from typing import Any
 
 from sqlalchemy import Connection, Select, bindparam, delete, insert, or_, select, text, true
 
 from contracts.envelope import Envelope
+from controller.db import bulk
 from controller.db.tables import (
     FLAGS,
     messages,
@@ -90,9 +92,26 @@ def _transitions_of(conn: Connection, recorded: list[Envelope]) -> list[rf.Fact]
         return []
     cids = sorted({m.correlation_id for m in recorded})
     ids = sorted({m.id for m in recorded})
+    if conn.dialect.name == "postgresql":
+        return [rf.transition(flow, started_at.astimezone(UTC), cid, cause_type,
+                              cause_at.astimezone(UTC), effect_id, effect_type, source,
+                              effect_at.astimezone(UTC))
+                for flow, started_at, cid, cause_type, cause_at, effect_id, effect_type, source,
+                effect_at in bulk.query(conn, _RELATED_PG, (cids, ids, ids))]
     return [rf.transition(r.flow, r.started_at, r.correlation_id, r.cause_type, r.cause_at, r.id,
                           r.type, r.source, r.occurred_at)
             for r in conn.execute(_related(), {"cids": cids, "ids": ids})]
+
+
+# `_related` on PostgreSQL (`bulk.query`): a fixed text (arrays, not expanded IN lists), prepared.
+_RELATED_PG = (
+    "SELECT w.flow, w.started_at, w.correlation_id, cause.type, cause.occurred_at, effect.id,"
+    " effect.type, effect.source, effect.occurred_at FROM workflows w"
+    " JOIN workflow_messages effect ON effect.correlation_id = w.correlation_id"
+    " JOIN workflow_messages cause ON cause.id = effect.causation_id"
+    " WHERE cause.correlation_id = effect.correlation_id AND effect.id <> cause.id"
+    " AND w.correlation_id = ANY(%s::varchar[])"
+    " AND (effect.id = ANY(%s::varchar[]) OR cause.id = ANY(%s::varchar[]))")
 
 
 @cache
@@ -134,14 +153,25 @@ def _transitions(conn: Connection, correlation_id: str) -> list[rf.Fact]:
 
 
 def _add(conn: Connection, facts: list[rf.Fact]) -> None:
-    if facts:
+    if facts and conn.dialect.name == "postgresql":
+        bulk.insert(conn, report_facts, [f.row() for f in facts])
+    elif facts:
         conn.execute(insert(report_facts), [f.row() for f in facts])
-        _append(conn, rf.deltas((), facts))
+    _append(conn, rf.deltas((), facts))
 
 
 def _upsert_facts(conn: Connection, facts: Iterable[rf.Fact]) -> None:
     rows = sorted(facts, key=lambda f: (f.correlation_id, *f.key))
+    if conn.dialect.name == "postgresql":
+        bulk.insert(conn, report_facts, [f.row() for f in rows], _ON_FACT)
+        return
     conn.execute(_upsert(conn.dialect.name), [f.row() for f in rows])
+
+
+# The facts' upsert on PostgreSQL (`bulk`): a fact's columns replace the stored ones.
+_KEY = ("correlation_id", "kind", "item")
+_ON_FACT = (f"ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
+            + ", ".join(f"{c.name} = excluded.{c.name}" for c in report_facts.c if c.name not in _KEY))
 
 
 @cache
@@ -154,10 +184,15 @@ def _upsert(dialect: str) -> Any:
 
 
 def _append(conn: Connection, found: rf.Delta) -> None:
-    if found:
-        conn.execute(insert(report_deltas), [
-            {**dict(zip((*_SUBJECT, "hour", "bucket"), key, strict=True)),
-             **dict(zip(_SUMS, sums, strict=True))} for key, sums in sorted(found.items())])
+    if found and conn.dialect.name == "postgresql":
+        bulk.insert(conn, report_deltas, _delta_rows(found))
+    elif found:
+        conn.execute(insert(report_deltas), _delta_rows(found))
+
+
+def _delta_rows(found: rf.Delta) -> list[dict[str, Any]]:
+    return [{**dict(zip((*_SUBJECT, "hour", "bucket"), key, strict=True)),
+             **dict(zip(_SUMS, sums, strict=True))} for key, sums in sorted(found.items())]
 
 
 def fold_deltas(conn: Connection) -> None:

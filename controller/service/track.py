@@ -2,8 +2,8 @@
 participant runtime, records each message once, and moves its workflow along.
 
 It handles a whole batch at once, in the runtime's transaction: one lock statement for its
-workflows, four queries to load them, the lifecycle in memory message by message, then the unit
-of work writes back what changed, one statement per kind of row."""
+workflows, one query to load them (four on SQLite), the lifecycle in memory message by message,
+then the unit of work writes back what changed, one statement per kind of row."""
 
 from __future__ import annotations
 

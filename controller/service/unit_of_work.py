@@ -132,7 +132,8 @@ class UnitOfWork:
 
     def flush(self) -> list[Envelope]:
         """Write everything this unit decided, in the order the report's facts need (a new
-        workflow before the messages that name it); the messages to publish."""
+        workflow before the messages that name it); the messages to publish. A unit is flushed
+        once, at its end: what it loaded is written and forgotten (no snapshot taken again)."""
         self._insert_new()
         fresh = store.record_messages(self.conn, self._timeline, self.now)
         changed = [(wf, before) for wf, before in self._loaded.values() if wf != before]
@@ -141,7 +142,7 @@ class UnitOfWork:
         states = [(rf.of_workflow(before), rf.of_workflow(wf)) for wf, before in changed]
         report_store.recorded_and_saved(self.conn, traced, states)  # one upsert, one delta
         sent, self.messages, self._timeline, self._new = self.messages, [], [], []
-        self._loaded = {cid: (wf, _snapshot(wf)) for cid, (wf, _) in self._loaded.items()}
+        self._loaded = {}
         return sent
 
     def _insert_new(self) -> None:

@@ -230,6 +230,25 @@ def test_duplicate_failures_and_answers_issue_one_compensation(controller: Contr
     assert len(controller.announced(lifecycle_events.COMPENSATING, cid)) == 1
 
 
+def test_the_one_load_query_loads_what_the_four_portable_ones_do(controller: Controller) -> None:
+    """PostgreSQL loads a batch's workflows in one query (steps, compensations and first events as
+    JSON): every field, times and results included, as the four per-table queries load them."""
+    done, open_, compensated = controller.start(), controller.start(), controller.start()
+    controller.deliver(*(controller.event(t, done) for t in HAPPY))
+    controller.deliver(controller.event("inventory.reserved", open_))
+    controller.deliver(controller.event("inventory.reserved", compensated),
+                       controller.event("payment.charge_failed", compensated))
+    [release] = controller.commands_to("inventory", compensated.correlation_id)
+    controller.answer(release, "inventory.released")
+    cids = sorted(m.correlation_id for m in (done, open_, compensated))
+    with controller.engine.connect() as conn:
+        one, four = store.load_many(conn, [*cids, "no-such-workflow"]), store.load_by_table(conn, cids)
+    assert sorted(one) == cids and one == four
+    assert one[compensated.correlation_id].compensations and one[done.correlation_id].seen
+    assert all(s.started_at is None or s.started_at.utcoffset() == timedelta(0)
+               for wf in one.values() for s in wf.steps.values())
+
+
 # -- disorder: the same final state whatever the arrival order ------------------------------------
 
 
