@@ -6,8 +6,8 @@ and only then are the entries acknowledged (one pipeline, XADDs before XACKs, wh
 that order). The published rows are marked sent in the next batch's transaction, with its claims
 in one statement (or, when no batch comes within MARK_WAIT_MS, in one of their own before the
 consumer blocks on an empty stream): one commit per batch. If a handler fails, that transaction is
-rolled back and the batch handled again with each
-message in its own savepoint, so only the failing one is retried.
+rolled back and the batch handled again with each message in its own savepoint, so only the
+failing one is retried.
 Entries left pending by a dead or failing consumer are reclaimed after a visibility timeout that
 doubles with each delivery; after the last allowed delivery they go to the dead-letter stream, as do
 malformed entries, at once; the last handler error of an entry is kept in Redis until it is
