@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 
 from contracts.envelope import Envelope
-from participants.runtime.db import upsert
+from participants.runtime.db import raw_rows, upsert
 from participants.runtime.participant import Context, Participant
 
 # Rules: a charge succeeds when used credit + the order's total_amount stays within the customer's
@@ -206,6 +206,9 @@ class Credit:
         return {"order_id": row["order_id"], "payment_id": row["payment_id"], "amount": row["amount"] / 100}
 
     def write(self, conn: Connection) -> None:
+        if conn.dialect.name == "postgresql":
+            self._write_pg(conn)
+            return
         if self.new:
             conn.execute(_INSERT_LEDGER, self.new)
         if self.refunded:
@@ -215,7 +218,31 @@ class Credit:
                                  for c in sorted(self.changed)])
 
 
+    def _write_pg(self, conn: Connection) -> None:
+        """`write` in one statement, through the driver (`raw_rows`)."""
+        if not (self.new or self.refunded or self.changed):
+            return
+        columns = {c: [r[c] for r in self.new] for c in _LEDGER_COLUMNS}
+        changed = sorted(self.changed)
+        raw_rows(conn, _WRITE_PG, {**columns, "refunded_ids": self.refunded, "customers": changed,
+                                   "used_now": [self.accounts[c]["used"] for c in changed]})
+
+
 _INSERT_LEDGER = insert(ledger)
+_LEDGER_COLUMNS = ("entry_id", "payment_id", "kind", "status", "correlation_id", "order_id", "customer_id",
+                   "amount", "currency", "note", "created_at")
+# The new ledger rows, the refunded charges and the accounts' credit used (their rows locked by
+# `_LOCK`) in one statement: the three touch different rows, a new charge is inserted refunded.
+_WRITE_PG = (
+    "WITH new AS (INSERT INTO payment_ledger (" + ", ".join(_LEDGER_COLUMNS) + ")"
+    " SELECT * FROM unnest(%(entry_id)s::text[], %(payment_id)s::text[], %(kind)s::text[],"
+    " %(status)s::text[], %(correlation_id)s::text[], %(order_id)s::text[], %(customer_id)s::text[],"
+    " %(amount)s::bigint[], %(currency)s::text[], %(note)s::text[], %(created_at)s::timestamptz[])),"
+    f" refunded AS (UPDATE payment_ledger SET status = '{REFUNDED}'"
+    " WHERE entry_id = ANY(%(refunded_ids)s::text[])),"
+    " used AS (UPDATE payment_accounts SET used = v.used FROM unnest(%(customers)s::text[],"
+    " %(used_now)s::bigint[]) AS v(customer, used) WHERE payment_accounts.customer_id = v.customer)"
+    " SELECT 1")
 
 
 def handle(p: Participant, conn: Connection, batch: list[Envelope], now: datetime) -> list[list[Envelope]]:
