@@ -97,6 +97,10 @@ _SHIPMENT_OF = select(shipments).where(
     shipments.c.correlation_id == bindparam("cid"), shipments.c.order_id == bindparam("order"),
     shipments.c.status == bindparam("status"),
 ).order_by(shipments.c.created_at.desc()).limit(1)
+_SCHEDULED_OF = select(shipments).where(
+    shipments.c.correlation_id.in_(bindparam("cids", expanding=True)),
+    shipments.c.status == bindparam("status"),
+).order_by(shipments.c.created_at)
 _INSERT_SHIPMENT = insert(shipments)
 
 
@@ -123,11 +127,16 @@ def schedule(conn: Connection, correlation_id: str, order_id: str, units: int | 
         return _scheduled(row.order_id, row.shipment_id, row.estimated_delivery)
     if units is not None and units > PARCEL_LIMIT:
         raise OverParcelLimit(f"parcel limit exceeded: {units} units, at most {PARCEL_LIMIT}")
-    shipment_id, estimated = f"shp_{uuid.uuid4().hex}", delivery_date(basis)
-    conn.execute(_INSERT_SHIPMENT, {
-        "shipment_id": shipment_id, "correlation_id": correlation_id, "order_id": order_id,
-        "units": units, "status": SCHEDULED, "estimated_delivery": estimated, "created_at": now})
-    return _scheduled(order_id, shipment_id, estimated)
+    new = _shipment(correlation_id, order_id, units, basis, now)
+    conn.execute(_INSERT_SHIPMENT, new)
+    return _scheduled(order_id, new["shipment_id"], new["estimated_delivery"])
+
+
+def _shipment(correlation_id: str, order_id: str, units: int | None, basis: datetime,
+              now: datetime) -> dict[str, Any]:
+    return {"shipment_id": f"shp_{uuid.uuid4().hex}", "correlation_id": correlation_id,
+            "order_id": order_id, "units": units, "status": SCHEDULED,
+            "estimated_delivery": delivery_date(basis), "created_at": now}
 
 
 def _scheduled(order_id: str, shipment_id: str, estimated: date) -> dict[str, Any]:
@@ -172,8 +181,49 @@ def handle(p: Participant, conn: Connection, batch: list[Envelope], now: datetim
         conn.execute(_insert_order(conn.dialect.name),
                      sorted(reserved, key=lambda r: (r["correlation_id"], r["order_id"])))
     complete = joins.arrive_many(conn, NAME, "schedule", JOINED, batch)
-    return [_on_both(Context(conn, m, now, NAME, p.registry), both) if both else []
-            for m, both in zip(batch, complete, strict=True)]
+    booked = _Booked.load(conn, [both for both in complete if both])
+    out = [booked.answer(Context(conn, m, now, NAME, p.registry), both) if both else []
+           for m, both in zip(batch, complete, strict=True)]
+    booked.write(conn)
+    return out
+
+
+class _Booked:
+    """The scheduled shipments of a batch's completed orders, read in one statement; the new ones
+    scheduled in memory, in order, then inserted in one."""
+
+    def __init__(self, scheduled: dict[tuple[str, str], Any]) -> None:
+        self.scheduled = scheduled  # (correlation_id, order_id): its latest scheduled shipment
+        self.new: list[dict[str, Any]] = []
+
+    @classmethod
+    def load(cls, conn: Connection, completed: list[dict[str, Envelope]]) -> _Booked:
+        cids = sorted({m["inventory.reserved"].correlation_id for m in completed})
+        scheduled: dict[tuple[str, str], Any] = {}
+        if cids:
+            for row in conn.execute(_SCHEDULED_OF, {"cids": cids, "status": SCHEDULED}):  # oldest first
+                scheduled[(row.correlation_id, row.order_id)] = row._mapping
+        return cls(scheduled)
+
+    def answer(self, ctx: Context, msgs: dict[str, Envelope]) -> list[Envelope]:
+        reserved, charged = msgs["inventory.reserved"], msgs["payment.charged"]
+        cid, order_id, units = reserved.correlation_id, reserved.data["order_id"], units_of(reserved)
+        row = self.scheduled.get((cid, order_id))
+        if row is not None:
+            data = _scheduled(order_id, row["shipment_id"], row["estimated_delivery"])
+            return [ctx.event("shipment.scheduled", data)]
+        if units > PARCEL_LIMIT:
+            reason = f"parcel limit exceeded: {units} units, at most {PARCEL_LIMIT}"
+            return [ctx.event("shipment.scheduling_failed", {"order_id": order_id, "reason": reason})]
+        row = _shipment(cid, order_id, units, max(reserved.occurred_at, charged.occurred_at), ctx.now)
+        self.new.append(row)
+        self.scheduled[(cid, order_id)] = row
+        data = _scheduled(order_id, row["shipment_id"], row["estimated_delivery"])
+        return [ctx.event("shipment.scheduled", data)]
+
+    def write(self, conn: Connection) -> None:
+        if self.new:
+            conn.execute(_INSERT_SHIPMENT, self.new)
 
 
 def _on_both(ctx: Context, msgs: dict[str, Envelope]) -> list[Envelope]:
