@@ -216,13 +216,13 @@ _RESERVATION_COLUMNS = ("reservation_id", "correlation_id", "order_id", "line", 
 # one statement: the three touch different rows, a new one is inserted already released.
 _WRITE_PG = (
     "WITH new AS (INSERT INTO inventory_reservations (" + ", ".join(_RESERVATION_COLUMNS) + ")"
-    " SELECT * FROM unnest(%(reservation_id)s::text[], %(correlation_id)s::text[], %(order_id)s::text[],"
-    " %(line)s::int[], %(product_id)s::text[], %(quantity)s::int[], %(status)s::text[],"
-    " %(created_at)s::timestamptz[], %(released_at)s::timestamptz[])),"
-    f" released AS (UPDATE inventory_reservations SET status = '{RELEASED}', released_at = %(now)s"
-    " WHERE reservation_id = ANY(%(released_ids)s::text[])),"
-    " levels AS (UPDATE inventory_stock SET available = v.level FROM unnest(%(products)s::text[],"
-    " %(levels)s::int[]) AS v(product, level) WHERE inventory_stock.product_id = v.product)"
+    " SELECT * FROM unnest(%(reservation_id)b::text[], %(correlation_id)b::text[], %(order_id)b::text[],"
+    " %(line)b::int[], %(product_id)b::text[], %(quantity)b::int[], %(status)b::text[],"
+    " %(created_at)b::timestamptz[], %(released_at)b::timestamptz[])),"
+    f" released AS (UPDATE inventory_reservations SET status = '{RELEASED}', released_at = %(now)b"
+    " WHERE reservation_id = ANY(%(released_ids)b::text[])),"
+    " levels AS (UPDATE inventory_stock SET available = v.level FROM unnest(%(products)b::text[],"
+    " %(levels)b::int[]) AS v(product, level) WHERE inventory_stock.product_id = v.product)"
     " SELECT 1")
 
 

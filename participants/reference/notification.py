@@ -90,12 +90,12 @@ def _columns(rows: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
 _RECORD_PG = (
     "WITH new AS (INSERT INTO notification_messages (order_id, template, notification_id,"
     " correlation_id, channel, recipient, subject, body, created_at)"
-    " SELECT o, %(template)s, n, c, %(channel)s, r, s, b, %(now)s"
-    " FROM unnest(%(order_id)s::text[], %(notification_id)s::text[], %(correlation_id)s::text[],"
-    " %(recipient)s::text[], %(subject)s::text[], %(body)s::text[]) WITH ORDINALITY AS t(o, n, c, r, s, b, i)"
+    " SELECT o, %(template)b, n, c, %(channel)b, r, s, b, %(now)b"
+    " FROM unnest(%(order_id)b::text[], %(notification_id)b::text[], %(correlation_id)b::text[],"
+    " %(recipient)b::text[], %(subject)b::text[], %(body)b::text[]) WITH ORDINALITY AS t(o, n, c, r, s, b, i)"
     " ORDER BY i ON CONFLICT DO NOTHING RETURNING order_id, notification_id)"
     " SELECT order_id, notification_id FROM new UNION ALL SELECT order_id, notification_id"
-    " FROM notification_messages WHERE order_id = ANY(%(order_id)s::text[]) AND template = %(template)s")
+    " FROM notification_messages WHERE order_id = ANY(%(order_id)b::text[]) AND template = %(template)b")
 
 
 def handle(p: Participant, conn: Connection, batch: list[Envelope], now: datetime) -> list[list[Envelope]]:

@@ -235,13 +235,13 @@ _LEDGER_COLUMNS = ("entry_id", "payment_id", "kind", "status", "correlation_id",
 # `_LOCK`) in one statement: the three touch different rows, a new charge is inserted refunded.
 _WRITE_PG = (
     "WITH new AS (INSERT INTO payment_ledger (" + ", ".join(_LEDGER_COLUMNS) + ")"
-    " SELECT * FROM unnest(%(entry_id)s::text[], %(payment_id)s::text[], %(kind)s::text[],"
-    " %(status)s::text[], %(correlation_id)s::text[], %(order_id)s::text[], %(customer_id)s::text[],"
-    " %(amount)s::bigint[], %(currency)s::text[], %(note)s::text[], %(created_at)s::timestamptz[])),"
+    " SELECT * FROM unnest(%(entry_id)b::text[], %(payment_id)b::text[], %(kind)b::text[],"
+    " %(status)b::text[], %(correlation_id)b::text[], %(order_id)b::text[], %(customer_id)b::text[],"
+    " %(amount)b::bigint[], %(currency)b::text[], %(note)b::text[], %(created_at)b::timestamptz[])),"
     f" refunded AS (UPDATE payment_ledger SET status = '{REFUNDED}'"
-    " WHERE entry_id = ANY(%(refunded_ids)s::text[])),"
-    " used AS (UPDATE payment_accounts SET used = v.used FROM unnest(%(customers)s::text[],"
-    " %(used_now)s::bigint[]) AS v(customer, used) WHERE payment_accounts.customer_id = v.customer)"
+    " WHERE entry_id = ANY(%(refunded_ids)b::text[])),"
+    " used AS (UPDATE payment_accounts SET used = v.used FROM unnest(%(customers)b::text[],"
+    " %(used_now)b::bigint[]) AS v(customer, used) WHERE payment_accounts.customer_id = v.customer)"
     " SELECT 1")
 
 

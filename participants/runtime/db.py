@@ -105,7 +105,9 @@ def raw_rows(conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, An
     `conn`'s transaction, and return its rows (none for a statement without RETURNING). For the
     few statements every batch runs: SQLAlchemy's execute path costs about 0.1 ms of CPU more per
     statement than psycopg's. A driver error goes through SQLAlchemy's handling as if it ran the
-    statement (wrapped, `OperationalError` for an outage, the pool invalidated on a disconnect)."""
+    statement (wrapped, `OperationalError` for an outage, the pool invalidated on a disconnect).
+    Placeholders are binary (`%(name)b`): psycopg escapes each string of a text-format array with
+    a regular expression, which cost 0.2 ms for a batch's two outbox rows."""
     driver = conn.connection.driver_connection
     assert driver is not None
     try:

@@ -214,9 +214,9 @@ def _unclaim(consumer: str, key: str) -> Any:
 
 
 # A data-modifying WITH runs whatever the main statement reads of it: the marking goes along.
-_CLAIM_PG = ("WITH sent AS (UPDATE baton_outbox SET sent_at = %(now)s WHERE seq = ANY(%(seqs)s::bigint[]))"
+_CLAIM_PG = ("WITH sent AS (UPDATE baton_outbox SET sent_at = %(now)b WHERE seq = ANY(%(seqs)b::bigint[]))"
              " INSERT INTO baton_processed (consumer, message_id, processed_at)"
-             " SELECT %(consumer)s, k, %(now)s FROM unnest(%(keys)s::text[]) AS k ORDER BY k"
+             " SELECT %(consumer)b, k, %(now)b FROM unnest(%(keys)b::text[]) AS k ORDER BY k"
              " ON CONFLICT DO NOTHING RETURNING message_id")
 
 

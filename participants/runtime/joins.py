@@ -163,11 +163,11 @@ _FORGET = delete(join_arrival).where(*_matches(join_arrival))
 # The arrivals recorded and the joins fired (or reopened: NULL) of a batch, in one statement.
 _WRITE_PG = (
     "WITH new AS (INSERT INTO baton_join_arrival (consumer, join_name, correlation_id, message_type,"
-    " envelope) SELECT %(consumer)s, %(join_name)s, c, t, e FROM unnest(%(cids)s::text[],"
-    " %(types)s::text[], %(envelopes)s::text[]) AS a(c, t, e))"
-    " UPDATE baton_join_state SET fired_at = v.at FROM unnest(%(fire_cids)s::text[],"
-    " %(fire_at)s::timestamptz[]) AS v(cid, at) WHERE consumer = %(consumer)s"
-    " AND join_name = %(join_name)s AND correlation_id = v.cid")
+    " envelope) SELECT %(consumer)b, %(join_name)b, c, t, e FROM unnest(%(cids)b::text[],"
+    " %(types)b::text[], %(envelopes)b::text[]) AS a(c, t, e))"
+    " UPDATE baton_join_state SET fired_at = v.at FROM unnest(%(fire_cids)b::text[],"
+    " %(fire_at)b::timestamptz[]) AS v(cid, at) WHERE consumer = %(consumer)b"
+    " AND join_name = %(join_name)b AND correlation_id = v.cid")
 
 
 def _loads(text: str) -> dict[str, str]:

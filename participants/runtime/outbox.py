@@ -188,6 +188,6 @@ _CLAIM = (update(outbox)
 # PostgreSQL's, through the driver (`raw_rows`): the rows inserted in the order given, so their
 # `seq`s (drawn in insertion order) sorted are theirs in that order.
 _ENQUEUE_PG = ("INSERT INTO baton_outbox (message_id, stream, fields, created_at)"
-               " SELECT m, s, f::json, %(now)s FROM unnest(%(ids)s::text[], %(streams)s::text[],"
-               " %(fields)s::text[]) WITH ORDINALITY AS t(m, s, f, n) ORDER BY n RETURNING seq")
+               " SELECT m, s, f::json, %(now)b FROM unnest(%(ids)b::text[], %(streams)b::text[],"
+               " %(fields)b::text[]) WITH ORDINALITY AS t(m, s, f, n) ORDER BY n RETURNING seq")
 _MARK_SENT = update(outbox).where(outbox.c.seq.in_(bindparam("seqs", expanding=True)))
