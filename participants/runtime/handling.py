@@ -214,9 +214,11 @@ def _unclaim(consumer: str, key: str) -> Any:
 
 
 # A data-modifying WITH runs whatever the main statement reads of it: the marking goes along.
+# The keys are inserted in the order given (sorted in Python, as on SQLite).
 _CLAIM_PG = ("WITH sent AS (UPDATE baton_outbox SET sent_at = %(now)b WHERE seq = ANY(%(seqs)b::bigint[]))"
              " INSERT INTO baton_processed (consumer, message_id, processed_at)"
-             " SELECT %(consumer)b, k, %(now)b FROM unnest(%(keys)b::text[]) AS k ORDER BY k"
+             " SELECT %(consumer)b, k, %(now)b FROM unnest(%(keys)b::text[]) WITH ORDINALITY AS t(k, n)"
+             " ORDER BY n"
              " ON CONFLICT DO NOTHING RETURNING message_id")
 
 

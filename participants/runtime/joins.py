@@ -48,15 +48,13 @@ def arrive_many(conn: Connection, consumer: str, join_name: str, types: tuple[st
     """`arrive` for each message of `batch` in turn, in a few statements for them all: the
     state rows created or locked in one (in correlation ID order), their arrivals read in one,
     the set decided in memory message by message, then the arrivals forgotten (a retry), recorded
-    and the joins fired, one statement each. What each message completes, or None."""
+    and the joins fired, one statement each (the last two in one on PostgreSQL). What each
+    message completes, or None."""
     cids = sorted({m.correlation_id for m in batch})
     if not cids:
         return []
     keys = [{"consumer": consumer, "join_name": join_name, "correlation_id": c} for c in cids]
-    fired = {r.correlation_id: r.fired_at for r in conn.execute(_lock_states(conn.dialect.name), keys)}
-    arrived: dict[str, dict[str, Envelope]] = {c: {} for c in cids}
-    for r in conn.execute(_ARRIVED_OF, {"w_consumer": consumer, "w_join_name": join_name, "cids": cids}):
-        arrived[r.correlation_id][r.message_type] = decode_fields(_loads(r.envelope))
+    fired, arrived = _load(conn, consumer, join_name, cids)
     forget: set[str] = set()
     new: dict[tuple[str, str], Envelope] = {}
     fire: dict[str, Any] = {}
@@ -77,6 +75,25 @@ def arrive_many(conn: Connection, consumer: str, join_name: str, types: tuple[st
         out.append({t: got[t] for t in types})
     _write(conn, keys[0], forget, new, fire)
     return out
+
+
+def _load(conn: Connection, consumer: str, join_name: str,
+          cids: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Envelope]]]:
+    """Lock the state rows of `cids` (in that order), then read their arrivals: when each fired,
+    and what arrived for each. Two statements: the read must see what a concurrent consumer
+    committed while this one waited on a lock."""
+    arrived: dict[str, dict[str, Envelope]] = {c: {} for c in cids}
+    if conn.dialect.name == "postgresql":
+        params = {"consumer": consumer, "join_name": join_name, "cids": cids}
+        fired = {cid: at for cid, at in raw_rows(conn, _LOCK_STATES_PG, params)}
+        for cid, message_type, envelope in raw_rows(conn, _ARRIVED_OF_PG, params):
+            arrived[cid][message_type] = decode_fields(_loads(envelope))
+        return fired, arrived
+    keys = [{"consumer": consumer, "join_name": join_name, "correlation_id": c} for c in cids]
+    fired = {r.correlation_id: r.fired_at for r in conn.execute(_lock_states(conn.dialect.name), keys)}
+    for r in conn.execute(_ARRIVED_OF, {"w_consumer": consumer, "w_join_name": join_name, "cids": cids}):
+        arrived[r.correlation_id][r.message_type] = decode_fields(_loads(r.envelope))
+    return fired, arrived
 
 
 def _write(conn: Connection, key: dict[str, str], forget: set[str], new: dict[tuple[str, str], Envelope],
@@ -160,6 +177,15 @@ _FIRE = update(join_state).where(*_matches(join_state))
 _FORGET = delete(join_arrival).where(*_matches(join_arrival))
 
 
+# `_lock_states` and `_ARRIVED_OF` through the driver (`raw_rows`).
+_LOCK_STATES_PG = (
+    "INSERT INTO baton_join_state (consumer, join_name, correlation_id) SELECT %(consumer)b,"
+    " %(join_name)b, c FROM unnest(%(cids)b::text[]) WITH ORDINALITY AS t(c, n) ORDER BY n"
+    " ON CONFLICT (consumer, join_name, correlation_id) DO UPDATE SET fired_at = baton_join_state.fired_at"
+    " RETURNING correlation_id, fired_at")
+_ARRIVED_OF_PG = (
+    "SELECT correlation_id, message_type, envelope FROM baton_join_arrival WHERE consumer = %(consumer)b"
+    " AND join_name = %(join_name)b AND correlation_id = ANY(%(cids)b::text[])")
 # The arrivals recorded and the joins fired (or reopened: NULL) of a batch, in one statement.
 _WRITE_PG = (
     "WITH new AS (INSERT INTO baton_join_arrival (consumer, join_name, correlation_id, message_type,"
