@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 
 from contracts.envelope import Envelope
-from participants.runtime.db import raw_rows, upsert
+from participants.runtime.db import raw_dicts, raw_rows, upsert
 from participants.runtime.participant import Context, Participant
 
 # Rules: the catalog is CATALOG. An order fails as a whole (`inventory.reservation_failed`, or
@@ -124,13 +124,13 @@ class Stock:
         cids = sorted({m.correlation_id for m in batch})
         wanted = {i["product_id"] for m in batch if m.type in RESERVES for i in m.data["items"]}
         if any(m.type not in RESERVES for m in batch):
-            wanted |= {r.product_id for r in conn.execute(_OF_ORDERS, {"cids": cids})}
+            wanted |= {r["product_id"] for r in _orders_of(conn, cids)}
         levels: dict[str, int] = {}
         tried: set[str] = set()
         while True:  # a second round only if a reservation committed meanwhile names another product
             levels |= cls._lock(conn, sorted(wanted - tried))
             tried |= wanted
-            rows = [dict(r._mapping) for r in conn.execute(_OF_ORDERS, {"cids": cids})]
+            rows = _orders_of(conn, cids)
             wanted = {r["product_id"] for r in rows} - tried
             if not wanted:
                 break
@@ -145,6 +145,8 @@ class Stock:
     def _lock(conn: Connection, products: list[str]) -> dict[str, int]:
         if not products:
             return {}
+        if conn.dialect.name == "postgresql":
+            return dict(raw_rows(conn, _LOCK_PG, {"products": products}))
         return {r.product_id: r.available for r in conn.execute(_LOCK, {"products": products})}
 
     def reserve(self, msg: Envelope, now: datetime) -> list[dict[str, Any]]:
@@ -224,6 +226,20 @@ _WRITE_PG = (
     " levels AS (UPDATE inventory_stock SET available = v.level FROM unnest(%(products)b::text[],"
     " %(levels)b::int[]) AS v(product, level) WHERE inventory_stock.product_id = v.product)"
     " SELECT 1")
+
+
+def _orders_of(conn: Connection, cids: list[str]) -> list[dict[str, Any]]:
+    """The reservations of the workflows `cids`, oldest first, by line."""
+    if conn.dialect.name == "postgresql":
+        return raw_dicts(conn, _OF_ORDERS_PG, {"cids": cids})
+    return [dict(r._mapping) for r in conn.execute(_OF_ORDERS, {"cids": cids})]
+
+
+# `_LOCK` and `_OF_ORDERS` through the driver (`raw_rows`).
+_LOCK_PG = ("SELECT product_id, available FROM inventory_stock WHERE product_id = ANY(%(products)b::text[])"
+            " ORDER BY product_id FOR UPDATE")
+_OF_ORDERS_PG = ("SELECT * FROM inventory_reservations WHERE correlation_id = ANY(%(cids)b::text[])"
+                 " ORDER BY created_at, line")
 
 
 def _row(msg: Envelope, order_id: str, line: int, item: dict[str, Any], now: datetime) -> dict[str, Any]:

@@ -117,6 +117,18 @@ def raw_rows(conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, An
         conn._handle_dbapi_exception(exc, sql, params, None, None)  # raises
 
 
+def raw_dicts(conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """`raw_rows`, each row a dict by column name."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    try:
+        cursor = driver.execute(sql, params)
+        names = [c.name for c in cursor.description or ()]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()] if names else []
+    except Exception as exc:
+        conn._handle_dbapi_exception(exc, sql, params, None, None)  # raises
+
+
 def create_tables(engine: Engine, *metadatas: MetaData) -> None:
     """Idempotent, and safe when several processes start at once on one database."""
     with engine.begin() as conn:
