@@ -108,24 +108,24 @@ def raw_rows(conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, An
     statement (wrapped, `OperationalError` for an outage, the pool invalidated on a disconnect).
     Placeholders are binary (`%(name)b`): psycopg escapes each string of a text-format array with
     a regular expression, which cost 0.2 ms for a batch's two outbox rows."""
-    driver = conn.connection.driver_connection
-    assert driver is not None
-    try:
-        cursor = driver.execute(sql, params)
-        return cursor.fetchall() if cursor.description else []
-    except Exception as exc:  # psycopg's; anything else SQLAlchemy re-raises as it is
-        conn._handle_dbapi_exception(exc, sql, params, None, None)  # raises
+    cursor = _execute(conn, sql, params)
+    return cursor.fetchall() if cursor.description else []
 
 
 def raw_dicts(conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[dict[str, Any]]:
     """`raw_rows`, each row a dict by column name."""
+    cursor = _execute(conn, sql, params)
+    names = [c.name for c in cursor.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()] if names else []
+
+
+def _execute(conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> Any:
+    """The driver's cursor, its results fetched (psycopg's client-side cursor)."""
     driver = conn.connection.driver_connection
     assert driver is not None
     try:
-        cursor = driver.execute(sql, params)
-        names = [c.name for c in cursor.description or ()]
-        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()] if names else []
-    except Exception as exc:
+        return driver.execute(sql, params)
+    except Exception as exc:  # psycopg's; anything else SQLAlchemy re-raises as it is
         conn._handle_dbapi_exception(exc, sql, params, None, None)  # raises
 
 
