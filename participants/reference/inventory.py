@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 
 from contracts.envelope import Envelope
-from participants.runtime.db import upsert
+from participants.runtime.db import raw_dicts, raw_rows, upsert
 from participants.runtime.participant import Context, Participant
 
 # Rules: the catalog is CATALOG. An order fails as a whole (`inventory.reservation_failed`, or
@@ -124,13 +124,13 @@ class Stock:
         cids = sorted({m.correlation_id for m in batch})
         wanted = {i["product_id"] for m in batch if m.type in RESERVES for i in m.data["items"]}
         if any(m.type not in RESERVES for m in batch):
-            wanted |= {r.product_id for r in conn.execute(_OF_ORDERS, {"cids": cids})}
+            wanted |= {r["product_id"] for r in _orders_of(conn, cids)}
         levels: dict[str, int] = {}
         tried: set[str] = set()
         while True:  # a second round only if a reservation committed meanwhile names another product
             levels |= cls._lock(conn, sorted(wanted - tried))
             tried |= wanted
-            rows = [dict(r._mapping) for r in conn.execute(_OF_ORDERS, {"cids": cids})]
+            rows = _orders_of(conn, cids)
             wanted = {r["product_id"] for r in rows} - tried
             if not wanted:
                 break
@@ -145,6 +145,8 @@ class Stock:
     def _lock(conn: Connection, products: list[str]) -> dict[str, int]:
         if not products:
             return {}
+        if conn.dialect.name == "postgresql":
+            return dict(raw_rows(conn, _LOCK_PG, {"products": products}))
         return {r.product_id: r.available for r in conn.execute(_LOCK, {"products": products})}
 
     def reserve(self, msg: Envelope, now: datetime) -> list[dict[str, Any]]:
@@ -189,12 +191,55 @@ class Stock:
         return [row["reservation_id"] for row in rows]
 
     def write(self, conn: Connection, now: datetime) -> None:
+        if conn.dialect.name == "postgresql":
+            self._write_pg(conn, now)
+            return
         if self.new:
             conn.execute(insert(reservations), self.new)
         if self.released:
             conn.execute(_RELEASE, [{"rid": r, "at": now} for r in self.released])
         if self.changed:
             conn.execute(_LEVEL, [{"product": p, "level": self.levels[p]} for p in sorted(self.changed)])
+
+
+    def _write_pg(self, conn: Connection, now: datetime) -> None:
+        """`write` in one statement, through the driver (`raw_rows`)."""
+        if not (self.new or self.released or self.changed):
+            return
+        columns = {c: [r[c] for r in self.new] for c in _RESERVATION_COLUMNS}
+        changed = sorted(self.changed)
+        raw_rows(conn, _WRITE_PG, {**columns, "released_ids": self.released, "now": now,
+                                   "products": changed, "levels": [self.levels[p] for p in changed]})
+
+
+_RESERVATION_COLUMNS = ("reservation_id", "correlation_id", "order_id", "line", "product_id", "quantity",
+                        "status", "created_at", "released_at")
+# The new reservations, the released ones and the stock levels (their rows locked by `_LOCK`) in
+# one statement: the three touch different rows, a new one is inserted already released.
+_WRITE_PG = (
+    "WITH new AS (INSERT INTO inventory_reservations (" + ", ".join(_RESERVATION_COLUMNS) + ")"
+    " SELECT * FROM unnest(%(reservation_id)b::text[], %(correlation_id)b::text[], %(order_id)b::text[],"
+    " %(line)b::int[], %(product_id)b::text[], %(quantity)b::int[], %(status)b::text[],"
+    " %(created_at)b::timestamptz[], %(released_at)b::timestamptz[])),"
+    f" released AS (UPDATE inventory_reservations SET status = '{RELEASED}', released_at = %(now)b"
+    " WHERE reservation_id = ANY(%(released_ids)b::text[])),"
+    " levels AS (UPDATE inventory_stock SET available = v.level FROM unnest(%(products)b::text[],"
+    " %(levels)b::int[]) AS v(product, level) WHERE inventory_stock.product_id = v.product)"
+    " SELECT 1")
+
+
+def _orders_of(conn: Connection, cids: list[str]) -> list[dict[str, Any]]:
+    """The reservations of the workflows `cids`, oldest first, by line."""
+    if conn.dialect.name == "postgresql":
+        return raw_dicts(conn, _OF_ORDERS_PG, {"cids": cids})
+    return [dict(r._mapping) for r in conn.execute(_OF_ORDERS, {"cids": cids})]
+
+
+# `_LOCK` and `_OF_ORDERS` through the driver (`raw_rows`).
+_LOCK_PG = ("SELECT product_id, available FROM inventory_stock WHERE product_id = ANY(%(products)b::text[])"
+            " ORDER BY product_id FOR UPDATE")
+_OF_ORDERS_PG = ("SELECT * FROM inventory_reservations WHERE correlation_id = ANY(%(cids)b::text[])"
+                 " ORDER BY created_at, line")
 
 
 def _row(msg: Envelope, order_id: str, line: int, item: dict[str, Any], now: datetime) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Column, Connection, DateTime, MetaData, String, Table, Text, bindparam, select
 
 from contracts.envelope import Envelope
-from participants.runtime.db import upsert
+from participants.runtime.db import raw_rows, upsert
 from participants.runtime.participant import Context, Participant
 
 # Rules: the recipient is `<customer_id>@customers.example` when `payment.charged` names the customer
@@ -64,12 +64,38 @@ _RECORDED = select(messages.c.order_id, messages.c.notification_id).where(
 
 
 def record(conn: Connection, batch: list[Envelope], now: datetime) -> dict[str, str]:
-    """Record each order's confirmation unless there is one, in one statement (the first of the
-    batch's messages for an order composes it); the id of each order's one confirmation."""
+    """Record each order's confirmation unless there is one (the first of the batch's messages for
+    an order composes it); the id of each order's one confirmation. One statement on PostgreSQL,
+    two on SQLite."""
     first = {m.data["order_id"]: m for m in reversed(batch)}  # the earliest message of each order
     rows = [compose(first[order_id], now) for order_id in sorted(first)]  # one lock order
-    conn.execute(_insert_message(conn.dialect.name), rows)
+    if conn.dialect.name == "postgresql":
+        found = {r[0]: r[1] for r in raw_rows(conn, _RECORD_PG, _columns(rows, now))}
+        if len(found) == len(rows):
+            return found
+        # An order another consumer recorded while this one waited on it: committed after the
+        # statement's snapshot, so seen only by a statement of its own.
+    else:
+        conn.execute(_insert_message(conn.dialect.name), rows)
     return {r.order_id: r.notification_id for r in conn.execute(_RECORDED, {"orders": sorted(first)})}
+
+
+def _columns(rows: list[dict[str, Any]], now: datetime) -> dict[str, Any]:
+    names = ("order_id", "notification_id", "correlation_id", "recipient", "subject", "body")
+    return {**{n: [r[n] for r in rows] for n in names}, "template": TEMPLATE, "channel": CHANNEL, "now": now}
+
+
+# PostgreSQL's insert and read in one statement, through the driver (`raw_rows`): the rows it
+# inserted, and those there before (the main query's snapshot does not see what the WITH inserts).
+_RECORD_PG = (
+    "WITH new AS (INSERT INTO notification_messages (order_id, template, notification_id,"
+    " correlation_id, channel, recipient, subject, body, created_at)"
+    " SELECT o, %(template)b, n, c, %(channel)b, r, s, b, %(now)b"
+    " FROM unnest(%(order_id)b::text[], %(notification_id)b::text[], %(correlation_id)b::text[],"
+    " %(recipient)b::text[], %(subject)b::text[], %(body)b::text[]) WITH ORDINALITY AS t(o, n, c, r, s, b, i)"
+    " ORDER BY i ON CONFLICT DO NOTHING RETURNING order_id, notification_id)"
+    " SELECT order_id, notification_id FROM new UNION ALL SELECT order_id, notification_id"
+    " FROM notification_messages WHERE order_id = ANY(%(order_id)b::text[]) AND template = %(template)b")
 
 
 def handle(p: Participant, conn: Connection, batch: list[Envelope], now: datetime) -> list[list[Envelope]]:

@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 
 from contracts.envelope import Envelope
-from participants.runtime.db import upsert
+from participants.runtime.db import raw_dicts, raw_rows, upsert
 from participants.runtime.participant import Context, Participant
 
 # Rules: a charge succeeds when used credit + the order's total_amount stays within the customer's
@@ -116,7 +116,18 @@ _OF_ORDERS = select(ledger).where(ledger.c.correlation_id.in_(bindparam("cids", 
 _REFUNDED = update(ledger).where(ledger.c.entry_id == bindparam("entry")).values(status=REFUNDED)
 _USED = (update(accounts).where(accounts.c.customer_id == bindparam("customer"))
          .values(used=bindparam("now_used")))
+# `_LOCK` and `_OF_ORDERS` through the driver (`raw_dicts`).
+_LOCK_PG = ("SELECT * FROM payment_accounts WHERE customer_id = ANY(%(customers)b::text[])"
+            " ORDER BY customer_id FOR UPDATE")
+_OF_ORDERS_PG = "SELECT * FROM payment_ledger WHERE correlation_id = ANY(%(cids)b::text[])"
 CHARGES = {"order.placed", "payment.charge"}
+
+
+def _rows(conn: Connection, statement: Any, pg_sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """`pg_sql` through the driver on PostgreSQL, `statement` elsewhere: rows as dicts."""
+    if conn.dialect.name == "postgresql":
+        return raw_dicts(conn, pg_sql, params)
+    return [dict(r._mapping) for r in conn.execute(statement, params)]
 OrderKey = tuple[str, str]  # (correlation_id, order_id)
 
 
@@ -143,15 +154,15 @@ class Credit:
         if wanted:
             _add_accounts(conn, dict.fromkeys(sorted(wanted), DEFAULT_LIMIT))
         if any(m.type not in CHARGES for m in batch):
-            wanted |= {r.customer_id for r in conn.execute(_OF_ORDERS, {"cids": cids})}
+            wanted |= {r["customer_id"] for r in _rows(conn, _OF_ORDERS, _OF_ORDERS_PG, {"cids": cids})}
         found: dict[str, dict[str, Any]] = {}
         tried: set[str] = set()
         while True:  # a second round only if a charge committed meanwhile names another customer
             if wanted - tried:
-                rows = conn.execute(_LOCK, {"customers": sorted(wanted - tried)})
-                found |= {r.customer_id: dict(r._mapping) for r in rows}
+                rows = _rows(conn, _LOCK, _LOCK_PG, {"customers": sorted(wanted - tried)})
+                found |= {r["customer_id"]: r for r in rows}
             tried |= wanted
-            entries = [dict(r._mapping) for r in conn.execute(_OF_ORDERS, {"cids": cids})]
+            entries = _rows(conn, _OF_ORDERS, _OF_ORDERS_PG, {"cids": cids})
             wanted = {e["customer_id"] for e in entries} - tried
             if not wanted:
                 break
@@ -206,6 +217,9 @@ class Credit:
         return {"order_id": row["order_id"], "payment_id": row["payment_id"], "amount": row["amount"] / 100}
 
     def write(self, conn: Connection) -> None:
+        if conn.dialect.name == "postgresql":
+            self._write_pg(conn)
+            return
         if self.new:
             conn.execute(_INSERT_LEDGER, self.new)
         if self.refunded:
@@ -215,7 +229,31 @@ class Credit:
                                  for c in sorted(self.changed)])
 
 
+    def _write_pg(self, conn: Connection) -> None:
+        """`write` in one statement, through the driver (`raw_rows`)."""
+        if not (self.new or self.refunded or self.changed):
+            return
+        columns = {c: [r[c] for r in self.new] for c in _LEDGER_COLUMNS}
+        changed = sorted(self.changed)
+        raw_rows(conn, _WRITE_PG, {**columns, "refunded_ids": self.refunded, "customers": changed,
+                                   "used_now": [self.accounts[c]["used"] for c in changed]})
+
+
 _INSERT_LEDGER = insert(ledger)
+_LEDGER_COLUMNS = ("entry_id", "payment_id", "kind", "status", "correlation_id", "order_id", "customer_id",
+                   "amount", "currency", "note", "created_at")
+# The new ledger rows, the refunded charges and the accounts' credit used (their rows locked by
+# `_LOCK`) in one statement: the three touch different rows, a new charge is inserted refunded.
+_WRITE_PG = (
+    "WITH new AS (INSERT INTO payment_ledger (" + ", ".join(_LEDGER_COLUMNS) + ")"
+    " SELECT * FROM unnest(%(entry_id)b::text[], %(payment_id)b::text[], %(kind)b::text[],"
+    " %(status)b::text[], %(correlation_id)b::text[], %(order_id)b::text[], %(customer_id)b::text[],"
+    " %(amount)b::bigint[], %(currency)b::text[], %(note)b::text[], %(created_at)b::timestamptz[])),"
+    f" refunded AS (UPDATE payment_ledger SET status = '{REFUNDED}'"
+    " WHERE entry_id = ANY(%(refunded_ids)b::text[])),"
+    " used AS (UPDATE payment_accounts SET used = v.used FROM unnest(%(customers)b::text[],"
+    " %(used_now)b::bigint[]) AS v(customer, used) WHERE payment_accounts.customer_id = v.customer)"
+    " SELECT 1")
 
 
 def handle(p: Participant, conn: Connection, batch: list[Envelope], now: datetime) -> list[list[Envelope]]:

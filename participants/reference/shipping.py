@@ -30,7 +30,7 @@ from sqlalchemy import (
 
 from contracts.envelope import COMMAND, Envelope
 from participants.runtime import joins
-from participants.runtime.db import upsert
+from participants.runtime.db import raw_rows, upsert
 from participants.runtime.participant import Context, Participant
 
 # Rules: one parcel carries at most PARCEL_LIMIT units in total across the order's reservations;
@@ -97,6 +97,10 @@ _SHIPMENT_OF = select(shipments).where(
     shipments.c.correlation_id == bindparam("cid"), shipments.c.order_id == bindparam("order"),
     shipments.c.status == bindparam("status"),
 ).order_by(shipments.c.created_at.desc()).limit(1)
+_SCHEDULED_OF = select(shipments).where(
+    shipments.c.correlation_id.in_(bindparam("cids", expanding=True)),
+    shipments.c.status == bindparam("status"),
+).order_by(shipments.c.created_at)
 _INSERT_SHIPMENT = insert(shipments)
 
 
@@ -123,11 +127,16 @@ def schedule(conn: Connection, correlation_id: str, order_id: str, units: int | 
         return _scheduled(row.order_id, row.shipment_id, row.estimated_delivery)
     if units is not None and units > PARCEL_LIMIT:
         raise OverParcelLimit(f"parcel limit exceeded: {units} units, at most {PARCEL_LIMIT}")
-    shipment_id, estimated = f"shp_{uuid.uuid4().hex}", delivery_date(basis)
-    conn.execute(_INSERT_SHIPMENT, {
-        "shipment_id": shipment_id, "correlation_id": correlation_id, "order_id": order_id,
-        "units": units, "status": SCHEDULED, "estimated_delivery": estimated, "created_at": now})
-    return _scheduled(order_id, shipment_id, estimated)
+    new = _shipment(correlation_id, order_id, units, basis, now)
+    conn.execute(_INSERT_SHIPMENT, new)
+    return _scheduled(order_id, new["shipment_id"], new["estimated_delivery"])
+
+
+def _shipment(correlation_id: str, order_id: str, units: int | None, basis: datetime,
+              now: datetime) -> dict[str, Any]:
+    return {"shipment_id": f"shp_{uuid.uuid4().hex}", "correlation_id": correlation_id,
+            "order_id": order_id, "units": units, "status": SCHEDULED,
+            "estimated_delivery": delivery_date(basis), "created_at": now}
 
 
 def _scheduled(order_id: str, shipment_id: str, estimated: date) -> dict[str, Any]:
@@ -169,11 +178,85 @@ def handle(p: Participant, conn: Connection, batch: list[Envelope], now: datetim
     reserved = [{"correlation_id": m.correlation_id, "order_id": m.data["order_id"], "units": units_of(m)}
                 for m in batch if m.type == "inventory.reserved"]
     if reserved:
-        conn.execute(_insert_order(conn.dialect.name),
-                     sorted(reserved, key=lambda r: (r["correlation_id"], r["order_id"])))
+        _remember_all(conn, sorted(reserved, key=lambda r: (r["correlation_id"], r["order_id"])))
     complete = joins.arrive_many(conn, NAME, "schedule", JOINED, batch)
-    return [_on_both(Context(conn, m, now, NAME, p.registry), both) if both else []
-            for m, both in zip(batch, complete, strict=True)]
+    booked = _Booked.load(conn, [both for both in complete if both])
+    out = [booked.answer(Context(conn, m, now, NAME, p.registry), both) if both else []
+           for m, both in zip(batch, complete, strict=True)]
+    booked.write(conn)
+    return out
+
+
+class _Booked:
+    """The scheduled shipments of a batch's completed orders, read in one statement; the new ones
+    scheduled in memory, in order, then inserted in one."""
+
+    def __init__(self, scheduled: dict[tuple[str, str], Any]) -> None:
+        self.scheduled = scheduled  # (correlation_id, order_id): its latest scheduled shipment
+        self.new: list[dict[str, Any]] = []
+
+    @classmethod
+    def load(cls, conn: Connection, completed: list[dict[str, Envelope]]) -> _Booked:
+        cids = sorted({m["inventory.reserved"].correlation_id for m in completed})
+        scheduled: dict[tuple[str, str], Any] = {}
+        if not cids:
+            return cls(scheduled)
+        params = {"cids": cids, "status": SCHEDULED}
+        if conn.dialect.name == "postgresql":
+            found = raw_rows(conn, _SCHEDULED_OF_PG, params)
+            rows: Any = [dict(zip(_SCHEDULED_COLUMNS, r, strict=True)) for r in found]
+        else:
+            rows = [r._mapping for r in conn.execute(_SCHEDULED_OF, params)]
+        for row in rows:  # oldest first: the latest is kept
+            scheduled[(row["correlation_id"], row["order_id"])] = row
+        return cls(scheduled)
+
+    def answer(self, ctx: Context, msgs: dict[str, Envelope]) -> list[Envelope]:
+        reserved, charged = msgs["inventory.reserved"], msgs["payment.charged"]
+        cid, order_id, units = reserved.correlation_id, reserved.data["order_id"], units_of(reserved)
+        row = self.scheduled.get((cid, order_id))
+        if row is not None:
+            data = _scheduled(order_id, row["shipment_id"], row["estimated_delivery"])
+            return [ctx.event("shipment.scheduled", data)]
+        if units > PARCEL_LIMIT:
+            reason = f"parcel limit exceeded: {units} units, at most {PARCEL_LIMIT}"
+            return [ctx.event("shipment.scheduling_failed", {"order_id": order_id, "reason": reason})]
+        row = _shipment(cid, order_id, units, max(reserved.occurred_at, charged.occurred_at), ctx.now)
+        self.new.append(row)
+        self.scheduled[(cid, order_id)] = row
+        data = _scheduled(order_id, row["shipment_id"], row["estimated_delivery"])
+        return [ctx.event("shipment.scheduled", data)]
+
+    def write(self, conn: Connection) -> None:
+        if self.new and conn.dialect.name == "postgresql":
+            raw_rows(conn, _INSERT_SHIPMENTS_PG, {c: [r[c] for r in self.new] for c in _SHIPMENT_COLUMNS})
+        elif self.new:
+            conn.execute(_INSERT_SHIPMENT, self.new)
+
+
+def _remember_all(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """The units of each order reserved, in the order given, unless known already."""
+    if conn.dialect.name != "postgresql":
+        conn.execute(_insert_order(conn.dialect.name), rows)
+        return
+    raw_rows(conn, _REMEMBER_PG, {c: [r[c] for r in rows] for c in ("correlation_id", "order_id", "units")})
+
+
+# A batch's statements on PostgreSQL, through the driver (`raw_rows`), rows in the order given.
+_REMEMBER_PG = (
+    "INSERT INTO shipping_orders (correlation_id, order_id, units) SELECT c, o, u FROM"
+    " unnest(%(correlation_id)b::text[], %(order_id)b::text[], %(units)b::int[]) WITH ORDINALITY"
+    " AS t(c, o, u, n) ORDER BY n ON CONFLICT DO NOTHING")
+_SCHEDULED_COLUMNS = ("correlation_id", "order_id", "shipment_id", "estimated_delivery")
+_SCHEDULED_OF_PG = (
+    "SELECT " + ", ".join(_SCHEDULED_COLUMNS) + " FROM shipping_shipments"
+    " WHERE correlation_id = ANY(%(cids)b::text[]) AND status = %(status)b ORDER BY created_at")
+_SHIPMENT_COLUMNS = ("shipment_id", "correlation_id", "order_id", "units", "status", "estimated_delivery",
+                     "created_at")
+_INSERT_SHIPMENTS_PG = (
+    "INSERT INTO shipping_shipments (" + ", ".join(_SHIPMENT_COLUMNS) + ") SELECT * FROM"
+    " unnest(%(shipment_id)b::text[], %(correlation_id)b::text[], %(order_id)b::text[], %(units)b::int[],"
+    " %(status)b::text[], %(estimated_delivery)b::date[], %(created_at)b::timestamptz[])")
 
 
 def _on_both(ctx: Context, msgs: dict[str, Envelope]) -> list[Envelope]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
@@ -98,6 +98,35 @@ def upsert(dialect: str | Connection, table: Table) -> postgresql.Insert | sqlit
 
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def raw_rows(conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[Any]:
+    """Run `sql` (psycopg's placeholders) on PostgreSQL through the driver's own connection, in
+    `conn`'s transaction, and return its rows (none for a statement without RETURNING). For the
+    few statements every batch runs: SQLAlchemy's execute path costs about 0.1 ms of CPU more per
+    statement than psycopg's. A driver error goes through SQLAlchemy's handling as if it ran the
+    statement (wrapped, `OperationalError` for an outage, the pool invalidated on a disconnect).
+    Placeholders are binary (`%(name)b`): psycopg escapes each string of a text-format array with
+    a regular expression, which cost 0.2 ms for a batch's two outbox rows."""
+    cursor = _execute(conn, sql, params)
+    return cursor.fetchall() if cursor.description else []
+
+
+def raw_dicts(conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> list[dict[str, Any]]:
+    """`raw_rows`, each row a dict by column name."""
+    cursor = _execute(conn, sql, params)
+    names = [c.name for c in cursor.description or ()]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()] if names else []
+
+
+def _execute(conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> Any:
+    """The driver's cursor, its results fetched (psycopg's client-side cursor)."""
+    driver = conn.connection.driver_connection
+    assert driver is not None
+    try:
+        return driver.execute(sql, params)
+    except Exception as exc:  # psycopg's; anything else SQLAlchemy re-raises as it is
+        conn._handle_dbapi_exception(exc, sql, params, None, None)  # raises
 
 
 def create_tables(engine: Engine, *metadatas: MetaData) -> None:

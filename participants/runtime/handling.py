@@ -20,7 +20,7 @@ from contracts.envelope import COMMAND, EVENT, Envelope
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
 from participants.runtime import deadletter, joins, outbox
-from participants.runtime.db import retry_lost_races, upsert
+from participants.runtime.db import raw_rows, retry_lost_races, upsert
 from participants.runtime.faults import crash_point
 from participants.runtime.participant import Context, Participant
 from participants.runtime.reading import Entry
@@ -76,8 +76,8 @@ class BatchHandler:
 
     def _handle_batch(self, entries: list[Entry], unmarked: list[int], now: Any) -> Handled:
         with self.engine.begin() as conn:
-            outbox.mark_sent(conn, unmarked)  # the previous batch's, in this batch's commit
-            fresh = self._claim_all(conn, [_key(e.message) for e in entries if e.message], now)
+            # The previous batch's outbox rows are marked sent in this batch's commit.
+            fresh = self._claim_all(conn, [_key(e.message) for e in entries if e.message], unmarked, now)
             todo: list[Envelope] = []
             for entry in entries:
                 assert entry.message is not None
@@ -111,12 +111,20 @@ class BatchHandler:
             emitted += out
         return emitted
 
-    def _claim_all(self, conn: Connection, keys: list[str], now: Any) -> set[str]:
-        """Claim each message once for this consumer, in one statement; the keys claimed now."""
-        if not keys:
-            return set()
+    def _claim_all(self, conn: Connection, keys: list[str], unmarked: list[int], now: Any) -> set[str]:
+        """Claim each message once for this consumer and mark the outbox rows `unmarked` sent: one
+        statement on PostgreSQL (through the driver), two on SQLite. The keys claimed now."""
         # Sorted: two consumers inserting the same ids wait for each other in one order, not in two.
-        rows = [{"consumer": self.group, "message_id": k, "processed_at": now} for k in sorted(set(keys))]
+        claims = sorted(set(keys))
+        if conn.dialect.name == "postgresql":
+            if not claims and not unmarked:
+                return set()
+            params = {"consumer": self.group, "keys": claims, "seqs": unmarked, "now": now}
+            return {r[0] for r in raw_rows(conn, _CLAIM_PG, params)}
+        outbox.mark_sent(conn, unmarked)
+        if not claims:
+            return set()
+        rows = [{"consumer": self.group, "message_id": k, "processed_at": now} for k in claims]
         return set(conn.execute(_claim_statement(conn.dialect.name), rows).scalars())
 
     def _handle_each(self, entries: list[Entry], unmarked: list[int], now: Any,
@@ -129,8 +137,7 @@ class BatchHandler:
         emitted: list[Envelope] = []
         todo = [e.message for e in entries if e.message is not None and _key(e.message) != skip]
         with self.engine.begin() as conn:
-            outbox.mark_sent(conn, unmarked)
-            fresh = self._claim_all(conn, [_key(m) for m in todo], now)
+            fresh = self._claim_all(conn, [_key(m) for m in todo], unmarked, now)
             if self.participant.lock is not None:
                 self.participant.lock(conn, [m for m in todo if _key(m) in fresh])
             for entry in entries:
@@ -204,6 +211,15 @@ def _key(msg: Envelope) -> str:
 def _unclaim(consumer: str, key: str) -> Any:
     """A claim given back: its handler failed, and the message is to be retried."""
     return delete(processed).where(processed.c.consumer == consumer, processed.c.message_id == key)
+
+
+# A data-modifying WITH runs whatever the main statement reads of it: the marking goes along.
+# The keys are inserted in the order given (sorted in Python, as on SQLite).
+_CLAIM_PG = ("WITH sent AS (UPDATE baton_outbox SET sent_at = %(now)b WHERE seq = ANY(%(seqs)b::bigint[]))"
+             " INSERT INTO baton_processed (consumer, message_id, processed_at)"
+             " SELECT %(consumer)b, k, %(now)b FROM unnest(%(keys)b::text[]) WITH ORDINALITY AS t(k, n)"
+             " ORDER BY n"
+             " ON CONFLICT DO NOTHING RETURNING message_id")
 
 
 @cache

@@ -12,7 +12,7 @@ from sqlalchemy import Connection, Table, bindparam, delete, insert, select, upd
 from contracts.envelope import Envelope, decode_fields
 from contracts.streams import CONTROLLER
 from contracts.timefmt import utcnow
-from participants.runtime.db import upsert
+from participants.runtime.db import raw_rows, upsert
 from participants.runtime.tables import join_arrival, join_state
 
 
@@ -48,15 +48,13 @@ def arrive_many(conn: Connection, consumer: str, join_name: str, types: tuple[st
     """`arrive` for each message of `batch` in turn, in a few statements for them all: the
     state rows created or locked in one (in correlation ID order), their arrivals read in one,
     the set decided in memory message by message, then the arrivals forgotten (a retry), recorded
-    and the joins fired, one statement each. What each message completes, or None."""
+    and the joins fired, one statement each (the last two in one on PostgreSQL). What each
+    message completes, or None."""
     cids = sorted({m.correlation_id for m in batch})
     if not cids:
         return []
     keys = [{"consumer": consumer, "join_name": join_name, "correlation_id": c} for c in cids]
-    fired = {r.correlation_id: r.fired_at for r in conn.execute(_lock_states(conn.dialect.name), keys)}
-    arrived: dict[str, dict[str, Envelope]] = {c: {} for c in cids}
-    for r in conn.execute(_ARRIVED_OF, {"w_consumer": consumer, "w_join_name": join_name, "cids": cids}):
-        arrived[r.correlation_id][r.message_type] = decode_fields(_loads(r.envelope))
+    fired, arrived = _load(conn, consumer, join_name, cids)
     forget: set[str] = set()
     new: dict[tuple[str, str], Envelope] = {}
     fire: dict[str, Any] = {}
@@ -79,9 +77,31 @@ def arrive_many(conn: Connection, consumer: str, join_name: str, types: tuple[st
     return out
 
 
+def _load(conn: Connection, consumer: str, join_name: str,
+          cids: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Envelope]]]:
+    """Lock the state rows of `cids` (in that order), then read their arrivals: when each fired,
+    and what arrived for each. Two statements: the read must see what a concurrent consumer
+    committed while this one waited on a lock."""
+    arrived: dict[str, dict[str, Envelope]] = {c: {} for c in cids}
+    if conn.dialect.name == "postgresql":
+        params = {"consumer": consumer, "join_name": join_name, "cids": cids}
+        fired = {cid: at for cid, at in raw_rows(conn, _LOCK_STATES_PG, params)}
+        for cid, message_type, envelope in raw_rows(conn, _ARRIVED_OF_PG, params):
+            arrived[cid][message_type] = decode_fields(_loads(envelope))
+        return fired, arrived
+    keys = [{"consumer": consumer, "join_name": join_name, "correlation_id": c} for c in cids]
+    fired = {r.correlation_id: r.fired_at for r in conn.execute(_lock_states(conn.dialect.name), keys)}
+    for r in conn.execute(_ARRIVED_OF, {"w_consumer": consumer, "w_join_name": join_name, "cids": cids}):
+        arrived[r.correlation_id][r.message_type] = decode_fields(_loads(r.envelope))
+    return fired, arrived
+
+
 def _write(conn: Connection, key: dict[str, str], forget: set[str], new: dict[tuple[str, str], Envelope],
            fire: dict[str, Any]) -> None:
     where = {"w_consumer": key["consumer"], "w_join_name": key["join_name"]}
+    if not forget and conn.dialect.name == "postgresql":
+        _write_pg(conn, key, new, fire)
+        return
     if forget:
         conn.execute(_FORGET_OF, {**where, "cids": sorted(forget)})
     if new:
@@ -92,6 +112,19 @@ def _write(conn: Connection, key: dict[str, str], forget: set[str], new: dict[tu
     if fire:
         conn.execute(_FIRE, [{**where, "w_correlation_id": cid, "fired_at": at}
                              for cid, at in sorted(fire.items())])
+
+
+def _write_pg(conn: Connection, key: dict[str, str], new: dict[tuple[str, str], Envelope],
+              fire: dict[str, Any]) -> None:
+    """`_write` with nothing to forget, in one statement through the driver (`raw_rows`)."""
+    if not new and not fire:
+        return
+    fired = sorted(fire.items())
+    raw_rows(conn, _WRITE_PG, {
+        "consumer": key["consumer"], "join_name": key["join_name"],
+        "cids": [cid for cid, _ in new], "types": [t for _, t in new],
+        "envelopes": [orjson.dumps(m.to_fields()).decode() for m in new.values()],
+        "fire_cids": [cid for cid, _ in fired], "fire_at": [at for _, at in fired]})
 
 
 def _retried(message: Envelope, recorded: Envelope | None) -> bool:
@@ -142,6 +175,25 @@ _FORGET_OF = delete(join_arrival).where(*_OF_MANY)
 _INSERT_ARRIVAL = insert(join_arrival)
 _FIRE = update(join_state).where(*_matches(join_state))
 _FORGET = delete(join_arrival).where(*_matches(join_arrival))
+
+
+# `_lock_states` and `_ARRIVED_OF` through the driver (`raw_rows`).
+_LOCK_STATES_PG = (
+    "INSERT INTO baton_join_state (consumer, join_name, correlation_id) SELECT %(consumer)b,"
+    " %(join_name)b, c FROM unnest(%(cids)b::text[]) WITH ORDINALITY AS t(c, n) ORDER BY n"
+    " ON CONFLICT (consumer, join_name, correlation_id) DO UPDATE SET fired_at = baton_join_state.fired_at"
+    " RETURNING correlation_id, fired_at")
+_ARRIVED_OF_PG = (
+    "SELECT correlation_id, message_type, envelope FROM baton_join_arrival WHERE consumer = %(consumer)b"
+    " AND join_name = %(join_name)b AND correlation_id = ANY(%(cids)b::text[])")
+# The arrivals recorded and the joins fired (or reopened: NULL) of a batch, in one statement.
+_WRITE_PG = (
+    "WITH new AS (INSERT INTO baton_join_arrival (consumer, join_name, correlation_id, message_type,"
+    " envelope) SELECT %(consumer)b, %(join_name)b, c, t, e FROM unnest(%(cids)b::text[],"
+    " %(types)b::text[], %(envelopes)b::text[]) AS a(c, t, e))"
+    " UPDATE baton_join_state SET fired_at = v.at FROM unnest(%(fire_cids)b::text[],"
+    " %(fire_at)b::timestamptz[]) AS v(cid, at) WHERE consumer = %(consumer)b"
+    " AND join_name = %(join_name)b AND correlation_id = v.cid")
 
 
 def _loads(text: str) -> dict[str, str]:

@@ -3,10 +3,11 @@
 A batch read with XREADGROUP is handled in one database transaction: the processed-id rows (one
 statement), the handlers' effects and their outbox rows commit together; then the outbox is published
 and only then are the entries acknowledged (one pipeline, XADDs before XACKs, which Redis runs in
-that order). The published rows are marked sent in the next batch's
-transaction (or in one of their own before the consumer blocks on an empty stream): one commit per
-batch. If a handler fails, that transaction is rolled back and the batch handled again with each
-message in its own savepoint, so only the failing one is retried.
+that order). The published rows are marked sent in the next batch's transaction, with its claims
+in one statement (or, when no batch comes within MARK_WAIT_MS, in one of their own before the
+consumer blocks on an empty stream): one commit per batch. If a handler fails, that transaction is
+rolled back and the batch handled again with each message in its own savepoint, so only the
+failing one is retried.
 Entries left pending by a dead or failing consumer are reclaimed after a visibility timeout that
 doubles with each delivery; after the last allowed delivery they go to the dead-letter stream, as do
 malformed entries, at once; the last handler error of an entry is kept in Redis until it is
@@ -48,6 +49,9 @@ from participants.runtime.tables import metadata as runtime_metadata
 __all__ = ["Options", "Runtime"]
 
 log = structlog.get_logger("baton.runtime")
+# How long a consumer with published rows not yet marked sent waits for the next batch to mark
+# them in its commit, before it marks them in a transaction of their own and blocks (ms).
+MARK_WAIT_MS = 100
 
 
 @dataclass
@@ -153,9 +157,13 @@ class Runtime:
             handled += self.reclaim()
             self._last_reclaim = time.monotonic()
         began = time.monotonic()
-        entries = self._reader.read(">") if self._unmarked else []
+        # With rows published but not marked, wait a little for the next batch, whose commit
+        # marks them: under load one comes within milliseconds, and a commit of their own per
+        # batch would double the commits. Only then mark them alone and block for long.
+        wait = min(MARK_WAIT_MS, self.options.block_ms)
+        entries = self._reader.read(">", block=wait) if self._unmarked else []
         if not entries:
-            self._mark_sent()  # never block with rows published but not marked
+            self._mark_sent()  # never block for long with rows published but not marked
             entries = self._reader.read(">", block=self.options.block_ms)
         if entries and len(entries) < self.options.read_count and self.options.linger_ms:
             # Time spent blocked counts: an idle consumer handles a lone message at once, a busy

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 import redis
 import structlog
 from sqlalchemy import Connection, Engine, bindparam, insert, select, update
@@ -25,6 +26,7 @@ from contracts.envelope import COMMAND, Envelope
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
 from participants.runtime import connect
+from participants.runtime.db import raw_rows
 from participants.runtime.faults import crash_point
 from participants.runtime.tables import outbox
 
@@ -52,8 +54,13 @@ def enqueue(conn: Connection, keys: Keys, envelopes: Iterable[Envelope], now: da
     ]
     if not rows:
         return []
-    result = conn.execute(_ENQUEUE, rows)
-    return [Pending(seq, r["stream"], r["fields"]) for seq, r in zip(result.scalars(), rows, strict=True)]
+    if conn.dialect.name == "postgresql":
+        seqs = sorted(r[0] for r in raw_rows(conn, _ENQUEUE_PG, {
+            "ids": [r["message_id"] for r in rows], "streams": [r["stream"] for r in rows],
+            "fields": [_json(r["fields"]) for r in rows], "now": now}))
+    else:
+        seqs = list(conn.execute(_ENQUEUE, rows).scalars())
+    return [Pending(seq, r["stream"], r["fields"]) for seq, r in zip(seqs, rows, strict=True)]
 
 
 def publish(engine: Engine, client: redis.Redis, pending: Sequence[Pending],
@@ -97,6 +104,10 @@ def send(pipe: Any, pending: Sequence[Pending], crash_points: Collection[str] = 
     if crash_points:
         pipe.execute()
         crash_point("outbox.after_xadd", crash_points)
+
+
+def _json(fields: dict[str, str]) -> str:
+    return orjson.dumps(fields).decode()
 
 
 def mark_sent(conn: Connection, seqs: Sequence[int]) -> None:
@@ -174,4 +185,9 @@ _ENQUEUE = insert(outbox).returning(outbox.c.seq, sort_by_parameter_order=True)
 _CLAIM = (update(outbox)
           .where(outbox.c.seq.in_(bindparam("seqs", expanding=True)), outbox.c.sent_at.is_(None))
           .values(sent_at=bindparam("now")).returning(outbox.c.seq))
+# PostgreSQL's, through the driver (`raw_rows`): the rows inserted in the order given, so their
+# `seq`s (drawn in insertion order) sorted are theirs in that order.
+_ENQUEUE_PG = ("INSERT INTO baton_outbox (message_id, stream, fields, created_at)"
+               " SELECT m, s, f::json, %(now)b FROM unnest(%(ids)b::text[], %(streams)b::text[],"
+               " %(fields)b::text[]) WITH ORDINALITY AS t(m, s, f, n) ORDER BY n RETURNING seq")
 _MARK_SENT = update(outbox).where(outbox.c.seq.in_(bindparam("seqs", expanding=True)))

@@ -396,6 +396,29 @@ def test_release_gives_the_stock_back_once(world: World) -> None:
     assert {r.status for r in world.rows(select(inventory.reservations))} == {"released"}
 
 
+def test_an_order_reserved_and_released_or_charged_and_refunded_in_one_batch(world: World) -> None:
+    """The rows a batch inserts and releases (refunds) at once are written released (refunded), in
+    one statement with the levels on PostgreSQL: nothing is taken when the batch is done."""
+    world.start("inventory", "payment")
+    order = world.send(placed([("SKU-RARE-1", 2)], customer="cust-small", total=20.0))
+    world.send(command("inventory.release", "inventory", {"order_id": order.data["order_id"]}, order))
+    refund = {"order_id": order.data["order_id"], "reason": "cancelled"}
+    world.send(command("payment.refund", "payment", refund, order))
+    world.drain()
+    [reserved], [released] = world.emitted("inventory.reserved"), world.emitted("inventory.released")
+    ids = [r["reservation_id"] for r in reserved.data["reservations"]]
+    assert released.data["released_reservations"] == ids
+    assert world.stock("SKU-RARE-1") == 5
+    assert {r.status for r in world.rows(select(inventory.reservations))} == {"released"}
+    [charged], [refunded] = world.emitted("payment.charged"), world.emitted("payment.refunded")
+    assert refunded.data["payment_id"] == charged.data["payment_id"]
+    entries = world.rows(select(payment.ledger).order_by(payment.ledger.c.kind))
+    assert [(e.kind, e.status, e.note) for e in entries] == [("charge", "refunded", None),
+                                                             ("refund", "refunded", "cancelled")]
+    used = world.rows(select(payment.accounts.c.used).where(payment.accounts.c.customer_id == "cust-small"))
+    assert used == [(0,)]
+
+
 def test_an_order_placed_again_after_its_compensation_is_neither_reserved_nor_charged_again(
         world: World) -> None:
     world.start("inventory", "payment")
