@@ -5,6 +5,9 @@ and a failed canary walked back to `compensated`."""
 
 from __future__ import annotations
 
+import csv
+import io
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +18,7 @@ from sqlalchemy import select
 
 from contracts.envelope import decode_fields
 from contracts.streams import partition_of
+from controller.reporting import render_text as report_text
 from participants.reference import catalog, pricing, search
 from tests.integration.test_price_change import OPERATOR, STARTER, World, running
 
@@ -126,3 +130,41 @@ def test_the_start_input_is_checked_against_the_declared_schema(world: World) ->
                           headers={"Authorization": f"Bearer {OPERATOR}"})
     assert r.status_code == 422
     assert "changes" in str(r.get_json()["errors"])
+
+
+def reports(world: World) -> tuple[str, list[dict[str, str]], str]:
+    """The SLA report of bulk_repricing as text (the CLI's summary), CSV rows and HTML."""
+    def get(accept: str) -> Any:
+        r = world.client.get("/v1/reports/sla?flow=bulk_repricing",
+                             headers={"Authorization": f"Bearer {OPERATOR}", "Accept": accept})
+        assert r.status_code == 200, r.data[:500]
+        return r
+    text = report_text.summary(get("application/json").get_json())
+    table = list(csv.DictReader(io.StringIO(get("text/csv").get_data(as_text=True))))
+    return text, table, get("text/html").get_data(as_text=True)
+
+
+def progress_shown(world: World, skus: int, published: int, done: int, failed: int,
+                   reverted: int) -> None:
+    text, table, html = reports(world)
+    counts = [1, skus, published, done, failed, reverted]
+    assert re.search(r"^bulk_repricing\s+" + r"\s+".join(map(str, counts)) + r"$", text, re.M), text
+    [row] = [r for r in table if r["level"] == "progress"]
+    assert [row[k] for k in ("flow", "workflows", "skus", "published", "done", "failed",
+                             "reverted")] == ["bulk_repricing", *map(str, counts)]
+    cells = "".join(f"<td>{n}</td>" for n in counts)
+    assert f'<td class="name">bulk_repricing</td>{cells}' in html.split('id="progress"')[1], html
+
+
+def test_the_text_csv_and_html_reports_show_a_repricings_progress_in_flight_and_finished(
+        world: World) -> None:
+    skus = [f"BULK-{uuid.uuid4().hex[:6]}-{n:03d}" for n in range(40)]
+    cid = start(world, batch(skus))
+    world.drain()
+    world.signal(cid, "approve")
+    world.drain("controller", "pricing")  # the canary is out; the catalog has not answered yet
+    assert world.workflow(cid)["status"] == "running"
+    progress_shown(world, skus=40, published=4, done=0, failed=0, reverted=0)
+    world.drain()
+    assert world.workflow(cid)["status"] == "completed"
+    progress_shown(world, skus=40, published=40, done=40, failed=0, reverted=0)
