@@ -6,8 +6,10 @@ and a failed canary walked back to `compensated`."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,10 +18,11 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from contracts.envelope import decode_fields
+from contracts.envelope import decode_fields, new_event
 from contracts.streams import partition_of
 from controller.reporting import render_text as report_text
-from participants.reference import catalog, pricing, search
+from participants.reference import catalog, pricing, repricing, search
+from participants.runtime.loop import Runtime
 from tests.integration.test_price_change import OPERATOR, STARTER, World, running
 
 
@@ -168,3 +171,88 @@ def test_the_text_csv_and_html_reports_show_a_repricings_progress_in_flight_and_
     world.drain()
     assert world.workflow(cid)["status"] == "completed"
     progress_shown(world, skus=40, published=40, done=40, failed=0, reverted=0)
+
+
+# -- the canary's watch window --------------------------------------------------------------------
+
+WATCH = 2.0  # seconds
+
+
+def drained_until(world: World, found: Any, what: str, timeout: float = 30.0) -> Any:
+    """Drain the runtimes (their timers tick as they poll) until `found()` is truthy."""
+    deadline = time.monotonic() + timeout
+    while not (result := found()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        world.drain()
+        time.sleep(0.05)
+    return result
+
+
+def watched(world: World, skus: list[str]) -> tuple[str, float]:
+    """A batch of `skus` approved with a watch window; every canary SKU has answered: its cid,
+    and when the last of those answers was emitted."""
+    cid = start(world, batch(skus, watch_seconds=WATCH))
+    world.drain()
+    world.signal(cid, "approve")
+    world.drain()
+    answers = sku_events(world, "catalog.sku_price_applied", cid)
+    assert len(answers) == 4, answers  # the canary, 10 % of 40, all applied
+    return cid, max(e.occurred_at.timestamp() for events in answers.values() for _, e in events)
+
+
+def test_the_watch_window_holds_the_canarys_verdict_until_it_ends(world: World) -> None:
+    skus = [f"BULK-{uuid.uuid4().hex[:6]}-{n:03d}" for n in range(40)]
+    cid, last_answer = watched(world, skus)
+    assert world.steps(cid)["watch_canary"] == "active"
+    assert world.emitted("repricing.canary_passed", cid) == []  # answered, but watched
+    [passed] = drained_until(world, lambda: world.emitted("repricing.canary_passed", cid),
+                             "the window to end")
+    assert passed.occurred_at.timestamp() - last_answer >= WATCH
+    drained_until(world, lambda: world.workflow(cid)["status"] == "completed", "the rollout")
+    assert world.workflow(cid)["progress"] == {"skus": 40, "published": 40, "done": 40,
+                                               "failed": 0, "reverted": 0}
+
+
+def rejected_later(world: World, cid: str, sku: str, repricing_id: str) -> None:
+    """The catalog reports, after it applied it, that a canary SKU's price failed."""
+    event = new_event("catalog.sku_price_rejected", {
+        "repricing_id": repricing_id, "sku": sku, "reason": "shoppers saw the wrong price"},
+        correlation_id=cid, source="catalog")
+    world.raw.xadd(world.keys.stream_of(event.type, event.data), event.to_fields())  # type: ignore[arg-type]
+
+
+def test_a_failure_reported_inside_the_window_fails_the_canary(world: World) -> None:
+    skus = [f"BULK-{uuid.uuid4().hex[:6]}-{n:03d}" for n in range(40)]
+    cid, _ = watched(world, skus)
+    [evaluated] = world.emitted("repricing.evaluated", cid)
+    rejected_later(world, cid, skus[2], evaluated.data["repricing_id"])
+    world.drain()
+    assert world.emitted("repricing.canary_failed", cid) == []  # still watched
+    [failed] = drained_until(world, lambda: world.emitted("repricing.canary_failed", cid),
+                             "the window to end")
+    assert failed.data["failure_rate_percent"] == 25.0
+    drained_until(world, lambda: world.workflow(cid)["status"] == "compensated", "the revert")
+    assert world.workflow(cid)["progress"] == {"skus": 40, "published": 4, "done": 3,
+                                               "failed": 1, "reverted": 4}
+    assert sorted(sku_events(world, "sku_price.reverted", cid)) == sorted(skus[:4])
+    rejected_later(world, cid, skus[3], evaluated.data["repricing_id"])  # after: not counted
+    world.drain()
+    assert world.workflow(cid)["progress"]["failed"] == 1
+
+
+def test_a_window_open_across_a_restart_is_decided_once_by_two_new_replicas(world: World) -> None:
+    """The window's end is in pricing's table: the copy that opened it is gone (its runtime and
+    every memory of it), and two new replicas of pricing, on the same database, decide it once."""
+    skus = [f"BULK-{uuid.uuid4().hex[:6]}-{n:03d}" for n in range(40)]
+    cid, _ = watched(world, skus)
+    options = dataclasses.replace(world.runtimes["pricing"].options)
+    del world.runtimes["pricing"]
+    for name in ("pricing-a", "pricing-b"):
+        replica = Runtime(repricing.build(), world.services.engine, world.raw, world.keys, options,
+                          consumer=name)
+        replica.participant.adopt_registry(world.services.registry)
+        replica.setup()
+        world.runtimes[name] = replica
+    drained_until(world, lambda: world.workflow(cid)["status"] == "completed", "the rollout")
+    assert len(world.emitted("repricing.canary_passed", cid)) == 1
+    assert len(world.emitted("repricing.completed", cid)) == 1
