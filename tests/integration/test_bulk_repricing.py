@@ -242,17 +242,19 @@ def test_a_failure_reported_inside_the_window_fails_the_canary(world: World) -> 
 
 def test_a_window_open_across_a_restart_is_decided_once_by_two_new_replicas(world: World) -> None:
     """The window's end is in pricing's table: the copy that opened it is gone (its runtime and
-    every memory of it), and two new replicas of pricing, on the same database, decide it once."""
+    every memory of it), and two new replicas of pricing on the same database, one of them that
+    copy restarted under its name (so it takes its partitions' leases back at once), decide it
+    once."""
     skus = [f"BULK-{uuid.uuid4().hex[:6]}-{n:03d}" for n in range(40)]
     cid, _ = watched(world, skus)
     options = dataclasses.replace(world.runtimes["pricing"].options)
     del world.runtimes["pricing"]
-    for name in ("pricing-a", "pricing-b"):
+    for name in ("test", "pricing-b"):
         replica = Runtime(repricing.build(), world.services.engine, world.raw, world.keys, options,
                           consumer=name)
         replica.participant.adopt_registry(world.services.registry)
         replica.setup()
-        world.runtimes[name] = replica
+        world.runtimes[f"pricing-{name}"] = replica
     drained_until(world, lambda: world.workflow(cid)["status"] == "completed", "the rollout")
     assert len(world.emitted("repricing.canary_passed", cid)) == 1
     assert len(world.emitted("repricing.completed", cid)) == 1
