@@ -133,6 +133,11 @@ def test_the_start_input_is_checked_against_the_declared_schema(world: World) ->
                           headers={"Authorization": f"Bearer {OPERATOR}"})
     assert r.status_code == 422
     assert "changes" in str(r.get_json()["errors"])
+    for watch in (-1, 301, "5"):  # seconds, 0 to 300 (within watch_canary's 600 s SLA)
+        r = world.client.post("/v1/workflows", json={
+            "flow": "bulk_repricing", "input": batch(["BULK-W"], watch_seconds=watch)},
+            headers={"Authorization": f"Bearer {OPERATOR}"})
+        assert r.status_code == 422 and "watch_seconds" in str(r.get_json()["errors"]), r.get_json()
 
 
 def reports(world: World) -> tuple[str, list[dict[str, str]], str]:
