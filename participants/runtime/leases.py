@@ -30,6 +30,12 @@ _TAKE = (_MINE + "return redis.call('pexpire', KEYS[1], ARGV[2]) end "
          "if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end return 0")
 
 
+def _eval(pipe: Any, script: str, key: str, *args: str) -> None:
+    """Queue EVAL of `script` over one key. As a raw command: a cluster's pipeline has no `eval`
+    (redis-py's raises), but routes a raw EVAL by its key like any command."""
+    pipe.execute_command("EVAL", script, 1, key, *args)
+
+
 RETRY_TAKE = 0.2  # seconds: how soon a consumer tries again to take a partition of its share
 
 
@@ -76,11 +82,11 @@ class Leases:
         take = [p for p in self.partitions if p in mine and p not in self.owned]
         pipe = self.client.pipeline(transaction=False)
         for p in keep:
-            pipe.eval(_RENEW, 1, self.keys.partition_lease(self.group, p), self.consumer, ttl_ms)
+            _eval(pipe, _RENEW, self.keys.partition_lease(self.group, p), self.consumer, ttl_ms)
         for p in drop:
-            pipe.eval(_RELEASE, 1, self.keys.partition_lease(self.group, p), self.consumer)
+            _eval(pipe, _RELEASE, self.keys.partition_lease(self.group, p), self.consumer)
         for p in take:
-            pipe.eval(_TAKE, 1, self.keys.partition_lease(self.group, p), self.consumer, ttl_ms)
+            _eval(pipe, _TAKE, self.keys.partition_lease(self.group, p), self.consumer, ttl_ms)
         replies: list[Any] = pipe.execute()
         self._started = True
         kept = {p for p, ok in zip(keep, replies[:len(keep)], strict=True) if ok}
@@ -98,7 +104,7 @@ class Leases:
         pipe = self.client.pipeline(transaction=False)
         pipe.zrem(self.keys.members(self.group), self.consumer)
         for p in self.owned:
-            pipe.eval(_RELEASE, 1, self.keys.partition_lease(self.group, p), self.consumer)
+            _eval(pipe, _RELEASE, self.keys.partition_lease(self.group, p), self.consumer)
         pipe.execute()
         self.owned = set()
 
