@@ -52,15 +52,18 @@ def migrate() -> None:
 
 def _controller_process(name: str, body: Callable[[Any, Any], None]) -> None:
     from controller.service.bootstrap import build_services
+    from participants.runtime.connect import Stopped
     from participants.runtime.service import stop_on_signals
     from participants.runtime.startup import until_reachable
 
     settings = _settings(name)
     stop = stop_on_signals()
     try:
-        services = build_services(settings)
+        services = build_services(settings, stop)
     except FlowDefinitionError as exc:  # BATON_FLOWS_DIRS holds a flow that cannot be loaded
         _configuration_error(exc)
+    except Stopped:  # SIGTERM before any node of the Redis Cluster answered: a clean stop
+        return
     try:
         if until_reachable(lambda: _prepare(services), stop, "the database"):
             body(services, stop)

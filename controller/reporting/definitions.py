@@ -13,5 +13,10 @@ SLA_MET_PCT = (
     "SLA met %: of those judged, the share that completed at or before its deadline; a "
     "compensated or needs_attention workflow is judged and never met, even with no breach."
 )
+PROGRESS_COUNTS = ("skus", "published", "done", "failed", "reverted")  # bulk_repricing's
+PROGRESS = (
+    "progress: per flow that reports it, the sum over its workflows in the range of the counts "
+    "each one's latest progress event carried, those still running included."
+)
 # (CSV column, sentence), in the order the CSV's definition rows give them
 DEFINITIONS = (("sla_judged", JUDGED), ("sla_met_pct", SLA_MET_PCT))

@@ -1,6 +1,8 @@
 """The SLA report as one CSV table for a spreadsheet: a row per flow, step, transition, breach,
-slow workflow and time bucket, told apart by the `level` column; the numbers are the JSON's. The
-last rows, of level `definition`, say in `reason` what the column named in `status` means."""
+slow workflow, time bucket and flow's progress (the last columns: `workflows`, `skus`,
+`published`, `done`, `reverted`, with `failed`), told apart by the `level` column; the numbers
+are the JSON's. The last rows, of level `definition`, say in `reason` what the column named in
+`status` means."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ COLUMNS = (
     "count", "p50_seconds", "p95_seconds", "p99_seconds", "max_seconds",
     "correlation_id", "status", "reason", "deadline_of", "deadline", "late_by_seconds",
     "started_at", "finished_at", "duration_seconds", "bucket_start", "link",
+    "workflows", "skus", "published", "done", "reverted",
 )
 _DURATIONS = {"count": "count", "p50": "p50_seconds", "p95": "p95_seconds", "p99": "p99_seconds",
               "max": "max_seconds"}
@@ -43,6 +46,8 @@ def rows(report: dict[str, Any]) -> Iterator[dict[str, Any]]:
     for point in report["series"]["items"]:
         yield {"level": "series", "bucket_start": point["start"],
                **{k: v for k, v in point.items() if k != "start"}}
+    for progress in report.get("progress") or []:
+        yield {"level": "progress", **{k: v for k, v in progress.items() if k in COLUMNS}}
     for column, sentence in DEFINITIONS:
         yield {"level": "definition", "status": column, "reason": sentence}
 

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
+from controller.reporting.definitions import PROGRESS, PROGRESS_COUNTS
 from controller.reporting.render_svg import PALETTE, Series, bar_chart, line_chart
 
 _CSS = """
@@ -56,7 +57,18 @@ def _sections(report: dict[str, Any], base: str) -> list[str]:
         _transition_table(report["transitions"]),
         f'<h2>Breaches ({report["breaches"]["total"]})</h2>', _breach_table(report["breaches"], base),
         "<h2>Slowest completed workflows</h2>", _slow_table(report["slowest"], base),
+        *_progress(report.get("progress") or []),
     ]
+
+
+def _progress(rows: list[dict[str, Any]]) -> list[str]:
+    """The flows that report progress (bulk_repricing's SKUs), in flight or finished."""
+    if not rows:
+        return []
+    head = ["flow", "workflows", *PROGRESS_COUNTS]
+    body = [[_name(r["flow"]), *(_num(r.get(k, 0)) for k in head[1:])] for r in rows]
+    return ["<h2>Progress</h2>", f'<p class="note">{escape(PROGRESS)}</p>',
+            _table("progress", head, body, 1)]
 
 
 def _outcome_table(name: str, rows: list[dict[str, Any]], names: Sequence[str],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -47,11 +48,13 @@ class Services:
         self.engine.dispose()
 
 
-def build_services(settings: Settings) -> Services:
+def build_services(settings: Settings, stop: threading.Event | None = None) -> Services:
+    """Every adapter; a Redis Cluster with no node answering yet is waited for (connect.py),
+    until `stop` is set (participants.runtime.connect.Stopped)."""
     registry = default_registry()
     catalog = load_catalog(registry, settings.flows_dirs)
     return Services(
-        settings=settings, engine=make_engine(settings.database_url), redis=redis_client(settings),
+        settings=settings, engine=make_engine(settings.database_url), redis=redis_client(settings, stop=stop),
         catalog=catalog, registry=registry, keys=Keys(settings.stream_prefix, registry.partitioned()),
         rq_redis=redis_client(settings, rq=True) if settings.rq_redis_url else None,
     )

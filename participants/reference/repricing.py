@@ -9,14 +9,17 @@ repriced keeps its price) and emits `sku_price.reverted` for each. Every command
 same way when repeated. Events: the catalog's per-SKU answers, counted under the batch's row lock
 (so that replicas of pricing count right), decide the canary once all of its SKUs have answered
 (failed when the share rejected passes `failure_threshold_percent`), and complete the batch once
-all of the rest have.
+all of the rest have. With `watch_seconds`, the canary is watched that long after its last answer
+before it is decided: a canary SKU reported rejected meanwhile (even after it was applied) counts
+as failed. The window's end is stored in the batch row and acted on by pricing's timer (`on_tick`,
+under the row's lock, SKIP LOCKED), so a restart keeps it and two replicas decide once.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
@@ -36,7 +39,7 @@ from sqlalchemy import (
     update,
 )
 
-from contracts.envelope import Envelope
+from contracts.envelope import Envelope, new_event
 from participants.reference import pricing
 from participants.reference.pricing import metadata, prices
 from participants.runtime.db import upsert
@@ -45,7 +48,7 @@ from participants.runtime.participant import Context, Participant
 EVALUATED, CANARY, PASSED, FAILED, REST, COMPLETED, REVERTED = (
     "evaluated", "canary", "canary_passed", "canary_failed", "rest", "completed", "reverted")
 APPLIED, REJECTED = "applied", "rejected"
-DEFAULT_CANARY_PERCENT, DEFAULT_THRESHOLD_PERCENT = 5.0, 10.0
+DEFAULT_CANARY_PERCENT, DEFAULT_THRESHOLD_PERCENT, DEFAULT_WATCH_SECONDS = 5.0, 10.0, 0.0
 
 
 batches = Table(
@@ -63,6 +66,9 @@ batches = Table(
     Column("failed", Integer, nullable=False, default=0),
     Column("canary_failed", Integer, nullable=False, default=0),
     Column("reverted", Integer, nullable=False, default=0),
+    Column("watch_seconds", Float, nullable=False, default=0.0),
+    Column("watch_until", DateTime(timezone=True)),  # the canary's window ends: decided then
+    Column("watch_cause", String(64)),  # the message that opened the window: the verdict's cause
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 skus = Table(
@@ -104,6 +110,7 @@ class Repricing:
         p.on_event("repricing.rest_published")(lambda m, c: [])
         p.on_event("catalog.sku_price_applied")(lambda m, c: self.on_answer(m, c, APPLIED))
         p.on_event("catalog.sku_price_rejected")(lambda m, c: self.on_answer(m, c, REJECTED))
+        p.tick = self.on_tick
 
     # -- commands --------------------------------------------------------------------------------
 
@@ -141,6 +148,7 @@ class Repricing:
         conn.execute(self.batches.insert().values(
             correlation_id=cid, repricing_id=data["repricing_id"], currency=data["currency"],
             threshold_percent=data.get("failure_threshold_percent", DEFAULT_THRESHOLD_PERCENT),
+            watch_seconds=data.get("watch_seconds", DEFAULT_WATCH_SECONDS),
             phase=EVALUATED, skus=len(changes), canary_skus=canary, updated_at=now))
         conn.execute(self.skus.insert(), [
             {"correlation_id": cid, "sku": c["sku"], "position": i, "canary": i < canary,
@@ -166,9 +174,9 @@ class Repricing:
                       published=batch.published + len(rows), waiting=batch.waiting + len(rows))
         batch = self._batch(ctx.conn, msg.correlation_id)
         assert batch is not None
-        emitted.append(ctx.event(answer, self._progress(batch, msg)))
+        emitted.append(ctx.event(answer, self._progress(batch)))
         if nothing_left:
-            emitted.append(ctx.event("repricing.completed", self._progress(batch, msg)))
+            emitted.append(ctx.event("repricing.completed", self._progress(batch)))
         return emitted
 
     def _unpublished(self, conn: Connection, cid: str, canary: bool) -> list[Row[Any]]:
@@ -216,7 +224,7 @@ class Repricing:
             self._set(ctx.conn, msg.correlation_id, ctx.now, phase=REVERTED, reverted=len(emitted))
         batch = self._batch(ctx.conn, msg.correlation_id)
         assert batch is not None
-        return [*emitted, ctx.event("repricing.canary_reverted", self._progress(batch, msg))]
+        return [*emitted, ctx.event("repricing.canary_reverted", self._progress(batch))]
 
     def _revert(self, ctx: Context, batch: Row[Any]) -> list[Envelope]:
         rows = list(ctx.conn.execute(select(self.skus).where(
@@ -241,32 +249,70 @@ class Repricing:
         batch = self._locked(ctx.conn, msg.correlation_id)
         if batch is None:
             return []
-        changed = ctx.conn.execute(update(self.skus).where(
-            self.skus.c.correlation_id == msg.correlation_id, self.skus.c.sku == msg.data["sku"],
-            self.skus.c.outcome.is_(None), self.skus.c.revision.is_not(None),
-        ).values(outcome=outcome).returning(self.skus.c.canary)).first()
-        if changed is None:
-            return []  # a repeat, or the answer to a revert
-        failed = int(outcome == REJECTED)
-        counts = {"waiting": batch.waiting - 1, "done": batch.done + 1 - failed,
-                  "failed": batch.failed + failed,
-                  "canary_failed": batch.canary_failed + (failed if changed.canary else 0)}
+        counts = self._count(ctx.conn, msg, outcome, batch)
+        if counts is None:
+            return []  # a repeat, the answer to a revert, or one too late to count
         self._set(ctx.conn, msg.correlation_id, ctx.now, **counts)
-        return self._decide(ctx, msg, batch.phase, counts["waiting"])
-
-    def _decide(self, ctx: Context, msg: Envelope, phase: str, waiting: int) -> list[Envelope]:
-        if waiting or phase not in (CANARY, REST):
+        if counts["waiting"] or batch.phase not in (CANARY, REST):
             return []
-        batch = self._batch(ctx.conn, msg.correlation_id)
-        assert batch is not None
-        if phase == REST:
-            self._set(ctx.conn, msg.correlation_id, ctx.now, phase=COMPLETED)
-            return [ctx.event("repricing.completed", self._progress(batch, msg))]
+        if batch.phase == CANARY and batch.watch_seconds > 0:
+            if batch.watch_until is None:  # the last answer: the window opens (on_tick ends it)
+                self._set(ctx.conn, msg.correlation_id, ctx.now, watch_cause=msg.id,
+                          watch_until=ctx.now + timedelta(seconds=batch.watch_seconds))
+            return []
+        fresh = self._batch(ctx.conn, msg.correlation_id)
+        assert fresh is not None
+        message_type, data = self._verdict(ctx.conn, fresh, ctx.now)
+        return [ctx.event(message_type, data)]
+
+    def _count(self, conn: Connection, msg: Envelope, outcome: str,
+               batch: Row[Any]) -> dict[str, int] | None:
+        """The batch's counts with this answer, or None when it changes none. The first answer of
+        a published SKU counts; while the canary is watched, a canary SKU applied and then
+        reported rejected counts as failed (a catalog that saw a problem after the fact)."""
+        where = (self.skus.c.correlation_id == msg.correlation_id,
+                 self.skus.c.sku == msg.data["sku"], self.skus.c.revision.is_not(None))
+        first = conn.execute(update(self.skus).where(*where, self.skus.c.outcome.is_(None))
+                             .values(outcome=outcome).returning(self.skus.c.canary)).first()
+        if first is not None:
+            failed = int(outcome == REJECTED)
+            return {"waiting": batch.waiting - 1, "done": batch.done + 1 - failed,
+                    "failed": batch.failed + failed,
+                    "canary_failed": batch.canary_failed + (failed if first.canary else 0)}
+        if outcome != REJECTED or batch.phase != CANARY:
+            return None
+        later = conn.execute(update(self.skus).where(
+            *where, self.skus.c.canary.is_(True), self.skus.c.outcome == APPLIED,
+        ).values(outcome=REJECTED).returning(self.skus.c.sku)).first()
+        if later is None:
+            return None
+        return {"waiting": batch.waiting, "done": batch.done - 1, "failed": batch.failed + 1,
+                "canary_failed": batch.canary_failed + 1}
+
+    def on_tick(self, conn: Connection, now: datetime) -> list[Envelope]:
+        """Decide each canary whose watch window has ended. The rows are locked, those another
+        replica holds skipped (it is deciding them), and a decided batch leaves the canary phase
+        in the same transaction: each canary is decided once, whoever ticks."""
+        query = select(self.batches).where(self.batches.c.phase == CANARY,
+                                           self.batches.c.watch_until <= now).limit(100)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        out: list[Envelope] = []
+        for batch in conn.execute(query).all():
+            message_type, data = self._verdict(conn, batch, now)
+            out.append(new_event(message_type, data, correlation_id=batch.correlation_id,
+                                 causation_id=batch.watch_cause, source=pricing.NAME))
+        return out
+
+    def _verdict(self, conn: Connection, batch: Row[Any], now: datetime) -> tuple[str, dict[str, Any]]:
+        """Complete the rest, or pass or fail the canary on its failure rate: the event to emit."""
+        if batch.phase == REST:
+            self._set(conn, batch.correlation_id, now, phase=COMPLETED)
+            return "repricing.completed", self._progress(batch)
         rate = 100.0 * batch.canary_failed / max(batch.canary_skus, 1)
         verdict = FAILED if rate > batch.threshold_percent else PASSED
-        self._set(ctx.conn, msg.correlation_id, ctx.now, phase=verdict)
-        return [ctx.event(f"repricing.{verdict}", {**self._progress(batch, msg),
-                                                   "failure_rate_percent": round(rate, 2)})]
+        self._set(conn, batch.correlation_id, now, phase=verdict)
+        return f"repricing.{verdict}", {**self._progress(batch), "failure_rate_percent": round(rate, 2)}
 
     # -- the batch row ---------------------------------------------------------------------------
 
@@ -286,8 +332,8 @@ class Repricing:
                      .values(updated_at=now, **values))
 
     @staticmethod
-    def _progress(batch: Row[Any], msg: Envelope) -> dict[str, Any]:
-        return {**_id(msg), "progress": {
+    def _progress(batch: Row[Any]) -> dict[str, Any]:
+        return {"repricing_id": batch.repricing_id, "progress": {
             "skus": batch.skus, "published": batch.published, "done": batch.done,
             "failed": batch.failed, "reverted": batch.reverted}}
 

@@ -4,20 +4,36 @@ the rest of the runtime needs to know of the difference: which keys one command 
 of one hash slot), which servers hold data of their own (every primary), and which errors mean
 "Redis is away for now" (a failover under way counts).
 
+A cluster client learns the layout when it is made, so it cannot be made while no node answers:
+`connect` then waits for one, retrying with backoff and logging each attempt with the URL's
+nodes, until one answers or the process is told to stop (`Stopped`). A single server's client
+connects on its first command: the caller's retries wait for it (startup.py).
+
 The wire format is the same on both: the stream names carry no hash tag, so the streams of one
 consumer spread over the cluster and a read over several of them is one XREADGROUP per slot.
 """
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterable
 from typing import Any, cast
 
 import redis
+import structlog
 from redis.cluster import ClusterNode, RedisCluster
-from redis.exceptions import ClusterDownError, SlotNotCoveredError, TryAgainError
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterException,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
 from config import redis_urls
+
+log = structlog.get_logger("baton.startup")
+LONGEST_PAUSE = 5.0  # seconds between two attempts to reach a cluster, at most
 
 # Redis, or a part of the cluster, cannot answer now: wait and try again. On a cluster a failover
 # shows as CLUSTERDOWN or TRYAGAIN, a slot no primary covers yet, or a write refused by a
@@ -27,18 +43,45 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
     SlotNotCoveredError, redis.ReadOnlyError,
 )
 
+# No node answers, or the nodes answer but do not form a cluster yet (slots not all covered).
+_NOT_YET: tuple[type[Exception], ...] = (RedisClusterException, *UNAVAILABLE)
 
-def connect(url: str, **options: Any) -> redis.Redis:
+
+class Stopped(Exception):
+    """Told to stop while waiting for a node of the cluster to answer."""
+
+
+def connect(url: str, *, stop: threading.Event | None = None, **options: Any) -> redis.Redis:
     """A client for `url`; `options` are redis-py's connection options (timeouts, decoding).
     A cluster client answers the same commands as `redis.Redis` (typed as one here); it learns
-    the cluster's layout from the first node that answers, and again after a failover."""
+    the cluster's layout from the first node that answers, and again after a failover. While no
+    node answers (or the cluster is not formed yet) it waits; `stop` set meanwhile: Stopped."""
     if not redis_urls.is_cluster(url):
         return redis.Redis.from_url(url, **options)
     parsed = redis_urls.parse_cluster(url)
-    client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in parsed.nodes],
-                          username=parsed.username, password=parsed.password, ssl=parsed.ssl,
-                          **options)
-    return cast(redis.Redis, client)
+    nodes = [f"{h}:{p}" for h, p in parsed.nodes]  # never the password
+    pause, attempt = 0.5, 1
+    while True:
+        try:
+            client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in parsed.nodes],
+                                  username=parsed.username, password=parsed.password,
+                                  ssl=parsed.ssl, **options)
+            return cast(redis.Redis, client)
+        except _NOT_YET as exc:
+            log.warning("no node of the Redis Cluster answers: retrying", nodes=nodes,
+                        attempt=attempt, retry_in=pause, error=str(exc)[:200])
+        if _stopped_during(stop, pause):
+            raise Stopped(f"stopped while waiting for the Redis Cluster at {', '.join(nodes)}")
+        pause, attempt = min(pause * 2, LONGEST_PAUSE), attempt + 1
+
+
+def _stopped_during(stop: threading.Event | None, pause: float) -> bool:
+    """Wait `pause` seconds; True if `stop` was set meanwhile. With no `stop` (a process with no
+    handler of its own for SIGTERM: the web's workers, RQ's), the signal ends the process."""
+    if stop is None:
+        time.sleep(pause)
+        return False
+    return stop.wait(pause)
 
 
 def is_cluster(client: Any) -> bool:

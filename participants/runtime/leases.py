@@ -6,7 +6,9 @@ the lease's TTL) share the partitions round-robin in sorted order. A consumer ho
 partition it reads (`SET NX PX` with its name as the token), renews those of its share, releases
 those no longer in it (a new replica took them over), and takes a free one of its share. A
 crashed consumer's leases expire after the TTL; whoever takes one over claims the partition's
-pending entries and handles them before reading anything new.
+pending entries and handles them before reading anything new. A consumer restarted under its
+name (BATON_CONSUMER) knows its leases by their token: on its first refresh it takes back those of
+its share at once and releases the others, instead of leaving every one to expire.
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ from contracts.streams import Keys
 _MINE = "if redis.call('get', KEYS[1]) == ARGV[1] then "
 _RENEW = _MINE + "return redis.call('pexpire', KEYS[1], ARGV[2]) end return 0"
 _RELEASE = _MINE + "return redis.call('del', KEYS[1]) end return 0"
+# Take a free lease, or one already this consumer's (held before it restarted under its name).
+_TAKE = (_MINE + "return redis.call('pexpire', KEYS[1], ARGV[2]) end "
+         "if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end return 0")
+
+
+def _eval(pipe: Any, script: str, key: str, *args: str) -> None:
+    """Queue EVAL of `script` over one key. As a raw command: a cluster's pipeline has no `eval`
+    (redis-py's raises), but routes a raw EVAL by its key like any command."""
+    pipe.execute_command("EVAL", script, 1, key, *args)
 
 
 RETRY_TAKE = 0.2  # seconds: how soon a consumer tries again to take a partition of its share
@@ -48,6 +59,7 @@ class Leases:
     owned: set[str] = field(default_factory=set)
     _next: float = 0.0
     _valid_until: float = 0.0  # monotonic: `owned` is trusted until then (half a TTL after a refresh)
+    _started: bool = False  # refreshed once: what it held before a restart is sorted out
 
     def due(self) -> bool:
         return bool(self.partitions) and time.monotonic() >= self._next
@@ -66,16 +78,17 @@ class Leases:
         mine = share(self.partitions, self._live(), self.consumer)
         ttl_ms = str(int(self.ttl * 1000))
         keep = [p for p in self.partitions if p in self.owned and p in mine]
-        drop = [p for p in self.partitions if p in self.owned and p not in mine]
+        drop = [p for p in self.partitions if p not in mine and (p in self.owned or not self._started)]
         take = [p for p in self.partitions if p in mine and p not in self.owned]
         pipe = self.client.pipeline(transaction=False)
         for p in keep:
-            pipe.eval(_RENEW, 1, self.keys.partition_lease(self.group, p), self.consumer, ttl_ms)
+            _eval(pipe, _RENEW, self.keys.partition_lease(self.group, p), self.consumer, ttl_ms)
         for p in drop:
-            pipe.eval(_RELEASE, 1, self.keys.partition_lease(self.group, p), self.consumer)
+            _eval(pipe, _RELEASE, self.keys.partition_lease(self.group, p), self.consumer)
         for p in take:
-            pipe.set(self.keys.partition_lease(self.group, p), self.consumer, nx=True, px=int(ttl_ms))
+            _eval(pipe, _TAKE, self.keys.partition_lease(self.group, p), self.consumer, ttl_ms)
         replies: list[Any] = pipe.execute()
+        self._started = True
         kept = {p for p, ok in zip(keep, replies[:len(keep)], strict=True) if ok}
         taken = [p for p, ok in zip(take, replies[len(keep) + len(drop):], strict=True) if ok]
         self.owned = kept | set(taken)
@@ -91,7 +104,7 @@ class Leases:
         pipe = self.client.pipeline(transaction=False)
         pipe.zrem(self.keys.members(self.group), self.consumer)
         for p in self.owned:
-            pipe.eval(_RELEASE, 1, self.keys.partition_lease(self.group, p), self.consumer)
+            _eval(pipe, _RELEASE, self.keys.partition_lease(self.group, p), self.consumer)
         pipe.execute()
         self.owned = set()
 

@@ -36,7 +36,7 @@ from sqlalchemy.exc import OperationalError
 
 from contracts.streams import Keys
 from contracts.timefmt import utcnow
-from participants.runtime import connect, consumers, epoch, outbox
+from participants.runtime import connect, consumers, epoch, outbox, ticks
 from participants.runtime.db import create_tables, lost_race
 from participants.runtime.faults import crash_point
 from participants.runtime.handling import BatchHandler
@@ -64,6 +64,7 @@ class Runtime:
     consumer: str = ""  # its name in the groups: BATON_CONSUMER (Options), else `<host>-<pid>`
     _last_reclaim: float = 0.0
     _last_cleanup: float = 0.0
+    _last_tick: float = 0.0
     _seen: epoch.Seen | None = None  # Redis at the last check; from the database at start
     _unmarked: list[int] = field(default_factory=list)  # outbox rows published, not yet marked sent
     _reader: Reader = field(init=False, repr=False)
@@ -149,7 +150,7 @@ class Runtime:
 
     def poll(self) -> int:
         """One cycle: reclaim what is due, read a batch, handle it; returns entries handled."""
-        handled = self._rebalance()
+        handled = self._rebalance() + self._tick()
         if time.monotonic() - self._last_reclaim >= self.options.visibility_timeout / 2:
             self._recover_lost_redis()
             if self.options.relay_outbox:
@@ -180,6 +181,15 @@ class Runtime:
         if not self._reader.leases.due():
             return 0
         return self._process(self._reader.take_over(self._reader.leases.refresh()))
+
+    def _tick(self) -> int:
+        """The participant's timer (`Participant.tick`), about every `tick_seconds`."""
+        tick = self.participant.tick
+        if tick is None or time.monotonic() - self._last_tick < self.participant.tick_seconds:
+            return 0
+        self._last_tick = time.monotonic()
+        return ticks.run(self.participant, self.engine, self.client, self.keys,
+                         self.options.crash_points)
 
     def _recover_lost_redis(self) -> None:
         """Compare what Redis shows with what this consumer saw last (in memory, or at start in

@@ -45,6 +45,9 @@ JoinHandler = Callable[[dict[str, Envelope], Context], Emitted]
 BatchHandler = Callable[[Connection, list[Envelope], datetime], list[list[Envelope]]]
 # Takes, in one sorted order, every lock the handlers of these messages will take.
 Locker = Callable[[Connection, list[Envelope]], None]
+# What falls due by `now` (a due time the participant keeps in its own tables, so that a crash
+# does not lose it): the messages that emits, in the transaction of its effects.
+Ticker = Callable[[Connection, datetime], Iterable[Envelope]]
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,11 @@ class Participant:
     # Messages it has nothing to do with although it reads their stream (the tracker: the start
     # events it published itself): acknowledged without a claim or a transaction.
     ignore: Callable[[Envelope], bool] | None = None
+    # A timer: run by the runtime's loop about every `tick_seconds` (when its read wakes, so up to
+    # BATON_BLOCK_MS later), in a transaction of its own; what it emits goes out as a handler's.
+    # Replicas all tick: it takes row locks (SKIP LOCKED) so that each due item is acted on once.
+    tick: Ticker | None = None
+    tick_seconds: float = 1.0
 
     _own_registry: Registry | None = field(default=None, init=False, repr=False, compare=False)
     _default_registry: Registry | None = field(default=None, init=False, repr=False, compare=False)

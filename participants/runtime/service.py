@@ -14,7 +14,7 @@ from config.logging import configure_logging
 from config.settings import Settings, SettingsError, load_settings
 from contracts.errors import FlowDefinitionError
 from contracts.streams import Keys
-from participants.runtime.connect import connect
+from participants.runtime.connect import Stopped, connect
 from participants.runtime.db import make_engine
 from participants.runtime.loop import Options, Runtime
 from participants.runtime.participant import Participant
@@ -37,14 +37,16 @@ def redis_url(settings: Settings) -> str:
     return settings.redis_url or ensure_server(settings.data_dir)
 
 
-def redis_client(settings: Settings, *, decode: bool = False, rq: bool = False) -> redis.Redis:
+def redis_client(settings: Settings, *, decode: bool = False, rq: bool = False,
+                 stop: threading.Event | None = None) -> redis.Redis:
     """The streams' Redis (REDIS_URL: one server or a cluster), or with `rq` RQ's, which is one
     server (BATON_RQ_REDIS_URL, else REDIS_URL's). Every command times out, so that a half-open
     connection cannot hang a publish that holds row locks; a blocking read (BLOCK
     BATON_BLOCK_MS) gets that much longer. RQ's worker raises the timeout of its own client
-    further for its blocking dequeue."""
+    further for its blocking dequeue. A cluster no node of which answers yet is waited for
+    (connect.py), until `stop` is set: Stopped."""
     url = (settings.rq_redis_url if rq else None) or redis_url(settings)
-    return connect(url, decode_responses=decode, health_check_interval=30,
+    return connect(url, stop=stop, decode_responses=decode, health_check_interval=30,
                    socket_connect_timeout=settings.redis_timeout,
                    socket_timeout=settings.redis_timeout + settings.block_ms / 1000)
 
@@ -54,8 +56,11 @@ def run_participant(participant: Participant, settings: Settings, database_url: 
     message type the flow files of `settings.flows_dirs` declare, as the controller does."""
     participant.adopt_registry(load_registry(settings.flows_dirs))
     stop = stop_on_signals()
+    try:
+        client = redis_client(settings, stop=stop)
+    except Stopped:  # SIGTERM before any node of the cluster answered
+        return
     engine = make_engine(database_url)
-    client = redis_client(settings)
     try:
         Runtime(participant, engine, client,
                 Keys(settings.stream_prefix, participant.registry.partitioned()),

@@ -1,12 +1,13 @@
 """End to end, `price_change`: the Procfile's real processes (controller, pricing, catalog, search) on
 a real Redis and PostgreSQL, driven through the REST API, asserting on the workflows and on the
-participants' own tables."""
+participants' own tables; and `bulk_repricing`'s canary watch window across a kill -9 of pricing."""
 
 from __future__ import annotations
 
 import contextlib
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -144,3 +145,25 @@ def test_a_catalog_failure_rolls_the_change_back(system: System) -> None:
     types = [m["type"] for m in system.timeline(cid)]
     assert types.index("catalog.price_update_failed") < types.index("price.revert") \
         < types.index("price.reverted")
+
+
+def test_a_repricing_canary_watched_across_a_kill_9_of_pricing_is_decided_once(
+        system: System) -> None:
+    """bulk_repricing's watch window is data: pricing killed with kill -9 while it runs decides
+    the canary once restarted, when the window ends, and the rollout completes."""
+    skus = [f"W-{uuid.uuid4().hex[:6]}-{n:02d}" for n in range(20)]
+    cid = system.start_order(flow="bulk_repricing", input={
+        "repricing_id": f"r-{uuid.uuid4().hex[:8]}", "category": "shoes", "currency": "EUR",
+        "canary_percent": 10, "watch_seconds": 4,
+        "changes": [{"sku": s, "current_price": 20.0, "price": 18.0} for s in skus]})
+    wait_until(lambda: system.steps(system.workflow(cid))["approve"] == "active", 30, "approval")
+    assert signal(system, cid, "approve").status_code == 200
+    opened = wait_until(lambda: system.query(
+        "pricing", "SELECT watch_until FROM pricing_repricings WHERE correlation_id = :c "
+        "AND watch_until IS NOT NULL AND phase = 'canary'", c=cid), 30, "the window to open")
+    system.procs.kill("pricing")  # while it is watching: the verdict is not out
+    system.procs.start("pricing")
+    wf = system.wait_status(cid, "completed", timeout=60)
+    assert wf["progress"] == {"skus": 20, "published": 20, "done": 20, "failed": 0, "reverted": 0}
+    [passed] = [m for m in system.timeline(cid) if m["type"] == "repricing.canary_passed"]
+    assert datetime.fromisoformat(passed["occurred_at"].replace("Z", "+00:00")) >= opened[0][0]

@@ -1,5 +1,6 @@
 """Processes started before their database or Redis (a machine booting, `honcho start` racing the
-servers) wait for them instead of exiting, and a SIGTERM meanwhile stops them cleanly."""
+servers) wait for them instead of exiting, and a SIGTERM meanwhile stops them cleanly: one Redis
+server, or a Redis Cluster no node of which answers yet."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ import redis
 from contracts.envelope import decode_fields, new_event
 from contracts.streams import Keys
 from controller.cli.procfile import ROOT
+from participants.runtime.connect import connect
 from participants.runtime.redis_server import start_server, stop_server
+from tests.cluster import Cluster
 from tests.system import free_port, order_input, wait_until
 
 pytestmark = pytest.mark.slow
@@ -78,6 +81,55 @@ def test_a_controller_process_started_before_its_database_waits_and_stops_cleanl
     try:
         wait_until(lambda: log.read_text().count(WAITING) >= 2, 30, "the tracker to wait, twice")
         assert "the database" in log.read_text()
+        stop(proc, log)  # SIGTERM while waiting: exit 0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+NO_NODE = "no node of the Redis Cluster answers: retrying"
+
+
+def test_a_participant_started_before_its_redis_cluster_waits_for_a_node_then_works(
+        tmp_path: Path) -> None:
+    cluster = Cluster(tmp_path / "cluster")  # its ports chosen, no node started yet
+    keys = Keys(f"s{uuid.uuid4().hex[:8]}")
+    proc, log = spawn(tmp_path, ["participant", "inventory"], REDIS_URL=cluster.url,
+                      BATON_RQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+                      BATON_STREAM_PREFIX=keys.prefix)
+    try:
+        wait_until(lambda: log.read_text().count(NO_NODE) >= 2, 30, "the participant to wait, twice")
+        assert proc.poll() is None, log.read_text()
+        assert all(f"127.0.0.1:{port}" in log.read_text() for port in cluster.ports)  # its nodes
+        with cluster:
+            client = connect(cluster.url, decode_responses=True)
+            try:
+                placed = keys.event_stream("order.placed")
+                wait_until(lambda: client.exists(placed) and client.xinfo_groups(placed), 60,
+                           "its consumer group, once the cluster is up")
+                order = new_event("order.placed", order_input(),
+                                  correlation_id=f"wf-{uuid.uuid4().hex}", source="test")
+                client.xadd(placed, order.to_fields())  # type: ignore[arg-type]
+                entries = wait_until(lambda: client.xrange(keys.event_stream("inventory.reserved")),
+                                     30, "the reservation")
+                assert decode_fields(entries[0][1]).causation_id == order.id
+                stop(proc, log)
+            finally:
+                client.close()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_controller_process_waiting_for_its_redis_cluster_stops_cleanly_on_sigterm(
+        tmp_path: Path) -> None:
+    nodes = f"127.0.0.1:{free_port()},127.0.0.1:{free_port()}"
+    proc, log = spawn(tmp_path, ["tracker"], REDIS_URL=f"redis+cluster://{nodes}",
+                      BATON_RQ_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+                      DATABASE_URL=f"postgresql+psycopg://baton@127.0.0.1:{free_port()}/baton",
+                      BATON_STREAM_PREFIX=f"s{uuid.uuid4().hex[:8]}")
+    try:
+        wait_until(lambda: log.read_text().count(NO_NODE) >= 2, 30, "the tracker to wait, twice")
         stop(proc, log)  # SIGTERM while waiting: exit 0
     finally:
         if proc.poll() is None:
