@@ -35,6 +35,7 @@ from sqlalchemy import (
     String,
     Table,
     bindparam,
+    inspect,
     select,
     update,
 )
@@ -89,8 +90,25 @@ skus = Table(
 def build() -> Participant:
     """The reference `pricing`: `price_change`'s commands and `bulk_repricing`'s."""
     p = pricing.build()
+    p.on_setup = setup
     Repricing().register(p)
     return p
+
+
+# Added with the canary's watch window: a pricing database made before it gets them at setup (the
+# participants' tables are created, not migrated).
+_WINDOW_COLUMNS = {"watch_seconds": "FLOAT NOT NULL DEFAULT 0", "watch_until": "TIMESTAMP WITH TIME ZONE",
+                   "watch_cause": "VARCHAR(64)"}
+
+
+def setup(conn: Connection) -> None:
+    """pricing's seed, and the window's columns added to an older `pricing_repricings`."""
+    pricing.seed(conn)
+    have = {c["name"] for c in inspect(conn).get_columns(batches.name)}
+    exists = " IF NOT EXISTS" if conn.dialect.name == "postgresql" else ""
+    for name, ddl in _WINDOW_COLUMNS.items():
+        if name not in have:
+            conn.exec_driver_sql(f"ALTER TABLE {batches.name} ADD COLUMN{exists} {name} {ddl}")
 
 
 class Repricing:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import create_engine, inspect, select, update
 
 from contracts.envelope import decode_fields, new_event
 from contracts.streams import partition_of
@@ -274,3 +274,21 @@ def test_a_window_open_across_a_restart_is_decided_once_by_two_new_replicas(worl
     drained_until(world, lambda: world.workflow(cid)["status"] == "completed", "the rollout")
     assert len(world.emitted("repricing.canary_passed", cid)) == 1
     assert len(world.emitted("repricing.completed", cid)) == 1
+
+
+def test_a_pricing_database_made_before_the_watch_window_gets_its_columns_at_setup(
+        database_url: str) -> None:
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            pricing.metadata.create_all(conn)
+            for name in ("watch_seconds", "watch_until", "watch_cause"):  # as an older pricing made it
+                conn.exec_driver_sql(f"ALTER TABLE pricing_repricings DROP COLUMN {name}")
+        with engine.begin() as conn:
+            repricing.build().on_setup(conn)  # type: ignore[misc]
+        with engine.begin() as conn:
+            columns = {c["name"] for c in inspect(conn).get_columns("pricing_repricings")}
+            assert {"watch_seconds", "watch_until", "watch_cause"} <= columns
+            repricing.build().on_setup(conn)  # type: ignore[misc]  # and again: nothing to add
+    finally:
+        engine.dispose()
