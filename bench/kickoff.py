@@ -9,6 +9,8 @@ measured requests. Nothing consumes the start events: only the web and the datab
     python -m bench.kickoff                                  # the Procfile's web line
     python -m bench.kickoff --variant gthread="gunicorn ..." --variant granian="granian ..."
     python -m bench.kickoff --env A=BATON_X=1 ...            # a variant by environment
+    python -m bench.kickoff --variant old="$(grep ^web: Procfile | cut -d' ' -f2-)" --tree old=/tmp/main
+                                                             # another checkout (git archive)
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import http.client
+import shlex
 import shutil
 import signal
 import statistics
@@ -36,13 +39,25 @@ from bench.throughput import BIN, ROOT, TOKEN, order
 from controller.cli.procfile import Processes, procfile_lines
 
 
-def _cpu(pids: list[int]) -> float:
-    total = 0.0
+def _cpu(pids: list[int]) -> dict[int, float]:
+    out = {}
     for pid in pids:
         with contextlib.suppress(psutil.Error):
             t = psutil.Process(pid).cpu_times()
-            total += t.user + t.system
-    return total
+            out[pid] = t.user + t.system
+    return out
+
+
+def _spent(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds between the two readings: of the processes seen at both, and of those started
+    in between (PostgreSQL's backends come and go)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
+def _commits(servers: Servers) -> int:
+    """Write transactions so far (each takes a transaction ID; this one too): per request, how
+    well the starts are grouped."""
+    return int(servers.psql("baton", "SELECT txid_current()").strip())
 
 
 def _tree(pid: int) -> list[int]:
@@ -117,17 +132,20 @@ def run_variant(name: str, command: str, env: dict[str, str], servers: Servers, 
         web = _tree(procs.running[name].pid)
         pg = _tree(servers.postgres_pid() or 0)
         spies = _profile(args.profile, name, web[1:] or web)
-        web0, pg0, t0 = _cpu(web), _cpu(pg), time.perf_counter()
+        web0, pg0, c0, t0 = _cpu(web), _cpu(pg), _commits(servers), time.perf_counter()
         times, errors = asyncio.run(_send(port, args.n, args.connections))
         wall = time.perf_counter() - t0
         for spy in spies:
             spy.send_signal(signal.SIGINT)  # py-spy writes what it has on SIGINT
             spy.wait(timeout=30)
-        web_cpu, pg_cpu = _cpu(web) - web0, _cpu(pg) - pg0
+        pg_after = _cpu(_tree(servers.postgres_pid() or 0))
+        web_cpu, pg_cpu = _spent(web0, _cpu(web)), _spent(pg0, pg_after)
+        commits = _commits(servers) - c0 - 1
     finally:
         procs.stop_all()
     times.sort()
-    return {"variant": name, "n": args.n, "errors": errors, "wall_s": wall, "rate": args.n / wall,
+    return {"variant": name, "n": args.n, "commits": commits / args.n, "errors": errors, "wall_s": wall,
+            "rate": args.n / wall,
             "web_cpu_ms": web_cpu * 1000 / args.n, "pg_cpu_ms": pg_cpu * 1000 / args.n,
             "p50_ms": statistics.median(times), "p99_ms": times[int(len(times) * 0.99) - 1]}
 
@@ -143,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a web command (default: the Procfile's web line)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VAR=VALUE",
                         help="an environment variable for one variant")
+    parser.add_argument("--tree", action="append", default=[], metavar="NAME=DIR",
+                        help="run a variant from another checkout of the code (its cwd and PYTHONPATH)")
     parser.add_argument("--profile", type=Path, help="py-spy the workers into this directory")
     args = parser.parse_args(argv)
     variants = dict(v.split("=", 1) for v in args.variant) or {"web": procfile_lines()["web"]}
@@ -164,12 +184,17 @@ def main(argv: list[str] | None = None) -> int:
         if release.wait(timeout=120) != 0:
             raise RuntimeError((logs / "release.log").read_text()[-2000:])
         results = []
+        trees = dict(t.split("=", 1) for t in args.tree)
         for _ in range(args.rounds):
             for name, command in variants.items():
-                r = run_variant(name, command, {**base, **extra.get(name, {})}, servers, logs, args)
+                env = {**base, **extra.get(name, {})}
+                if name in trees:  # its cwd comes first on sys.path (a spawned worker's too)
+                    env["PYTHONPATH"] = trees[name]
+                    command = "sh -c " + shlex.quote(f"cd {shlex.quote(trees[name])} && exec {command}")
+                r = run_variant(name, command, env, servers, logs, args)
                 print(f"{r['variant']:>12}: {r['rate']:7.1f} req/s  web {r['web_cpu_ms']:5.2f} CPU ms/req"
                       f"  pg {r['pg_cpu_ms']:5.2f}  p50 {r['p50_ms']:6.1f} ms  p99 {r['p99_ms']:6.1f} ms"
-                      f"  errors {r['errors']}", flush=True)
+                      f"  commits/req {r['commits']:4.2f}  errors {r['errors']}", flush=True)
                 results.append(r)
     finally:
         servers.close()
