@@ -48,8 +48,8 @@ def test_a_bad_flow_file_or_variable_stops_the_tracker_and_the_web_with_a_messag
     assert "start_event" in tracker.stderr and "Traceback" not in tracker.stderr
     env.update({"DATABASE_URL": "notaurl", "BATON_FLOWS_DIRS": ""})
     web = subprocess.run([str(bin_dir / "granian"), "--interface", "wsgi", "--workers", "1", "--port", "0",
-                          "--factory", "controller.api.app:create_app"], env=env, capture_output=True,
-                         text=True, timeout=60, check=False, cwd=root)
+                          "--respawn-failed-workers", "--factory", "controller.api.app:create_app"],
+                         env=env, capture_output=True, text=True, timeout=60, check=False, cwd=root)
     assert web.returncode != 0
     assert "baton web: configuration error: DATABASE_URL: not a SQLAlchemy URL" in web.stderr, web.stderr
     assert "Traceback" not in web.stderr, web.stderr
