@@ -22,12 +22,12 @@ from controller.api.body_limit import BodyLimit
 from controller.service.bootstrap import Services, build_services
 
 _JSON_TYPES = ("application/json",)
-_APP_LOAD_ERROR = 4  # granian (and gunicorn) stop instead of starting another worker
+_APP_LOAD_ERROR = 4  # gunicorn's: its master stops instead of starting another worker
 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
-    """With no arguments (the Procfile's `granian --factory controller.api.app:create_app`), from
-    the environment: a bad variable or flow file stops the worker with its message, not a traceback."""
+    """With no arguments (gunicorn's `controller.api.app:create_app()`), from the environment: a bad
+    variable or flow file stops the worker with its message, not a traceback."""
     if services is None:
         try:
             settings = settings or load_settings()

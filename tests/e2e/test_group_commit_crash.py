@@ -1,6 +1,6 @@
 """A `kill -9` of the web while concurrent single POSTs share group commits loses nothing it
 accepted: every start answered 201 is in the database with its start event in the outbox. A worker
-killed alone is replaced, as gunicorn did."""
+killed alone is replaced."""
 
 from __future__ import annotations
 
@@ -80,16 +80,16 @@ def test_a_kill_of_the_web_mid_group_loses_no_accepted_start(system: System) -> 
 
 
 def test_a_worker_killed_is_replaced_and_the_web_serves_on(system: System) -> None:
-    """As gunicorn did: granian (`--respawn-failed-workers`) starts another worker."""
+    """gunicorn's master starts another worker; the other serves meanwhile."""
     assert system.procs.start("release").wait(60) == 0, system.logs("release")
     system.procs.running.pop("release")
     system.start("web")
     master = psutil.Process(system.procs.running["web"].pid)
-    workers = {p.pid for p in master.children(recursive=True) if "granian" in " ".join(p.cmdline())}
+    workers = {p.pid for p in master.children()}
     assert len(workers) == 2, workers
     victim = min(workers)
     os.kill(victim, signal.SIGKILL)
-    wait_until(lambda: len({p.pid for p in master.children(recursive=True)} - {victim}) >= 2, 30,
+    wait_until(lambda: len({p.pid for p in master.children()} - {victim}) >= 2, 30,
                "a new worker")
     assert master.is_running() and system.procs.running["web"].poll() is None
     wait_until(system.api.ready, 30, "the API to be ready again")

@@ -1,4 +1,4 @@
-"""Settings refused at a process's start: `baton migrate`, the tracker and the web's app exit
+"""Settings refused at a process's start: `baton migrate`, the tracker and gunicorn's app exit
 naming the variable, without a traceback (real processes; the rest is in tests/unit/test_settings.py)."""
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def test_baton_migrate_exits_2_naming_the_variable(tmp_path: Path, name: str, va
 
 
 def test_a_bad_flow_file_or_variable_stops_the_tracker_and_the_web_with_a_message(tmp_path: Path) -> None:
-    """The processes that load flows (the controller's, the web's app under granian) say what is wrong and
+    """The processes that load flows (the controller's, gunicorn's app) say what is wrong and
     stop, without a traceback."""
     flows = tmp_path / "flows"
     flows.mkdir()
@@ -47,9 +47,9 @@ def test_a_bad_flow_file_or_variable_stops_the_tracker_and_the_web_with_a_messag
     assert tracker.stderr.startswith(f"baton: configuration error: flow definition {flows / 'broken.yaml'}")
     assert "start_event" in tracker.stderr and "Traceback" not in tracker.stderr
     env.update({"DATABASE_URL": "notaurl", "BATON_FLOWS_DIRS": ""})
-    web = subprocess.run([str(bin_dir / "granian"), "--interface", "wsgi", "--workers", "1", "--port", "0",
-                          "--respawn-failed-workers", "--factory", "controller.api.app:create_app"],
-                         env=env, capture_output=True, text=True, timeout=60, check=False, cwd=root)
+    web = subprocess.run([str(bin_dir / "gunicorn"), "--workers", "1", "--bind", "127.0.0.1:0",
+                          "controller.api.app:create_app()"], env=env, capture_output=True, text=True,
+                         timeout=60, check=False, cwd=root)
     assert web.returncode != 0
     assert "baton web: configuration error: DATABASE_URL: not a SQLAlchemy URL" in web.stderr, web.stderr
     assert "Traceback" not in web.stderr, web.stderr
