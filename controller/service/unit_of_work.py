@@ -19,7 +19,6 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-import redis
 import structlog
 from sqlalchemy import Connection
 
@@ -193,7 +192,7 @@ def unit_of_work(services: Services, now: datetime, name: str,
 def _send(services: Services, pending: list[outbox.Pending], unmarked: Unmarked) -> None:
     try:
         outbox.send(services.redis, pending, services.settings.crash_points)
-    except redis.RedisError as exc:
+    except outbox.LEFT_TO_THE_RELAY as exc:  # a cluster's slot errors are not RedisErrors
         log.warning("publish after commit failed; the relay will send it", error=repr(exc)[:200],
                     messages=len(pending))
         return

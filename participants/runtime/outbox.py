@@ -31,7 +31,7 @@ from participants.runtime.faults import crash_point
 from participants.runtime.tables import outbox
 
 log = structlog.get_logger("baton.outbox")
-_LEFT_TO_THE_RELAY: tuple[type[Exception], ...] = (redis.RedisError, *connect.UNAVAILABLE, SQLAlchemyError)
+LEFT_TO_THE_RELAY: tuple[type[Exception], ...] = (redis.RedisError, *connect.UNAVAILABLE, SQLAlchemyError)
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ def publish_or_leave(engine: Engine, client: redis.Redis, pending: Sequence[Pend
     or the database fails, the rows stay unsent for the relay and the caller is not failed."""
     try:
         publish(engine, client, pending, crash_points)
-    except _LEFT_TO_THE_RELAY as exc:
+    except LEFT_TO_THE_RELAY as exc:
         log.warning("publish after commit failed; the relay will send it", error=repr(exc)[:200],
                     messages=len(pending))
 

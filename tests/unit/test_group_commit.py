@@ -8,6 +8,7 @@ import time
 from collections.abc import Sequence
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from controller.api.group_commit import GroupCommit
 from controller.domain.errors import Conflict
@@ -99,3 +100,22 @@ def test_a_failure_alone_is_raised_and_the_next_request_leads() -> None:
     with pytest.raises(RuntimeError):
         group.start(request("boom"))
     assert group.start(request("next")) == Started("next", True)
+
+
+class DatabaseLost(Runs):
+    """The group's COMMIT lost its connection: whether it committed is unknown."""
+
+    def __call__(self, requests: Sequence[StartRequest]) -> list[Outcome]:
+        super().__call__(requests)
+        if len(self.groups) > 1:
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection"))
+        return [Started(r.correlation_id or "", True) for r in requests]
+
+
+def test_a_group_whose_database_failed_is_not_run_again_each_request_answers_the_error() -> None:
+    runs = DatabaseLost()
+    group = GroupCommit(runs)
+    answers = _run_all(group, runs, ["a", "b", "c"])
+    assert len(runs.groups) == 2  # the held first, then a, b, c once: never each again alone
+    assert all(isinstance(answers[n], OperationalError) for n in ("a", "b", "c"))
+    assert isinstance(answers["first"], Started)
