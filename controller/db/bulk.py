@@ -6,7 +6,7 @@ tracker's CPU per batch. Here the rows travel as one JSON document (orjson write
 `json_populate_recordset` turns back into rows of the table's own type, so a statement's text is
 the same whatever the number of rows: psycopg parses it once and prepares it after a few runs.
 (Arrays per column through `unnest` were measured too: psycopg dumps a list in Python, element by
-element, twice as slow as the JSON.) Each statement goes through `exec_driver_sql`, in the
+element, twice as slow as the JSON.) Each statement goes through the runtime's `raw_rows`, in the
 connection's transaction: no compile, no type processing, but SQLAlchemy's error handling (a lost
 connection invalidates the pool and raises `OperationalError`, which the runtime waits out; a
 lost race raises `IntegrityError`). PostgreSQL only: SQLite keeps the SQLAlchemy path.
@@ -21,12 +21,13 @@ from typing import Any
 import orjson
 from sqlalchemy import Connection, Table
 
+from participants.runtime.db import raw_rows
+
 
 def query(conn: Connection, sql: str, params: Sequence[Any]) -> Sequence[Any]:
     """A statement of fixed text (arrays as `= ANY(%s::varchar[])`, not expanded lists) with
     psycopg's placeholders: parsed once, prepared after a few runs. Its rows, as tuples."""
-    result = conn.exec_driver_sql(sql, tuple(params))
-    return result.all() if result.returns_rows else []
+    return raw_rows(conn, sql, tuple(params))
 
 
 def insert(conn: Connection, table: Table, rows: Sequence[Mapping[str, Any]],
