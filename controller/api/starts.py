@@ -5,8 +5,9 @@ single start would answer). Both go through `start_workflows`."""
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import orjson
@@ -35,7 +36,8 @@ from controller.service.start import Outcome, Started, StartRequest, start_workf
 from controller.service.unmarked import Unmarked
 
 _JSON = msgspec.json.Decoder()
-_MAKING = threading.Lock()  # one Unmarked per app, whichever request thread comes first
+_T = TypeVar("_T")
+_MAKING = threading.Lock()  # for _per_app
 _OVERLOADED = ("The consumers are too far behind: retry after `Retry-After` seconds "
                "(BATON_MAX_BACKLOG)")
 
@@ -98,26 +100,28 @@ def _services() -> Services:
 
 def _unmarked(services: Services) -> Unmarked:
     """This process's rows published and not marked yet (one commit per kickoff)."""
-    found: Unmarked | None = current_app.extensions.get("baton_unmarked")
-    if found is None:
-        with _MAKING:
-            found = current_app.extensions.get("baton_unmarked")
-            if found is None:
-                found = current_app.extensions["baton_unmarked"] = Unmarked(services.engine)
-                services.on_close(found.close)
-    return found
+    def make() -> Unmarked:
+        made = Unmarked(services.engine)
+        services.on_close(made.close)
+        return made
+    return _per_app("baton_unmarked", make)
 
 
 def _grouped(services: Services) -> GroupCommit:
     """This process's group commit of single starts (`group_commit`)."""
-    found: GroupCommit | None = current_app.extensions.get("baton_group_commit")
+    unmarked = _unmarked(services)
+    return _per_app("baton_group_commit", lambda: GroupCommit(
+        lambda requests: start_workflows(services, requests, utcnow(), unmarked)))
+
+
+def _per_app(key: str, make: Callable[[], _T]) -> _T:
+    """One `make()` per app, whichever request thread comes first."""
+    found: _T | None = current_app.extensions.get(key)
     if found is None:
-        unmarked = _unmarked(services)
         with _MAKING:
-            found = current_app.extensions.get("baton_group_commit")
+            found = current_app.extensions.get(key)
             if found is None:
-                found = current_app.extensions["baton_group_commit"] = GroupCommit(
-                    lambda requests: start_workflows(services, requests, utcnow(), unmarked))
+                found = current_app.extensions[key] = make()
     return found
 
 

@@ -27,7 +27,7 @@ from sqlalchemy import (
 )
 
 from contracts.envelope import Envelope
-from participants.runtime.db import raw_dicts, raw_rows, upsert
+from participants.runtime.db import dict_rows, raw_rows, upsert
 from participants.runtime.participant import Context, Participant
 
 # Rules: the catalog is CATALOG. An order fails as a whole (`inventory.reservation_failed`, or
@@ -230,9 +230,7 @@ _WRITE_PG = (
 
 def _orders_of(conn: Connection, cids: list[str]) -> list[dict[str, Any]]:
     """The reservations of the workflows `cids`, oldest first, by line."""
-    if conn.dialect.name == "postgresql":
-        return raw_dicts(conn, _OF_ORDERS_PG, {"cids": cids})
-    return [dict(r._mapping) for r in conn.execute(_OF_ORDERS, {"cids": cids})]
+    return dict_rows(conn, _OF_ORDERS, _OF_ORDERS_PG, {"cids": cids})
 
 
 # `_LOCK` and `_OF_ORDERS` through the driver (`raw_rows`).

@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 
 from contracts.envelope import Envelope
-from participants.runtime.db import raw_dicts, raw_rows, upsert
+from participants.runtime.db import dict_rows, raw_rows, upsert
 from participants.runtime.participant import Context, Participant
 
 # Rules: a charge succeeds when used credit + the order's total_amount stays within the customer's
@@ -116,18 +116,13 @@ _OF_ORDERS = select(ledger).where(ledger.c.correlation_id.in_(bindparam("cids", 
 _REFUNDED = update(ledger).where(ledger.c.entry_id == bindparam("entry")).values(status=REFUNDED)
 _USED = (update(accounts).where(accounts.c.customer_id == bindparam("customer"))
          .values(used=bindparam("now_used")))
-# `_LOCK` and `_OF_ORDERS` through the driver (`raw_dicts`).
+# `_LOCK` and `_OF_ORDERS` through the driver on PostgreSQL (`dict_rows`).
 _LOCK_PG = ("SELECT * FROM payment_accounts WHERE customer_id = ANY(%(customers)b::text[])"
             " ORDER BY customer_id FOR UPDATE")
 _OF_ORDERS_PG = "SELECT * FROM payment_ledger WHERE correlation_id = ANY(%(cids)b::text[])"
 CHARGES = {"order.placed", "payment.charge"}
 
 
-def _rows(conn: Connection, statement: Any, pg_sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
-    """`pg_sql` through the driver on PostgreSQL, `statement` elsewhere: rows as dicts."""
-    if conn.dialect.name == "postgresql":
-        return raw_dicts(conn, pg_sql, params)
-    return [dict(r._mapping) for r in conn.execute(statement, params)]
 OrderKey = tuple[str, str]  # (correlation_id, order_id)
 
 
@@ -154,15 +149,15 @@ class Credit:
         if wanted:
             _add_accounts(conn, dict.fromkeys(sorted(wanted), DEFAULT_LIMIT))
         if any(m.type not in CHARGES for m in batch):
-            wanted |= {r["customer_id"] for r in _rows(conn, _OF_ORDERS, _OF_ORDERS_PG, {"cids": cids})}
+            wanted |= {r["customer_id"] for r in dict_rows(conn, _OF_ORDERS, _OF_ORDERS_PG, {"cids": cids})}
         found: dict[str, dict[str, Any]] = {}
         tried: set[str] = set()
         while True:  # a second round only if a charge committed meanwhile names another customer
             if wanted - tried:
-                rows = _rows(conn, _LOCK, _LOCK_PG, {"customers": sorted(wanted - tried)})
+                rows = dict_rows(conn, _LOCK, _LOCK_PG, {"customers": sorted(wanted - tried)})
                 found |= {r["customer_id"]: r for r in rows}
             tried |= wanted
-            entries = _rows(conn, _OF_ORDERS, _OF_ORDERS_PG, {"cids": cids})
+            entries = dict_rows(conn, _OF_ORDERS, _OF_ORDERS_PG, {"cids": cids})
             wanted = {e["customer_id"] for e in entries} - tried
             if not wanted:
                 break

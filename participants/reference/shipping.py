@@ -30,7 +30,7 @@ from sqlalchemy import (
 
 from contracts.envelope import COMMAND, Envelope
 from participants.runtime import joins
-from participants.runtime.db import raw_rows, upsert
+from participants.runtime.db import dict_rows, raw_rows, upsert
 from participants.runtime.participant import Context, Participant
 
 # Rules: one parcel carries at most PARCEL_LIMIT units in total across the order's reservations;
@@ -202,12 +202,7 @@ class _Booked:
         if not cids:
             return cls(scheduled)
         params = {"cids": cids, "status": SCHEDULED}
-        if conn.dialect.name == "postgresql":
-            found = raw_rows(conn, _SCHEDULED_OF_PG, params)
-            rows: Any = [dict(zip(_SCHEDULED_COLUMNS, r, strict=True)) for r in found]
-        else:
-            rows = [r._mapping for r in conn.execute(_SCHEDULED_OF, params)]
-        for row in rows:  # oldest first: the latest is kept
+        for row in dict_rows(conn, _SCHEDULED_OF, _SCHEDULED_OF_PG, params):  # oldest first: latest kept
             scheduled[(row["correlation_id"], row["order_id"])] = row
         return cls(scheduled)
 

@@ -119,6 +119,14 @@ def raw_dicts(conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, A
     return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()] if names else []
 
 
+def dict_rows(conn: Connection, statement: Any, pg_sql: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    """A read of the reference participants: `pg_sql` through the driver on PostgreSQL
+    (`raw_dicts`), the SQLAlchemy `statement` elsewhere; rows as dicts by column name."""
+    if conn.dialect.name == "postgresql":
+        return raw_dicts(conn, pg_sql, params)
+    return [dict(r._mapping) for r in conn.execute(statement, params)]
+
+
 def _execute(conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> Any:
     """The driver's cursor, its results fetched (psycopg's client-side cursor)."""
     driver = conn.connection.driver_connection
