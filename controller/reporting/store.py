@@ -76,10 +76,6 @@ def _changes(conn: Connection, states: Iterable[tuple[Facts, Facts]]) -> tuple[l
     return changed, replaced
 
 
-def message_recorded(conn: Connection, message: Envelope) -> None:
-    messages_recorded(conn, [message])
-
-
 def messages_recorded(conn: Connection, recorded: list[Envelope]) -> None:
     """The transitions these new messages complete: each with its cause, and with messages it
     caused that arrived first, in one query. None until the workflow exists
