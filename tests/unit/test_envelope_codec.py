@@ -78,7 +78,7 @@ def _outcome(decode: Any, raw: dict[Any, Any]) -> tuple[str, Any]:
         return "refused", (list(exc.errors.items()), str(exc))
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=700, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(entries())
 def test_the_decoder_accepts_and_refuses_what_the_marshmallow_schema_did(raw: dict[Any, Any]) -> None:
     assert _outcome(decode_fields, raw) == _outcome(reference_decode, raw)

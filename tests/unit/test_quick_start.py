@@ -48,14 +48,14 @@ def _agree(body: Any) -> None:
         assert quick == _loaded(body), body
 
 
-@settings(max_examples=3000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(_SCALARS, st.lists(_SCALARS, max_size=2),
                  st.dictionaries(_KEYS, st.one_of(_SCALARS, _INPUTS), max_size=5)))
 def test_anything_quick_decodes_loads_the_same(body: Any) -> None:
     _agree(body)
 
 
-@settings(max_examples=2000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=800, suppress_health_check=[HealthCheck.too_slow])
 @given(flow=st.one_of(st.sampled_from(["order_fulfillment", "gone", "", "a" * 65]), _SCALARS),
        data=_INPUTS, sla=st.one_of(st.none(), _SCALARS), cid=st.one_of(st.none(), _SCALARS))
 def test_near_valid_bodies_agree(flow: Any, data: Any, sla: Any, cid: Any) -> None:
@@ -106,7 +106,7 @@ _JSON_TEXT = st.recursive(
     max_leaves=6)
 
 
-@settings(max_examples=2000)
+@settings(max_examples=600)
 @given(_JSON_TEXT)
 def test_what_msgspec_decodes_json_loads_alike(text: str) -> None:
     """The lean route decodes with msgspec; webargs, behind it, with `json.loads`."""
