@@ -60,8 +60,8 @@ def _controller_process(name: str, body: Callable[[Any, Any], None]) -> None:
     stop = stop_on_signals()
     try:
         services = build_services(settings, stop)
-    except FlowDefinitionError as exc:  # BATON_FLOWS_DIRS holds a flow that cannot be loaded
-        _configuration_error(exc)
+    except (SettingsError, FlowDefinitionError) as exc:  # a flow that cannot be loaded, or a
+        _configuration_error(exc)  # Redis Cluster that refuses REDIS_URL's password
     except Stopped:  # SIGTERM before any node of the Redis Cluster answered: a clean stop
         return
     try:

@@ -6,7 +6,9 @@ of one hash slot), which servers hold data of their own (every primary), and whi
 
 A cluster client learns the layout when it is made, so it cannot be made while no node answers:
 `connect` then waits for one, retrying with backoff and logging each attempt with the URL's
-nodes, until one answers or the process is told to stop (`Stopped`). A single server's client
+nodes, until one answers or the process is told to stop (`Stopped`). A node that answers but
+refuses the credentials, or is not part of a cluster, is a configuration error (SettingsError
+naming REDIS_URL), not a wait. A single server's client
 connects on its first command: the caller's retries wait for it (startup.py).
 
 The wire format is the same on both: the stream names carry no hash tag, so the streams of one
@@ -31,6 +33,7 @@ from redis.exceptions import (
 )
 
 from config import redis_urls
+from config.settings import SettingsError
 
 log = structlog.get_logger("baton.startup")
 LONGEST_PAUSE = 5.0  # seconds between two attempts to reach a cluster, at most
@@ -68,11 +71,27 @@ def connect(url: str, *, stop: threading.Event | None = None, **options: Any) ->
                                   ssl=parsed.ssl, **options)
             return cast(redis.Redis, client)
         except _NOT_YET as exc:
+            refused = _refusal(exc)
+            if refused:  # waiting cannot mend what the URL says: the process stops with the reason
+                raise SettingsError(f"REDIS_URL: {refused} ({', '.join(nodes)})") from exc
             log.warning("no node of the Redis Cluster answers: retrying", nodes=nodes,
                         attempt=attempt, retry_in=pause, error=str(exc)[:200])
         if _stopped_during(stop, pause):
             raise Stopped(f"stopped while waiting for the Redis Cluster at {', '.join(nodes)}")
         pause, attempt = min(pause * 2, LONGEST_PAUSE), attempt + 1
+
+
+def _refusal(exc: Exception) -> str | None:
+    """Why a node that answered refused us, when no wait will change it: the password (redis-py
+    raises its AuthenticationError, a ConnectionError, as the cause of "cannot be connected"), or a
+    server that is not part of a cluster. None for a node that did not answer, or a cluster that is
+    still forming."""
+    cause = exc.__cause__ or exc
+    if isinstance(cause, redis.AuthenticationError):
+        return f"the Redis Cluster refused the credentials: {cause}"
+    if isinstance(cause, RedisClusterException) and "not enabled" in str(cause):
+        return "names a Redis server that is not part of a cluster (cluster mode is not enabled)"
+    return None
 
 
 def _stopped_during(stop: threading.Event | None, pause: float) -> bool:

@@ -134,3 +134,35 @@ def test_a_controller_process_waiting_for_its_redis_cluster_stops_cleanly_on_sig
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.mark.parametrize("credentials, reason", [
+    ("", "not part of a cluster"),
+    ("{user}:wrong@", "refused the credentials"),
+])
+def test_a_redis_cluster_url_that_no_wait_can_mend_stops_the_process_with_the_reason(
+        tmp_path: Path, redis_url: str, credentials: str, reason: str) -> None:
+    """`redis+cluster://` naming a server that answers but refuses the password, or is not part of
+    a cluster, is a configuration error: exit 2 at once with REDIS_URL named, not a wait forever."""
+    admin = redis.Redis.from_url(redis_url)
+    user = f"u{uuid.uuid4().hex[:8]}"
+    admin.acl_setuser(user, enabled=True, passwords=["+right"], keys=["~*"], commands=["+@all"])
+    port = admin.connection_pool.connection_kwargs["port"]
+    url = f"redis+cluster://{credentials.format(user=user)}127.0.0.1:{port}"
+    try:
+        proc, log = spawn(tmp_path, ["tracker"], REDIS_URL=url,
+                          BATON_RQ_REDIS_URL=redis_url,
+                          DATABASE_URL=f"sqlite:///{tmp_path}/baton.db",
+                          BATON_STREAM_PREFIX=f"s{uuid.uuid4().hex[:8]}")
+        try:
+            assert proc.wait(timeout=30) == 2, log.read_text()
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        text = log.read_text()
+        assert "configuration error: REDIS_URL:" in text and reason in text, text
+        assert "Traceback" not in text and NO_NODE not in text, text
+        assert "right" not in text and "wrong" not in text, "the password is never logged"
+    finally:
+        admin.acl_deluser(user)
+        admin.close()
