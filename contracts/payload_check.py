@@ -22,6 +22,7 @@ Path = tuple[str | None, ...]  # None: each element of a list
 # A pattern of literals, ASCII ranges, groups and quantifiers: one that Python's `re` and
 # jsonschema-rs read alike (no escapes, no `.`, no flags or look-arounds).
 _PLAIN_PATTERN = re.compile(r"[\^$\[\]{}(),|?*+A-Za-z0-9_ -]*")
+_AMBIGUOUS = re.compile(r"\(\?(?!:)|\{,|\{\}|\[\^?\]")  # a flag or look-around, `{,n}`, `[]`
 
 
 class Amount(fields.Float):
@@ -32,6 +33,16 @@ class Amount(fields.Float):
             raise ValidationError("must be a JSON number")
         result: float = super()._deserialize(value, attr, data, **kwargs)
         return result
+
+
+_NUMBER = frozenset({validate.Range, validate.OneOf})
+# The field types the check knows, each with the validators apispec writes for it.
+_RULES: dict[type, frozenset[type]] = {
+    fields.String: frozenset({validate.Length, validate.Regexp, validate.OneOf}),
+    fields.Integer: _NUMBER, fields.Float: _NUMBER, Amount: _NUMBER,
+    fields.Boolean: frozenset(), fields.Date: frozenset(),
+    fields.List: frozenset({validate.Length}), fields.Nested: frozenset(),
+}
 
 
 def verdict_of(schema: object) -> Verdict | None:
@@ -46,7 +57,10 @@ def verdict_of(schema: object) -> Verdict | None:
     ints: list[Path] = []
     if not _tighten(schema, converted, (), ints):
         return None
-    validator = jsonschema_rs.validator_for(converted, validate_formats=True, offline=True)
+    try:
+        validator = jsonschema_rs.validator_for(converted, validate_formats=True, offline=True)
+    except ValueError:  # a pattern jsonschema-rs does not compile: marshmallow decides
+        return None
 
     def verdict(data: dict[str, Any]) -> bool:
         try:
@@ -79,6 +93,8 @@ def _tighten(schema: Schema, converted: dict[str, Any], at: Path, ints: list[Pat
     if any(schema._hooks.values()) or schema.many or schema.partial:
         return False
     if schema.unknown == RAISE:
+        if set(schema.fields) != set(schema.load_fields):  # a dump-only field is unknown on load
+            return False
         converted["additionalProperties"] = False
     properties = converted.get("properties", {})
     for name, field in schema.load_fields.items():
@@ -90,13 +106,12 @@ def _tighten(schema: Schema, converted: dict[str, Any], at: Path, ints: list[Pat
 
 def _tighten_field(field: fields.Field, prop: dict[str, Any], at: Path, ints: list[Path]) -> bool:
     kind = type(field)
-    if kind is fields.List:
-        assert isinstance(field, fields.List)
-        return _validators_known(field, prop) and _tighten_field(field.inner, prop["items"],
-                                                                 (*at, None), ints)
-    if kind is fields.Nested:
-        assert isinstance(field, fields.Nested)
-        if field.only or field.exclude or field.unknown is not None or field.validators:
+    if not _validators_known(field, prop):
+        return False
+    if isinstance(field, fields.List) and kind is fields.List:
+        return _tighten_field(field.inner, prop["items"], (*at, None), ints)
+    if isinstance(field, fields.Nested) and kind is fields.Nested:
+        if field.only or field.exclude or field.unknown is not None:
             return False
         shape = prop["items"] if field.many else prop
         return _tighten(field.schema, shape, (*at, None) if field.many else at, ints)
@@ -105,34 +120,31 @@ def _tighten_field(field: fields.Field, prop: dict[str, Any], at: Path, ints: li
     elif kind in (fields.Float, Amount):
         prop.setdefault("maximum", sys.float_info.max)  # float() of a larger number overflows
         prop.setdefault("minimum", -sys.float_info.max)
-    elif kind is fields.Date and getattr(field, "format", None) in (None, "iso"):
-        prop["not"] = {"pattern": "^0000"}  # a full-date of year 0: Python's dates start at 1
-    elif kind is fields.Boolean:
-        assert isinstance(field, fields.Boolean)
-        if field.truthy and (True not in field.truthy or False not in field.falsy):
+    elif kind is fields.Date:
+        if getattr(field, "format", None) not in (None, "iso"):
             return False
-    elif kind not in (fields.String, fields.Integer):
-        return False
-    return _validators_known(field, prop)
+        prop["not"] = {"pattern": "^0000"}  # a full-date of year 0: Python's dates start at 1
+    elif isinstance(field, fields.Boolean) and field.truthy:
+        return True in field.truthy and False in field.falsy
+    return True
 
 
 def _validators_known(field: fields.Field, prop: dict[str, Any]) -> bool:
-    """Whether apispec wrote every validator of `field` at least as strictly, once tightened here."""
+    """Whether `field` is of a type listed here, and apispec wrote each of its validators at least
+    as strictly, once tightened here."""
+    known = _RULES.get(type(field))
     kinds = [type(rule) for rule in field.validators]
-    if len(kinds) != len(set(kinds)):  # apispec writes one rule of a kind, not all of them
-        return False
+    if known is None or not set(kinds) <= known or len(kinds) != len(set(kinds)):
+        return False  # apispec writes one rule of a kind, not all of them
     for rule in field.validators:
-        if type(rule) is validate.Range:
+        if isinstance(rule, validate.Range):
             _exclusive(rule, prop)
-        elif type(rule) is validate.Regexp:
+        elif isinstance(rule, validate.Regexp):
             pattern = rule.regex.pattern
             if (not isinstance(pattern, str) or rule.regex.flags & ~re.UNICODE
-                    or not _PLAIN_PATTERN.fullmatch(pattern)
-                    or "(?" in pattern.replace("(?:", "")):
+                    or not _PLAIN_PATTERN.fullmatch(pattern) or _AMBIGUOUS.search(pattern)):
                 return False
             prop["pattern"] = f"^(?:{pattern})"  # re.match anchors every alternative at the start
-        elif type(rule) not in (validate.Length, validate.OneOf):
-            return False
     return True
 
 

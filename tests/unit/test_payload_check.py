@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import math
+from datetime import date
 from functools import cache
 from typing import Any
 
@@ -168,7 +169,13 @@ class Unanchored(Payload):
     type("Other", (Payload,), {"a": fields.Decimal()})(),
     type("Twice", (Payload,), {"a": fields.Str(validate=[validate.Length(max=3), validate.Length(min=2)])})(),
     type("Truthy", (Payload,), {"a": fields.Bool(truthy={"yes"}, falsy={"no"})})(),
-], ids=["hook", "escape", "decimal", "two-lengths", "truthy"])
+    type("NoCompile", (Payload,), {"a": fields.Str(validate=validate.Regexp(r"^a{x"))})(),
+    type("EmptyClass", (Payload,), {"a": fields.Str(validate=validate.Regexp(r"^[]a]"))})(),
+    type("DateRange", (Payload,), {"a": fields.Date(validate=validate.Range(min=date(2026, 1, 1)))})(),
+    type("DateChoice", (Payload,), {"a": fields.Date(validate=validate.OneOf([date(2026, 1, 1)]))})(),
+    type("DumpOnly", (Schema,), {"a": fields.Str(dump_only=True)})(),
+], ids=["hook", "escape", "decimal", "two-lengths", "truthy", "no-compile", "empty-class", "date-range",
+        "date-choice", "dump-only-raise"])
 def test_a_schema_the_check_cannot_vouch_for_is_left_to_marshmallow(schema: Schema) -> None:
     assert verdict_of(schema) is None
 
@@ -179,3 +186,21 @@ def test_a_pattern_is_matched_from_the_start_as_marshmallow_matches() -> None:
     for code in ("EUR", "EURx", "xEUR", "eEUR", "x", "ab"):
         expected = outcome(reg.validate, "t.x", 1, {"code": code})
         assert outcome(reg.check, "t.x", 1, {"code": code}) == expected, code
+
+
+class Strict(Schema):  # marshmallow's default: an unknown field is refused, here and nested
+    inner = fields.Nested(Unanchored)
+    many = fields.List(fields.Nested(type("Leaf", (Schema,), {"n": fields.Int(strict=True)})))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(["inner", "many", "other"]), st.one_of(
+    st.sampled_from(POOL), st.fixed_dictionaries({}, optional={"code": st.sampled_from(POOL),
+                                                             "other": st.just(1)}),
+    st.lists(st.fixed_dictionaries({}, optional={"n": st.sampled_from(POOL), "m": st.just(1)}),
+             max_size=2)), max_size=3))
+def test_a_schema_refusing_unknown_fields_is_checked_alike(data: dict[str, Any]) -> None:
+    reg = Registry()
+    reg.register("t.strict", Strict())
+    assert verdict_of(Strict()) is not None
+    assert outcome(reg.check, "t.strict", 1, data) == outcome(reg.validate, "t.strict", 1, data), data
