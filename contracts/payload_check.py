@@ -35,6 +35,9 @@ class Amount(fields.Float):
         return result
 
 
+# The methods of a load: a schema overriding one may refuse what its fields take.
+_LOADING = ("load", "_do_load", "_deserialize", "_invoke_load_processors",
+            "_invoke_field_validators", "_invoke_schema_validators", "_run_validator")
 _NUMBER = frozenset({validate.Range, validate.OneOf})
 # The field types the check knows, each with the validators apispec writes for it.
 _RULES: dict[type, frozenset[type]] = {
@@ -90,7 +93,8 @@ def _tighten(schema: Schema, converted: dict[str, Any], at: Path, ints: list[Pat
     """Make `converted` refuse what `schema` refuses, in place, and list where a strict integer
     must be a Python int; False when `schema` holds something whose JSON Schema is not known to
     be as strict (a hook, a field type or validator not listed here)."""
-    if any(schema._hooks.values()) or schema.many or schema.partial:
+    if any(schema._hooks.values()) or schema.many or schema.partial or any(
+            getattr(type(schema), name) is not getattr(Schema, name) for name in _LOADING):
         return False
     if schema.unknown == RAISE:
         if set(schema.fields) != set(schema.load_fields):  # a dump-only field is unknown on load

@@ -159,12 +159,20 @@ class Hooked(Payload):
         pass
 
 
+class Loaded(Payload):
+    a = fields.Str()
+
+    def load(self, data: Any, *args: Any, **kwargs: Any) -> Any:
+        return super().load(data, *args, **kwargs)
+
+
 class Unanchored(Payload):
     code = fields.Str(required=True, validate=validate.Regexp(r"[A-Z]{3}|x"))
 
 
 @pytest.mark.parametrize("schema", [
     Hooked(),  # a hook: JSON Schema cannot say what it checks
+    Loaded(),  # nor can it say what an overridden load does
     type("Escaped", (Payload,), {"a": fields.Str(validate=validate.Regexp(r"^\d+$"))})(),
     type("Other", (Payload,), {"a": fields.Decimal()})(),
     type("Twice", (Payload,), {"a": fields.Str(validate=[validate.Length(max=3), validate.Length(min=2)])})(),
@@ -174,8 +182,8 @@ class Unanchored(Payload):
     type("DateRange", (Payload,), {"a": fields.Date(validate=validate.Range(min=date(2026, 1, 1)))})(),
     type("DateChoice", (Payload,), {"a": fields.Date(validate=validate.OneOf([date(2026, 1, 1)]))})(),
     type("DumpOnly", (Schema,), {"a": fields.Str(dump_only=True)})(),
-], ids=["hook", "escape", "decimal", "two-lengths", "truthy", "no-compile", "empty-class", "date-range",
-        "date-choice", "dump-only-raise"])
+], ids=["hook", "load", "escape", "decimal", "two-lengths", "truthy", "no-compile", "empty-class",
+        "date-range", "date-choice", "dump-only-raise"])
 def test_a_schema_the_check_cannot_vouch_for_is_left_to_marshmallow(schema: Schema) -> None:
     assert verdict_of(schema) is None
 
