@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from functools import cache
 from typing import Any
 
 import jsonschema_rs
-from apispec import APISpec
-from apispec.ext.marshmallow import OpenAPIConverter
 from marshmallow import Schema, ValidationError
 
+from contracts.payload_check import marshmallow_json_schema
 from contracts.payloads import PayloadSchema
 
 MISSING = "Missing data for required field."  # marshmallow's words, so both kinds read alike
@@ -41,6 +39,10 @@ class JsonPayload:
         if self._validator.is_valid(loaded):  # the hot path: no error objects built
             return loaded
         raise ValidationError(nest(self._validator.iter_errors(loaded)))
+
+    def is_valid(self, data: dict[str, Any], /) -> bool:
+        """Whether `load` would accept `data`: the registry's fast check of a declared payload."""
+        return self._validator.is_valid(data)
 
     def __repr__(self) -> str:
         return f"JsonPayload({self.schema!r}, source={self.source!r})"
@@ -114,13 +116,5 @@ def as_json_schema(schema: PayloadSchema) -> dict[str, Any]:
     if isinstance(schema, JsonPayload):
         return schema.schema
     if isinstance(schema, Schema):
-        converted: dict[str, Any] = _converter().schema2jsonschema(schema)
-        return converted
+        return marshmallow_json_schema(schema)
     return {"type": "object"}
-
-
-@cache
-def _converter() -> OpenAPIConverter:
-    # No name resolver: nested schemas are written inline, each schema stands on its own.
-    spec = APISpec("payloads", "1", "3.1.0")
-    return OpenAPIConverter("3.1.0", lambda schema: None, spec)

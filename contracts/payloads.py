@@ -11,6 +11,8 @@ from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 
 from contracts.envelope import COMMAND, EVENT
 from contracts.errors import InvalidMessage, UnknownMessageType, UnsupportedVersion
+from contracts.payload_check import Amount as Amount  # its home is the check that knows it
+from contracts.payload_check import Verdict, verdict_of
 from contracts.streams import Partitioning
 
 FAILED_SUFFIX = "_failed"
@@ -22,16 +24,6 @@ class Payload(Schema):
 
     class Meta:
         unknown = INCLUDE
-
-
-class Amount(fields.Float):
-    """A JSON number: a numeric string or a boolean is a wrong type, not an amount."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValidationError("must be a JSON number")
-        result: float = super()._deserialize(value, attr, data, **kwargs)
-        return result
 
 
 class FailedPayload(Payload):
@@ -63,12 +55,16 @@ class Registry:
     _kinds: dict[str, str] = field(default_factory=dict)
     _partitioned: dict[str, Partitioning] = field(default_factory=dict)
     # The messages built from a payload validated here, by identity, while they live.
+    # The fast verdict of each schema (`check`), compiled on first use; None: marshmallow decides.
+    _verdicts: dict[tuple[str, int], Verdict | None] = field(default_factory=dict, repr=False,
+                                                             compare=False)
     _vouched: weakref.WeakValueDictionary[int, Any] = field(
         default_factory=weakref.WeakValueDictionary, repr=False, compare=False)
 
     def register(self, message_type: str, schema: PayloadSchema, *, version: int = 1,
                  kind: str = EVENT, failed_schema: PayloadSchema | None = None) -> None:
         self._schemas[(message_type, version)] = schema
+        self._verdicts.clear()
         self._kinds[message_type] = kind
         if kind == COMMAND:
             answer = failed_type(message_type)
@@ -133,6 +129,18 @@ class Registry:
         except ValidationError as exc:
             raise InvalidMessage({f"data.{k}": v for k, v in exc.messages_dict.items()}) from exc
         return loaded
+
+    def check(self, message_type: str, version: int, data: Mapping[str, Any]) -> None:
+        """What `validate` raises, when it would raise; None when it would return. For the callers
+        that throw the loaded payload away: most payloads are accepted by the fast verdict
+        (`contracts.payload_check`) alone, and marshmallow judges the rest, in its own words."""
+        schema = self.schema(message_type, version)
+        key = (message_type, version)
+        if key not in self._verdicts:
+            self._verdicts[key] = verdict_of(schema)
+        verdict = self._verdicts[key]
+        if verdict is None or not verdict(data if type(data) is dict else dict(data)):
+            self.validate(message_type, version, data)
 
     def vouch(self, message: M) -> M:
         """`message`, recorded as built from a payload `validate` just returned, so that the

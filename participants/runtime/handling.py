@@ -198,7 +198,7 @@ class BatchHandler:
         registry = self.participant.registry
         for emitted in out:  # nothing leaves unchecked, and nothing is checked twice
             if not registry.vouched(emitted):  # not built by ctx.event, nor by the tracker's effects
-                registry.validate(emitted.type, emitted.version, emitted.data)
+                registry.check(emitted.type, emitted.version, emitted.data)
         return out
 
 

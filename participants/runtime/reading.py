@@ -151,9 +151,7 @@ class Reader:
                 raise Malformed(f"entry of {size} bytes exceeds {MAX_ENTRY_BYTES}")
             entry.message = decode_fields(entry.raw)
             self._check_route(entry)
-            self.participant.registry.validate(
-                entry.message.type, entry.message.version, entry.message.data
-            )
+            self.participant.registry.check(entry.message.type, entry.message.version, entry.message.data)
         except Exception as exc:  # never let one entry stop the consumer or block those behind it
             deadletter.send(self.client, self.keys, self.group, self.consumer, entry.stream,
                             entry.entry_id, entry.raw, str(exc), entry.deliveries)

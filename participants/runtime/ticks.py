@@ -26,7 +26,7 @@ def run(participant: Participant, engine: Engine, client: redis.Redis, keys: Key
         emitted = list(participant.tick(conn, now) or [])
         for message in emitted:  # nothing leaves unchecked
             if not registry.vouched(message):
-                registry.validate(message.type, message.version, message.data)
+                registry.check(message.type, message.version, message.data)
         pending = outbox.enqueue(conn, keys, emitted, now)
     outbox.publish_or_leave(engine, client, pending, crash_points)
     return len(emitted)
