@@ -210,7 +210,7 @@ class Chaos:
         self.mark_exposed()
         with self.lock:
             proc = self.procs.running[name]
-            family = descendants(proc.pid)
+            family = _frozen(proc.pid)
             for pid in family:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
@@ -434,6 +434,19 @@ class Chaos:
         if hasattr(self, "engine"):
             self.engine.dispose()
         self.servers.close(keep=self.config.keep)
+
+
+def _frozen(root: int) -> set[int]:
+    """`root` and everything it forked, each stopped (SIGSTOP) before the next look, so that none
+    forks a process the kill would miss: a gunicorn master that sees its worker killed first boots
+    another, which inherits the port and holds it after the master is gone."""
+    frozen: set[int] = set()
+    while new := descendants(root) - frozen:
+        for pid in new:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+        frozen |= new
+    return frozen
 
 
 def _wait_dead(pids: set[int], timeout: float = 10.0) -> None:
