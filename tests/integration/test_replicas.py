@@ -45,9 +45,10 @@ def test_a_dead_holders_lease_moves_within_its_ttl(redis_client: redis.Redis) ->
     assert dead.hold()
     began = time.monotonic()
     while not standby.hold():  # `dead` renews no more, as after a kill -9
-        assert time.monotonic() - began < 2.0, "the standby never took the lease"
+        assert time.monotonic() - began < 3.0, "the standby never took the lease"
         time.sleep(0.02)
-    assert time.monotonic() - began < 0.6
+    # within its TTL, give or take a loaded machine's scheduling
+    assert time.monotonic() - began < 0.3 + 1.0
     # the old holder, come back from a stall, neither renews nor drops the new holder's lease
     assert not dead.hold()
     dead.release()

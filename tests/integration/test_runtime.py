@@ -377,7 +377,7 @@ def test_a_failing_handler_is_retried_with_backoff_then_dead_lettered(bench: Ben
     # after its delivery than the next by more than the slack (a loaded machine's first
     # transaction) shortens the first gap. A first poll with nothing to read pays those first
     # costs; a slack of a third of the base still tells a doubled backoff from a flat one.
-    options = dataclasses.replace(FAST, visibility_timeout=0.3)
+    options = dataclasses.replace(FAST, visibility_timeout=0.5)
     rt = bench.runtime(options)
     rt.poll()
     placed = order()
