@@ -152,11 +152,13 @@ class Servers:
         self.created_dbs.append(name)
         return self.pg_url(name)
 
-    def psql(self, db: str, sql: str) -> str:
+    def psql_command(self, db: str, sql: str) -> list[str]:
         assert self.pg_bin is not None
-        out = subprocess.run([str(self.pg_bin / "psql"), "-h", HOST, "-p", str(self.pg_port),
-                              "-U", "baton", "-d", db, "-At", "-F", "\t", "-c", sql],
-                             check=True, capture_output=True, text=True)
+        return [str(self.pg_bin / "psql"), "-h", HOST, "-p", str(self.pg_port), "-U", "baton",
+                "-d", db, "-At", "-F", "\t", "-c", sql]
+
+    def psql(self, db: str, sql: str) -> str:
+        out = subprocess.run(self.psql_command(db, sql), check=True, capture_output=True, text=True)
         return out.stdout
 
     def postgres_pid(self) -> int | None:

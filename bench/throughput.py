@@ -32,6 +32,7 @@ import os
 import platform
 import random
 import re
+import shlex
 import shutil
 import signal
 import sqlite3
@@ -599,6 +600,7 @@ def run_scenario(name: str, servers: Servers, cfg: Settings, with_open: bool) ->
     t_start = time.monotonic()
     loop = Loop()
     watcher = sc.make_watcher()
+    dbs_before = len(servers.created_dbs)
     try:
         sc.start()
         result["startup_s"] = round(time.monotonic() - t_start, 1)
@@ -616,6 +618,8 @@ def run_scenario(name: str, servers: Servers, cfg: Settings, with_open: bool) ->
         me = psutil.Process()
         accepted: list[str] = list(probes)
         profilers: list[subprocess.Popen[bytes]] = []
+        analyzing: list[subprocess.Popen[bytes]] = []
+        own_dbs = servers.created_dbs[dbs_before:]
         phases = [("closed", None)] + ([("open", r) for r in cfg.rates] if with_open else [])
         for mode, rate in phases:
             closed_wfs = result["phases"][0]["workflows_per_s"] if result["phases"] else None
@@ -634,7 +638,7 @@ def run_scenario(name: str, servers: Servers, cfg: Settings, with_open: bool) ->
 
             def on_window(edge: str, mode: str = mode, sampler: RssSampler = sampler) -> None:
                 if edge == "start" and sc.uses_pg:
-                    analyze(sc.servers)
+                    analyzing.append(analyze(sc.servers, own_dbs))
                 if edge == "start" and cfg.profile_dir and mode == "closed":
                     profilers.extend(start_profile(sc, cfg))
                 if mode == "closed" and cfg.rss_every:
@@ -654,9 +658,10 @@ def run_scenario(name: str, servers: Servers, cfg: Settings, with_open: bool) ->
                 assert rate is not None
                 phase = loop.run(open_loop(sc.kick, watcher, new_cid, rate=rate, warmup=min(cfg.warmup, 2.0),
                                            duration=cfg.open_seconds, on_window=on_window))
-            for p in profilers:
+            for p in profilers + analyzing:
                 p.wait(timeout=60)
             profilers.clear()
+            analyzing.clear()
             still_open = watcher.wait_for(phase.kicked, cfg.drain_timeout)
             cpu = sc.kinds.window_end()
             me_cpu = sum(me.cpu_times()[:2]) - me_cpu0
@@ -733,14 +738,19 @@ def start_profile(sc: Scenario, cfg: Settings) -> list[subprocess.Popen[bytes]]:
     return out
 
 
-def analyze(servers: Servers) -> None:
-    """ANALYZE every database, as the warm-up ends: the tables began empty a few seconds ago, and
-    autovacuum (every minute by default) has not yet given the planner their statistics, so it
-    would plan for tables of a few rows (a sequential scan, or an index scanned on its leading
-    columns with the rest as a filter) what a deployment past its first minute plans for its real
-    size. Measured: without it, PostgreSQL's CPU per workflow was 40-90 % higher in a 20 s run."""
-    for db in servers.created_dbs:
-        servers.psql(db, "ANALYZE")
+def analyze(servers: Servers, own: list[str]) -> subprocess.Popen[bytes]:
+    """ANALYZE the scenario's databases, as the warm-up ends: the tables began empty a few seconds
+    ago, and autovacuum (every minute by default) has not yet given the planner their statistics,
+    so it would plan for tables of a few rows (a sequential scan, or an index scanned on its
+    leading columns with the rest as a filter) what a deployment past its first minute plans for
+    its real size. Measured: without it, PostgreSQL's CPU per workflow was 40-90 % higher in a
+    20 s run. In the background: the load loop must not wait on it (redis-py's reads time out
+    after 5 s). A peer's own databases are included (DBOS keeps a system database beside its own)."""
+    names = servers.psql("postgres", "SELECT datname FROM pg_database WHERE datallowconn").split()
+    mine = [n for n in names if any(n == db or n.startswith(f"{db}_") for db in own)]
+    script = " ; ".join(shlex.join(servers.psql_command(db, "ANALYZE")) for db in mine)
+    return subprocess.Popen(["sh", "-c", script or "true"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
 
 
 def _pg_commits(servers: Servers) -> dict[str, int]:
