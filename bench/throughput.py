@@ -743,7 +743,7 @@ def analyze(servers: Servers, own: list[str]) -> subprocess.Popen[bytes]:
     ago, and autovacuum (every minute by default) has not yet given the planner their statistics,
     so it would plan for tables of a few rows (a sequential scan, or an index scanned on its
     leading columns with the rest as a filter) what a deployment past its first minute plans for
-    its real size. Measured: without it, PostgreSQL's CPU per workflow was 40-90 % higher in a
+    its real size. Measured: without it, PostgreSQL's CPU per workflow was 1.9x as high in a
     20 s run. In the background: the load loop must not wait on it (redis-py's reads time out
     after 5 s). A peer's own databases are included (DBOS keeps a system database beside its own)."""
     names = servers.psql("postgres", "SELECT datname FROM pg_database WHERE datallowconn").split()
