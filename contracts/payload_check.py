@@ -1,7 +1,12 @@
 """The fast verdict on a payload: a shipped marshmallow schema converted once to JSON Schema (by
 apispec) and compiled with jsonschema-rs, trusted only where it is known to be no more permissive
 than marshmallow. A "no" proves nothing: `Registry.check` then asks marshmallow, which stays the
-authority on every refusal and its words."""
+authority on every refusal and its words.
+
+`verbatim_of` goes one step further for `Registry.validate`: a payload the verdict takes, whose
+every number is already of its field's Python type, is one that `schema.load` would return equal
+to itself, for a schema of fields that load a JSON value as it is (no date, no default, no
+renamed key): its loaded form is a copy of it."""
 
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ from typing import Any
 import jsonschema_rs
 from apispec import APISpec
 from apispec.ext.marshmallow import OpenAPIConverter
-from marshmallow import RAISE, Schema, ValidationError, fields, validate
+from marshmallow import INCLUDE, RAISE, Schema, ValidationError, fields, missing, validate
 
 Verdict = Callable[[dict[str, Any]], bool]
 Path = tuple[str | None, ...]  # None: each element of a list
@@ -74,6 +79,56 @@ def verdict_of(schema: object) -> Verdict | None:
         return all(_integral(data, path) for path in ints)
 
     return verdict
+
+
+def verbatim_of(schema: object) -> Verdict | None:
+    """A function that says True only of payloads `schema.load` (a marshmallow schema's) accepts
+    and returns unchanged: equal, each value of the same type. None when none is known."""
+    if not isinstance(schema, Schema):
+        return None
+    verdict = verdict_of(schema)
+    typed: list[tuple[Path, type]] = []
+    if verdict is None or not _as_is(schema, (), typed):
+        return None
+
+    def verbatim(data: dict[str, Any]) -> bool:
+        return verdict(data) and all(_typed(data, path, kind) for path, kind in typed)
+
+    return verbatim
+
+
+def _as_is(schema: Schema, at: Path, typed: list[tuple[Path, type]]) -> bool:
+    """Whether `schema` loads a payload its verdict takes as it is, once the numbers listed in
+    `typed` (filled here) hold their field's Python type. Its hooks were refused by `_tighten`."""
+    if schema.unknown not in (RAISE, INCLUDE):  # EXCLUDE drops the unknown keys; INCLUDE keeps
+        return False                             # them as they are, as the copy does
+    for name, field in schema.load_fields.items():
+        if field.data_key not in (None, name) or field.attribute not in (None, name):
+            return False
+        if field.load_default is not missing:
+            # A default fills an absent key: as it is only where the key is given.
+            if callable(field.load_default):
+                return False
+            typed.append(((*at, name), _Present))
+        if not _field_as_is(field, (*at, name), typed):
+            return False
+    return True
+
+
+class _Present:
+    """In `typed`: the key must be there (whatever its value), or a load default fills it in."""
+
+
+def _field_as_is(field: fields.Field, at: Path, typed: list[tuple[Path, type]]) -> bool:
+    kind = type(field)
+    if isinstance(field, fields.List):  # exactly these types: `_tighten_field` refused others
+        return _field_as_is(field.inner, (*at, None), typed)
+    if isinstance(field, fields.Nested):
+        return _as_is(field.schema, (*at, None) if field.many else at, typed)
+    if kind in (fields.Integer, fields.Float, Amount):  # 1.0 loads as 1, 10 as 10.0
+        typed.append((at, int if kind is fields.Integer else float))
+        return True
+    return kind in (fields.String, fields.Boolean)  # a Date loads as a `date`: not as it is
 
 
 def marshmallow_json_schema(schema: Schema) -> dict[str, Any]:
@@ -165,11 +220,19 @@ def _exclusive(rule: validate.Range, prop: dict[str, Any]) -> None:
 def _integral(value: Any, path: Path) -> bool:
     """Whether the values at `path` in a payload JSON Schema accepted are Python ints (or null,
     or absent: the schema ruled on those)."""
+    return _typed(value, path, int)
+
+
+def _typed(value: Any, path: Path, kind: type) -> bool:
+    """Whether the values at `path` in a payload JSON Schema accepted are of exactly `kind` (or
+    null, or absent: the schema ruled on those)."""
     if value is None:
         return True
     if not path:
-        return type(value) is int
+        return type(value) is kind
     head, rest = path[0], path[1:]
     if head is None:
-        return all(_integral(each, rest) for each in value)
-    return head not in value or _integral(value[head], rest)
+        return all(_typed(each, rest, kind) for each in value)
+    if head not in value:
+        return kind is not _Present or bool(rest)
+    return (kind is _Present and not rest) or _typed(value[head], rest, kind)

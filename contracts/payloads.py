@@ -12,7 +12,7 @@ from marshmallow import INCLUDE, Schema, ValidationError, fields, validate
 from contracts.envelope import COMMAND, EVENT
 from contracts.errors import InvalidMessage, UnknownMessageType, UnsupportedVersion
 from contracts.payload_check import Amount as Amount  # its home is the check that knows it
-from contracts.payload_check import Verdict, verdict_of
+from contracts.payload_check import Verdict, verbatim_of, verdict_of
 from contracts.streams import Partitioning
 
 FAILED_SUFFIX = "_failed"
@@ -58,6 +58,9 @@ class Registry:
     # The fast verdict of each schema (`check`), compiled on first use; None: marshmallow decides.
     _verdicts: dict[tuple[str, int], Verdict | None] = field(default_factory=dict, repr=False,
                                                              compare=False)
+    # Of each schema, what says a payload loads as it is (`validate`), made on first use.
+    _verbatims: dict[tuple[str, int], Verdict | None] = field(default_factory=dict, repr=False,
+                                                              compare=False)
     _vouched: weakref.WeakValueDictionary[int, Any] = field(
         default_factory=weakref.WeakValueDictionary, repr=False, compare=False)
 
@@ -65,6 +68,7 @@ class Registry:
                  kind: str = EVENT, failed_schema: PayloadSchema | None = None) -> None:
         self._schemas[(message_type, version)] = schema
         self._verdicts.clear()
+        self._verbatims.clear()
         self._kinds[message_type] = kind
         if kind == COMMAND:
             answer = failed_type(message_type)
@@ -122,8 +126,16 @@ class Registry:
             raise UnsupportedVersion(message_type, version, self.versions(message_type)) from None
 
     def validate(self, message_type: str, version: int, data: Mapping[str, Any]) -> dict[str, Any]:
-        """The loaded payload, or InvalidMessage with errors keyed `data.<field>`."""
+        """The loaded payload, or InvalidMessage with errors keyed `data.<field>`. A payload that
+        loading would return unchanged (`contracts.payload_check.verbatim_of`) is copied instead."""
         schema = self.schema(message_type, version)
+        key = (message_type, version)
+        if key not in self._verbatims:
+            self._verbatims[key] = verbatim_of(schema)
+        verbatim = self._verbatims[key]
+        plain = data if type(data) is dict else dict(data)
+        if verbatim is not None and verbatim(plain):
+            return _copy(plain)
         try:
             loaded: dict[str, Any] = schema.load(dict(data))
         except ValidationError as exc:
@@ -151,3 +163,13 @@ class Registry:
 
     def vouched(self, message: object) -> bool:
         return self._vouched.get(id(message)) is message
+
+
+def _copy(value: Any) -> Any:
+    """A copy of a JSON value: new dicts and lists, the same strings and numbers (what a load
+    would have built)."""
+    if type(value) is dict:
+        return {k: _copy(v) for k, v in value.items()}
+    if type(value) is list:
+        return [_copy(v) for v in value]
+    return value

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from marshmallow import Schema, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from config.flows import load_catalog
 from contracts.errors import ContractError, InvalidMessage
 from contracts.json_payloads import JsonPayload
-from contracts.payload_check import verdict_of
+from contracts.payload_check import verbatim_of, verdict_of
 from contracts.payloads import Payload, Registry
 from contracts.registry import default_registry
 from tests.unit.test_json_schema_matches_marshmallow import CASES, mutate, paths
@@ -212,3 +212,93 @@ def test_a_schema_refusing_unknown_fields_is_checked_alike(data: dict[str, Any])
     reg.register("t.strict", Strict())
     assert verdict_of(Strict()) is not None
     assert outcome(reg.check, "t.strict", 1, data) == outcome(reg.validate, "t.strict", 1, data), data
+
+
+# -- validate's copy of a payload that loads as it is ---------------------------------------------
+
+def as_loaded(message_type: str) -> dict[str, Any]:
+    """The sample as its schema loads it: each number of its field's type (a float field's a
+    float), the form in which a payload loads as it is. Its dates stay text."""
+    schema = registry().schema(message_type, 1)
+    assert isinstance(schema, Schema)
+    form: dict[str, Any] = schema.dump(schema.load(copy.deepcopy(sample(message_type))))
+    return form
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal, and each value of the same type (10 and 10.0 are not the same here)."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b or (isinstance(a, float) and math.isnan(a) and math.isnan(b)))
+
+
+def loaded(message_type: str, data: Any) -> Any:
+    """What marshmallow's load of the schema returns, or the errors it raises."""
+    try:
+        return registry().schema(message_type, 1).load(copy.deepcopy(data))
+    except ValidationError as exc:
+        return ("refused", {f"data.{k}": v for k, v in exc.messages_dict.items()})
+
+
+def validated(message_type: str, data: Any) -> Any:
+    try:
+        return registry().validate(message_type, 1, data)
+    except InvalidMessage as exc:
+        return ("refused", exc.errors)
+
+
+def test_a_float_valued_payload_of_the_hot_types_is_copied_and_loads_the_same() -> None:
+    hot = ["order.placed", "inventory.reserved", "payment.charged", "notification.sent",
+           "workflow.completed", "price.published"]
+    for message_type in hot:
+        payload = as_loaded(message_type)
+        verbatim = verbatim_of(registry().schema(message_type, 1))
+        assert verbatim is not None and verbatim(payload), (message_type, payload)
+        got = registry().validate(message_type, 1, payload)
+        assert same(got, loaded(message_type, payload)), (message_type, got)
+        assert got is not payload
+
+
+def test_a_number_not_yet_of_its_fields_type_is_loaded_by_marshmallow() -> None:
+    order = as_loaded("order.placed")
+    order["total_amount"] = 20  # an Amount: loads as 20.0
+    verbatim = verbatim_of(registry().schema("order.placed", 1))
+    assert verbatim is not None and not verbatim(order)
+    assert type(registry().validate("order.placed", 1, order)["total_amount"]) is float
+    changed = {**CHANGED}
+    del changed["reason"]  # a load default fills it in
+    assert registry().validate("workflow.completed", 1, changed)["reason"] is None
+
+
+def test_the_copy_is_the_callers_own() -> None:
+    order = as_loaded("order.placed")
+    got = registry().validate("order.placed", 1, order)
+    got["items"][0]["product_id"] = "changed"
+    assert order["items"][0]["product_id"] != "changed"
+
+
+@settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_validate_returns_what_marshmallow_loads_on_mutated_samples(data: st.DataObject) -> None:
+    message_type = data.draw(st.sampled_from(registry().types()))
+    base = sample(message_type)
+    if data.draw(st.booleans()) and not isinstance(registry().schema(message_type, 1), JsonPayload):
+        base = as_loaded(message_type)
+    payload = data.draw(mutated(base))
+    assert same(validated(message_type, payload), loaded(message_type, payload)), payload
+
+
+@pytest.mark.parametrize("schema", [
+    type("Dated", (Payload,), {"a": fields.Date()})(),  # a date loads as a `date`
+    type("Keyed", (Payload,), {"a": fields.Str(data_key="b")})(),  # the key is renamed
+    type("Moved", (Payload,), {"a": fields.Str(attribute="b")})(),
+    type("Made", (Payload,), {"a": fields.Str(load_default=lambda: "x")})(),
+    type("Dropping", (Schema,), {"a": fields.Str(), "Meta": type("Meta", (), {"unknown": "exclude"})})(),
+    Hooked(),
+], ids=["date", "data-key", "attribute", "callable-default", "exclude", "hook"])
+def test_a_schema_whose_load_changes_a_payload_is_always_loaded(schema: Schema) -> None:
+    assert verbatim_of(schema) is None
