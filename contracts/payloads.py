@@ -170,6 +170,6 @@ def _copy(value: Any) -> Any:
     would have built)."""
     if type(value) is dict:
         return {k: _copy(v) for k, v in value.items()}
-    if type(value) is list:
+    if type(value) in (list, tuple):  # a list field loads a tuple as a list
         return [_copy(v) for v in value]
     return value
