@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
@@ -129,30 +129,21 @@ class Registry:
         """The loaded payload, or InvalidMessage with errors keyed `data.<field>`. A payload that
         loading would return unchanged (`contracts.payload_check.verbatim_of`) is copied instead."""
         schema = self.schema(message_type, version)
-        key = (message_type, version)
-        if key not in self._verbatims:
-            self._verbatims[key] = verbatim_of(schema)
-        verbatim = self._verbatims[key]
+        verbatim = _made(self._verbatims, (message_type, version), verbatim_of, schema)
         plain = data if type(data) is dict else dict(data)
         if verbatim is not None and verbatim(plain):
             return _copy(plain)
-        try:
-            loaded: dict[str, Any] = schema.load(dict(data))
-        except ValidationError as exc:
-            raise InvalidMessage({f"data.{k}": v for k, v in exc.messages_dict.items()}) from exc
-        return loaded
+        return _load(schema, plain)
 
     def check(self, message_type: str, version: int, data: Mapping[str, Any]) -> None:
         """What `validate` raises, when it would raise; None when it would return. For the callers
         that throw the loaded payload away: most payloads are accepted by the fast verdict
         (`contracts.payload_check`) alone, and marshmallow judges the rest, in its own words."""
         schema = self.schema(message_type, version)
-        key = (message_type, version)
-        if key not in self._verdicts:
-            self._verdicts[key] = verdict_of(schema)
-        verdict = self._verdicts[key]
-        if verdict is None or not verdict(data if type(data) is dict else dict(data)):
-            self.validate(message_type, version, data)
+        verdict = _made(self._verdicts, (message_type, version), verdict_of, schema)
+        plain = data if type(data) is dict else dict(data)
+        if verdict is None or not verdict(plain):
+            _load(schema, plain)
 
     def vouch(self, message: M) -> M:
         """`message`, recorded as built from a payload `validate` just returned, so that the
@@ -163,6 +154,24 @@ class Registry:
 
     def vouched(self, message: object) -> bool:
         return self._vouched.get(id(message)) is message
+
+
+def _made(made: dict[tuple[str, int], Verdict | None], key: tuple[str, int],
+          make: Callable[[object], Verdict | None], schema: PayloadSchema) -> Verdict | None:
+    """`make(schema)`, made once per type and version and kept in `made`."""
+    if key not in made:
+        made[key] = make(schema)
+    return made[key]
+
+
+def _load(schema: PayloadSchema, data: dict[str, Any]) -> dict[str, Any]:
+    """marshmallow's load (or a declared schema's) of a copy of `data`; InvalidMessage with the
+    errors keyed `data.<field>`."""
+    try:
+        loaded: dict[str, Any] = schema.load(dict(data))
+    except ValidationError as exc:
+        raise InvalidMessage({f"data.{k}": v for k, v in exc.messages_dict.items()}) from exc
+    return loaded
 
 
 def _copy(value: Any) -> Any:
