@@ -138,6 +138,21 @@ class Cluster:
         if self.replicas:
             self._wait(lambda: self._failed_over(port), f"a replica to take over from {port}")
 
+    def shut_down(self, port: int) -> None:
+        """Stop one node with SIGTERM, as an operator's restart does (its AOF is flushed)."""
+        proc = self.procs[port]
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+    def restart(self, port: int) -> None:
+        """Start a stopped node again on its port, from its own files (nodes.conf, the AOF)."""
+        self._launch(port)
+
+    def wait_ok(self) -> None:
+        """Until every node that runs says the cluster is whole."""
+        self._wait(lambda: all(self.node(p).cluster("info").get("cluster_state") == "ok"
+                               for p in self.alive()), "the cluster to be whole again")
+
     def _failed_over(self, dead: int) -> bool:
         """Every node left says the cluster is whole, and none names `dead` a primary of slots."""
         for port in self.alive():

@@ -11,6 +11,11 @@ refuses the credentials, or is not part of a cluster, is a configuration error (
 naming REDIS_URL), not a wait. A single server's client
 connects on its first command: the caller's retries wait for it (startup.py).
 
+A cluster client that was made learns the layout again after a node fails; when no node answers
+then (the whole cluster down), redis-py raises a RedisClusterException, which is not a RedisError.
+The client `connect` makes raises `NoNodeAnswers`, a ConnectionError, instead: what every process
+already waits out for a single server that is down.
+
 The wire format is the same on both: the stream names carry no hash tag, so the streams of one
 consumer spread over the cluster and a read over several of them is one XREADGROUP per slot.
 """
@@ -24,7 +29,7 @@ from typing import Any, cast
 
 import redis
 import structlog
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import ClusterNode, NodesManager, RedisCluster
 from redis.exceptions import (
     ClusterDownError,
     RedisClusterException,
@@ -50,6 +55,23 @@ UNAVAILABLE: tuple[type[Exception], ...] = (
 _NOT_YET: tuple[type[Exception], ...] = (RedisClusterException, *UNAVAILABLE)
 
 
+class NoNodeAnswers(redis.ConnectionError):
+    """A running cluster client found no node to learn the layout from: Redis is away for now."""
+
+
+class _Nodes(NodesManager):
+    """redis-py's layout of the cluster, but the layout that cannot be learnt again because no
+    node answers raises a ConnectionError (NoNodeAnswers), not a RedisClusterException."""
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        try:
+            super().initialize(*args, **kwargs)
+        except RedisClusterException as exc:
+            if _refusal(exc):
+                raise
+            raise NoNodeAnswers(str(exc)) from exc
+
+
 class Stopped(Exception):
     """Told to stop while waiting for a node of the cluster to answer."""
 
@@ -69,6 +91,8 @@ def connect(url: str, *, stop: threading.Event | None = None, **options: Any) ->
             client = RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in parsed.nodes],
                                   username=parsed.username, password=parsed.password,
                                   ssl=parsed.ssl, **options)
+            # made (the layout learnt once): from now on, NoNodeAnswers (see _Nodes)
+            client.nodes_manager.__class__ = _Nodes
             return cast(redis.Redis, client)
         except _NOT_YET as exc:
             refused = _refusal(exc)

@@ -157,3 +157,33 @@ def test_an_alert_is_queued_once_on_rqs_server_and_delivered(
         system.close_cleanly()
         server.shutdown()
         server.server_close()
+
+
+def test_every_node_down_for_a_while_then_back_every_process_waits_and_goes_on(
+        tmp_path: Path, pg_database_url: str, pg_participant_url: str, redis_url: str) -> None:
+    """The whole cluster stopped (every node, as a restart of the cluster's machines does) and
+    started again a few seconds later: no process exits meanwhile, and the workflows started
+    before and after the outage complete."""
+    with Cluster(tmp_path / "cluster") as cluster:
+        system = cluster_system(tmp_path, pg_database_url, pg_participant_url, cluster.url,
+                                redis_url)
+        try:
+            system.start(*CONTROLLER, *ORDER_PARTICIPANTS)
+            before = [system.start_order() for _ in range(3)]
+            for cid in before:
+                system.wait_status(cid, "completed")
+            for port in cluster.ports:
+                cluster.shut_down(port)
+            time.sleep(6)  # every process meets the outage: reads, ticks, the clock's lease
+            dead = {n: p.poll() for n, p in system.procs.running.items() if p.poll() is not None}
+            assert not dead, {n: system.logs(n)[-2000:] for n in dead}
+            for port in cluster.ports:
+                cluster.restart(port)
+            cluster.wait_ok()
+            after = [system.start_order() for _ in range(3)]
+            for cid in after:
+                system.wait_status(cid, "completed", timeout=60)
+            dead = {n: p.poll() for n, p in system.procs.running.items() if p.poll() is not None}
+            assert not dead, {n: system.logs(n)[-2000:] for n in dead}
+        finally:
+            system.close_cleanly()
