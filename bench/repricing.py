@@ -113,7 +113,7 @@ def main() -> None:
                  for i in range(2, args.replicas + 1)}
         tmp = Path(tempfile.mkdtemp(prefix="baton-repricing."))
         system = System(tmp, db, redis_url, participants, lines=lines,
-                        extra_env={"BATON_VISIBILITY_TIMEOUT": "10", "BATON_MAX_BODY_BYTES": "4194304"})
+                        extra_env={"BATON_VISIBILITY_TIMEOUT": "10"})
         try:
             system.start(*CONTROLLER, "pricing", "catalog", "search", *lines)
             print(json.dumps(run(system, redis_url, args.skus, args.timeout), indent=2))
