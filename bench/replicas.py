@@ -22,6 +22,7 @@ import os
 import signal
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,13 +109,26 @@ class Replicas(Chaos):
         faults.append((n // 4, self.pause_shipping))
         return sorted(faults, key=lambda f: f[0])
 
+    def kill_random(self) -> None:
+        """A copy of a line struck least so far (the clock aside: its active copy has a kill of
+        its own), of its copies the one struck least, at random among equals: with one kill per
+        line, every line but the clock's loses a copy."""
+        with self.lock:
+            alive = sorted(n for n, p in self.procs.running.items()
+                           if p.poll() is None and n not in self.killed and line_of(n) != "clock")
+        struck = Counter(line_of(n) for n in self.figures.kills.elements())
+        fewest = min(struck[line_of(n)] for n in alive)
+        lines = [n for n in alive if struck[line_of(n)] == fewest]
+        least = min(self.figures.kills[n] for n in lines)
+        self.kill(self.rng.choice([n for n in lines if self.figures.kills[n] == least]))
+
     def pause_shipping(self, seconds: float = 4.0) -> None:
         """SIGSTOP every shipping replica for a while (a stall, not a crash: no one restarts
         them): the orders with a one-second SLA placed meanwhile breach it and are compensated,
         and the shipments scheduled late, once they go on, are cancelled."""
         self.mark_exposed()
         with self.lock:
-            pids = [p.pid for n, p in self.procs.running.items() if n.split(".")[0] == "shipping"]
+            pids = [p.pid for n, p in self.procs.running.items() if line_of(n) == "shipping"]
         for pid in pids:
             os.kill(pid, signal.SIGSTOP)
         self.log(f"shipping paused ({len(pids)} replicas) for {seconds:.0f} s")
@@ -183,6 +197,11 @@ class Replicas(Chaos):
             result.add("duplicated", "", line)
         self.twice = twice
         return result
+
+
+def line_of(name: str) -> str:
+    """The Procfile line of a copy's name (`tracker.2` -> `tracker`)."""
+    return name.split(".")[0]
 
 
 def connections(pids: set[int], port: int) -> int:

@@ -15,13 +15,14 @@ from __future__ import annotations
 import pytest
 
 from bench.chaos import Config, report
-from bench.replicas import BREACHES, CLOCK_TTL, Replicas, per_copy_table
+from bench.replicas import BREACHES, CLOCK_TTL, REPLICAS, Replicas, line_of, per_copy_table
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 
 
 def test_replicas_of_every_process_under_kill_9() -> None:
-    config = Config(workflows=120, kills=8, seed=11, window=30, garbage=0, converge_timeout=90.0,
+    # a kill per line: a copy of each (web, tracker, each participant, ...) and the active clock
+    config = Config(workflows=120, kills=len(REPLICAS), seed=11, window=30, garbage=0, converge_timeout=90.0,
                     durable=False, visibility_timeout=2.0, quiet=False)
     run = Replicas(config)
     result = run.run()
@@ -36,6 +37,7 @@ def test_replicas_of_every_process_under_kill_9() -> None:
     assert len(run.figures.accepted) == config.workflows + BREACHES, summary
     assert not run.figures.refused, summary
     assert sum(run.figures.kills.values()) == config.kills, summary
+    assert {line_of(n) for n in run.figures.kills.elements()} == set(REPLICAS), summary
     assert not run.figures.crashes, summary
     assert run.takeovers and run.takeovers[0] < CLOCK_TTL + 2, summary
     reasons = {outcome for (_, outcome) in result.outcomes}
