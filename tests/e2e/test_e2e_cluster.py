@@ -1,7 +1,9 @@
 """End to end on a real Redis Cluster (tests/cluster.py): the Procfile's processes with REDIS_URL
 naming the cluster and RQ on the plain test server (BATON_RQ_REDIS_URL), driving order workflows
 that complete, fail and are compensated, and breach their SLA; and a primary killed with -9 mid-run,
-its replica taking over, after which every workflow still completes with its effects once."""
+its replica taking over, after which every workflow still completes with its effects once; every
+node stopped and started again; and bulk_repricing's partitioned fan-out, copies of catalog and
+search sharing the partitions across a kill -9."""
 
 from __future__ import annotations
 
@@ -19,9 +21,10 @@ import redis
 
 from contracts import lifecycle_events
 from contracts.envelope import new_event
+from controller.cli.procfile import procfile_lines
 from participants.runtime.connect import connect
 from tests.cluster import Cluster
-from tests.system import CONTROLLER, ORDER_PARTICIPANTS, System, order_input, wait_until
+from tests.system import CONTROLLER, ORDER_PARTICIPANTS, TOKENS, System, order_input, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -187,3 +190,57 @@ def test_every_node_down_for_a_while_then_back_every_process_waits_and_goes_on(
             assert not dead, {n: system.logs(n)[-2000:] for n in dead}
         finally:
             system.close_cleanly()
+
+
+def test_a_bulk_repricing_fans_out_over_partitions_on_a_cluster_across_a_kill_9(
+        tmp_path: Path, pg_database_url: str, pg_participant_url: str, redis_cluster_url: str,
+        redis_url: str) -> None:
+    """bulk_repricing on the cluster: its partitioned streams spread over the primaries, two
+    copies each of catalog and search share them (a partition's lease each), one catalog copy is
+    killed with -9 and started again mid-rollout, and two repricings of the same SKUs approved
+    together end with every SKU at pricing's last price in catalog and search: each SKU's updates
+    were applied in the order pricing published them."""
+    copies = {f"{line}.2": procfile_lines()[line] for line in ("catalog", "search")}
+    system = System(tmp_path, pg_database_url, redis_cluster_url, pg_participant_url,
+                    extra_env={"BATON_RQ_REDIS_URL": redis_url}, lines=copies)
+    try:
+        system.start(*CONTROLLER, "pricing", "catalog", "search", *copies)
+        skus = [f"CL-{n:03d}" for n in range(60)]
+        cids = [system.start_order(flow="bulk_repricing", input={
+            "repricing_id": f"r-cluster-{price}", "category": "shoes", "currency": "EUR",
+            "canary_percent": 10,
+            "changes": [{"sku": s, "current_price": 20.0, "price": price} for s in skus]})
+            for price in (18.0, 17.0)]
+        for cid in cids:
+            wait_until(lambda: system.steps(system.workflow(cid))["approve"] == "active", 30,  # noqa: B023
+                       "approval")
+            r = system.http.post(f"{system.base}/v1/workflows/{cid}/signals/approve",
+                                 json={"reason": "the category's new prices"},
+                                 headers={"Authorization": f"Bearer {TOKENS['operator']}"}, timeout=10)
+            assert r.status_code == 200, r.text
+        wait_until(lambda: system.query("catalog", "SELECT count(*) FROM catalog_products "
+                                        "WHERE product_id LIKE 'CL-%'")[0][0] > 0, 30,
+                   "the catalog to apply the first prices")
+        system.procs.kill("catalog")
+        system.procs.start("catalog")
+        for cid in cids:
+            wf = system.wait_status(cid, "completed", timeout=90)
+            assert wf["progress"] == {"skus": 60, "published": 60, "done": 60, "failed": 0,
+                                      "reverted": 0}
+        last = dict(system.query("pricing", "SELECT product_id, price FROM pricing_prices "
+                                 "WHERE product_id LIKE 'CL-%'"))
+        assert len(last) == 60 and set(last.values()) <= {1700, 1800}
+        for participant, table in (("catalog", "catalog_products"), ("search", "search_index")):
+            rows = dict(system.query(participant, f"SELECT product_id, price FROM {table} "
+                                     "WHERE product_id LIKE 'CL-%'"))
+            assert rows == last, participant
+        client = connect(redis_cluster_url)
+        try:
+            streams = [k.decode() for k in client.scan_iter(
+                match=f"{system.prefix}:event:sku_price.published:*", _type="STREAM")]
+            assert len(streams) == 16
+            assert len({client.get_node_from_key(s).name for s in streams}) == 3  # type: ignore[attr-defined]
+        finally:
+            client.close()
+    finally:
+        system.close_cleanly()
