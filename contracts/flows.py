@@ -82,6 +82,7 @@ class Flow:
     description: str = ""
     # Events whose `data.progress` (an object of counts) is the workflow's progress: the last of
     # them recorded is what GET /v1/workflows/<cid> shows (a bulk flow's SKUs done, failed...).
+    # The controller reads them whether or not a step waits for one (a report in between).
     progress_on: tuple[str, ...] = ()
 
     def step(self, name: str) -> Step:
@@ -100,6 +101,7 @@ class Flow:
             if step.compensation:
                 seen[step.compensation.answer] = None
                 seen[step.compensation.failed_answer] = None
+        seen.update(dict.fromkeys(self.progress_on))  # a progress report that no step waits for
         return tuple(seen)
 
     def message_types(self) -> tuple[str, ...]:
@@ -111,6 +113,7 @@ class Flow:
             if step.compensation:
                 comp = step.compensation
                 seen.update(dict.fromkeys((comp.command, comp.answer, comp.failed_answer)))
+        seen.update(dict.fromkeys(self.progress_on))
         return tuple(seen)
 
 
@@ -255,9 +258,9 @@ def _check(flow: Flow, registry: Registry) -> dict[str, object]:
     _check_type(registry, flow.start_event, "event", "start_event", problems)
     for i, step in enumerate(flow.steps):
         problems.update(_check_step(step, f"steps.{i}", registry, emitted))
-    strangers = [t for t in flow.progress_on if t not in flow.event_types()]
+    strangers = [t for t in flow.progress_on if not registry.knows(t) or registry.kind(t) != "event"]
     if strangers:
-        problems["progress_on"] = [f"{t} is not an event of this flow" for t in strangers]
+        problems["progress_on"] = [f"{t} is not a declared event" for t in strangers]
     unknown = [n for n in flow.completes_when if n not in names]
     if unknown:
         problems["completes_when"] = [f"no such step: {n}" for n in unknown]

@@ -16,6 +16,7 @@ from contracts.flows import Flow
 from contracts.timefmt import format_ts, parse_ts
 from controller.db.tables import attributes, compensations, messages, steps, workflows
 from controller.db.tables import audit as audit_table
+from controller.domain import progress as domain_progress
 from controller.domain.errors import InvalidInput, NotFound
 from controller.domain.statuses import StepStatus, WorkflowStatus
 
@@ -43,13 +44,11 @@ def workflow(conn: Connection, catalog: Catalog, cid: str, actor: str | None = N
 
 
 def progress(conn: Connection, flow: Flow, cid: str) -> dict[str, Any] | None:
-    """The `progress` of the last event of `flow.progress_on` the workflow recorded: one row read
-    (the per-unit state stays with the participant that counts it)."""
-    data = conn.execute(select(messages.c.data).where(
-        messages.c.correlation_id == cid, messages.c.type.in_(flow.progress_on),
-    ).order_by(messages.c.seq.desc()).limit(1)).scalar()
-    found = data.get("progress") if isinstance(data, dict) else None
-    return found if isinstance(found, dict) else None
+    """The `progress` of the latest event of `flow.progress_on` the workflow recorded
+    (domain/progress.py: a few rows, the per-unit state staying with the participant that counts)."""
+    rows = conn.execute(select(messages.c.occurred_at, messages.c.seq, messages.c.data).where(
+        messages.c.correlation_id == cid, messages.c.type.in_(flow.progress_on)))
+    return domain_progress.latest((r.occurred_at, r.seq, r.data) for r in rows)
 
 
 @dataclass(frozen=True)

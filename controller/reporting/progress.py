@@ -1,5 +1,5 @@
 """The SLA report's `progress`: per flow that reports progress (its `progress_on` events, e.g.
-bulk_repricing's SKU counts), the sums over the workflows in scope of each one's last counts."""
+bulk_repricing's SKU counts), the sums over the workflows in scope of each one's latest counts."""
 
 from __future__ import annotations
 
@@ -9,29 +9,33 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from controller.db.tables import messages
+from controller.domain import progress
 from controller.reporting.outcomes import Scope, w
 
 
 def progress_rows(conn: Connection, scope: Scope,
                   progress_on: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
     """One row per flow with `progress_on` and a workflow in scope: `flow`, `workflows` (those
-    that reported any progress) and the sum of each count their last progress event carried.
+    that reported any progress) and the sum of each count their latest progress event carried
+    (domain/progress.py).
     Reads those few events only (a bulk flow has few workflows, each a handful of them)."""
     types = sorted({t for ts in progress_on.values() for t in ts})
     flows = [f for f in progress_on if scope.flow in (None, f)]
     if not types or not flows:
         return []
-    query = (select(w.c.flow, messages.c.correlation_id, messages.c.data)
+    query = (select(w.c.flow, messages.c.correlation_id, messages.c.occurred_at, messages.c.seq,
+                    messages.c.data)
              .join(w, w.c.correlation_id == messages.c.correlation_id)
-             .where(messages.c.type.in_(types), w.c.flow.in_(flows), *scope.where())
-             .order_by(messages.c.seq))
-    last: dict[str, tuple[str, dict[str, Any]]] = {}
+             .where(messages.c.type.in_(types), w.c.flow.in_(flows), *scope.where()))
+    reports: dict[tuple[str, str], list[tuple[Any, int, Any]]] = {}
     for row in conn.execute(query):
-        counts = row.data.get("progress") if isinstance(row.data, dict) else None
-        if isinstance(counts, dict):
-            last[row.correlation_id] = (row.flow, counts)
+        reports.setdefault((row.flow, row.correlation_id), []).append(
+            (row.occurred_at, row.seq, row.data))
     sums: dict[str, dict[str, Any]] = {}
-    for flow, counts in last.values():
+    for (flow, _), found in reports.items():
+        counts = progress.latest(found)
+        if counts is None:
+            continue
         into = sums.setdefault(flow, {"flow": flow, "workflows": 0})
         into["workflows"] += 1
         for name, value in counts.items():

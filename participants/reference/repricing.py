@@ -13,6 +13,7 @@ all of the rest have. With `watch_seconds`, the canary is watched that long afte
 before it is decided: a canary SKU reported rejected meanwhile (even after it was applied) counts
 as failed. The window's end is stored in the batch row and acted on by pricing's timer (`on_tick`,
 under the row's lock, SKIP LOCKED), so a restart keeps it and two replicas decide once.
+In between, each tenth of the SKUs answered is reported as `repricing.progress` (the counts).
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ EVALUATED, CANARY, PASSED, FAILED, REST, COMPLETED, REVERTED = (
     "evaluated", "canary", "canary_passed", "canary_failed", "rest", "completed", "reverted")
 APPLIED, REJECTED = "applied", "rejected"
 DEFAULT_CANARY_PERCENT, DEFAULT_THRESHOLD_PERCENT, DEFAULT_WATCH_SECONDS = 5.0, 10.0, 0.0
+REPORTS = 10  # progress events over a batch's answers, at most (each tenth)
 
 
 batches = Table(
@@ -271,7 +273,9 @@ class Repricing:
         if counts is None:
             return []  # a repeat, the answer to a revert, or one too late to count
         self._set(ctx.conn, msg.correlation_id, ctx.now, **counts)
-        if counts["waiting"] or batch.phase not in (CANARY, REST):
+        if counts["waiting"] and batch.phase in (CANARY, REST):
+            return self._report(ctx, batch, counts)
+        if batch.phase not in (CANARY, REST):
             return []
         if batch.phase == CANARY and batch.watch_seconds > 0:
             if batch.watch_until is None:  # the last answer: the window opens (on_tick ends it)
@@ -282,6 +286,18 @@ class Repricing:
         assert fresh is not None
         message_type, data = self._verdict(ctx.conn, fresh, ctx.now)
         return [ctx.event(message_type, data)]
+
+    def _report(self, ctx: Context, batch: Row[Any], counts: dict[str, int]) -> list[Envelope]:
+        """`repricing.progress` as each tenth of the batch's SKUs has answered (while others are
+        still awaited: the milestones report the rest), so that the API and the report follow a
+        long rollout. Counted answers only: a repeat or a later rejection reports nothing."""
+        answered = counts["done"] + counts["failed"]
+        tenth = max(1, math.ceil(batch.skus / REPORTS))
+        if counts["waiting"] == batch.waiting or answered % tenth:
+            return []
+        fresh = self._batch(ctx.conn, batch.correlation_id)
+        assert fresh is not None
+        return [ctx.event("repricing.progress", self._progress(fresh))]
 
     def _count(self, conn: Connection, msg: Envelope, outcome: str,
                batch: Row[Any]) -> dict[str, int] | None:

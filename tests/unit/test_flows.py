@@ -445,10 +445,16 @@ def test_a_retry_policy_on_an_event_step_is_refused(tmp_path: Path, registry: Re
         "retries its own work"]}}}
 
 
-def test_progress_on_names_events_of_the_flow(tmp_path: Path, registry: Registry) -> None:
+def test_progress_on_names_declared_events_which_the_flow_then_reads(
+        tmp_path: Path, registry: Registry) -> None:
     good = load_file(write(tmp_path, "a.yaml", small_flow(progress_on=["order.placed"])), registry)
     assert good.progress_on == ("order.placed",)
+    aside = load_file(write(tmp_path, "c.yaml", small_flow(name="aside",
+                                                           progress_on=["payment.refunded"])), registry)
+    assert "payment.refunded" in aside.event_types()  # no step waits for it: read all the same
     with pytest.raises(FlowDefinitionError) as caught:
-        load_file(write(tmp_path, "b.yaml", small_flow(name="other", progress_on=["payment.refund"])),
+        load_file(write(tmp_path, "b.yaml", small_flow(name="other",
+                                                       progress_on=["payment.refund", "no.such"])),
                   registry)
-    assert caught.value.errors == {"progress_on": ["payment.refund is not an event of this flow"]}
+    assert caught.value.errors == {"progress_on": ["payment.refund is not a declared event",
+                                                   "no.such is not a declared event"]}
