@@ -80,9 +80,9 @@ class Flow:
     command_timeout_seconds: float
     command_max_attempts: int
     description: str = ""
-    # Events whose `data.progress` (an object of counts) is the workflow's progress: the last of
-    # them recorded is what GET /v1/workflows/<cid> shows (a bulk flow's SKUs done, failed...).
-    # The controller reads them whether or not a step waits for one (a report in between).
+    # Events whose `data.progress` (an object of counts) is the workflow's progress: the latest of
+    # them (controller/domain/progress.py) is what GET /v1/workflows/<cid> shows (a bulk flow's
+    # SKUs done, failed...). The controller reads them whether or not a step waits for one.
     progress_on: tuple[str, ...] = ()
 
     def step(self, name: str) -> Step:

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Any
 
 
-def counts_of(data: Any) -> dict[str, Any] | None:
+def _counts_of(data: Any) -> dict[str, Any] | None:
     """A message's `data.progress`, when it is an object."""
     found = data.get("progress") if isinstance(data, dict) else None
     return found if isinstance(found, dict) else None
@@ -25,7 +25,7 @@ def latest(reports: Iterable[tuple[datetime, int, Any]]) -> dict[str, Any] | Non
     best: tuple[datetime, int, int] | None = None
     found: dict[str, Any] | None = None
     for occurred_at, seq, data in reports:
-        counts = counts_of(data)
+        counts = _counts_of(data)
         if counts is None:
             continue
         key = (occurred_at, sum(v for v in counts.values() if isinstance(v, int)), seq)

@@ -89,7 +89,7 @@ def test_a_batch_is_approved_once_canaried_and_rolled_out_over_partitions(world:
     [canary] = world.emitted("repricing.canary_passed", cid)
     assert canary.data["progress"]["done"] == 4  # 10 % of 40, judged before the rest went out
     # in between, a report at each tenth answered while others were awaited, which the tracker
-    # recorded (the API's progress is the last of these and the milestones)
+    # recorded (the API's progress is the latest of these and the milestones)
     reports = [m["data"]["progress"]["done"] for m in world.timeline(cid)
                if m["type"] == "repricing.progress"]
     assert reports == [8, 12, 16, 20, 24, 28, 32, 36]
