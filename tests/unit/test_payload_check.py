@@ -117,7 +117,7 @@ def mutated(draw: st.DrawFn, data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-@settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_check_raises_as_validate_raises_on_mutated_samples(data: st.DataObject) -> None:
     message_type = data.draw(st.sampled_from(registry().types()))
@@ -281,7 +281,7 @@ def test_the_copy_is_the_callers_own() -> None:
     assert order["items"][0]["product_id"] != "changed"
 
 
-@settings(max_examples=2500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=1000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_validate_returns_what_marshmallow_loads_on_mutated_samples(data: st.DataObject) -> None:
     message_type = data.draw(st.sampled_from(registry().types()))
