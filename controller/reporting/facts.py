@@ -84,9 +84,18 @@ def milliseconds(start: datetime, end: datetime) -> int:
 
 
 def of_workflow(wf: lc.Workflow) -> dict[tuple[str, str], Fact]:
-    """The facts of a workflow and of each of its steps, by (kind, item)."""
-    facts = [_workflow(wf), *(_step(wf, s) for s in wf.steps.values())]
+    """The facts of a workflow and of each of its steps that counts for something, by (kind, item).
+
+    A step that has not started (nor been skipped with a flag set) has none: its fact would count
+    nothing but a row, and written at every kickoff it was the largest statement of the write path.
+    The report lists the flow's declared steps whatever their facts (`sla.step_rows`)."""
+    facts = [_workflow(wf), *(f for f in (_step(wf, s) for s in wf.steps.values()) if counts(f))]
     return {f.key: f for f in facts}
+
+
+def counts(fact: Fact) -> bool:
+    """Whether a step's fact adds anything but a row: a flag or a duration."""
+    return fact.duration_ms is not None or any(fact.flags)
 
 
 def transition(wf_flow: str, started_at: datetime, correlation_id: str, cause_type: str,

@@ -67,7 +67,9 @@ def sla_report(conn: Connection, query: ReportQuery,
     report["flows"] = flow_rows(conn, scope)
     if not report["flows"]:
         return report
-    report["steps"] = _ordered(step_rows(conn, scope), step_order or {})
+    order = step_order or {}
+    declared = {f["flow"]: order.get(f["flow"], ()) for f in report["flows"]}
+    report["steps"] = _ordered(step_rows(conn, scope, declared), order)
     report["transitions"] = transition_rows(conn, scope)
     report["breaches"] = {"total": sum(f["breached"] for f in report["flows"]),
                           "items": report_lists.breaches(conn, scope, query.limit)}
@@ -110,8 +112,14 @@ def flow_rows(conn: Connection, scope: o.Scope) -> list[dict[str, Any]]:
     return out
 
 
-def step_rows(conn: Connection, scope: o.Scope) -> list[dict[str, Any]]:
+def step_rows(conn: Connection, scope: o.Scope,
+              declared: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
+    """A row per step with facts in the scope, and per step `declared` (flow -> step names) with
+    none: a step no workflow in the scope has started (it has no facts: `facts.of_workflow`)."""
     found = _subjects(conn, scope, rf.STEP)
+    for flow, names in (declared or {}).items():
+        for name in names:
+            found.setdefault((flow, rf.STEP, name, "", ""), ({k: 0 for k in report_read.SUMS}, []))
     live = o.live_steps(conn, scope)
     out = []
     for subject, (sums, histogram) in found.items():

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from flask.testing import FlaskClient
-from sqlalchemy import Connection, Engine, insert
+from sqlalchemy import Connection, Engine, insert, select
 from werkzeug.serving import make_server
 
 from contracts.timefmt import format_ts
@@ -27,7 +27,7 @@ from controller.cli.main import main
 from controller.cli.procfile import ROOT
 from controller.cli.report import write_demo_report
 from controller.db import migrate, store
-from controller.db.tables import compensations, messages, steps, workflows
+from controller.db.tables import compensations, messages, report_facts, steps, workflows
 from controller.reporting import render_csv as report_csv
 from controller.reporting import render_html as report_html
 from controller.reporting import render_text as report_text
@@ -267,6 +267,26 @@ def test_a_single_workflow(engine: Engine) -> None:
     assert (flow["started"], flow["completed"], flow["sla_met_pct"]) == (1, 1, 100.0)
     assert [s["duration_seconds"]["p95"] for s in found["steps"]] == [0.125, 4.075]
     assert [p["started"] for p in found["series"]["items"]] == [1]
+
+
+def test_a_declared_step_no_workflow_started_is_listed_with_nothing_counted(engine: Engine) -> None:
+    """A step not started has no fact (`facts.of_workflow`); the report lists it all the same."""
+    with written(engine) as conn:
+        data = Data(conn)
+        cid = data.workflow("running", 0.0, None)
+        data.step(cid, "a", "active", 0.0, None)
+        data.step(cid, "b", "pending", None, None)
+    found = report(engine)
+    assert [s["step"] for s in found["steps"]] == ["a", "b"]
+    b = found["steps"][1]
+    assert {k: b[k] for k in ("started", "completed", "breached", "sla_judged", "sla_met_pct")} == {
+        "started": 0, "completed": 0, "breached": 0, "sla_judged": 0, "sla_met_pct": None}
+    assert b["duration_seconds"]["count"] == 0 and b["histogram"]["count"] == 0
+    assert found["steps"][0]["started"] == 1
+    with engine.begin() as conn:
+        items = {r.item for r in conn.execute(select(report_facts).where(
+            report_facts.c.correlation_id == cid))}
+    assert items == {"", "a"}  # the workflow's fact and the started step's: none for "b"
 
 
 def test_no_workflow_at_all_and_empty_ranges(engine: Engine) -> None:

@@ -89,7 +89,8 @@ def test_a_running_workflow_is_in_flight_and_not_judged() -> None:
     wf = workflow_fact(run)
     assert flags(wf) == {"started", "in_flight"}
     assert wf.duration_ms is None and wf.bucket == facts.UNTIMED
-    assert flags(step_fact(run, "schedule_shipment")) == set()  # pending: not even started
+    # pending, not even started: it counts nothing, so it has no fact
+    assert (facts.STEP, "schedule_shipment") not in facts.of_workflow(run.wf)
 
 
 def test_a_step_that_ended_after_its_deadline_is_breached() -> None:
@@ -140,7 +141,8 @@ def test_a_step_skipped_by_its_condition_is_neither_met_nor_missed() -> None:
     evaluate = only_command(effects)
     run.send("price.evaluated", at(1), data={**evaluate.data, "verdict": "approve", "violations": []})
     assert run.step("approve").status == StepStatus.SKIPPED  # its `when` (verdict: review) is false
-    assert flags(step_fact(run, "approve")) == set()  # not started, so not judged either
+    # not started, so not judged either: it counts nothing, so it has no fact
+    assert (facts.STEP, "approve") not in facts.of_workflow(run.wf)
 
 
 def test_a_step_skipped_by_an_operator_is_neither_met_nor_missed() -> None:
