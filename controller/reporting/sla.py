@@ -113,11 +113,11 @@ def flow_rows(conn: Connection, scope: o.Scope) -> list[dict[str, Any]]:
 
 
 def step_rows(conn: Connection, scope: o.Scope,
-              declared: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
+              declared: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
     """A row per step with facts in the scope, and per step `declared` (flow -> step names) with
     none: a step no workflow in the scope has started (it has no facts: `facts.of_workflow`)."""
     found = _subjects(conn, scope, rf.STEP)
-    for flow, names in (declared or {}).items():
+    for flow, names in declared.items():
         for name in names:
             found.setdefault((flow, rf.STEP, name, "", ""), ({k: 0 for k in report_read.SUMS}, []))
     live = o.live_steps(conn, scope)
