@@ -17,7 +17,9 @@ import sqlalchemy as sa
 from contracts.streams import Keys
 from controller.cli.client import ApiClient
 from controller.cli.procfile import ROOT, Processes, procfile_lines
+from controller.db import migrate
 from participants.runtime.connect import connect
+from participants.runtime.db import make_engine
 
 BIN = Path(sys.executable).parent
 TOKENS = {"starter": "t-starter", "viewer": "t-viewer", "operator": "t-operator"}
@@ -80,14 +82,34 @@ class System:
         self.api = ApiClient(self.base, TOKENS["operator"])
         self.http = self.api.session  # the client's own session, for a test that reads raw answers
         self.redis = connect(redis_url, decode_responses=True)  # one server, or a cluster
+        self._released = False
 
     def start(self, *names: str) -> None:
         """The named processes; by default the controller's and order_fulfillment's (each process
-        costs about a CPU second to start: a test starts what its flows need)."""
+        costs about a CPU second to start: a test starts what its flows need). Before the web,
+        the schema is brought up to date, as the Procfile's `release` line does in a deployment:
+        the web does not migrate, and the other processes that do may not have yet when it
+        answers /readyz."""
+        if "web" in (names or CONTROLLER) and not self._released:
+            self.release()
         for name in names or (*CONTROLLER, *ORDER_PARTICIPANTS):
             self.procs.start(name)
         if "web" in (names or CONTROLLER):
             wait_until(self._ready, 60, "the API to be ready")
+
+    def release(self) -> None:
+        """What `baton migrate` (the `release` line) does, in this process. A database it cannot
+        reach or use is left to the processes, which wait for it or say what is wrong themselves
+        (the tests of those cases start them so); the next `start` tries again."""
+        try:
+            engine = make_engine(self.database_url)
+            try:
+                migrate.upgrade(engine)
+            finally:
+                engine.dispose()
+        except Exception:
+            return
+        self._released = True
 
     def _ready(self) -> bool:
         dead = [n for n, p in self.procs.running.items() if p.poll() is not None]
