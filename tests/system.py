@@ -90,11 +90,12 @@ class System:
         the schema is brought up to date, as the Procfile's `release` line does in a deployment:
         the web does not migrate, and the other processes that do may not have yet when it
         answers /readyz."""
-        if "web" in (names or CONTROLLER) and not self._released:
+        wanted = names or (*CONTROLLER, *ORDER_PARTICIPANTS)
+        if "web" in wanted and not self._released:
             self.release()
-        for name in names or (*CONTROLLER, *ORDER_PARTICIPANTS):
+        for name in wanted:
             self.procs.start(name)
-        if "web" in (names or CONTROLLER):
+        if "web" in wanted:
             wait_until(self._ready, 60, "the API to be ready")
 
     def release(self) -> None:
@@ -103,13 +104,15 @@ class System:
         (the tests of those cases start them so); the next `start` tries again."""
         try:
             engine = make_engine(self.database_url)
-            try:
-                migrate.upgrade(engine)
-            finally:
-                engine.dispose()
-        except Exception:
+        except sa.exc.SQLAlchemyError:
             return
-        self._released = True
+        try:
+            migrate.upgrade(engine)
+            self._released = True
+        except sa.exc.SQLAlchemyError:
+            pass
+        finally:
+            engine.dispose()
 
     def _ready(self) -> bool:
         dead = [n for n, p in self.procs.running.items() if p.poll() is not None]
