@@ -61,16 +61,23 @@ class Tap(threading.Thread):
         self.last: dict[str, str] = {}
         self.halt = threading.Event()
         self.lock = threading.Lock()
+        self.passes = 0  # whole passes done, under `done`
+        self.done = threading.Condition(self.lock)
 
     def run(self) -> None:
         while not self.halt.is_set():
             self.poll()
+            with self.done:
+                self.passes += 1
+                self.done.notify_all()
             self.halt.wait(0.05)
         self.client.close()
 
     def poll(self) -> None:
+        # The server is shared with the other tests' systems, and SCAN walks all of its keys: 1,000
+        # a call, not the default 10, keeps a pass to a few round trips.
         for kind in ("command", "event"):
-            for key in self.client.scan_iter(f"{self.prefix}:{kind}:*", _type="stream"):
+            for key in self.client.scan_iter(f"{self.prefix}:{kind}:*", count=1000, _type="stream"):
                 self.last.setdefault(key, "0")
         if not self.last:
             return
@@ -92,7 +99,15 @@ class Tap(threading.Thread):
             return [e for entries in self.seen.values() for e in entries]
 
     def poll_now(self) -> None:
-        time.sleep(0.2)  # at least one more pass of the thread
+        """Wait for a whole pass that began after this call (a pass under way may have scanned
+        before the newest stream or read before the newest entry)."""
+        if self.halt.is_set():
+            return  # stopped with the system: what it holds is final
+        with self.done:
+            wanted = self.passes + 2
+            if not self.done.wait_for(lambda: self.passes >= wanted or not self.is_alive(), timeout=30):
+                raise AssertionError("the tap made no whole pass in 30 s")
+        assert self.is_alive(), "the tap's thread died (see its traceback above)"
 
 
 class Supervised(System):
@@ -506,8 +521,9 @@ def test_two_trackers_and_two_sweepers_issue_nothing_twice(make_system: MakeSyst
             key = (sent[0]["correlation_id"], sent[0]["type"])
             assert len(sent) == attempts[key], (key, sent)
             assert sorted(int(e["attempt"]) for e in sent) == list(range(1, len(sent) + 1))
-        assert len(per_id) == sum(1 for (_, command) in attempts
-                                  if command.startswith(PREFIX[participant]))
+        issued = {key for key in attempts if key[1].startswith(PREFIX[participant])}
+        seen = {(sent[0]["correlation_id"], sent[0]["type"]) for sent in per_id.values()}
+        assert seen == issued, {"issued, not on the stream": issued - seen, "passes": system.tap.passes}
 
     # No status lost: every event a participant emitted is on its workflow's timeline, once.
     for cid in order_of:
