@@ -818,6 +818,7 @@ def statement_census(sc: Scenario, watcher: Watcher, cfg: Settings, loop: Loop, 
         commits = after.get(name, 0) - before.get(name, 0)
         report.append(f"{name}\t{n_calls / completed:.1f}\t{ms / completed:.2f}\t{commits / completed:.2f}")
     report += ["", "db\tcalls/wf\tserver ms/wf\tmean ms\tstatement", *lines]
+    cfg.profile_dir.mkdir(parents=True, exist_ok=True)  # py-spy may be missing: nothing made it
     (cfg.profile_dir / f"{sc.name}.pg_statements.tsv").write_text("\n".join(report) + "\n")
     return cids
 
@@ -870,9 +871,10 @@ def kinds_table(results: list[dict[str, Any]]) -> str:
         if not r.get("phases"):
             continue
         by_kind = r["phases"][0]["cpu_s_per_1k_by_kind"]
+        rss, counts = r.get("peak_rss_mb", {}), r.get("process_counts", {})  # absent: it failed
         for kind in sorted(by_kind, key=lambda k: -by_kind[k]):
             lines.append(f"| {r['scenario']} | {kind} | {by_kind[kind]:.2f} | "
-                         f"{r['peak_rss_mb'].get(kind, 0):.0f} | {r['process_counts'].get(kind, '')} |")
+                         f"{rss.get(kind, 0):.0f} | {counts.get(kind, '')} |")
     return "\n".join(lines)
 
 

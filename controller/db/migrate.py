@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, text
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, text
 
 _HERE = Path(__file__).parent / "migrations"
 
@@ -26,6 +29,21 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(72616)"))
         config.attributes["connection"] = conn
         command.upgrade(config, revision)
+
+
+def behind(conn: Connection) -> bool:
+    """Whether the schema lacks a migration this code has: none applied yet (the release line has
+    not run), or an older head. A schema ahead of this code (a newer release migrated first, as in
+    a rolling deploy) is not behind."""
+    script = _script()
+    current = set(MigrationContext.configure(conn).get_current_heads())
+    known = {r.revision for r in script.walk_revisions()}
+    return not current or (current <= known and current != set(script.get_heads()))
+
+
+@cache
+def _script() -> ScriptDirectory:
+    return ScriptDirectory(str(_HERE))
 
 
 def revision(engine: Engine, message: str) -> None:

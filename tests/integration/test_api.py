@@ -26,6 +26,8 @@ from contracts.envelope import Envelope, decode_fields, new_event
 from contracts.streams import Keys
 from contracts.timefmt import format_ts, parse_ts, utcnow
 from controller.api.app import create_app
+from controller.api.health import NOT_MIGRATED
+from controller.db import migrate
 from controller.service.bootstrap import build_services
 from participants.runtime.loop import Options, Runtime
 from tests import harness
@@ -848,6 +850,23 @@ def test_readyz_answers_503_when_the_database_is_unreachable(redis_url: str, tmp
             assert "redis" not in problem["errors"]
             assert client.get("/healthz").status_code == 200, "alive, though not ready"
             assert_problem(client.get("/v1/workflows", headers=auth(VERA)), 503)
+    finally:
+        services.close()
+
+
+def test_readyz_answers_503_until_the_schema_is_migrated(redis_url: str, tmp_path: Path) -> None:
+    """The web does not migrate (the release line does): before it has run, a kickoff could only
+    fail, so the web is alive but not ready; once migrated it is ready."""
+    keys = Keys(f"t{uuid.uuid4().hex[:8]}")
+    settings = load_settings(environment(f"sqlite:///{tmp_path / 'fresh.db'}", redis_url, tmp_path, keys))
+    services = build_services(settings)
+    try:
+        client = create_app(settings, services).test_client()
+        problem = assert_problem(client.get("/readyz"), 503)
+        assert problem["errors"] == {"database": [NOT_MIGRATED]}
+        assert client.get("/healthz").status_code == 200, "alive, though not ready"
+        migrate.upgrade(services.engine)
+        assert client.get("/readyz").get_json() == {"status": "ready"}
     finally:
         services.close()
 
