@@ -1012,7 +1012,11 @@ def report_run(out: dict[str, Any], readme: bool, command: str) -> None:
     print(verdict.markdown(out["summary"]), "", table(results), "", kinds_table(results), sep="\n")
     if rss := rss_table(results):
         print("", rss, sep="\n")
-    if readme:
+    failed = [r["scenario"] for r in results if r.get("error")]
+    if readme and failed:  # the block is one whole run, side by side: a hole in it misleads
+        print(f"\nthe results block of {verdict.README} was left as it was: {', '.join(failed)} failed",
+              file=sys.stderr)
+    elif readme:
         details = f"Every phase, and CPU per process kind:\n\n{table(results)}\n\n{kinds_table(results)}"
         verdict.write_readme(out, command, details)
         print(f"\nwrote the results block of {verdict.README}")
