@@ -125,7 +125,7 @@ def count_round_trips(clock: Clock) -> None:
         def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
             conn = getattr(self, "connection", self) if kind == "pg" else None
             status = conn.pgconn.transaction_status if conn is not None else None
-            if begins and status == pq.TransactionStatus.IDLE and not conn.autocommit:
+            if begins and conn is not None and status == pq.TransactionStatus.IDLE and not conn.autocommit:
                 clock.trip(kind)  # the BEGIN psycopg sends first
             if not ends or status != pq.TransactionStatus.IDLE:
                 clock.trip(kind)

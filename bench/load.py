@@ -95,7 +95,7 @@ class Watcher:
         client = aredis.Redis.from_url(self.url)
         try:
             while not self._halt:
-                reply: Any = await client.xread(self.streams, count=5000, block=100)
+                reply: Any = await client.xread(self.streams, count=5000, block=100)  # type: ignore[arg-type]
                 now = time.perf_counter()
                 for stream_b, entries in reply or []:
                     stream = stream_b.decode()

@@ -51,8 +51,13 @@ def _serve(name: str, url: str, redis_url: str, ready: Any, done: Any, counts: A
     rt.setup()
     ready.set()
     stop = threading.Event()
-    threading.Thread(target=lambda: (done.wait(), stop.set()), daemon=True).start()
+    threading.Thread(target=_set_when, args=(done, stop), daemon=True).start()
     rt.run(stop)
+
+
+def _set_when(done: Any, stop: threading.Event) -> None:
+    done.wait()
+    stop.set()
 
 
 def _cpu(pid: int | None) -> float:

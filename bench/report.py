@@ -186,7 +186,7 @@ def run(engine: Engine, n: int, runs: int, fill_first: bool = True) -> None:
     sections: dict[str, Callable[[Connection], Any]] = {
         "whole report": lambda c: reports.sla_report(c, query),
         "  flows": lambda c: reports.flow_rows(c, scope),
-        "  steps": lambda c: reports.step_rows(c, scope),
+        "  steps": lambda c: reports.step_rows(c, scope, {}),
         "  transitions": lambda c: reports.transition_rows(c, scope),
         "  breaches": lambda c: report_lists.breaches(c, scope, 20),
         "  slowest": lambda c: report_lists.slowest(c, scope, 20),

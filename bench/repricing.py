@@ -19,6 +19,7 @@ import json
 import tempfile
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,7 @@ def run(system: System, redis_url: str, size: int, timeout: float) -> dict[str, 
     began = time.monotonic()
     cids = [system.start_order(flow="bulk_repricing", input=batch(skus, p)) for p in (18.0, 17.0)]
     for cid in cids:
-        wait_until(lambda c=cid: _step(system, c, "approve") == "active", timeout, "evaluated")
+        wait_until(partial(_is_active, system, cid, "approve"), timeout, "evaluated")
     evaluated = time.monotonic()
     for cid in cids:
         r = system.http.post(f"{system.base}/v1/workflows/{cid}/signals/approve",
@@ -67,6 +68,10 @@ def run(system: System, redis_url: str, size: int, timeout: float) -> dict[str, 
             "evaluate_s": round(evaluated - began, 2), "rollout_s": round(finished - evaluated, 2),
             "sku_updates_per_s": round(2 * size / (finished - evaluated), 1),
             "order": check_order(system, redis_url, skus)}
+
+
+def _is_active(system: System, cid: str, name: str) -> bool:
+    return _step(system, cid, name) == "active"
 
 
 def _step(system: System, cid: str, name: str) -> str:
