@@ -62,16 +62,22 @@ class Tap(threading.Thread):
         self.halt = threading.Event()
         self.lock = threading.Lock()
         self.passes = 0  # whole passes done, under `done`
+        self.ended = False  # the thread left its loop (halted, or died), under `done`
         self.done = threading.Condition(self.lock)
 
     def run(self) -> None:
-        while not self.halt.is_set():
-            self.poll()
-            with self.done:
-                self.passes += 1
+        try:
+            while not self.halt.is_set():
+                self.poll()
+                with self.done:
+                    self.passes += 1
+                    self.done.notify_all()
+                self.halt.wait(0.05)
+        finally:
+            with self.done:  # a waiter learns at once that no pass will come
+                self.ended = True
                 self.done.notify_all()
-            self.halt.wait(0.05)
-        self.client.close()
+            self.client.close()
 
     def poll(self) -> None:
         # The server is shared with the other tests' systems, and SCAN walks all of its keys: 1,000
@@ -105,9 +111,9 @@ class Tap(threading.Thread):
             return  # stopped with the system: what it holds is final
         with self.done:
             wanted = self.passes + 2
-            if not self.done.wait_for(lambda: self.passes >= wanted or not self.is_alive(), timeout=30):
+            if not self.done.wait_for(lambda: self.passes >= wanted or self.ended, timeout=30):
                 raise AssertionError("the tap made no whole pass in 30 s")
-        assert self.is_alive(), "the tap's thread died (see its traceback above)"
+            assert not self.ended, "the tap's thread died (see its traceback above)"
 
 
 class Supervised(System):
