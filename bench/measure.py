@@ -2,7 +2,10 @@
 
 A kind is a root pid and all its descendants (gunicorn's workers, PostgreSQL's backends). CPU is
 user + system time from /proc (psutil), taken at the start and the end of the measured window; a
-process born inside the window counts from zero. Peak RSS is the kernel's high-water mark (VmHWM) of
+process born inside the window counts from zero. A process's figure includes its children that
+have exited and been reaped (RQ's work horse of each job, a backend of a closed connection), whose
+own entries are gone by the window's end; one born before the window and reaped inside counts
+whole. Peak RSS is the kernel's high-water mark (VmHWM) of
 each process, and a kind's figure is its largest process's.
 """
 
@@ -26,7 +29,7 @@ def _tree(pid: int) -> list[psutil.Process]:
 def _cpu(proc: psutil.Process) -> float:
     try:
         t = proc.cpu_times()
-        return float(t.user + t.system)
+        return float(t.user + t.system + t.children_user + t.children_system)
     except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
         return 0.0
 

@@ -3,7 +3,6 @@ folding the report's deltas into its rollup, and alert webhooks."""
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 
 import requests
@@ -22,10 +21,19 @@ log = structlog.get_logger("baton.jobs")
 WEBHOOK_TIMEOUT = 5.0
 
 
-@lru_cache(maxsize=1)
+_bound: list[Services] = []
+
+
+def bind(services: Services) -> None:
+    """Run this process's jobs on `services` (the `worker` process's own)."""
+    _bound[:] = [services]
+
+
 def _services() -> Services:
-    """One composition root per worker process, built on its first job (not at import)."""
-    return build_services(load_settings())
+    """One composition root per process: the one bound, else one built on the first job."""
+    if not _bound:
+        _bound.append(build_services(load_settings()))
+    return _bound[0]
 
 
 def sweep() -> int:
