@@ -44,9 +44,7 @@ def run_worker(services: Services, stop: threading.Event) -> None:
     # alerts first: they are rare, and a steady stream of sweeps must not starve them
     queues = [services.keys.rq_queue("alerts"), services.keys.rq_queue("sweeps")]
     jobs.bind(services)
-    # A fork must not use the worker's pooled connections: SQLAlchemy's advice for a forked child
-    # (redis-py's pools see the new pid themselves).
-    os.register_at_fork(after_in_child=lambda: services.engine.dispose(close=False))
+    os.register_at_fork(after_in_child=lambda: _own_pool(services))
     while not stop.is_set():
         try:
             worker = _Worker(queues, connection=services.rq, serializer=JSONSerializer,
@@ -61,6 +59,17 @@ def run_worker(services: Services, stop: threading.Event) -> None:
         if not stop.is_set():
             log.warning("RQ worker loop ended; starting another once Redis answers")
             _wait_for_redis(services.rq, stop)
+
+
+_inherited: list[Any] = []
+
+
+def _own_pool(services: Services) -> None:
+    """In a fork: a new pool, the worker's connections left alone (SQLAlchemy's advice for a forked
+    child; redis-py's pools see the new pid themselves). The old pool is kept referenced, never
+    collected: an inherited SQLite connection closed in the fork could checkpoint the worker's WAL."""
+    _inherited.append(services.engine.pool)
+    services.engine.dispose(close=False)
 
 
 def _handle_signals(stop: threading.Event) -> None:
