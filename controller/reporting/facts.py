@@ -92,20 +92,14 @@ def of_workflow(wf: lc.Workflow) -> dict[tuple[str, str], Fact]:
 
     A step that has not started (nor been skipped with a flag set) has none: its fact would count
     nothing but a row, and written at every kickoff it was the largest statement of the write path.
-    Nor has a step of an open workflow that has only started: the report counts those live
-    (`outcomes.live_started`), so a step's fact is written once it ends (or its workflow does),
-    not also as it starts. The report lists the flow's declared steps whatever their facts
-    (`sla.step_rows`)."""
-    ended = wf.status in TERMINAL
-    facts = [_workflow(wf), *(f for f in (_step(wf, s) for s in wf.steps.values())
-                              if _counts(f, ended))]
+    The report lists the flow's declared steps whatever their facts (`sla.step_rows`)."""
+    facts = [_workflow(wf), *(f for f in (_step(wf, s) for s in wf.steps.values()) if _counts(f))]
     return {f.key: f for f in facts}
 
 
-def _counts(fact: Fact, ended: bool) -> bool:
-    """Whether a step's fact adds anything but a row: a duration, a flag (`started` alone only
-    once its workflow has ended)."""
-    return fact.duration_ms is not None or any(fact.flags if ended else fact.flags[1:])
+def _counts(fact: Fact) -> bool:
+    """Whether a step's fact adds anything but a row: a flag or a duration."""
+    return fact.duration_ms is not None or any(fact.flags)
 
 
 def transition(wf_flow: str, started_at: datetime, correlation_id: str, cause_type: str,

@@ -11,8 +11,7 @@
   deadline, unless a failure or a cancellation stopped the workflow.
 
 What a workflow's state alone decides is kept in `report_facts` (`report_facts.py`, the same rules
-in Python); what the clock decides is counted live here, over the few workflows still open, and so
-are the steps of open workflows that have only started (they have no fact yet).
+in Python); what the clock decides is counted live here, over the few workflows still open.
 """
 
 from __future__ import annotations
@@ -23,12 +22,11 @@ from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, exists, func, or_, select
 
-from controller.db.tables import compensations, report_facts, steps, workflows
+from controller.db.tables import compensations, steps, workflows
 from controller.domain.statuses import Reason, StepStatus, WorkflowStatus
 from controller.reporting.sql import duration, moment
 
 STEP_COMPLETED = (StepStatus.DONE, StepStatus.COMPENSATED)
-OPEN = (WorkflowStatus.RUNNING, WorkflowStatus.PAUSED, WorkflowStatus.COMPENSATING)
 w, s, c = workflows, steps, compensations
 
 
@@ -120,20 +118,5 @@ def live_steps(conn: Connection, scope: Scope) -> dict[tuple[str, str], int]:
         w.join(s, s.c.correlation_id == w.c.correlation_id)).where(
         w.c.finished_at.is_(None), ~sent, waited, s.c.started_at.is_not(None),
         s.c.finished_at.is_(None), s.c.deadline < moment(scope.now), *scope.where(),
-    ).group_by(w.c.flow, s.c.name)
-    return {(r[0], r[1]): r[2] for r in conn.execute(query)}
-
-
-def live_started(conn: Connection, scope: Scope) -> dict[tuple[str, str], int]:
-    """Per (flow, step): steps started in a workflow still open that have no fact yet
-    (`facts.of_workflow` writes a step's fact once it has more to say than that it started).
-    Read through the partial index of open workflows."""
-    f = report_facts
-    fact = exists().where(f.c.correlation_id == s.c.correlation_id, f.c.kind == "s",
-                          f.c.item == s.c.name)
-    query = select(w.c.flow, s.c.name, func.count()).select_from(
-        w.join(s, s.c.correlation_id == w.c.correlation_id)).where(
-        w.c.finished_at.is_(None), w.c.status.in_(OPEN), s.c.started_at.is_not(None), ~fact,
-        *scope.where(),
     ).group_by(w.c.flow, s.c.name)
     return {(r[0], r[1]): r[2] for r in conn.execute(query)}

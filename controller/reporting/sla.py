@@ -114,21 +114,19 @@ def flow_rows(conn: Connection, scope: o.Scope) -> list[dict[str, Any]]:
 
 def step_rows(conn: Connection, scope: o.Scope,
               declared: Mapping[str, Sequence[str]]) -> list[dict[str, Any]]:
-    """A row per step with facts in the scope, per step started in an open workflow of the scope
-    (it may have no fact yet), and per step `declared` (flow -> step names) with neither: a step
-    no workflow in the scope has started (it has no facts: `facts.of_workflow`)."""
+    """A row per step with facts in the scope, and per step `declared` (flow -> step names) with
+    none: a step no workflow in the scope has started (it has no facts: `facts.of_workflow`)."""
     found = _subjects(conn, scope, rf.STEP)
-    started = o.live_started(conn, scope)
-    for flow, name in [*started, *((f, n) for f, names in declared.items() for n in names)]:
-        found.setdefault((flow, rf.STEP, name, "", ""), ({k: 0 for k in report_read.SUMS}, []))
+    for flow, names in declared.items():
+        for name in names:
+            found.setdefault((flow, rf.STEP, name, "", ""), ({k: 0 for k in report_read.SUMS}, []))
     live = o.live_steps(conn, scope)
     out = []
     for subject, (sums, histogram) in found.items():
         flow, step = subject[0], subject[2]
         late = live.get((flow, step), 0)
-        row: dict[str, Any] = {"flow": flow, "step": step,
-            "started": sums["started"] + started.get((flow, step), 0), **{k: sums[k] for k in (
-                "completed", "compensated", "failed", "needs_attention")},
+        row: dict[str, Any] = {"flow": flow, "step": step, **{k: sums[k] for k in (
+            "started", "completed", "compensated", "failed", "needs_attention")},
             "breached": sums["breached"] + late, "sla_met": sums["sla_met"],
             "sla_judged": sums["sla_judged"] + late}
         row["histogram"] = {"le": list(BUCKETS), "count": sums["n"], "cumulative": [

@@ -282,11 +282,11 @@ def test_a_declared_step_no_workflow_started_is_listed_with_nothing_counted(engi
     assert {k: b[k] for k in ("started", "completed", "breached", "sla_judged", "sla_met_pct")} == {
         "started": 0, "completed": 0, "breached": 0, "sla_judged": 0, "sla_met_pct": None}
     assert b["duration_seconds"]["count"] == 0 and b["histogram"]["count"] == 0
-    assert found["steps"][0]["started"] == 1  # counted live: it has only started
+    assert found["steps"][0]["started"] == 1
     with engine.begin() as conn:
         items = {r.item for r in conn.execute(select(report_facts).where(
             report_facts.c.correlation_id == cid))}
-    assert items == {""}  # the workflow's fact: none for "a" until it ends, none for "b"
+    assert items == {"", "a"}  # the workflow's fact and the started step's: none for "b"
 
 
 def test_no_workflow_at_all_and_empty_ranges(engine: Engine) -> None:
