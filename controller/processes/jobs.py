@@ -21,19 +21,21 @@ log = structlog.get_logger("baton.jobs")
 WEBHOOK_TIMEOUT = 5.0
 
 
-_bound: list[Services] = []
+_bound: Services | None = None
 
 
 def bind(services: Services) -> None:
     """Run this process's jobs on `services` (the `worker` process's own)."""
-    _bound[:] = [services]
+    global _bound
+    _bound = services
 
 
 def _services() -> Services:
     """One composition root per process: the one bound, else one built on the first job."""
-    if not _bound:
-        _bound.append(build_services(load_settings()))
-    return _bound[0]
+    if _bound is None:
+        bind(build_services(load_settings()))
+    assert _bound is not None
+    return _bound
 
 
 def sweep() -> int:
