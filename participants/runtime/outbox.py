@@ -111,7 +111,13 @@ def _json(fields: dict[str, str]) -> str:
 
 
 def mark_sent(conn: Connection, seqs: Sequence[int]) -> None:
-    if seqs:
+    """Mark the rows sent, in `conn`'s transaction. On PostgreSQL through the driver
+    (`raw_rows`): an expanding IN list through SQLAlchemy was 7 % of the web's CPU."""
+    if not seqs:
+        return
+    if conn.dialect.name == "postgresql":
+        raw_rows(conn, _MARK_SENT_PG, {"seqs": list(seqs), "now": utcnow()})
+    else:
         conn.execute(_MARK_SENT, {"seqs": list(seqs), "sent_at": utcnow()})
 
 
@@ -191,3 +197,4 @@ _ENQUEUE_PG = ("INSERT INTO baton_outbox (message_id, stream, fields, created_at
                " SELECT m, s, f::json, %(now)b FROM unnest(%(ids)b::text[], %(streams)b::text[],"
                " %(fields)b::text[]) WITH ORDINALITY AS t(m, s, f, n) ORDER BY n RETURNING seq")
 _MARK_SENT = update(outbox).where(outbox.c.seq.in_(bindparam("seqs", expanding=True)))
+_MARK_SENT_PG = "UPDATE baton_outbox SET sent_at = %(now)b WHERE seq = ANY(%(seqs)b::bigint[])"
