@@ -6,6 +6,12 @@ RQ forks a work horse per job. The horse runs the job on the worker's own servic
 of 0.2 s. The worker itself does no database work, so a horse or RQ's scheduler (also a fork)
 never inherits a connection in a transaction.
 
+RQ's scheduler, a fork of the worker too, does not watch its parent: a worker killed alone
+(`kill -9` of its pid, not its group) left it running, with the worker's database sockets and
+the scheduler's lock, so the worker started again ran no scheduler of its own. Every fork now
+gets SIGTERM when the worker dies (Linux's parent-death signal), on which the scheduler releases
+its lock and stops. A work horse clears it: it finishes its job, as before.
+
 RQ's work loop quits on an unexpected Redis error (a restart, a timeout) and would leave the
 process idle or gone; here it is started again once Redis answers, until SIGTERM. RQ installs its
 own SIGTERM handler while it works (a warm shutdown: the job at hand finishes); it also sets our
@@ -14,8 +20,10 @@ stop event, so that a stop is never mistaken for a failure.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
+import sys
 import threading
 from typing import Any
 
@@ -39,12 +47,16 @@ class _Worker(Worker):
         self._stop_event.set()
         super().request_stop(signum, frame)
 
+    def setup_work_horse_signals(self) -> None:
+        super().setup_work_horse_signals()
+        _on_parent_death(0)  # a horse finishes its job, whatever becomes of the worker
+
 
 def run_worker(services: Services, stop: threading.Event) -> None:
     # alerts first: they are rare, and a steady stream of sweeps must not starve them
     queues = [services.keys.rq_queue("alerts"), services.keys.rq_queue("sweeps")]
     jobs.bind(services)
-    os.register_at_fork(after_in_child=lambda: _own_pool(services))
+    os.register_at_fork(after_in_child=lambda: _in_fork(services))
     while not stop.is_set():
         try:
             worker = _Worker(queues, connection=services.rq, serializer=JSONSerializer,
@@ -62,6 +74,20 @@ def run_worker(services: Services, stop: threading.Event) -> None:
 
 
 _inherited: list[Any] = []
+_PR_SET_PDEATHSIG = 1
+
+
+def _in_fork(services: Services) -> None:
+    """What a fork of the worker does first: SIGTERM on the worker's death, and a pool of its own."""
+    _on_parent_death(signal.SIGTERM)
+    _own_pool(services)
+
+
+def _on_parent_death(signum: int) -> None:
+    """The signal this process gets when its parent dies (0: none). Linux only: elsewhere an
+    orphan goes on as RQ's would."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
 
 
 def _own_pool(services: Services) -> None:

@@ -4,11 +4,13 @@ stops cleanly on SIGTERM."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import time
 import uuid
 from pathlib import Path
 
+import psutil
 import redis
 from rq import Queue
 from rq.job import Job, JobStatus
@@ -55,4 +57,31 @@ def test_the_worker_comes_back_after_redis_goes_away_in_the_middle_of_a_job(tmp_
         codes = procs.stop_all()
         client.close()
         stop_server(data)
+    assert codes == {"worker": 0}, (tmp_path / "worker.log").read_text()[-3000:]
+
+
+def test_a_worker_killed_alone_takes_its_scheduler_with_it(tmp_path: Path, rq_redis_url: str) -> None:
+    """`kill -9` of the worker's pid (not its group): RQ's scheduler, a fork of it, stops too and
+    releases its lock, so that the worker started again runs a scheduler of its own."""
+    keys = Keys(f"w{uuid.uuid4().hex[:8]}")
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path), "REDIS_URL": rq_redis_url,
+           "PYTHONPATH": str(ROOT), "DATABASE_URL": f"sqlite:///{tmp_path}/baton.db",
+           "BATON_STREAM_PREFIX": keys.prefix, "BATON_DATA_DIR": str(tmp_path / "data")}
+    procs = Processes(env, tmp_path)
+
+    def scheduler_of(pid: int) -> psutil.Process | None:
+        children = psutil.Process(pid).children()  # no job is queued: no work horse
+        return children[0] if children else None
+
+    try:
+        worker = procs.start("worker")
+        scheduler = wait_until(lambda: scheduler_of(worker.pid), 30, "the worker's scheduler")
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        wait_until(lambda: not scheduler.is_running() or scheduler.status() == psutil.STATUS_ZOMBIE,
+                   10, "the orphaned scheduler to stop")
+        again = procs.start("worker")
+        wait_until(lambda: scheduler_of(again.pid), 30, "a scheduler of the worker started again")
+    finally:
+        codes = procs.stop_all()
     assert codes == {"worker": 0}, (tmp_path / "worker.log").read_text()[-3000:]
