@@ -128,13 +128,24 @@ def dict_rows(conn: Connection, statement: Any, pg_sql: str, params: dict[str, A
 
 
 def _execute(conn: Connection, sql: str, params: Sequence[Any] | Mapping[str, Any]) -> Any:
-    """The driver's cursor, its results fetched (psycopg's client-side cursor)."""
-    driver = conn.connection.driver_connection
+    """The driver connection's own cursor, its results fetched (psycopg's client-side cursor),
+    for the caller to read before the next statement. One cursor per connection, not one per
+    statement: a cursor keeps the dumpers it chose for each parameter, and a new cursor chose
+    them again (a statement of 11 array parameters: 160-240 µs of client CPU on a new cursor,
+    110-150 on the kept one)."""
+    pooled = conn.connection  # its `info` lives as long as the driver's connection
+    driver = pooled.driver_connection
     assert driver is not None
     try:
-        return driver.execute(sql, params)
+        cursor = pooled.info.get(_CURSOR)
+        if cursor is None or cursor.closed or cursor.connection is not driver:
+            cursor = pooled.info[_CURSOR] = driver.cursor()
+        return cursor.execute(sql, params)
     except Exception as exc:  # psycopg's; anything else SQLAlchemy re-raises as it is
         conn._handle_dbapi_exception(exc, sql, params, None, None)  # raises
+
+
+_CURSOR = "baton.cursor"
 
 
 def create_tables(engine: Engine, *metadatas: MetaData) -> None:
