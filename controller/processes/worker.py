@@ -15,7 +15,8 @@ its lock and stops. A work horse clears it: it finishes its job, as before.
 RQ's work loop quits on an unexpected Redis error (a restart, a timeout) and would leave the
 process idle or gone; here it is started again once Redis answers, until SIGTERM. RQ installs its
 own SIGTERM handler while it works (a warm shutdown: the job at hand finishes); it also sets our
-stop event, so that a stop is never mistaken for a failure.
+stop event, so that a stop is never mistaken for a failure. A SIGTERM that came before RQ's
+handler (while it started its scheduler) stops RQ's loop at its first turn.
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ class _Worker(Worker):
     def request_stop(self, signum: Any, frame: Any) -> None:
         self._stop_event.set()
         super().request_stop(signum, frame)
+
+    def _install_signal_handlers(self) -> None:
+        """RQ installs its handlers after it has started its scheduler: a SIGTERM before that
+        reached only ours, and RQ went on to wait for jobs. Its loop stops at its first turn."""
+        super()._install_signal_handlers()
+        if self._stop_event.is_set():
+            self._stop_requested = True
 
     def setup_work_horse_signals(self) -> None:
         super().setup_work_horse_signals()
