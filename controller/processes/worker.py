@@ -22,6 +22,7 @@ handler (while it started its scheduler) stops RQ's loop at its first turn.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import signal
 import sys
@@ -64,6 +65,8 @@ def run_worker(services: Services, stop: threading.Event) -> None:
     # alerts first: they are rare, and a steady stream of sweeps must not starve them
     queues = [services.keys.rq_queue("alerts"), services.keys.rq_queue("sweeps")]
     jobs.bind(services)
+    if sys.platform.startswith("linux"):
+        _libc()  # loaded here, not again in each fork
     os.register_at_fork(after_in_child=lambda: _in_fork(services))
     while not stop.is_set():
         try:
@@ -95,7 +98,13 @@ def _on_parent_death(signum: int) -> None:
     """The signal this process gets when its parent dies (0: none). Linux only: elsewhere an
     orphan goes on as RQ's would."""
     if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+        _libc().prctl(_PR_SET_PDEATHSIG, signum, 0, 0, 0)
+
+
+@functools.cache
+def _libc() -> Any:
+    """The C library, loaded once in the worker: each job's fork calls `prctl` twice."""
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _own_pool(services: Services) -> None:
