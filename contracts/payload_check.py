@@ -70,13 +70,15 @@ def verdict_of(schema: object) -> Verdict | None:
     except ValueError:  # a pattern jsonschema-rs does not compile: marshmallow decides
         return None
 
+    integral = [_typed(path, int) for path in ints]
+
     def verdict(data: dict[str, Any]) -> bool:
         try:
             if not validator.is_valid(data):
                 return False
         except Exception:  # not JSON (a key not a string, bytes): marshmallow decides
             return False
-        return all(_integral(data, path) for path in ints)
+        return all(is_int(data) for is_int in integral)
 
     return verdict
 
@@ -91,8 +93,10 @@ def verbatim_of(schema: object) -> Verdict | None:
     if verdict is None or not _as_is(schema, (), typed):
         return None
 
+    checks = [_typed(path, kind) for path, kind in typed]
+
     def verbatim(data: dict[str, Any]) -> bool:
-        return verdict(data) and all(_typed(data, path, kind) for path, kind in typed)
+        return verdict(data) and all(check(data) for check in checks)
 
     return verbatim
 
@@ -217,22 +221,17 @@ def _exclusive(rule: validate.Range, prop: dict[str, Any]) -> None:
         prop["exclusiveMaximum"] = rule.max
 
 
-def _integral(value: Any, path: Path) -> bool:
-    """Whether the values at `path` in a payload JSON Schema accepted are Python ints (or null,
-    or absent: the schema ruled on those)."""
-    return _typed(value, path, int)
-
-
-def _typed(value: Any, path: Path, kind: type) -> bool:
+def _typed(path: Path, kind: type) -> Callable[[Any], bool]:
     """Whether the values at `path` in a payload JSON Schema accepted are of exactly `kind` (or
-    null, or absent: the schema ruled on those)."""
-    if value is None:
-        return True
+    null, or absent: the schema ruled on those; `_Present`: the key is there). Made once per
+    path, as nested functions: a payload's check walks no path and slices no tuple."""
     if not path:
-        return type(value) is kind
+        return lambda value: value is None or type(value) is kind
     head, rest = path[0], path[1:]
+    if kind is _Present and not rest:
+        return lambda value: value is None or head in value
+    inner = _typed(rest, kind)
     if head is None:
-        return all(_typed(each, rest, kind) for each in value)
-    if head not in value:
-        return kind is not _Present or bool(rest)
-    return (kind is _Present and not rest) or _typed(value[head], rest, kind)
+        return lambda value: value is None or all(map(inner, value))
+    absent = kind is not _Present or bool(rest)
+    return lambda value: value is None or (inner(value[head]) if head in value else absent)

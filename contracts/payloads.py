@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -54,6 +55,8 @@ class Registry:
     _schemas: dict[tuple[str, int], PayloadSchema] = field(default_factory=dict)
     _kinds: dict[str, str] = field(default_factory=dict)
     _partitioned: dict[str, Partitioning] = field(default_factory=dict)
+    # Each type's versions, in order: `latest` is asked for every message a process emits.
+    _versions: dict[str, list[int]] = field(default_factory=dict, repr=False, compare=False)
     # The messages built from a payload validated here, by identity, while they live.
     # The fast verdict of each schema (`check`), compiled on first use; None: marshmallow decides.
     _verdicts: dict[tuple[str, int], Verdict | None] = field(default_factory=dict, repr=False,
@@ -66,14 +69,18 @@ class Registry:
 
     def register(self, message_type: str, schema: PayloadSchema, *, version: int = 1,
                  kind: str = EVENT, failed_schema: PayloadSchema | None = None) -> None:
+        self._add(message_type, version, schema, kind)
+        if kind == COMMAND:
+            self._add(failed_type(message_type), version, failed_schema or FailedPayload(), EVENT)
+
+    def _add(self, message_type: str, version: int, schema: PayloadSchema, kind: str) -> None:
         self._schemas[(message_type, version)] = schema
         self._verdicts.clear()
         self._verbatims.clear()
         self._kinds[message_type] = kind
-        if kind == COMMAND:
-            answer = failed_type(message_type)
-            self._schemas[(answer, version)] = failed_schema or FailedPayload()
-            self._kinds[answer] = EVENT
+        known = self._versions.setdefault(message_type, [])
+        if version not in known:
+            bisect.insort(known, version)
 
     def register_all(self, events: Mapping[str, Schema], commands: Mapping[str, Schema], *,
                      failed_schema: Schema) -> None:
@@ -108,13 +115,16 @@ class Registry:
         return message_type in self._kinds
 
     def versions(self, message_type: str) -> list[int]:
-        found = sorted(v for (t, v) in self._schemas if t == message_type)
-        if not found:
-            raise UnknownMessageType(message_type)
-        return found
+        return list(self._known_versions(message_type))
 
     def latest(self, message_type: str) -> int:
-        return self.versions(message_type)[-1]
+        return self._known_versions(message_type)[-1]
+
+    def _known_versions(self, message_type: str) -> list[int]:
+        try:
+            return self._versions[message_type]
+        except KeyError:
+            raise UnknownMessageType(message_type) from None
 
     def types(self) -> list[str]:
         return sorted(self._kinds)
@@ -177,8 +187,11 @@ def _load(schema: PayloadSchema, data: dict[str, Any]) -> dict[str, Any]:
 def _copy(value: Any) -> Any:
     """A copy of a JSON value: new dicts and lists, the same strings and numbers (what a load
     would have built)."""
-    if type(value) is dict:
-        return {k: _copy(v) for k, v in value.items()}
+    if type(value) is dict:  # a scalar is taken as it is, without a call
+        return {k: _copy(v) if type(v) in _NESTED else v for k, v in value.items()}
     if type(value) in (list, tuple):  # a list field loads a tuple as a list
-        return [_copy(v) for v in value]
+        return [_copy(v) if type(v) in _NESTED else v for v in value]
     return value
+
+
+_NESTED = (dict, list, tuple)
