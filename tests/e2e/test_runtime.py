@@ -133,7 +133,8 @@ def test_a_lost_payment_charged_is_published_again_when_payment_starts_after_the
     bench.send(placed)
     env = _participant_env(tmp_path, bench.database_url, bench.redis_url, bench.keys)
     first = processes.start(env, "first.log", "participant", "payment")
-    wait_for(lambda: len(bench.emitted("payment.charged")) == 1, 20, "the charge")
+    # Each wait includes a process start: 20 s was not enough once, with four pytest workers.
+    wait_for(lambda: len(bench.emitted("payment.charged")) == 1, 60, "the charge")
     [charged] = bench.emitted("payment.charged")
     first.send_signal(signal.SIGTERM)
     assert first.wait(timeout=10) == 0, processes.log("first.log")
@@ -141,10 +142,10 @@ def test_a_lost_payment_charged_is_published_again_when_payment_starts_after_the
         bench.client.delete(key)  # a host reboot without AOF: streams, groups, the epoch marker
 
     processes.start(env, "second.log", "participant", "payment")
-    wait_for(lambda: len(bench.emitted("payment.charged")) == 1, 20, "the lost charge published again")
+    wait_for(lambda: len(bench.emitted("payment.charged")) == 1, 60, "the lost charge published again")
     assert bench.emitted("payment.charged")[0].id == charged.id
     # The warning comes once the outbox is re-published, so it can follow the charge seen above.
-    wait_for(lambda: "Redis lost its data" in processes.log("second.log"), 20,
+    wait_for(lambda: "Redis lost its data" in processes.log("second.log"), 60,
              "the loss logged")
     with bench.engine().connect() as conn:
         charges = conn.execute(select(payment.ledger).where(
