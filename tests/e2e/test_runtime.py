@@ -113,11 +113,12 @@ def test_a_participant_killed_in_its_handler_is_reclaimed_and_charges_once(
     second = processes.start(env, "second.log", "participant", "payment")
     wait_for(lambda: len(bench.emitted("payment.charged")) >= 1 and
              pending_count(bench.client, stream) == 0,
-             20, "the second process reclaims, charges and acknowledges the order")
+             60, "the second process reclaims, charges and acknowledges the order")
     second.send_signal(signal.SIGTERM)
     asked = time.monotonic()
-    assert second.wait(timeout=10) == 0, processes.log("second.log")
-    assert time.monotonic() - asked < 5, "SIGTERM stops the process within a few seconds"
+    assert second.wait(timeout=20) == 0, processes.log("second.log")
+    # Under a second on an idle machine; 5.4 s once with the load average at 19 (two cores).
+    assert time.monotonic() - asked < 15, "SIGTERM stops the process within seconds"
     [answer] = bench.emitted("payment.charged")
     assert answer.correlation_id == placed.correlation_id
     assert answer.causation_id == placed.id
