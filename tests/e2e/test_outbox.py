@@ -121,7 +121,7 @@ def test_a_start_killed_between_commit_and_xadd_is_published_once_by_the_relay(
     assert bench.entries(stream) == []
 
     relay = processes.relay("relay.log")
-    wait_for(lambda: bench.rows()[0].sent_at is not None, 20, "the relay publishes the start event")
+    wait_for(lambda: bench.rows()[0].sent_at is not None, 60, "the relay publishes the start event")
     processes.stop(relay, "relay.log")
     [entry] = bench.entries(stream)
     assert entry["id"] == row.message_id
@@ -143,7 +143,7 @@ def test_a_relay_killed_after_xadd_republishes_the_same_id_and_consumers_dedupe(
     assert bench.rows()[0].sent_at is None, "the mark was lost with the process"
 
     relay = processes.relay("relay-2.log")
-    wait_for(lambda: bench.rows()[0].sent_at is not None, 20, "the restarted relay publishes again")
+    wait_for(lambda: bench.rows()[0].sent_at is not None, 60, "the restarted relay publishes again")
     processes.stop(relay, "relay-2.log")
     assert [e["id"] for e in bench.entries(stream)] == [start.id, start.id]
 
