@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 
 from flask import Flask, Response, request
@@ -27,7 +29,8 @@ _APP_LOAD_ERROR = 4  # gunicorn's: its master stops instead of starting another 
 
 def create_app(settings: Settings | None = None, services: Services | None = None) -> Flask:
     """With no arguments (gunicorn's `controller.api.app:create_app()`), from the environment: a bad
-    variable or flow file stops the worker with its message, not a traceback."""
+    variable or flow file stops the process with its message, not a traceback (with `--preload`,
+    gunicorn's master, before any worker starts)."""
     if services is None:
         try:
             settings = settings or load_settings()
@@ -36,6 +39,9 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
             print(f"baton web: configuration error: {exc}", file=sys.stderr, flush=True)
             sys.exit(_APP_LOAD_ERROR)
         configure_logging(settings, "web")
+        # gunicorn --preload (the Procfile) makes the app once and forks its workers from it:
+        # each worker gets a pool of its own, never a connection the master may have opened.
+        os.register_at_fork(after_in_child=functools.partial(services.engine.dispose, close=False))
     settings = settings or services.settings
     app = Flask("baton")
     app.config.update(
