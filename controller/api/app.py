@@ -22,6 +22,7 @@ from controller.api import workflows as routes_workflows
 from controller.api.admission import Admission
 from controller.api.body_limit import BodyLimit
 from controller.service.bootstrap import Services, build_services
+from participants.runtime.db import own_pool_in_fork
 
 _JSON_TYPES = ("application/json",)
 _APP_LOAD_ERROR = 4  # gunicorn's: its master stops instead of starting another worker
@@ -41,7 +42,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
         configure_logging(settings, "web")
         # gunicorn --preload (the Procfile) makes the app once and forks its workers from it:
         # each worker gets a pool of its own, never a connection the master may have opened.
-        os.register_at_fork(after_in_child=functools.partial(services.engine.dispose, close=False))
+        os.register_at_fork(after_in_child=functools.partial(own_pool_in_fork, services.engine))
     settings = settings or services.settings
     app = Flask("baton")
     app.config.update(

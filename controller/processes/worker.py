@@ -36,6 +36,7 @@ from rq.serializers import JSONSerializer
 
 from controller.processes import jobs
 from controller.service.bootstrap import Services
+from participants.runtime.db import own_pool_in_fork
 
 log = structlog.get_logger("baton.worker")
 
@@ -84,14 +85,13 @@ def run_worker(services: Services, stop: threading.Event) -> None:
             _wait_for_redis(services.rq, stop)
 
 
-_inherited: list[Any] = []
 _PR_SET_PDEATHSIG = 1
 
 
 def _in_fork(services: Services) -> None:
     """What a fork of the worker does first: SIGTERM on the worker's death, and a pool of its own."""
     _on_parent_death(signal.SIGTERM)
-    _own_pool(services)
+    own_pool_in_fork(services.engine)
 
 
 def _on_parent_death(signum: int) -> None:
@@ -105,14 +105,6 @@ def _on_parent_death(signum: int) -> None:
 def _libc() -> Any:
     """The C library, loaded once in the worker: each job's fork calls `prctl` twice."""
     return ctypes.CDLL(None, use_errno=True)
-
-
-def _own_pool(services: Services) -> None:
-    """In a fork: a new pool, the worker's connections left alone (SQLAlchemy's advice for a forked
-    child; redis-py's pools see the new pid themselves). The old pool is kept referenced, never
-    collected: an inherited SQLite connection closed in the fork could checkpoint the worker's WAL."""
-    _inherited.append(services.engine.pool)
-    services.engine.dispose(close=False)
 
 
 def _handle_signals(stop: threading.Event) -> None:

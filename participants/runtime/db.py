@@ -52,6 +52,19 @@ def make_engine(url: str, *, pool_size: int = 5) -> Engine:
     return engine
 
 
+# Pools of forked processes' parents, kept referenced (own_pool_in_fork).
+_INHERITED: list[Any] = []
+
+
+def own_pool_in_fork(engine: Engine) -> None:
+    """In a fork: a new pool for `engine`, the parent's connections left alone (SQLAlchemy's advice
+    for a forked child; redis-py's pools see the new pid themselves). The old pool is kept
+    referenced, never collected: an inherited SQLite connection closed in the fork could checkpoint
+    the parent's WAL."""
+    _INHERITED.append(engine.pool)
+    engine.dispose(close=False)
+
+
 def _ping_after_idle(engine: Engine) -> None:
     """Ping a connection before use only if it sat idle in the pool past PING_AFTER_IDLE: a
     server restarted meanwhile left it dead, and the pool replaces it (DisconnectionError) instead

@@ -117,7 +117,7 @@ def test_a_participant_killed_in_its_handler_is_reclaimed_and_charges_once(
     second.send_signal(signal.SIGTERM)
     asked = time.monotonic()
     assert second.wait(timeout=20) == 0, processes.log("second.log")
-    # Under a second on an idle machine; 5.4 s once with the load average at 19 (two cores).
+    # 0.97 s in a probe on a quiet machine (the default 2 s block); 5.4 s once at load average 19.
     assert time.monotonic() - asked < 15, "SIGTERM stops the process within seconds"
     [answer] = bench.emitted("payment.charged")
     assert answer.correlation_id == placed.correlation_id
